@@ -1,0 +1,12 @@
+//! pptp-alg: a userspace PPTP NAT application level gateway.
+//!
+//! The crate is split into a pure, deterministic core and a thin shell:
+//! - [`wire`]: typed views over IPv4, TCP, PPTP control messages and enhanced GRE.
+//! - [`alg`]: the sans-IO translation engine (call table, Call-ID allocator,
+//!   stream tracking, timeouts). Time is passed in by the caller.
+//! - [`nft`]: the only code that talks to nftables (nftnl + mnl).
+//! - [`nfqueue`]: the only code that talks to NFQUEUE (nfq).
+
+pub mod alg;
+pub mod nft;
+pub mod wire;
