@@ -1,1 +1,409 @@
-//! placeholder
+//! The sans-IO translation engine.
+//!
+//! [`Alg::handle`] takes one IPv4 packet as NFQUEUE delivers it, the time,
+//! and which side it comes from; it rewrites the packet in place and returns
+//! a [`Verdict`]. What the caller must act on besides the verdict (calls
+//! mapped and unmapped for a kernel fast path, refusals and desyncs to log)
+//! comes out of [`Alg::poll_event`]. Timers run when the caller calls
+//! [`Alg::handle_timeout`] at [`Alg::poll_timeout`]. Nothing here reads a
+//! clock, logs or performs I/O, so every behaviour is reproducible in tests.
+
+pub mod config;
+mod control;
+pub mod stats;
+pub mod stream;
+pub mod table;
+
+pub use config::{AlgConfig, IdPolicy};
+pub use stats::{DropReason, EndCause, Stats};
+pub use table::RefuseReason;
+
+use crate::wire::gre::GrePacket;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_GRE, PROTO_TCP};
+use crate::wire::pptp::HeaderError;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use table::{CallIdx, CallState, CallTable, ConnIdx, DETACHED};
+
+/// The TCP port of the PPTP control connection.
+pub const PPTP_PORT: u16 = 1723;
+
+/// How often [`Alg::handle_timeout`] wants to run while there is state.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bound on undrained events; beyond it events are counted and discarded.
+pub const MAX_EVENTS: usize = 65536;
+
+/// Which side a packet comes from, relative to the NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Sent by an inside (NATed) host.
+    FromInside,
+    /// Going to an inside host (sent by an outside peer).
+    ToInside,
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accept, bytes unchanged.
+    Accept,
+    /// Accept the bytes as rewritten in place (checksums are valid).
+    Modified,
+    /// Drop.
+    Drop(DropReason),
+    /// GRE from outside that names no live call: left unchanged. It must
+    /// not reach an inside host; the caller decides (the bundled rules only
+    /// queue GRE addressed to the router, which may accept it unchanged).
+    UnknownCall,
+}
+
+/// A control connection as the gateway sees it (inside addresses before
+/// source NAT, after destination NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ConnKey {
+    /// The inside host's end.
+    pub inside: SocketAddrV4,
+    /// The outside peer's end.
+    pub outside: SocketAddrV4,
+}
+
+impl std::fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} <-> {}", self.inside, self.outside)
+    }
+}
+
+/// A call as shown to operators and to the fast path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallInfo {
+    /// The inside host.
+    pub inside_host: Ipv4Addr,
+    /// The inside host's own Call ID.
+    pub inside_id: u16,
+    /// The outside peer.
+    pub outside_peer: Ipv4Addr,
+    /// The outside peer's own Call ID, once learned.
+    pub outside_id: Option<u16>,
+    /// The Call ID the outside peer sees for the inside host's call.
+    pub nat_id: u16,
+    /// The control connection, if it is still tracked.
+    pub conn: Option<ConnKey>,
+    /// "requested", "established" or "ended".
+    pub state: &'static str,
+    /// Time since the call was created.
+    pub age: Duration,
+    /// GRE packets towards the inside host (through this engine).
+    pub packets_in: u64,
+    /// GRE packets from the inside host (through this engine).
+    pub packets_out: u64,
+    /// GRE bytes towards the inside host.
+    pub bytes_in: u64,
+    /// GRE bytes from the inside host.
+    pub bytes_out: u64,
+}
+
+/// Something the caller should know or do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A call was mapped: GRE from `outside_peer` carrying `nat_id` belongs
+    /// to `inside_id` at `inside_host`.
+    CallStarted(CallInfo),
+    /// A call ended; its mapping is gone (its NAT id is in quarantine).
+    CallEnded(CallInfo, EndCause),
+    /// A call request was refused and its segment dropped.
+    CallRefused {
+        /// The connection.
+        conn: ConnKey,
+        /// The inside host's id the call asked for.
+        inside_id: u16,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A control connection lost PPTP framing and is no longer translated.
+    Desync {
+        /// The connection.
+        conn: ConnKey,
+        /// Which direction.
+        direction: Direction,
+        /// What was wrong.
+        error: HeaderError,
+    },
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Alg {
+    cfg: AlgConfig,
+    stats: Stats,
+    calls: CallTable,
+    conns: control::Conns,
+    events: VecDeque<Event>,
+    next_sweep: Option<Instant>,
+    /// Scratch list of calls created by the segment being processed.
+    created: Vec<CallIdx>,
+}
+
+impl Alg {
+    /// A new engine.
+    pub fn new(cfg: AlgConfig) -> Self {
+        Alg {
+            calls: CallTable::new(cfg.seed),
+            cfg,
+            stats: Stats::default(),
+            conns: control::Conns::default(),
+            events: VecDeque::new(),
+            next_sweep: None,
+            created: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AlgConfig {
+        &self.cfg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Handles one IPv4 packet, rewriting it in place.
+    pub fn handle(&mut self, now: Instant, pkt: &mut [u8], dir: Direction) -> Verdict {
+        self.stats.packets += 1;
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
+        let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt[..]) else {
+            self.stats.malformed += 1;
+            return Verdict::Accept;
+        };
+        let proto = ip.protocol();
+        if proto != PROTO_TCP && proto != PROTO_GRE {
+            self.stats.ignored += 1;
+            return Verdict::Accept;
+        }
+        if ip.frag_offset() != 0 {
+            self.stats.fragments += 1;
+            return Verdict::Accept;
+        }
+        let verdict = if proto == PROTO_TCP {
+            self.handle_tcp(now, &mut ip, dir)
+        } else {
+            self.handle_gre(now, &mut ip, dir)
+        };
+        if verdict == Verdict::Modified {
+            self.stats.rewritten += 1;
+        }
+        verdict
+    }
+
+    fn handle_gre(
+        &mut self,
+        now: Instant,
+        ip: &mut Ipv4Packet<&mut [u8]>,
+        dir: Direction,
+    ) -> Verdict {
+        let (src, dst) = (ip.src(), ip.dst());
+        let len = ip.payload().len() as u64;
+        let call_id = match GrePacket::new_checked(ip.payload()) {
+            Ok(g) => g.call_id(),
+            Err(_) => {
+                if crate::wire::gre::version(ip.payload()) == Some(1) {
+                    self.stats.malformed += 1;
+                } else {
+                    self.stats.ignored += 1;
+                }
+                return match dir {
+                    // Not translatable, so it must not be forwarded inside.
+                    Direction::ToInside if ip.payload().len() >= 2 => Verdict::UnknownCall,
+                    _ => Verdict::Accept,
+                };
+            }
+        };
+        self.stats.gre_packets += 1;
+        match dir {
+            Direction::ToInside => {
+                let Some(idx) = self.calls.by_nat(src, call_id) else {
+                    self.stats.gre_unknown_call += 1;
+                    return Verdict::UnknownCall;
+                };
+                let c = self.calls.get_mut(idx);
+                if !c.is_live() {
+                    self.stats.gre_unknown_call += 1;
+                    return Verdict::UnknownCall;
+                }
+                c.packets_in += 1;
+                c.bytes_in += len;
+                c.last_activity = now;
+                let (host, id) = (c.inside_host, c.inside_id);
+                GrePacket::new_checked(ip.payload_mut())
+                    .expect("checked above")
+                    .set_call_id(id);
+                ip.set_dst(host);
+                Verdict::Modified
+            }
+            Direction::FromInside => {
+                match self.calls.by_outside(src, dst, call_id) {
+                    Some(idx) => {
+                        let c = self.calls.get_mut(idx);
+                        c.packets_out += 1;
+                        c.bytes_out += len;
+                        c.last_activity = now;
+                    }
+                    None => self.stats.gre_inside_unmatched += 1,
+                }
+                Verdict::Accept
+            }
+        }
+    }
+
+    /// Records GRE that a kernel fast path translated for a call, so that
+    /// its idle timer and counters stay true. `packets`/`bytes` are deltas.
+    pub fn note_offloaded(
+        &mut self,
+        now: Instant,
+        outside_peer: Ipv4Addr,
+        nat_id: u16,
+        packets: u64,
+        bytes: u64,
+    ) {
+        if let Some(idx) = self.calls.by_nat(outside_peer, nat_id) {
+            let c = self.calls.get_mut(idx);
+            if c.is_live() && packets > 0 {
+                c.packets_in += packets;
+                c.bytes_in += bytes;
+                c.last_activity = now;
+            }
+        }
+    }
+
+    /// The next event, if any. Drain after every [`Alg::handle`].
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.stats.events_lost += 1;
+        } else {
+            self.events.push_back(e);
+        }
+    }
+
+    /// When [`Alg::handle_timeout`] should run next (`None`: no state).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Runs timers: setup and idle timeouts of calls, idle and lingering
+    /// connections, and the end of quarantines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| now < t) {
+            return;
+        }
+        self.sweep_conns(now);
+        let live: Vec<(CallIdx, EndCause)> = self
+            .calls
+            .iter()
+            .filter_map(|(i, c)| match c.state {
+                CallState::Requested
+                    if now.duration_since(c.created) >= self.cfg.call_setup_timeout =>
+                {
+                    Some((i, EndCause::SetupTimeout))
+                }
+                CallState::Established
+                    if now.duration_since(c.last_activity) >= self.cfg.call_idle_timeout =>
+                {
+                    Some((i, EndCause::IdleTimeout))
+                }
+                _ => None,
+            })
+            .collect();
+        for (i, cause) in live {
+            self.end_call(i, cause, now);
+        }
+        let cutoff = now.checked_sub(self.cfg.quarantine);
+        while let Some(idx) = self.calls.oldest_ended_before(cutoff) {
+            if cutoff.is_none() {
+                break;
+            }
+            self.release_quarantined(idx);
+        }
+        let idle = self.calls.live() == 0 && self.calls.quarantined() == 0 && self.conns.is_empty();
+        self.next_sweep = (!idle).then(|| now + SWEEP_INTERVAL);
+    }
+
+    fn release_quarantined(&mut self, idx: CallIdx) {
+        let conn = self.calls.get(idx).conn;
+        if conn != DETACHED {
+            self.conns.get_mut(conn).calls.retain(|&c| c != idx);
+        }
+        self.calls.purge_oldest_ended();
+    }
+
+    /// Ends a live call, emitting [`Event::CallEnded`].
+    fn end_call(&mut self, idx: CallIdx, cause: EndCause, now: Instant) {
+        if self.calls.end(idx, cause, now) {
+            self.stats.ended[cause as usize] += 1;
+            self.stats.calls_active = self.calls.live() as u64;
+            let info = self.info(idx, now);
+            self.push_event(Event::CallEnded(info, cause));
+            // Bound the quarantine: never hold more ended calls than live
+            // ones may exist, whatever the input.
+            if self.calls.quarantined() > self.cfg.max_calls {
+                if let Some(old) = self.calls.oldest_ended_before(None) {
+                    self.release_quarantined(old);
+                }
+            }
+        }
+    }
+
+    fn info(&self, idx: CallIdx, now: Instant) -> CallInfo {
+        let c = self.calls.get(idx);
+        CallInfo {
+            inside_host: c.inside_host,
+            inside_id: c.inside_id,
+            outside_peer: c.outside_peer,
+            outside_id: c.outside_id,
+            nat_id: c.nat_id,
+            conn: (c.conn != DETACHED).then(|| self.conns.get(c.conn).key),
+            state: match c.state {
+                CallState::Requested => "requested",
+                CallState::Established => "established",
+                CallState::Ended(_) => "ended",
+            },
+            age: now.saturating_duration_since(c.created),
+            packets_in: c.packets_in,
+            packets_out: c.packets_out,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        }
+    }
+
+    /// Every live call.
+    pub fn calls(&self, now: Instant) -> Vec<CallInfo> {
+        self.calls
+            .iter()
+            .filter(|(_, c)| c.is_live())
+            .map(|(i, _)| self.info(i, now))
+            .collect()
+    }
+
+    /// Tracked control connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Ended calls whose NAT id is still in quarantine.
+    pub fn quarantined(&self) -> usize {
+        self.calls.quarantined()
+    }
+}
+
+/// Map type used for connections.
+type ConnMap = FxHashMap<ConnKey, ConnIdx>;

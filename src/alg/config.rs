@@ -1,0 +1,66 @@
+//! Engine configuration: limits, timeouts and the Call-ID policy.
+
+use std::time::Duration;
+
+/// How a NAT Call ID is chosen for a new call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdPolicy {
+    /// Keep the inside host's id when it is free for the outside peer (as
+    /// Linux keeps source ports), otherwise take the next free one.
+    #[default]
+    Keep,
+    /// Start the search at a random id.
+    Random,
+}
+
+/// Limits and timeouts of the engine. `Default` gives the documented
+/// defaults; each is justified at its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgConfig {
+    /// Live calls in total. 16384 calls cost about 4 MB (see `MEMORY`).
+    pub max_calls: usize,
+    /// Live calls per inside host. 64 covers a PPTP server behind the NAT
+    /// serving many clients only if raised; a client needs one or two.
+    pub max_calls_per_host: usize,
+    /// Tracked control connections in total.
+    pub max_connections: usize,
+    /// NAT id selection.
+    pub id_policy: IdPolicy,
+    /// Seed of the random policy (deterministic tests pass a constant).
+    pub seed: u64,
+    /// A call without a successful reply is dropped after this long.
+    /// RFC 2637 peers give up on an unanswered request within a minute.
+    pub call_setup_timeout: Duration,
+    /// An established call with no GRE and no control message naming it
+    /// ends after this long. PPP sends LCP echoes every 10-60 s, so 10 min
+    /// of silence means the call is gone.
+    pub call_idle_timeout: Duration,
+    /// A control connection with no segment for this long is forgotten with
+    /// its calls. RFC 2637 sends Echo-Request after 60 s of silence, so
+    /// five minutes is five missed echoes.
+    pub conn_idle_timeout: Duration,
+    /// How long a closed (FIN/RST) connection's state is kept to translate
+    /// retransmissions identically.
+    pub conn_linger: Duration,
+    /// An ended call's NAT id is not reused for this long, so late GRE of
+    /// the old call cannot reach a new one.
+    pub quarantine: Duration,
+}
+
+impl Default for AlgConfig {
+    fn default() -> Self {
+        AlgConfig {
+            max_calls: 16384,
+            max_calls_per_host: 64,
+            max_connections: 8192,
+            id_policy: IdPolicy::Keep,
+            seed: 0x5eed_1723,
+            call_setup_timeout: Duration::from_secs(60),
+            call_idle_timeout: Duration::from_secs(600),
+            conn_idle_timeout: Duration::from_secs(300),
+            conn_linger: Duration::from_secs(10),
+            quarantine: Duration::from_secs(60),
+        }
+    }
+}

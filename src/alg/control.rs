@@ -1,0 +1,524 @@
+//! The control connection path: TCP stream tracking per direction and the
+//! Call-ID translation rule for control messages.
+
+use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
+use super::table::{Call, CallIdx, CallState, ConnIdx, DETACHED};
+use super::{
+    Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, Verdict, PPTP_PORT,
+};
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
+use crate::wire::tcp::{TcpSegment, FIN, RST, SYN};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+/// Patches kept per direction for identical retransmissions. Each call
+/// produces one or two, so this covers many calls' worth of unacknowledged
+/// data while bounding memory.
+const PATCH_LOG: usize = 64;
+
+/// Result code of a successful Outgoing/Incoming-Call-Reply.
+const RESULT_SUCCESS: u8 = 1;
+
+/// One direction of a tracked connection.
+#[derive(Debug, Default)]
+pub(super) struct Dir {
+    /// `None` until the stream start (SYN or a segment beginning with a
+    /// PPTP header) has been seen.
+    parser: Option<Box<Parser>>,
+    patches: Vec<Patch>,
+}
+
+/// A tracked control connection.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub key: ConnKey,
+    dirs: [Dir; 2],
+    /// Calls of this connection, live and in quarantine.
+    pub calls: Vec<CallIdx>,
+    last_seen: Instant,
+    closing: Option<Instant>,
+    desynced: bool,
+}
+
+/// All tracked connections.
+#[derive(Debug, Default)]
+pub(super) struct Conns {
+    slots: Vec<Option<Conn>>,
+    free: Vec<ConnIdx>,
+    by_key: ConnMap,
+}
+
+impl Conns {
+    pub fn get(&self, i: ConnIdx) -> &Conn {
+        self.slots[i as usize].as_ref().expect("valid conn index")
+    }
+    pub fn get_mut(&mut self, i: ConnIdx) -> &mut Conn {
+        self.slots[i as usize].as_mut().expect("valid conn index")
+    }
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+    fn insert(&mut self, c: Conn) -> ConnIdx {
+        let key = c.key;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(c);
+                i
+            }
+            None => {
+                self.slots.push(Some(c));
+                (self.slots.len() - 1) as ConnIdx
+            }
+        };
+        self.by_key.insert(key, i);
+        i
+    }
+    fn remove(&mut self, i: ConnIdx) -> Conn {
+        let c = self.slots[i as usize].take().expect("valid conn index");
+        self.by_key.remove(&c.key);
+        self.free.push(i);
+        c
+    }
+    fn indices(&self) -> Vec<ConnIdx> {
+        self.by_key.values().copied().collect()
+    }
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::FromInside => 0,
+        Direction::ToInside => 1,
+    }
+}
+
+fn starts_with_header(payload: &[u8]) -> bool {
+    payload.len() >= HEADER_LEN
+        && parse_header(payload[..HEADER_LEN].try_into().expect("12 bytes")).is_ok()
+}
+
+/// A call request that cannot be granted.
+struct Refused;
+
+impl Alg {
+    pub(super) fn handle_tcp(
+        &mut self,
+        now: Instant,
+        ip: &mut Ipv4Packet<&mut [u8]>,
+        dir: Direction,
+    ) -> Verdict {
+        let (src, dst) = (ip.src(), ip.dst());
+        let Ok(mut tcp) = TcpSegment::new_checked(ip.payload_mut()) else {
+            self.stats.malformed += 1;
+            return Verdict::Accept;
+        };
+        let (sp, dp) = (tcp.src_port(), tcp.dst_port());
+        if sp != PPTP_PORT && dp != PPTP_PORT {
+            self.stats.ignored += 1;
+            return Verdict::Accept;
+        }
+        self.stats.control_packets += 1;
+        let (s, d) = (SocketAddrV4::new(src, sp), SocketAddrV4::new(dst, dp));
+        let key = match dir {
+            Direction::FromInside => ConnKey {
+                inside: s,
+                outside: d,
+            },
+            Direction::ToInside => ConnKey {
+                inside: d,
+                outside: s,
+            },
+        };
+        let flags = tcp.flags();
+        let seq = tcp.seq();
+        let data_seq = if flags & SYN != 0 {
+            seq.wrapping_add(1)
+        } else {
+            seq
+        };
+        let payload_len = tcp.payload().len();
+
+        let ci = match self.conns.by_key.get(&key) {
+            Some(&ci) => ci,
+            None => {
+                if flags & SYN == 0 && !starts_with_header(tcp.payload()) {
+                    if payload_len > 0 {
+                        self.stats.unsynced_segments += 1;
+                    }
+                    return Verdict::Accept;
+                }
+                if self.conns.len() >= self.cfg.max_connections {
+                    self.stats.connection_limit += 1;
+                    return Verdict::Accept;
+                }
+                self.conns.insert(Conn {
+                    key,
+                    dirs: Default::default(),
+                    calls: Vec::new(),
+                    last_seen: now,
+                    closing: None,
+                    desynced: false,
+                })
+            }
+        };
+        let di = dir_index(dir);
+        let conn = self.conns.get_mut(ci);
+        conn.last_seen = now;
+        if flags & SYN != 0 {
+            // A SYN (or a retransmitted one) defines the stream start.
+            let fresh = conn.dirs[di]
+                .parser
+                .as_ref()
+                .is_none_or(|p| p.next != data_seq);
+            if fresh && !conn.dirs[di].patches.is_empty() {
+                conn.dirs[di].patches.clear();
+            }
+            if fresh {
+                conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
+            }
+        }
+
+        if payload_len > 0 {
+            if conn.dirs[di].parser.is_none() {
+                if starts_with_header(tcp.payload()) {
+                    conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
+                } else {
+                    self.stats.unsynced_segments += 1;
+                }
+            }
+            if let Some(v) = self.feed_segment(now, ci, dir, data_seq, tcp.payload()) {
+                return v;
+            }
+        }
+
+        let mut modified = false;
+        let conn = self.conns.get(ci);
+        for &(pseq, byte) in &conn.dirs[di].patches {
+            let off = seq_diff(pseq, data_seq);
+            if off >= 0 && (off as usize) < payload_len {
+                tcp.patch_payload_byte(off as usize, byte);
+                modified = true;
+            }
+        }
+
+        if flags & (FIN | RST) != 0 {
+            self.close_conn(ci, now);
+        }
+        if modified {
+            Verdict::Modified
+        } else {
+            Verdict::Accept
+        }
+    }
+
+    /// Parses the new bytes of a segment. Returns a verdict only when the
+    /// segment must be dropped.
+    fn feed_segment(
+        &mut self,
+        now: Instant,
+        ci: ConnIdx,
+        dir: Direction,
+        data_seq: u32,
+        payload: &[u8],
+    ) -> Option<Verdict> {
+        let di = dir_index(dir);
+        let conn = self.conns.get_mut(ci);
+        if conn.desynced {
+            return None;
+        }
+        let Some(parser) = conn.dirs[di].parser.as_ref() else {
+            return None;
+        };
+        let ahead = seq_diff(data_seq, parser.next);
+        if ahead > 0 {
+            self.stats.dropped_out_of_order += 1;
+            return Some(Verdict::Drop(DropReason::OutOfOrder));
+        }
+        let skip = (-ahead) as usize;
+        if skip >= payload.len() {
+            return None; // a pure retransmission: patches cover it
+        }
+        // Work on a copy so that a refused segment leaves no trace.
+        let mut parser = parser.clone();
+        let mut patches = std::mem::take(&mut conn.dirs[di].patches);
+        let patches_before = patches.len();
+        self.created.clear();
+        let res = parser.feed(&payload[skip..], &mut patches, |item| {
+            self.on_item(now, ci, dir, item)
+        });
+        let conn = self.conns.get_mut(ci);
+        match res {
+            Ok(()) => {
+                conn.dirs[di].parser = Some(parser);
+                if patches.len() > PATCH_LOG {
+                    patches.drain(..patches.len() - PATCH_LOG);
+                }
+                conn.dirs[di].patches = patches;
+                let created = std::mem::take(&mut self.created);
+                for &idx in &created {
+                    self.stats.calls_created += 1;
+                    let info = self.info(idx, now);
+                    self.push_event(Event::CallStarted(info));
+                }
+                self.created = created;
+                self.stats.calls_active = self.calls.live() as u64;
+                None
+            }
+            Err(FeedError::Desync(error)) => {
+                // Keep what was translated before the bad header; stop here.
+                conn.dirs[di].parser = Some(parser);
+                conn.dirs[di].patches = patches;
+                conn.desynced = true;
+                let key = conn.key;
+                self.stats.desyncs += 1;
+                self.push_event(Event::Desync {
+                    conn: key,
+                    direction: dir,
+                    error,
+                });
+                for &idx in &std::mem::take(&mut self.created) {
+                    self.stats.calls_created += 1;
+                    let info = self.info(idx, now);
+                    self.push_event(Event::CallStarted(info));
+                }
+                self.stats.calls_active = self.calls.live() as u64;
+                None
+            }
+            Err(FeedError::Handler(Refused)) => {
+                patches.truncate(patches_before);
+                conn.dirs[di].patches = patches;
+                for idx in std::mem::take(&mut self.created) {
+                    self.conns.get_mut(ci).calls.retain(|&c| c != idx);
+                    self.calls.forget_live(idx);
+                }
+                self.stats.calls_active = self.calls.live() as u64;
+                self.stats.dropped_call_refused += 1;
+                Some(Verdict::Drop(DropReason::CallRefused))
+            }
+        }
+    }
+
+    fn on_item(
+        &mut self,
+        now: Instant,
+        ci: ConnIdx,
+        dir: Direction,
+        item: Item<'_>,
+    ) -> Result<Option<u16>, Refused> {
+        use ControlType::*;
+        match item {
+            Item::Field { ty, offset, value } => {
+                let own = ty.call_id_fields().own == Some(offset);
+                Ok(match (dir, own) {
+                    (Direction::FromInside, true) => match ty {
+                        OutgoingCallRequest | IncomingCallRequest | OutgoingCallReply
+                        | IncomingCallReply => {
+                            let idx = self.call_for_inside(now, ci, value)?;
+                            Some(self.calls.get(idx).nat_id)
+                        }
+                        _ => self
+                            .find_by_inside(ci, value)
+                            .map(|i| self.calls.get(i).nat_id),
+                    },
+                    // The outside peer's own ids pass unchanged, except a
+                    // Call-Disconnect-Notify that names our NAT id (the
+                    // Linux/pptp-linux reading of its field).
+                    (Direction::ToInside, true) if ty == CallDisconnectNotify => self
+                        .find_by_nat(ci, value)
+                        .map(|i| self.calls.get(i).inside_id),
+                    (Direction::ToInside, false) => self
+                        .find_by_nat(ci, value)
+                        .map(|i| self.calls.get(i).inside_id),
+                    _ => None,
+                })
+            }
+            Item::Message { ty, bytes } => {
+                self.stats.messages += 1;
+                self.on_message(now, ci, dir, ty, bytes);
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        ci: ConnIdx,
+        dir: Direction,
+        ty: ControlType,
+        bytes: &[u8],
+    ) {
+        use ControlType::*;
+        let at = |o: usize| u16::from_be_bytes([bytes[o], bytes[o + 1]]);
+        match ty {
+            StopCtrlConnRequest | StopCtrlConnReply => {
+                self.end_conn_calls(ci, EndCause::StopControl, now)
+            }
+            OutgoingCallReply | IncomingCallReply => {
+                let (own, peer) = (at(12), at(14));
+                let call = match dir {
+                    Direction::FromInside => self
+                        .find_live(ci, |c| c.inside_id == own)
+                        .map(|i| (i, peer)),
+                    Direction::ToInside => self
+                        .find_by_nat(ci, peer)
+                        .filter(|&i| self.calls.get(i).is_live())
+                        .map(|i| (i, own)),
+                };
+                if let Some((idx, outside_id)) = call {
+                    self.calls.set_outside_id(idx, outside_id);
+                    if bytes[REPLY_RESULT_OFFSET] == RESULT_SUCCESS {
+                        let c = self.calls.get_mut(idx);
+                        c.state = CallState::Established;
+                        c.last_activity = now;
+                    } else {
+                        self.end_call(idx, EndCause::ReplyFailure, now);
+                    }
+                }
+            }
+            CallDisconnectNotify => {
+                let id = at(12);
+                // Either meaning of the field: the sender's own call, or the
+                // receiver's (as the Linux helper reads it).
+                let idx = match dir {
+                    Direction::FromInside => self
+                        .find_live(ci, |c| c.inside_id == id)
+                        .or_else(|| self.find_live(ci, |c| c.outside_id == Some(id))),
+                    Direction::ToInside => self
+                        .find_by_nat(ci, id)
+                        .filter(|&i| self.calls.get(i).is_live())
+                        .or_else(|| self.find_live(ci, |c| c.outside_id == Some(id))),
+                };
+                if let Some(idx) = idx {
+                    self.end_call(idx, EndCause::Disconnect, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The live call of `inside_id` on this connection, or a new one.
+    fn call_for_inside(
+        &mut self,
+        now: Instant,
+        ci: ConnIdx,
+        inside_id: u16,
+    ) -> Result<CallIdx, Refused> {
+        if let Some(idx) = self.find_live(ci, |c| c.inside_id == inside_id) {
+            return Ok(idx);
+        }
+        let key = self.conns.get(ci).key;
+        let (host, peer) = (*key.inside.ip(), *key.outside.ip());
+        let refuse = |this: &mut Self, reason: RefuseReason| {
+            match reason {
+                RefuseReason::IdSpaceExhausted => this.stats.alloc_failures += 1,
+                RefuseReason::TotalLimit => this.stats.refused_total_limit += 1,
+                RefuseReason::HostLimit => this.stats.refused_host_limit += 1,
+            }
+            this.push_event(Event::CallRefused {
+                conn: key,
+                inside_id,
+                reason,
+            });
+            Err(Refused)
+        };
+        if self.calls.live() >= self.cfg.max_calls {
+            return refuse(self, RefuseReason::TotalLimit);
+        }
+        if self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host {
+            return refuse(self, RefuseReason::HostLimit);
+        }
+        let Some(nat_id) = self.calls.pick_id(peer, inside_id, self.cfg.id_policy) else {
+            return refuse(self, RefuseReason::IdSpaceExhausted);
+        };
+        let idx = self.calls.insert(Call {
+            conn: ci,
+            inside_host: host,
+            inside_id,
+            outside_peer: peer,
+            outside_id: None,
+            nat_id,
+            state: CallState::Requested,
+            created: now,
+            last_activity: now,
+            ended_at: None,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        self.conns.get_mut(ci).calls.push(idx);
+        self.created.push(idx);
+        Ok(idx)
+    }
+
+    /// The newest call of this connection matching `f` that is live.
+    fn find_live(&self, ci: ConnIdx, f: impl Fn(&Call) -> bool) -> Option<CallIdx> {
+        self.conns.get(ci).calls.iter().rev().copied().find(|&i| {
+            let c = self.calls.get(i);
+            c.is_live() && f(c)
+        })
+    }
+
+    /// The newest call of this connection with `inside_id`, live or in
+    /// quarantine (late messages of an ended call translate as before).
+    fn find_by_inside(&self, ci: ConnIdx, inside_id: u16) -> Option<CallIdx> {
+        self.find_live(ci, |c| c.inside_id == inside_id)
+            .or_else(|| {
+                self.conns
+                    .get(ci)
+                    .calls
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&i| self.calls.get(i).inside_id == inside_id)
+            })
+    }
+
+    /// The call of this connection holding NAT id `nat`.
+    fn find_by_nat(&self, ci: ConnIdx, nat: u16) -> Option<CallIdx> {
+        let peer = *self.conns.get(ci).key.outside.ip();
+        self.calls
+            .by_nat(peer, nat)
+            .filter(|&i| self.calls.get(i).conn == ci)
+    }
+
+    fn end_conn_calls(&mut self, ci: ConnIdx, cause: EndCause, now: Instant) {
+        let calls = self.conns.get(ci).calls.clone();
+        for idx in calls {
+            self.end_call(idx, cause, now);
+        }
+    }
+
+    fn close_conn(&mut self, ci: ConnIdx, now: Instant) {
+        self.end_conn_calls(ci, EndCause::ConnClosed, now);
+        let c = self.conns.get_mut(ci);
+        c.closing.get_or_insert(now);
+    }
+
+    fn forget_conn(&mut self, ci: ConnIdx) {
+        let conn = self.conns.remove(ci);
+        for idx in conn.calls {
+            let c = self.calls.get_mut(idx);
+            debug_assert!(!c.is_live());
+            c.conn = DETACHED;
+        }
+    }
+
+    pub(super) fn sweep_conns(&mut self, now: Instant) {
+        for ci in self.conns.indices() {
+            let c = self.conns.get(ci);
+            if let Some(t) = c.closing {
+                if now.duration_since(t) >= self.cfg.conn_linger {
+                    self.forget_conn(ci);
+                }
+            } else if now.duration_since(c.last_seen) >= self.cfg.conn_idle_timeout {
+                self.end_conn_calls(ci, EndCause::ConnTimeout, now);
+                self.forget_conn(ci);
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The call table: every call the gateway knows, indexed for O(1) lookups
+//! by the keys packets carry, and the NAT Call-ID allocator.
+//!
+//! Ended calls stay in the table, still holding their NAT id, until their
+//! quarantine expires: that is the quarantine, and it also lets late or
+//! retransmitted control messages of an ended call translate identically.
+
+use super::config::IdPolicy;
+use super::stats::EndCause;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+/// Index of a call in the table.
+pub type CallIdx = u32;
+/// Index of a control connection.
+pub type ConnIdx = u32;
+/// A call whose connection is gone (only ended calls).
+pub const DETACHED: ConnIdx = u32::MAX;
+
+/// Lifecycle of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Request seen, no successful reply yet.
+    Requested,
+    /// Reply with success seen.
+    Established,
+    /// Ended; kept for the quarantine.
+    Ended(EndCause),
+}
+
+/// One PPTP call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub conn: ConnIdx,
+    pub inside_host: Ipv4Addr,
+    pub inside_id: u16,
+    pub outside_peer: Ipv4Addr,
+    pub outside_id: Option<u16>,
+    pub nat_id: u16,
+    pub state: CallState,
+    pub created: Instant,
+    pub last_activity: Instant,
+    pub ended_at: Option<Instant>,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Call {
+    /// Whether the call is live (not ended).
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, CallState::Ended(_))
+    }
+}
+
+fn nat_key(peer: Ipv4Addr, id: u16) -> u64 {
+    (u64::from(u32::from(peer)) << 16) | u64::from(id)
+}
+
+fn outside_key(inside: Ipv4Addr, outside: Ipv4Addr, id: u16) -> (u64, u16) {
+    (
+        (u64::from(u32::from(inside)) << 32) | u64::from(u32::from(outside)),
+        id,
+    )
+}
+
+/// Why an id could not be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseReason {
+    /// Every NAT id with the inside id's high byte is in use or in
+    /// quarantine for this outside peer.
+    IdSpaceExhausted,
+    /// `max_calls` live calls exist.
+    TotalLimit,
+    /// The inside host has `max_calls_per_host` live calls.
+    HostLimit,
+}
+
+/// Calls and their indexes.
+#[derive(Debug, Default)]
+pub struct CallTable {
+    slots: Vec<Option<Call>>,
+    free: Vec<CallIdx>,
+    by_nat: FxHashMap<u64, CallIdx>,
+    by_outside: FxHashMap<(u64, u16), CallIdx>,
+    per_host: FxHashMap<Ipv4Addr, u32>,
+    /// Ended calls in the order they ended (the quarantine is one fixed
+    /// duration, so this is also expiry order).
+    ended: VecDeque<CallIdx>,
+    live: usize,
+    rng: u64,
+}
+
+impl CallTable {
+    /// An empty table; `seed` drives the random id policy.
+    pub fn new(seed: u64) -> Self {
+        CallTable {
+            rng: seed | 1,
+            ..Default::default()
+        }
+    }
+
+    /// Live calls.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Ended calls still in quarantine.
+    pub fn quarantined(&self) -> usize {
+        self.ended.len()
+    }
+
+    /// Live calls of one inside host.
+    pub fn host_calls(&self, host: Ipv4Addr) -> u32 {
+        self.per_host.get(&host).copied().unwrap_or(0)
+    }
+
+    /// The call at `idx`.
+    pub fn get(&self, idx: CallIdx) -> &Call {
+        self.slots[idx as usize].as_ref().expect("valid call index")
+    }
+
+    /// The call at `idx`, mutably.
+    pub fn get_mut(&mut self, idx: CallIdx) -> &mut Call {
+        self.slots[idx as usize].as_mut().expect("valid call index")
+    }
+
+    /// Every call with its index.
+    pub fn iter(&self) -> impl Iterator<Item = (CallIdx, &Call)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i as CallIdx, c)))
+    }
+
+    /// The call (live or in quarantine) holding NAT id `nat` towards `peer`.
+    #[inline]
+    pub fn by_nat(&self, peer: Ipv4Addr, nat: u16) -> Option<CallIdx> {
+        self.by_nat.get(&nat_key(peer, nat)).copied()
+    }
+
+    /// The live call of `inside` whose outside peer calls itself `id`.
+    #[inline]
+    pub fn by_outside(&self, inside: Ipv4Addr, outside: Ipv4Addr, id: u16) -> Option<CallIdx> {
+        self.by_outside
+            .get(&outside_key(inside, outside, id))
+            .copied()
+    }
+
+    /// Picks a free NAT id towards `peer` with the high byte of `inside_id`.
+    /// Keeping the high byte lets a segment that ends between the two bytes
+    /// of a Call-ID field leave before the second byte is known.
+    pub fn pick_id(&mut self, peer: Ipv4Addr, inside_id: u16, policy: IdPolicy) -> Option<u16> {
+        let high = inside_id & 0xff00;
+        let start = match policy {
+            IdPolicy::Keep => inside_id & 0xff,
+            IdPolicy::Random => {
+                // xorshift64: cheap, seedable, good enough to spread ids.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                (self.rng & 0xff) as u16
+            }
+        };
+        (0..256u16)
+            .map(|i| high | ((start + i) & 0xff))
+            .find(|&id| !self.by_nat.contains_key(&nat_key(peer, id)))
+    }
+
+    /// Inserts a new live call.
+    pub fn insert(&mut self, call: Call) -> CallIdx {
+        let key = nat_key(call.outside_peer, call.nat_id);
+        *self.per_host.entry(call.inside_host).or_insert(0) += 1;
+        self.live += 1;
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(call);
+                i
+            }
+            None => {
+                self.slots.push(Some(call));
+                (self.slots.len() - 1) as CallIdx
+            }
+        };
+        self.by_nat.insert(key, idx);
+        idx
+    }
+
+    /// Records the outside peer's own id of a live call.
+    pub fn set_outside_id(&mut self, idx: CallIdx, id: u16) {
+        let c = self.get_mut(idx);
+        if !c.is_live() || c.outside_id == Some(id) {
+            return;
+        }
+        let old = c.outside_id.replace(id);
+        let (inside, outside) = (c.inside_host, c.outside_peer);
+        if let Some(old) = old {
+            self.by_outside.remove(&outside_key(inside, outside, old));
+        }
+        self.by_outside
+            .insert(outside_key(inside, outside, id), idx);
+    }
+
+    /// Marks a live call ended; it stays in quarantine. Returns false if it
+    /// had already ended.
+    pub fn end(&mut self, idx: CallIdx, cause: EndCause, now: Instant) -> bool {
+        let c = self.get_mut(idx);
+        if !c.is_live() {
+            return false;
+        }
+        c.state = CallState::Ended(cause);
+        c.ended_at = Some(now);
+        let (host, outside, oid) = (c.inside_host, c.outside_peer, c.outside_id);
+        if let Some(oid) = oid {
+            let k = outside_key(host, outside, oid);
+            if self.by_outside.get(&k) == Some(&idx) {
+                self.by_outside.remove(&k);
+            }
+        }
+        self.dec_host(host);
+        self.ended.push_back(idx);
+        true
+    }
+
+    /// Removes a live call as if it never existed (a refused segment rolls
+    /// back the calls it created).
+    pub fn forget_live(&mut self, idx: CallIdx) {
+        let c = self.slots[idx as usize].take().expect("valid call index");
+        debug_assert!(c.is_live());
+        self.by_nat.remove(&nat_key(c.outside_peer, c.nat_id));
+        if let Some(oid) = c.outside_id {
+            self.by_outside
+                .remove(&outside_key(c.inside_host, c.outside_peer, oid));
+        }
+        self.dec_host(c.inside_host);
+        self.free.push(idx);
+    }
+
+    fn dec_host(&mut self, host: Ipv4Addr) {
+        self.live -= 1;
+        if let Some(n) = self.per_host.get_mut(&host) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&host);
+            }
+        }
+    }
+
+    /// The oldest ended call, if its quarantine started at or before `cutoff`.
+    pub fn oldest_ended_before(&self, cutoff: Option<Instant>) -> Option<CallIdx> {
+        let &idx = self.ended.front()?;
+        let at = self.get(idx).ended_at?;
+        match cutoff {
+            Some(c) if at > c => None,
+            _ => Some(idx),
+        }
+    }
+
+    /// Removes the oldest ended call for good, freeing its NAT id.
+    pub fn purge_oldest_ended(&mut self) -> Option<Call> {
+        let idx = self.ended.pop_front()?;
+        let c = self.slots[idx as usize].take().expect("valid call index");
+        let k = nat_key(c.outside_peer, c.nat_id);
+        if self.by_nat.get(&k) == Some(&idx) {
+            self.by_nat.remove(&k);
+        }
+        self.free.push(idx);
+        Some(c)
+    }
+}
