@@ -6,7 +6,10 @@
 //!   stream tracking, timeouts). Time is passed in by the caller.
 //! - [`nft`]: the only code that talks to nftables (nftnl + mnl).
 //! - [`nfqueue`]: the only code that talks to NFQUEUE (nfq).
+//! - [`daemon`]: configuration, the packet loop, status socket, signals.
 
 pub mod alg;
+pub mod daemon;
+pub mod nfqueue;
 pub mod nft;
 pub mod wire;

@@ -1,0 +1,1 @@
+//! NFQUEUE access (being written).
