@@ -1,5 +1,6 @@
 //! `pptp-peer client`: a scripted PNS that places (or accepts) calls and sends GRE.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
@@ -131,6 +132,9 @@ struct Client<'a> {
     ctl: Option<Control>,
     calls: Vec<CallRecord>,
     malformed: Option<MalformedOutcome>,
+    /// Messages that arrived before anyone waited for them (e.g. an ICRQ while
+    /// probing after a malformed message); later waits look here first.
+    backlog: VecDeque<Msg>,
     /// Messages received, kept here once the connection is gone.
     control_received: Vec<String>,
     /// Problems that do not stop the script but make the run a failure.
@@ -167,6 +171,7 @@ pub fn run(o: ClientOpts) -> i32 {
         ctl: None,
         calls: Vec::new(),
         malformed: None,
+        backlog: VecDeque::new(),
         control_received: Vec::new(),
         errors: Vec::new(),
     };
@@ -460,7 +465,8 @@ impl Client<'_> {
                 Ok(None) => return Ok(()),
                 Ok(Some(m)) => {
                     if !self.background(&m)? {
-                        log::info!("ignoring {} while holding", m.name());
+                        log::info!("keeping {} for later while holding", m.name());
+                        self.backlog.push_back(m);
                     }
                 }
                 Err(e) => return Err(format!("{e} while holding the calls")),
@@ -558,13 +564,19 @@ impl Client<'_> {
 
     /// Reads until a message satisfies `want`, handling background traffic meanwhile.
     fn wait_for(&mut self, what: &str, want: impl Fn(&Msg) -> bool) -> Result<Msg, String> {
+        if let Some(i) = self.backlog.iter().position(&want) {
+            if let Some(m) = self.backlog.remove(i) {
+                return Ok(m);
+            }
+        }
         let deadline = Instant::now() + self.step_timeout();
         loop {
             match self.ctl()?.recv_until(deadline) {
                 Ok(Some(m)) if want(&m) => return Ok(m),
                 Ok(Some(m)) => {
                     if !self.background(&m)? {
-                        log::info!("ignoring {} while waiting for {what}", m.name());
+                        log::info!("keeping {} for later while waiting for {what}", m.name());
+                        self.backlog.push_back(m);
                     }
                 }
                 Ok(None) => return Err(format!("timed out waiting for {what}")),
