@@ -1,0 +1,189 @@
+//! Finding out what the running kernel supports and what else is loaded.
+
+use std::ffi::{CStr, CString};
+use std::io::{BufRead, BufReader};
+
+use nftnl::{Chain, MsgType, Rule, Table};
+use nftnl_sys::{self as sys, libc};
+
+use super::netlink::{Netlink, Txn};
+use super::objects::{dump_objects, get_table, TableMsg};
+use super::ruleset::Stmt;
+use super::{table_cname, NftError, QueueBackend};
+
+/// `NFT_OBJECT_CT_HELPER` from linux/netfilter/nf_tables.h.
+const NFT_OBJECT_CT_HELPER: u32 = 3;
+
+/// See [`super::detect_backend`].
+pub fn detect_backend() -> Result<QueueBackend, NftError> {
+    let mut nl = Netlink::open()?;
+    let queue = match probe(&mut nl, QueueBackend::NftQueue) {
+        Ok(()) => return Ok(QueueBackend::NftQueue),
+        Err(e) if unsupported(&e) => e,
+        Err(e) => return Err(e),
+    };
+    match probe(&mut nl, QueueBackend::XtNfqueue) {
+        Ok(()) => Ok(QueueBackend::XtNfqueue),
+        Err(xt) if unsupported(&xt) => Err(NftError::NoQueueBackend {
+            queue: Box::new(queue),
+            xt: Box::new(xt),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The errors a kernel gives for an expression type (or xt target) it does not have.
+fn unsupported(e: &NftError) -> bool {
+    matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EOPNOTSUPP))
+}
+
+/// Adds a throwaway table with one queue rule and deletes it again, in one batch.
+///
+/// On success the delete is part of the same commit, so the table never becomes visible; on
+/// failure the whole batch is rolled back. Either way nothing is left behind. The chain has no
+/// hook, so no packet could ever reach the rule, and the table is added with NLM_F_EXCL so an
+/// existing table of the same name is never touched.
+fn probe(nl: &mut Netlink, backend: QueueBackend) -> Result<(), NftError> {
+    let name = CString::new(format!("pptp_alg_probe_{}", std::process::id()))
+        .expect("no NUL in a formatted number");
+    let tname = name.to_string_lossy().into_owned();
+    let t = TableMsg::new(&name, true);
+    let anchor = Table::new(&name, nftnl::ProtoFamily::Ipv4);
+    let chain = Chain::new(c"probe", &anchor);
+    let mut rule = Rule::new(&chain);
+    let stmt = Stmt::Queue(1, backend);
+    for e in stmt.exprs((0, 0)) {
+        rule.add_expr(&e);
+    }
+    let mut txn = Txn::new();
+    txn.add(&t, MsgType::Add, format!("add probe table ip {tname}"));
+    txn.add(
+        &chain,
+        MsgType::Add,
+        format!("add chain probe to table ip {tname}"),
+    );
+    txn.add(&rule, MsgType::Add, format!("rule with the {backend}"));
+    txn.add(&t, MsgType::Del, format!("delete probe table ip {tname}"));
+    nl.commit(txn)
+}
+
+/// See [`super::table_exists`].
+pub fn table_exists(table: &str) -> Result<bool, NftError> {
+    let name = table_cname(table)?;
+    let mut nl = Netlink::open()?;
+    match nl.request(&format!("get table ip {table}"), get_table(&name), |_| {
+        Ok(())
+    }) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// See [`super::pptp_helper_in_use`].
+pub fn pptp_helper_in_use() -> Result<Option<String>, NftError> {
+    let mut found = Vec::new();
+
+    let mut nl = Netlink::open()?;
+    nl.request(
+        "list ct helper objects",
+        dump_objects(NFT_OBJECT_CT_HELPER),
+        |msg| {
+            if let Some(d) = pptp_helper_object(msg.raw)? {
+                found.push(d);
+            }
+            Ok(())
+        },
+    )?;
+
+    let sysctl = "/proc/sys/net/netfilter/nf_conntrack_helper";
+    match std::fs::read_to_string(sysctl) {
+        Ok(v) if v.trim() == "1" => found.push(format!(
+            "{sysctl} is 1: the kernel attaches helpers (pptp on tcp/1723) to new connections \
+             automatically"
+        )),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(NftError::Proc {
+                path: sysctl.into(),
+                source,
+            })
+        }
+    }
+
+    // Catches helpers attached by anything we cannot inspect (iptables-legacy CT targets).
+    let conntrack = "/proc/net/nf_conntrack";
+    match std::fs::File::open(conntrack) {
+        Ok(f) => {
+            let n = BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.contains("helper=pptp"))
+                .count();
+            if n > 0 {
+                found.push(format!(
+                    "{conntrack} lists {n} connection(s) with helper=pptp"
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(NftError::Proc {
+                path: conntrack.into(),
+                source,
+            })
+        }
+    }
+
+    Ok(if found.is_empty() {
+        None
+    } else {
+        Some(found.join("; "))
+    })
+}
+
+/// Describes a ct helper object if it uses the "pptp" helper.
+fn pptp_helper_object(raw: &[u8]) -> Result<Option<String>, NftError> {
+    // SAFETY: `raw` is one complete netlink message; the object is ours and freed below; the
+    // strings are copied before that.
+    unsafe {
+        let o = sys::nftnl_obj_alloc();
+        if o.is_null() {
+            std::process::abort();
+        }
+        if sys::nftnl_obj_nlmsg_parse(raw.as_ptr().cast(), o) < 0 {
+            sys::nftnl_obj_free(o);
+            return Err(NftError::Protocol("cannot parse an object dump".into()));
+        }
+        let get = |attr: u32| {
+            let p = sys::nftnl_obj_get_str(o, attr as u16);
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let helper = get(sys::NFTNL_OBJ_CT_HELPER_NAME);
+        let desc = format!(
+            "ct helper object \"{}\" of type \"{helper}\" in table {} {}",
+            get(sys::NFTNL_OBJ_NAME),
+            family_name(sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_FAMILY as u16)),
+            get(sys::NFTNL_OBJ_TABLE)
+        );
+        sys::nftnl_obj_free(o);
+        Ok((helper == "pptp").then_some(desc))
+    }
+}
+
+fn family_name(f: u32) -> &'static str {
+    match f as i32 {
+        libc::NFPROTO_IPV4 => "ip",
+        libc::NFPROTO_IPV6 => "ip6",
+        libc::NFPROTO_INET => "inet",
+        libc::NFPROTO_BRIDGE => "bridge",
+        libc::NFPROTO_ARP => "arp",
+        libc::NFPROTO_NETDEV => "netdev",
+        _ => "?",
+    }
+}

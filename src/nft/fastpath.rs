@@ -1,0 +1,232 @@
+//! The kernel fast path: elements of the `gre_daddr` and `gre_cid` maps, one pair per call.
+
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::net::Ipv4Addr;
+
+use nftnl::MsgType;
+use nftnl_sys::{self as sys, libc};
+
+use super::netlink::{Netlink, Txn};
+use super::objects::{dump_elems, get_set, ElemsMsg};
+use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
+use super::{table_cname, ElementCounter, NftError, RulesConfig};
+
+/// A handle on the fast path maps; owns its own netlink socket.
+///
+/// Every change is one atomic batch over both maps, so the kernel never sees a call whose
+/// address is known but whose Call ID is not.
+pub struct FastPath {
+    nl: Netlink,
+    table: CString,
+}
+
+impl FastPath {
+    /// Opens a netlink socket and checks that the installed table has the fast path maps.
+    pub fn open(cfg: &RulesConfig) -> Result<Self, NftError> {
+        if !cfg.offload {
+            return Err(NftError::FastPathUnavailable(
+                "the kernel fast path is disabled in the configuration (offload = false)".into(),
+            ));
+        }
+        let table = table_cname(&cfg.table)?;
+        let mut nl = Netlink::open()?;
+        for map in [GRE_DADDR, GRE_CID] {
+            let what = format!(
+                "get map {} of table ip {}",
+                map.to_string_lossy(),
+                cfg.table
+            );
+            match nl.request(&what, get_set(&table, map), |_| Ok(())) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(libc::ENOENT) => {
+                    return Err(NftError::FastPathUnavailable(format!(
+                        "table ip {} has no map {}: install the rules (with offload) first",
+                        cfg.table,
+                        map.to_string_lossy()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(FastPath { nl, table })
+    }
+
+    /// Lets the kernel translate GRE from `outside_peer` carrying Call ID `nat_id`: destination
+    /// becomes `inside_host`, Call ID becomes `inside_id`.
+    ///
+    /// Adding the same call twice is harmless; a different mapping for the same key replaces
+    /// the old one.
+    pub fn add_call(
+        &mut self,
+        outside_peer: Ipv4Addr,
+        nat_id: u16,
+        inside_host: Ipv4Addr,
+        inside_id: u16,
+    ) -> Result<(), NftError> {
+        let k = key(outside_peer, nat_id);
+        let elems = [
+            (GRE_CID, inside_id.to_be_bytes().to_vec()),
+            (GRE_DADDR, inside_host.octets().to_vec()),
+        ];
+        let mut txn = Txn::new();
+        for (map, data) in &elems {
+            self.push(&mut txn, MsgType::Add, map, &k, data, outside_peer, nat_id);
+        }
+        match self.nl.commit(txn) {
+            Err(e) if matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)) => {
+                // A stale entry (e.g. left by a crashed daemon) with other data: replace it.
+                self.remove_call(outside_peer, nat_id)?;
+                let mut txn = Txn::new();
+                for (map, data) in &elems {
+                    self.push(&mut txn, MsgType::Add, map, &k, data, outside_peer, nat_id);
+                }
+                self.nl.commit(txn)
+            }
+            r => r,
+        }
+    }
+
+    /// Stops translating a call in the kernel. Removing an absent call is not an error.
+    pub fn remove_call(&mut self, outside_peer: Ipv4Addr, nat_id: u16) -> Result<(), NftError> {
+        let k = key(outside_peer, nat_id);
+        let mut txn = Txn::new();
+        for map in [GRE_DADDR, GRE_CID] {
+            self.push(&mut txn, MsgType::Del, map, &k, &[], outside_peer, nat_id);
+        }
+        match self.nl.commit(txn) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => {
+                // One half is missing and the batch was rolled back: delete each on its own.
+                for map in [GRE_DADDR, GRE_CID] {
+                    let mut txn = Txn::new();
+                    self.push(&mut txn, MsgType::Del, map, &k, &[], outside_peer, nat_id);
+                    match self.nl.commit(txn) {
+                        Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                        r => r?,
+                    }
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Removes every element of both maps (start-up synchronisation and exit).
+    pub fn flush(&mut self) -> Result<(), NftError> {
+        let mut txn = Txn::new();
+        for map in [GRE_DADDR, GRE_CID] {
+            txn.add(
+                &ElemsMsg::flush(&self.table, map),
+                MsgType::Del,
+                format!(
+                    "flush map {} of table ip {}",
+                    map.to_string_lossy(),
+                    self.table.to_string_lossy()
+                ),
+            );
+        }
+        self.nl.commit(txn)
+    }
+
+    /// Packets and bytes the kernel translated, per call (from the per-element counters of
+    /// `gre_daddr`).
+    pub fn counters(&mut self) -> Result<Vec<ElementCounter>, NftError> {
+        let what = format!(
+            "list map {} of table ip {}",
+            GRE_DADDR.to_string_lossy(),
+            self.table.to_string_lossy()
+        );
+        let mut out = Vec::new();
+        let table = self.table.clone();
+        self.nl
+            .request(&what, dump_elems(&table, GRE_DADDR), |msg| {
+                parse_counters(msg.raw, &mut out)
+            })?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        txn: &mut Txn,
+        ty: MsgType,
+        map: &CStr,
+        k: &[u8],
+        data: &[u8],
+        peer: Ipv4Addr,
+        nat_id: u16,
+    ) {
+        let verb = if ty == MsgType::Add { "add" } else { "delete" };
+        txn.add(
+            &ElemsMsg::new(&self.table, map, vec![(k.to_vec(), data.to_vec())]),
+            ty,
+            format!(
+                "{verb} element {peer} . {nat_id:#06x} of map {} in table ip {}",
+                map.to_string_lossy(),
+                self.table.to_string_lossy()
+            ),
+        );
+    }
+}
+
+/// Appends the counters of every element in one GETSETELEM dump message.
+fn parse_counters(raw: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), NftError> {
+    // SAFETY: `raw` is one complete netlink message; libnftnl copies what it parses into the
+    // set, which we own and free. Element pointers are only used while the set lives.
+    unsafe {
+        let s = sys::nftnl_set_alloc();
+        if s.is_null() {
+            std::process::abort();
+        }
+        let r = sys::nftnl_set_elems_nlmsg_parse(raw.as_ptr().cast(), s);
+        if r < 0 {
+            sys::nftnl_set_free(s);
+            return Err(NftError::Protocol("cannot parse a set element dump".into()));
+        }
+        sys::nftnl_set_elem_foreach(
+            s,
+            Some(element_cb),
+            (out as *mut Vec<ElementCounter>).cast(),
+        );
+        sys::nftnl_set_free(s);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn element_cb(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
+    // SAFETY: called by libnftnl with a valid element and the pointer we passed.
+    unsafe {
+        let out = &mut *data.cast::<Vec<ElementCounter>>();
+        let mut len = 0u32;
+        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+        if k.is_null() || (len as usize) < KEY_LEN - 2 {
+            return 0;
+        }
+        let k = std::slice::from_raw_parts(k.cast::<u8>(), len as usize);
+        let mut c = ElementCounter {
+            outside_peer: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
+            nat_id: u16::from_be_bytes([k[4], k[5]]),
+            packets: 0,
+            bytes: 0,
+        };
+        sys::nftnl_set_elem_expr_foreach(
+            e,
+            Some(counter_cb),
+            (&mut c as *mut ElementCounter).cast(),
+        );
+        out.push(c);
+    }
+    0
+}
+
+unsafe extern "C" fn counter_cb(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+    // SAFETY: called by libnftnl with a valid expression and the pointer we passed.
+    unsafe {
+        let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
+        if !name.is_null() && CStr::from_ptr(name) == c"counter" {
+            let c = &mut *data.cast::<ElementCounter>();
+            c.packets = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+            c.bytes = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+        }
+    }
+    0
+}

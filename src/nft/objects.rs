@@ -1,0 +1,313 @@
+//! Netlink messages for tables, maps and map elements that the `nftnl` crate cannot express:
+//! tables added with NLM_F_EXCL, maps (data type, typeof user data, per-element counters),
+//! concatenated keys, and element add/delete/flush.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+use nftnl::{MsgType, NlMsg};
+use nftnl_sys::{self as sys, libc};
+
+use super::expr::counter;
+
+const FAMILY_IP: u16 = libc::NFPROTO_IPV4 as u16;
+
+fn alloc<T>(p: *mut T) -> NonNull<T> {
+    match NonNull::new(p) {
+        Some(p) => p,
+        // Same policy as std and the nftnl crate: out of memory aborts.
+        None => std::process::abort(),
+    }
+}
+
+/// Writes the nlmsghdr + nfgenmsg of an nf_tables message.
+///
+/// # Safety
+/// `buf` must have room for `nft_nlmsg_maxsize()` bytes.
+unsafe fn header(buf: *mut c_void, ty: i32, flags: i32, seq: u32) -> *mut libc::nlmsghdr {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        sys::nftnl_nlmsg_build_hdr(
+            buf.cast::<c_char>(),
+            ty as u16,
+            FAMILY_IP,
+            flags as u16,
+            seq,
+        )
+    }
+}
+
+/// An `ip` family table.
+pub struct TableMsg {
+    name: CString,
+    /// Fail with EEXIST instead of reusing a table of the same name.
+    exclusive: bool,
+}
+
+impl TableMsg {
+    /// A table message; `exclusive` makes "add" fail if the table already exists.
+    pub fn new(name: &CStr, exclusive: bool) -> Self {
+        TableMsg {
+            name: name.to_owned(),
+            exclusive,
+        }
+    }
+}
+
+unsafe impl NlMsg for TableMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add if self.exclusive => (
+                libc::NFT_MSG_NEWTABLE,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Add => (libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE | libc::NLM_F_ACK),
+            MsgType::Del => (libc::NFT_MSG_DELTABLE, libc::NLM_F_ACK),
+        };
+        // SAFETY: the caller of write() guarantees the buffer size; the table object is ours.
+        unsafe {
+            let t = alloc(sys::nftnl_table_alloc()).as_ptr();
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.name.as_ptr());
+            sys::nftnl_table_nlmsg_build_payload(header(buf, ty, flags, seq), t);
+            sys::nftnl_table_free(t);
+        }
+    }
+}
+
+/// Builds a GETTABLE request for one table (answered with the table or ENOENT).
+pub fn get_table(name: &CStr) -> impl FnOnce(&mut [u8], u32) + '_ {
+    move |buf, seq| {
+        // SAFETY: `buf` has nft_nlmsg_maxsize() bytes (see Netlink::request).
+        unsafe {
+            let t = alloc(sys::nftnl_table_alloc()).as_ptr();
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            let h = header(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETTABLE,
+                libc::NLM_F_ACK,
+                seq,
+            );
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
+        }
+    }
+}
+
+/// Builds a GETSET request for one set (answered with the set or ENOENT).
+pub fn get_set<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
+    move |buf, seq| {
+        // SAFETY: as in get_table.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            let h = header(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETSET,
+                libc::NLM_F_ACK,
+                seq,
+            );
+            sys::nftnl_set_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
+/// Builds a dump request for all elements of one set.
+pub fn dump_elems<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
+    move |buf, seq| {
+        // SAFETY: as in get_table.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            let h = header(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETSETELEM,
+                libc::NLM_F_DUMP,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
+/// Builds a dump request for every stateful object of `obj_type` in every table and family.
+pub fn dump_objects(obj_type: u32) -> impl FnOnce(&mut [u8], u32) {
+    move |buf, seq| {
+        // SAFETY: as in get_table.
+        unsafe {
+            let o = alloc(sys::nftnl_obj_alloc()).as_ptr();
+            sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_TYPE as u16, obj_type);
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETOBJ as u16,
+                libc::NFPROTO_UNSPEC as u16,
+                libc::NLM_F_DUMP as u16,
+                seq,
+            );
+            sys::nftnl_obj_nlmsg_build_payload(h, o);
+            sys::nftnl_obj_free(o);
+        }
+    }
+}
+
+/// A named map with a concatenated key, as `nft` creates it from a `typeof` declaration.
+pub struct MapMsg {
+    /// Table the map lives in.
+    pub table: CString,
+    /// Map name.
+    pub name: CString,
+    /// Batch-local id, so rules in the same batch can refer to the map before it exists.
+    pub id: u32,
+    /// nft's numeric key type (concatenations combine 6-bit type ids).
+    pub key_type: u32,
+    /// Key length in bytes (each concatenated field padded to 4).
+    pub key_len: u32,
+    /// nft's numeric data type.
+    pub data_type: u32,
+    /// Data length in bytes.
+    pub data_len: u32,
+    /// nft user data: byte orders and the `typeof` expressions, so `nft list` prints the map
+    /// the way it was declared.
+    pub udata: Vec<u8>,
+    /// Give every element its own packet/byte counter.
+    pub counter: bool,
+}
+
+unsafe impl NlMsg for MapMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (
+                libc::NFT_MSG_NEWSET,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
+        };
+        // SAFETY: the caller guarantees the buffer size; the set object is ours and freed here.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            let a = |attr: u32| attr as u16;
+            sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_FAMILY), u32::from(FAMILY_IP));
+            sys::nftnl_set_set_str(s, a(sys::NFTNL_SET_TABLE), self.table.as_ptr());
+            sys::nftnl_set_set_str(s, a(sys::NFTNL_SET_NAME), self.name.as_ptr());
+            if msg_type == MsgType::Add {
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_ID), self.id);
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_FLAGS), libc::NFT_SET_MAP as u32);
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_KEY_TYPE), self.key_type);
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_KEY_LEN), self.key_len);
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_TYPE), self.data_type);
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_LEN), self.data_len);
+                sys::nftnl_set_set_data(
+                    s,
+                    a(sys::NFTNL_SET_USERDATA),
+                    self.udata.as_ptr().cast(),
+                    self.udata.len() as u32,
+                );
+                if self.counter {
+                    sys::nftnl_set_add_expr(s, counter().build().as_ptr());
+                }
+            }
+            sys::nftnl_set_nlmsg_build_payload(header(buf, ty, flags, seq), s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
+/// Adds or deletes elements of a map, or flushes it.
+pub struct ElemsMsg {
+    table: CString,
+    set: CString,
+    /// (key, data); data is ignored for deletes. Empty for a flush.
+    elems: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ElemsMsg {
+    /// Elements to add (`MsgType::Add`) or delete (`MsgType::Del`).
+    pub fn new(table: &CStr, set: &CStr, elems: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        ElemsMsg {
+            table: table.to_owned(),
+            set: set.to_owned(),
+            elems,
+        }
+    }
+
+    /// Sent with `MsgType::Del`: the kernel removes every element when the list is absent.
+    pub fn flush(table: &CStr, set: &CStr) -> Self {
+        Self::new(table, set, Vec::new())
+    }
+}
+
+unsafe impl NlMsg for ElemsMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        // No NLM_F_EXCL: re-adding an element with identical data is then a no-op, while a
+        // different value for an existing key still fails (EBUSY) instead of silently
+        // rerouting a call.
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_ACK,
+            ),
+            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
+        };
+        // SAFETY: the caller guarantees the buffer size; the set and its elements are ours.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, self.table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, self.set.as_ptr());
+            for (key, data) in &self.elems {
+                let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    key.as_ptr().cast(),
+                    key.len() as u32,
+                );
+                if msg_type == MsgType::Add {
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_DATA as u16,
+                        data.as_ptr().cast(),
+                        data.len() as u32,
+                    );
+                }
+                sys::nftnl_set_elem_add(s, e);
+            }
+            sys::nftnl_set_elems_nlmsg_build_payload(header(buf, ty, flags, seq), s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
+/// nft's user data: a flat list of `{u8 type, u8 len, value}` records; a nest is a record whose
+/// value is again such a list. Numbers are host-endian u32 (libnftnl's `nftnl_udata_put_u32`).
+#[derive(Default)]
+pub struct Udata(Vec<u8>);
+
+impl Udata {
+    /// Appends a u32 record.
+    pub fn u32(mut self, ty: u8, v: u32) -> Self {
+        self.0.extend_from_slice(&[ty, 4]);
+        self.0.extend_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    /// Appends a nest containing `inner`.
+    pub fn nest(mut self, ty: u8, inner: Udata) -> Self {
+        let len = u8::try_from(inner.0.len()).expect("nft user data nest longer than 255 bytes");
+        self.0.extend_from_slice(&[ty, len]);
+        self.0.extend_from_slice(&inner.0);
+        self
+    }
+
+    /// The encoded bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
