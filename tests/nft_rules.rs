@@ -1,0 +1,513 @@
+//! Tests of the nftables module.
+//!
+//! `render` tests need nothing. Root tests run in network namespaces they create (and always
+//! delete), so they never touch the host's ruleset; without root they are skipped with a message,
+//! unless PPTP_ALG_E2E=1, which makes a missing root a failure.
+
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pptp_alg::nft::{self, QueueBackend, RulesConfig};
+
+const NFT_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nft/pptp-alg.nft");
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// True when root tests should run; panics if they must run but cannot.
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("PPTP_ALG_E2E").as_deref() == Ok("1") {
+        panic!("{test}: PPTP_ALG_E2E=1 but not running as root");
+    }
+    eprintln!("skipping {test}: needs root (network namespaces, nftables)");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A named network namespace, deleted on drop (also when the test panics).
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pptpalg-nft-{}-{}-{role}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        Netns(name)
+    }
+
+    /// Runs `f` on a thread that lives in this namespace: every socket it opens and every
+    /// process it starts belongs to the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let h = std::thread::spawn(move || {
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    fn exec(&self, cmd: &str, args: &[&str]) -> String {
+        let mut a = vec!["netns", "exec", &self.0, cmd];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs a root test body in a fresh namespace.
+fn in_fresh_netns(test: &str, body: impl FnOnce(&Netns) + Send + 'static) {
+    if !root_or_skip(test) {
+        return;
+    }
+    let ns = std::sync::Arc::new(Netns::new("r"));
+    let ns2 = ns.clone();
+    ns.run(move || body(&ns2));
+}
+
+/// Normalises `nft` output for comparison: comments, blank lines, indentation and the
+/// volatile parts (handles, counter values) removed.
+fn normalise(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| match l.find('#') {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut out = Vec::new();
+            let mut words = l.split(' ').peekable();
+            while let Some(w) = words.next() {
+                match w {
+                    "packets" | "bytes" | "handle" => {
+                        words.next();
+                    }
+                    _ => out.push(w),
+                }
+            }
+            out.join(" ")
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// No root needed
+
+#[test]
+fn render_nft_queue_golden() {
+    let text = nft::render(&RulesConfig::default(), QueueBackend::NftQueue);
+    let expected = "\
+table ip pptp_alg {
+\tmap gre_daddr {
+\t\ttypeof ip saddr . @th,48,16 : ip daddr
+\t\tcounter
+\t}
+
+\tmap gre_cid {
+\t\ttypeof ip saddr . @th,48,16 : @th,48,16
+\t}
+
+\tchain gre_in {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid meta mark set 0x00001723 accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local queue flags bypass to 1724
+\t}
+
+\tchain ctl {
+\t\ttype filter hook forward priority filter + 10; policy accept;
+\t\ttcp dport 1723 ct direction original ct status snat queue flags bypass to 1723
+\t\ttcp sport 1723 ct direction reply ct status snat queue flags bypass to 1724
+\t\ttcp sport 1723 ct direction reply ct status dnat queue flags bypass to 1723
+\t\ttcp dport 1723 ct direction original ct status dnat queue flags bypass to 1724
+\t}
+}
+";
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn render_xt_shows_target_and_comment() {
+    let text = nft::render(&RulesConfig::default(), QueueBackend::XtNfqueue);
+    assert!(text.contains(
+        "fib daddr type local xt target \"NFQUEUE\" comment \"xt NFQUEUE num 1724 bypass\"\n"
+    ));
+    assert!(text.contains(
+        "tcp dport 1723 ct direction original ct status snat xt target \"NFQUEUE\" \
+         comment \"xt NFQUEUE num 1723 bypass\"\n"
+    ));
+    assert!(!text.contains("queue flags"));
+}
+
+#[test]
+fn render_follows_config() {
+    let cfg = RulesConfig {
+        table: "alg2".into(),
+        queue_from_inside: 7,
+        queue_to_inside: 8,
+        mark: 0xabc,
+        offload: false,
+    };
+    let text = nft::render(&cfg, QueueBackend::NftQueue);
+    assert!(text.starts_with("table ip alg2 {\n"));
+    assert!(!text.contains("map "), "no maps without offload:\n{text}");
+    assert!(!text.contains("meta mark set"));
+    assert_eq!(text.matches("queue flags bypass to 7\n").count(), 2);
+    assert_eq!(text.matches("queue flags bypass to 8\n").count(), 3);
+    let cfg = RulesConfig {
+        offload: true,
+        ..cfg
+    };
+    assert!(nft::render(&cfg, QueueBackend::NftQueue).contains("meta mark set 0x00000abc accept"));
+}
+
+#[test]
+fn backend_display() {
+    assert_eq!(QueueBackend::NftQueue.to_string(), "nft queue expression");
+    assert_eq!(
+        QueueBackend::XtNfqueue.to_string(),
+        "xt NFQUEUE target (nft_compat)"
+    );
+}
+
+/// The shipped file is the rendered default ruleset plus comments and the two lines that make
+/// reloading it replace the table.
+#[test]
+fn nft_file_matches_render() {
+    let file = std::fs::read_to_string(NFT_FILE).unwrap();
+    let mut lines = normalise(&file);
+    assert_eq!(
+        lines[..2],
+        ["table ip pptp_alg", "delete table ip pptp_alg"]
+    );
+    lines.drain(..2);
+    let rendered = normalise(&nft::render(
+        &RulesConfig::default(),
+        QueueBackend::NftQueue,
+    ));
+    assert_eq!(lines, rendered);
+}
+
+#[test]
+fn invalid_table_names() {
+    for bad in ["", "a\0b"] {
+        assert!(matches!(
+            nft::table_exists(bad),
+            Err(nft::NftError::InvalidName(_))
+        ));
+    }
+    let long = "x".repeat(300);
+    assert!(matches!(
+        nft::remove(&long),
+        Err(nft::NftError::InvalidName(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Root: in a fresh network namespace
+
+/// What the kernel supports, found with the nft tool rather than with our own code.
+fn backend_by_nft_tool() -> QueueBackend {
+    let t = "pptpalg_oracle";
+    run("nft", &["add", "table", "ip", t]);
+    run("nft", &["add", "chain", "ip", t, "c"]);
+    let ok = Command::new("nft")
+        .args(["add", "rule", "ip", t, "c", "queue", "num", "1", "bypass"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    run("nft", &["delete", "table", "ip", t]);
+    if ok {
+        QueueBackend::NftQueue
+    } else {
+        QueueBackend::XtNfqueue
+    }
+}
+
+/// Makes an xt NFQUEUE rule from `render` and from `nft list` comparable: depending on the nft
+/// version and on whether iptables' plugins are installed, nft shows the target as
+/// `xt target "NFQUEUE"`, as a native queue statement, or not at all. The rule comment
+/// carries the queue number either way.
+fn normalise_xt(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            let Some(i) = l.find(" comment \"xt NFQUEUE") else {
+                return l;
+            };
+            let (head, comment) = l.split_at(i);
+            let mut head = head.trim_end();
+            if let Some(h) = head.strip_suffix(" xt target \"NFQUEUE\"") {
+                head = h;
+            } else if let Some(j) = head.rfind(" queue ") {
+                head = &head[..j];
+            }
+            format!("{head}{comment}")
+        })
+        .collect()
+}
+
+fn list_table(table: &str) -> String {
+    run("nft", &["list", "table", "ip", table])
+}
+
+#[test]
+fn detect_backend_matches_nft_and_leaves_nothing() {
+    in_fresh_netns("detect_backend_matches_nft_and_leaves_nothing", |_| {
+        run("nft", &["add", "table", "ip", "bystander"]);
+        let before = run("nft", &["list", "ruleset"]);
+        let expected = backend_by_nft_tool();
+        let got = nft::detect_backend().unwrap();
+        assert_eq!(got, expected);
+        // This project's CI kernel lacks CONFIG_NFT_QUEUE; say so if it ever changes.
+        eprintln!("detect_backend: {got}");
+        assert_eq!(run("nft", &["list", "ruleset"]), before);
+    });
+}
+
+#[test]
+fn install_lists_like_render() {
+    in_fresh_netns("install_lists_like_render", |_| {
+        let cfg = RulesConfig::default();
+        let backend = nft::detect_backend().unwrap();
+        assert!(!nft::table_exists(&cfg.table).unwrap());
+        nft::install(&cfg, backend).unwrap();
+        assert!(nft::table_exists(&cfg.table).unwrap());
+        let listed = list_table(&cfg.table);
+        for name in ["map gre_daddr", "map gre_cid", "chain gre_in", "chain ctl"] {
+            assert!(listed.contains(name), "{name} missing:\n{listed}");
+        }
+        assert_eq!(
+            normalise_xt(normalise(&listed)),
+            normalise_xt(normalise(&nft::render(&cfg, backend)))
+        );
+    });
+}
+
+#[test]
+fn install_is_idempotent_and_remove_spares_other_tables() {
+    in_fresh_netns(
+        "install_is_idempotent_and_remove_spares_other_tables",
+        |_| {
+            let other = "table ip other {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.9 }\n\t}\n\n\tchain c {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr @s counter\n\t}\n}\n";
+            let path =
+                std::env::temp_dir().join(format!("pptpalg-other-{}.nft", std::process::id()));
+            std::fs::write(&path, other).unwrap();
+            run("nft", &["-f", path.to_str().unwrap()]);
+            let _ = std::fs::remove_file(&path);
+            let other_before = list_table("other");
+
+            let cfg = RulesConfig::default();
+            let backend = nft::detect_backend().unwrap();
+            nft::install(&cfg, backend).unwrap();
+            let first = list_table(&cfg.table);
+            nft::install(&cfg, backend).unwrap();
+            assert_eq!(list_table(&cfg.table), first, "reinstall changed the table");
+
+            assert!(nft::remove(&cfg.table).unwrap());
+            assert!(!nft::table_exists(&cfg.table).unwrap());
+            assert!(!nft::remove(&cfg.table).unwrap());
+            assert_eq!(list_table("other"), other_before);
+        },
+    );
+}
+
+#[test]
+fn failed_install_keeps_old_table() {
+    in_fresh_netns("failed_install_keeps_old_table", |_| {
+        let cfg = RulesConfig::default();
+        let backend = nft::detect_backend().unwrap();
+        nft::install(&cfg, backend).unwrap();
+        let before = list_table(&cfg.table);
+        if backend == QueueBackend::XtNfqueue {
+            // The queue expression is missing: the batch must fail as a whole and say why.
+            let err = nft::install(&cfg, QueueBackend::NftQueue).unwrap_err();
+            assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("queue flags bypass to"), "{msg}");
+            assert_eq!(list_table(&cfg.table), before);
+        }
+    });
+}
+
+fn map_elements(map: &str) -> String {
+    run("nft", &["list", "map", "ip", "pptp_alg", map])
+}
+
+#[test]
+fn fast_path_elements() {
+    in_fresh_netns("fast_path_elements", |_| {
+        let cfg = RulesConfig::default();
+        nft::install(&cfg, nft::detect_backend().unwrap()).unwrap();
+        let mut fp = nft::FastPath::open(&cfg).unwrap();
+        let peer = Ipv4Addr::new(192, 0, 2, 1);
+        let inside = Ipv4Addr::new(10, 0, 0, 2);
+
+        fp.add_call(peer, 0x4000, inside, 7).unwrap();
+        fp.add_call(peer, 0x4000, inside, 7).unwrap();
+        fp.add_call(peer, 0x4001, Ipv4Addr::new(10, 0, 0, 3), 7)
+            .unwrap();
+        let d = map_elements("gre_daddr");
+        assert!(
+            d.contains("192.0.2.1 . 0x4000 counter packets 0 bytes 0 : 10.0.0.2"),
+            "{d}"
+        );
+        assert!(
+            d.contains("192.0.2.1 . 0x4001 counter packets 0 bytes 0 : 10.0.0.3"),
+            "{d}"
+        );
+        let c = map_elements("gre_cid");
+        assert!(c.contains("192.0.2.1 . 0x4000 : 0x7"), "{c}");
+
+        // A new mapping for an existing key replaces the old one.
+        fp.add_call(peer, 0x4000, Ipv4Addr::new(10, 0, 0, 4), 9)
+            .unwrap();
+        assert!(map_elements("gre_daddr").contains("0x4000 counter packets 0 bytes 0 : 10.0.0.4"));
+        assert!(map_elements("gre_cid").contains("192.0.2.1 . 0x4000 : 0x9"));
+
+        let mut counters = fp.counters().unwrap();
+        counters.sort_by_key(|c| c.nat_id);
+        assert_eq!(counters.len(), 2);
+        assert_eq!(
+            (counters[0].outside_peer, counters[0].nat_id),
+            (peer, 0x4000)
+        );
+        assert_eq!((counters[0].packets, counters[0].bytes), (0, 0));
+
+        fp.remove_call(peer, 0x4000).unwrap();
+        fp.remove_call(peer, 0x4000).unwrap();
+        let d = map_elements("gre_daddr");
+        assert!(!d.contains("0x4000") && d.contains("0x4001"), "{d}");
+        assert!(!map_elements("gre_cid").contains("0x4000"));
+
+        fp.flush().unwrap();
+        assert!(!map_elements("gre_daddr").contains("elements"));
+        assert!(!map_elements("gre_cid").contains("elements"));
+        assert!(fp.counters().unwrap().is_empty());
+        fp.flush().unwrap();
+    });
+}
+
+#[test]
+fn fast_path_needs_maps() {
+    in_fresh_netns("fast_path_needs_maps", |_| {
+        let cfg = RulesConfig {
+            offload: false,
+            ..RulesConfig::default()
+        };
+        assert!(nft::FastPath::open(&cfg).is_err());
+        nft::install(&cfg, nft::detect_backend().unwrap()).unwrap();
+        let listed = list_table(&cfg.table);
+        assert!(!listed.contains("map "), "{listed}");
+        let err = nft::FastPath::open(&RulesConfig::default()).err().unwrap();
+        assert!(err.to_string().contains("has no map gre_daddr"), "{err}");
+    });
+}
+
+/// Loads the shipped file with `nft -f`. Where the kernel lacks the queue expression, the
+/// queue statements are replaced by `counter` (in the file and in `render`) so the rest of
+/// the file is still loaded by the real parser and compared with what we render.
+#[test]
+fn nft_file_loads_with_nft() {
+    in_fresh_netns("nft_file_loads_with_nft", |_| {
+        let mut file = std::fs::read_to_string(NFT_FILE).unwrap();
+        let mut rendered = nft::render(&RulesConfig::default(), QueueBackend::NftQueue);
+        if backend_by_nft_tool() == QueueBackend::XtNfqueue {
+            for q in [1723, 1724] {
+                let from = format!("queue flags bypass to {q}");
+                file = file.replace(&from, "counter");
+                rendered = rendered.replace(&from, "counter");
+            }
+        }
+        let path = std::env::temp_dir().join(format!("pptpalg-file-{}.nft", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        // Twice: the file must replace its table, not add duplicate rules.
+        run("nft", &["-f", path.to_str().unwrap()]);
+        run("nft", &["-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(normalise(&list_table("pptp_alg")), normalise(&rendered));
+        // The daemon's fast path works on a table loaded by nft.
+        let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
+        fp.add_call(
+            Ipv4Addr::new(192, 0, 2, 1),
+            1,
+            Ipv4Addr::new(10, 0, 0, 2),
+            2,
+        )
+        .unwrap();
+        assert_eq!(fp.counters().unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn pptp_helper_detection() {
+    in_fresh_netns("pptp_helper_detection", |_| {
+        // The sysctl and /proc/net/nf_conntrack are outside our control here; only check that
+        // an nftables ct helper object is found and named.
+        let before = nft::pptp_helper_in_use().unwrap();
+        run("nft", &["add", "table", "inet", "fw"]);
+        let ok = Command::new("nft")
+            .args([
+                "add",
+                "ct",
+                "helper",
+                "inet",
+                "fw",
+                "pptp-h",
+                "{ type \"pptp\" protocol tcp; l3proto ip; }",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        if !ok {
+            eprintln!("kernel has no pptp conntrack helper; skipping the object check");
+            return;
+        }
+        let found = nft::pptp_helper_in_use()
+            .unwrap()
+            .expect("helper object found");
+        assert!(
+            found.contains("\"pptp-h\"") && found.contains("inet fw"),
+            "{found}"
+        );
+        if let Some(b) = before {
+            assert!(found.contains(&b));
+        }
+    });
+}
