@@ -4,10 +4,8 @@
 //! delete), so they never touch the host's ruleset; without root they are skipped with a message,
 //! unless PPTP_ALG_E2E=1, which makes a missing root a failure.
 
-use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -510,4 +508,179 @@ fn pptp_helper_detection() {
             assert!(found.contains(&b));
         }
     });
+}
+
+/// Opens a raw IPv4 GRE socket inside `ns`; the socket stays there after the thread exits.
+fn gre_socket_in(ns: &Netns) -> OwnedFd {
+    ns.run(|| {
+        // SAFETY: plain socket(2); ownership of the fd moves into OwnedFd.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_GRE) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 500_000,
+        };
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            OwnedFd::from_raw_fd(fd)
+        }
+    })
+}
+
+fn send_gre(sock: &OwnedFd, to: Ipv4Addr, call_id: u16, seq: u32) {
+    let payload = b"\xff\x03\x00\x21PPTP";
+    let mut pkt = vec![0x30, 0x01, 0x88, 0x0b];
+    pkt.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    pkt.extend_from_slice(&call_id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(payload);
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid fd, buffer and address.
+    let r = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(r, pkt.len() as isize, "{}", std::io::Error::last_os_error());
+}
+
+/// Next GRE packet (IPv4 header included) or None after the receive timeout.
+fn recv_gre(sock: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    // SAFETY: valid fd and buffer.
+    let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    (r > 0).then(|| buf[..r as usize].to_vec())
+}
+
+fn ipv4_header_ok(pkt: &[u8]) -> bool {
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let mut sum = 0u32;
+    for w in pkt[..ihl].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// outside (10.99.1.2) -- router (10.99.1.1 | 10.99.2.1) -- inside (10.99.2.2): GRE from the
+/// outside peer to the router's address is translated by the kernel alone.
+#[test]
+fn fast_path_rewrites_gre() {
+    if !root_or_skip("fast_path_rewrites_gre") {
+        return;
+    }
+    let router = std::sync::Arc::new(Netns::new("r"));
+    let outside = Netns::new("o");
+    let inside = Netns::new("i");
+    let (o, i) = (outside.0.clone(), inside.0.clone());
+    router.run(move || {
+        run("ip", &["link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "link", "add", "vo", "type", "veth", "peer", "name", "eth0", "netns", &o,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", "vi", "type", "veth", "peer", "name", "eth0", "netns", &i,
+            ],
+        );
+        run("ip", &["addr", "add", "10.99.1.1/24", "dev", "vo"]);
+        run("ip", &["addr", "add", "10.99.2.1/24", "dev", "vi"]);
+        run("ip", &["link", "set", "vo", "up"]);
+        run("ip", &["link", "set", "vi", "up"]);
+        run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    });
+    for (ns, addr, gw) in [
+        (&outside, "10.99.1.2/24", "10.99.1.1"),
+        (&inside, "10.99.2.2/24", "10.99.2.1"),
+    ] {
+        ns.exec("ip", &["link", "set", "lo", "up"]);
+        ns.exec("ip", &["addr", "add", addr, "dev", "eth0"]);
+        ns.exec("ip", &["link", "set", "eth0", "up"]);
+        ns.exec("ip", &["route", "add", "default", "via", gw]);
+    }
+
+    let peer = Ipv4Addr::new(10, 99, 1, 2);
+    let host = Ipv4Addr::new(10, 99, 2, 2);
+    router.run(move || {
+        nft::install(&RulesConfig::default(), nft::detect_backend().unwrap()).unwrap();
+        // Shows that the fast path marks what it translates.
+        run(
+            "nft",
+            &["add table ip obs; \
+                 add chain ip obs f { type filter hook forward priority filter; }; \
+                 add rule ip obs f meta mark 0x1723 ip protocol gre counter"],
+        );
+        let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
+        fp.add_call(peer, 0x4000, host, 0x0007).unwrap();
+    });
+
+    let tx = gre_socket_in(&outside);
+    let rx = gre_socket_in(&inside);
+    // Let IPv4 duplicate address detection and neighbour setup settle.
+    let mut got = None;
+    for seq in 0..20 {
+        send_gre(&tx, Ipv4Addr::new(10, 99, 1, 1), 0x4000, seq);
+        if let Some(p) = recv_gre(&rx) {
+            got = Some(p);
+            break;
+        }
+    }
+    let pkt = got.expect("inside host received the translated GRE packet");
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    assert_eq!(&pkt[12..16], &peer.octets(), "source unchanged");
+    assert_eq!(&pkt[16..20], &host.octets(), "destination rewritten");
+    assert!(ipv4_header_ok(&pkt), "IPv4 header checksum updated");
+    assert_eq!(&pkt[ihl..ihl + 4], &[0x30, 0x01, 0x88, 0x0b]);
+    assert_eq!(
+        u16::from_be_bytes([pkt[ihl + 6], pkt[ihl + 7]]),
+        0x0007,
+        "Call ID"
+    );
+
+    // Unknown call: queued with bypass, no daemon, so accepted locally; never forwarded.
+    send_gre(&tx, Ipv4Addr::new(10, 99, 1, 1), 0x4999, 99);
+    assert!(
+        recv_gre(&rx).is_none(),
+        "unknown call must not reach the inside"
+    );
+
+    let (counters, obs) = router.run(|| {
+        let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
+        (
+            fp.counters().unwrap(),
+            run("nft", &["list", "chain", "ip", "obs", "f"]),
+        )
+    });
+    assert_eq!(counters.len(), 1);
+    assert!(counters[0].packets >= 1, "{counters:?}");
+    assert!(counters[0].bytes >= 20 + 16, "{counters:?}");
+    assert!(
+        !obs.contains("counter packets 0 "),
+        "translated GRE carries the mark:\n{obs}"
+    );
 }
