@@ -229,9 +229,7 @@ impl Alg {
         if conn.desynced {
             return None;
         }
-        let Some(parser) = conn.dirs[di].parser.as_ref() else {
-            return None;
-        };
+        let parser = conn.dirs[di].parser.as_ref()?;
         let ahead = seq_diff(data_seq, parser.next);
         if ahead > 0 {
             self.stats.dropped_out_of_order += 1;
