@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"): formatting, lints, unit and
+# property tests, and, as root, the network-namespace end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+# Namespace tests share the machine's netfilter queues: run test binaries
+# one at a time and their cases serially.
+cargo test --locked --all-targets -- --test-threads=1
