@@ -1,1 +1,210 @@
-fn main() {}
+//! `pptp-alg`: the command-line entry point (daemon, rules, status).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pptp_alg::daemon::{self, logging, status, Config, ConfigError, Overrides};
+use pptp_alg::nft::{self, QueueBackend};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for configuration and usage errors. The systemd unit lists
+/// it in RestartPreventExitStatus: restarting cannot fix a bad file.
+const EXIT_CONFIG: u8 = 2;
+
+/// Userspace PPTP NAT application level gateway (NFQUEUE + nftables).
+#[derive(Debug, Parser)]
+#[command(name = "pptp-alg", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the gateway in the foreground (as systemd does).
+    Run(RunArgs),
+    /// Install, remove or print the nftables table without the daemon.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+    /// Show the running daemon's calls and counters.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML); without it, the built-in defaults.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Install the nftables table at start and remove it at stop.
+    #[arg(long)]
+    install_rules: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesAction {
+    /// Install (or atomically replace) the table.
+    Install(RulesArgs),
+    /// Remove the table.
+    Remove(RulesArgs),
+    /// Print the table in nft syntax.
+    Print(RulesArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// Detect what the running kernel supports.
+    Auto,
+    /// The nft `queue` expression.
+    NftQueue,
+    /// The xt NFQUEUE target through nft_compat.
+    Xt,
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesArgs {
+    /// How packets are queued.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Configuration file (TOML) whose queues, mark, table and offload to use.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Print the daemon's JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's status socket.
+    #[arg(long, value_name = "PATH", default_value = daemon::config::DEFAULT_STATUS_SOCKET)]
+    socket: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => cmd_run(args),
+        Cmd::Rules { action } => cmd_rules(action),
+        Cmd::Status(args) => cmd_status(args),
+    }
+}
+
+fn config_or_exit(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<Config, ExitCode> {
+    Config::resolve(path, overrides).map_err(|e: ConfigError| {
+        eprintln!("pptp-alg: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn cmd_run(args: RunArgs) -> ExitCode {
+    let mut cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    cfg.install_rules |= args.install_rules;
+    logging::init(cfg.log_level);
+    log::info!(
+        "pptp-alg {} starting{}",
+        env!("CARGO_PKG_VERSION"),
+        args.config
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" with {}", p.display()))
+    );
+    match daemon::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_rules(action: RulesAction) -> ExitCode {
+    let (args, what) = match action {
+        RulesAction::Install(a) => (a, "install"),
+        RulesAction::Remove(a) => (a, "remove"),
+        RulesAction::Print(a) => (a, "print"),
+    };
+    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(cfg.log_level);
+    let rules = cfg.rules_config();
+    let backend = |print: bool| -> Result<QueueBackend, nft::NftError> {
+        match args.backend {
+            BackendArg::NftQueue => Ok(QueueBackend::NftQueue),
+            BackendArg::Xt => Ok(QueueBackend::XtNfqueue),
+            BackendArg::Auto => match nft::detect_backend() {
+                Ok(b) => Ok(b),
+                // Printing needs no privileges: show the portable form.
+                Err(e) if print => {
+                    eprintln!(
+                        "pptp-alg: cannot detect the queue backend ({e}); showing the nft queue form"
+                    );
+                    Ok(QueueBackend::NftQueue)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    };
+    let result = match what {
+        "print" => backend(true).map(|b| emit(&nft::render(&rules, b))),
+        "install" => backend(false).and_then(|b| {
+            nft::install(&rules, b)?;
+            println!("installed table ip {} (queue backend: {b})", rules.table);
+            Ok(())
+        }),
+        _ => nft::remove(&rules.table).map(|existed| {
+            if existed {
+                println!("removed table ip {}", rules.table);
+            } else {
+                println!("table ip {} was not installed", rules.table);
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pptp-alg: rules {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_status(args: StatusArgs) -> ExitCode {
+    match status::fetch(&args.socket) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => emit(&(s + "\n")),
+                    Err(e) => {
+                        eprintln!("pptp-alg: status: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                emit(&report.to_table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pptp-alg: status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}

@@ -1,1 +1,237 @@
-//! NFQUEUE access (being written).
+//! NFQUEUE access: the only code that touches the `nfq` crate.
+//!
+//! [`NfQueue::open`] binds and configures every queue completely (copy
+//! range, length, fail-open, no GSO) before returning, because the caller
+//! must not create a queue rule before that: a packet queued to a bound
+//! but unconfigured queue is dropped by the kernel.
+//!
+//! Every [`Packet`] obtained from [`NfQueue::try_recv`] must be passed to
+//! [`NfQueue::verdict`]; a packet without a verdict stays in the kernel
+//! until the socket closes, and then it is dropped.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+
+/// The largest IPv4 packet; the copy range, so the engine always sees the
+/// whole packet.
+pub const COPY_RANGE: u16 = 0xffff;
+
+/// A queue that could not be set up.
+#[derive(Debug)]
+pub struct QueueError {
+    /// What was being done.
+    pub step: String,
+    /// The system error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.source)?;
+        match self.source.raw_os_error() {
+            Some(libc::EPERM) => write!(f, " (CAP_NET_ADMIN is needed)"),
+            Some(libc::EBUSY) => write!(
+                f,
+                " (another process is bound to this queue; is another pptp-alg running?)"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for QueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// One queued packet awaiting its verdict.
+#[derive(Debug)]
+pub struct Packet {
+    msg: nfq::Message,
+}
+
+impl Packet {
+    /// The queue it came from.
+    pub fn queue(&self) -> u16 {
+        self.msg.get_queue_num()
+    }
+
+    /// The packet's bytes (from the IP header on).
+    pub fn payload(&self) -> &[u8] {
+        self.msg.get_payload()
+    }
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'a> {
+    /// Let it pass unchanged (the bytes are not sent back).
+    Accept,
+    /// Let it pass with these bytes, optionally setting the packet mark.
+    AcceptModified {
+        /// The new packet.
+        payload: &'a [u8],
+        /// The mark to set.
+        mark: Option<u32>,
+    },
+    /// Discard it.
+    Drop,
+}
+
+/// A netlink socket bound to a set of queues.
+pub struct NfQueue {
+    inner: nfq::Queue,
+    fd: Option<RawFd>,
+    queues: Vec<u16>,
+}
+
+impl fmt::Debug for NfQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NfQueue")
+            .field("fd", &self.fd)
+            .field("queues", &self.queues)
+            .finish()
+    }
+}
+
+impl NfQueue {
+    /// Opens one socket, binds `queues` and configures each: full copy,
+    /// `max_len` packets, fail-open, no GSO. Receiving is non-blocking.
+    pub fn open(queues: &[u16], max_len: u32) -> Result<NfQueue, QueueError> {
+        let err = |step: String| move |source| QueueError { step, source };
+        let before = netfilter_sockets();
+        let mut inner = nfq::Queue::open().map_err(err("opening the NFQUEUE socket".into()))?;
+        let fd = match (&before, netfilter_sockets()) {
+            (Some(before), Some(after)) => {
+                let mut new = after.difference(before);
+                match (new.next(), new.next()) {
+                    (Some(&fd), None) => Some(fd),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        for &q in queues {
+            inner.bind(q).map_err(err(format!("binding queue {q}")))?;
+            inner
+                .set_copy_range(q, COPY_RANGE)
+                .map_err(err(format!("setting the copy range of queue {q}")))?;
+            inner
+                .set_queue_max_len(q, max_len)
+                .map_err(err(format!("setting the length of queue {q}")))?;
+            // Fail-open: when the daemon falls behind, PPTP passes
+            // untranslated rather than the router dropping it.
+            inner
+                .set_fail_open(q, true)
+                .map_err(err(format!("setting fail-open on queue {q}")))?;
+            // GSO super-packets would arrive with partial checksums and
+            // several TCP segments in one; the engine wants real packets.
+            inner
+                .set_recv_gso(q, false)
+                .map_err(err(format!("disabling GSO on queue {q}")))?;
+        }
+        inner.set_nonblocking(true);
+        Ok(NfQueue {
+            inner,
+            fd,
+            queues: queues.to_vec(),
+        })
+    }
+
+    /// The socket's descriptor for `poll(2)`, when it could be identified.
+    ///
+    /// nfq 0.2.5 keeps its descriptor private. `open` finds it as the one
+    /// netlink-netfilter socket that appeared in `/proc/self/fd` during
+    /// `nfq::Queue::open` (checked by socket domain and protocol), which is
+    /// unambiguous as long as no other thread opens such a socket at the
+    /// same moment (the daemon opens queues before starting threads).
+    /// `None` means the caller must fall back to polling by time.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: the descriptor belongs to `self.inner`, which outlives the
+        // borrow; it is only used for poll(2), never closed.
+        self.fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+
+    /// The bound queues.
+    pub fn queues(&self) -> &[u16] {
+        &self.queues
+    }
+
+    /// The next queued packet, or `None` when none is waiting.
+    /// Interrupted system calls are retried.
+    pub fn try_recv(&mut self) -> io::Result<Option<Packet>> {
+        loop {
+            match self.inner.recv() {
+                Ok(msg) => return Ok(Some(Packet { msg })),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives `pkt` its verdict.
+    pub fn verdict(&mut self, mut pkt: Packet, action: Action<'_>) -> io::Result<()> {
+        match action {
+            Action::Accept => pkt.msg.set_verdict(nfq::Verdict::Accept),
+            Action::Drop => pkt.msg.set_verdict(nfq::Verdict::Drop),
+            Action::AcceptModified { payload, mark } => {
+                // `get_payload_mut` writes into the receive buffer (no
+                // allocation); the engine never changes a packet's length,
+                // so the other arm is only a safety net.
+                let buf = pkt.msg.get_payload_mut();
+                if buf.len() == payload.len() {
+                    buf.copy_from_slice(payload);
+                } else {
+                    pkt.msg.set_payload(payload.to_vec());
+                }
+                if let Some(mark) = mark {
+                    pkt.msg.set_nfmark(mark);
+                }
+                pkt.msg.set_verdict(nfq::Verdict::Accept);
+            }
+        }
+        self.inner.verdict(pkt.msg)
+    }
+
+    /// Unbinds every queue (best effort: closing the socket unbinds too).
+    pub fn unbind_all(&mut self) {
+        for &q in &self.queues {
+            let _ = self.inner.unbind(q);
+        }
+    }
+}
+
+/// Descriptors of this process's netlink-netfilter sockets, or `None` when
+/// `/proc` cannot be read.
+fn netfilter_sockets() -> Option<HashSet<RawFd>> {
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+            .filter(|&fd| {
+                sockopt(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+                    && sockopt(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+            })
+            .collect(),
+    )
+}
+
+fn sockopt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: plain getsockopt into a local int; a descriptor that is not a
+    // socket (or is already closed) just fails.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(val)
+}

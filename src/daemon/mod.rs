@@ -1,1 +1,20 @@
-//! Daemon shell (being written).
+//! The daemon shell around the engine: configuration, the packet thread,
+//! the status socket, logging, signals and start-up/stop ordering.
+//!
+//! - [`config`]: the TOML file and command-line overrides.
+//! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
+//! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
+//! - [`shared`]: the state shared between the packet thread and readers.
+//! - [`status`]: the status report, its socket and its table format.
+//! - [`logging`]: stderr/journald logging and rate limits.
+
+pub mod config;
+pub mod logging;
+pub mod packet;
+pub mod run;
+pub mod shared;
+pub mod status;
+
+pub use config::{Config, ConfigError, LogLevel, Overrides};
+pub use run::{run, DaemonError};
+pub use status::StatusReport;

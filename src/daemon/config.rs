@@ -1,0 +1,450 @@
+//! The daemon's configuration: a TOML file, overridden by command-line
+//! flags, validated, then mapped into [`AlgConfig`] and [`RulesConfig`].
+//!
+//! Every key is optional; a missing key takes the default documented in
+//! `config/pptp-alg.toml`. Errors always name the offending key, because
+//! an operator editing a config file under pressure needs the key, not a
+//! serde type name.
+
+use crate::alg::{AlgConfig, IdPolicy};
+use crate::nft::RulesConfig;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the status socket lives by default (systemd's `RuntimeDirectory`).
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/pptp-alg/status.sock";
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings (refused calls, desyncs).
+    Warn,
+    /// Also one line per call start and end.
+    #[default]
+    Info,
+    /// Also start-up and fast-path details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The equivalent `log` filter.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The configuration file's contents. Durations are whole seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// NFQUEUE number for tcp/1723 sent by inside hosts.
+    pub queue_from_inside: u16,
+    /// NFQUEUE number for tcp/1723 to inside hosts and GRE from outside.
+    pub queue_to_inside: u16,
+    /// Packets the kernel holds per queue before failing open.
+    pub queue_max_len: u32,
+    /// Packet mark set on translated GRE towards inside hosts.
+    pub mark: u32,
+    /// Whether known calls' GRE is translated by an nftables map in the kernel.
+    pub offload: bool,
+    /// Name of our nftables table (family ip).
+    pub table: String,
+    /// Install the table at start and remove it at stop.
+    pub install_rules: bool,
+    /// Unix socket answered with a JSON status document.
+    pub status_socket: PathBuf,
+    /// How NAT Call IDs are chosen.
+    pub id_policy: IdPolicy,
+    /// Live calls in total.
+    pub max_calls: usize,
+    /// Live calls per inside host.
+    pub max_calls_per_host: usize,
+    /// Tracked control connections.
+    pub max_connections: usize,
+    /// Seconds a call may wait for its reply.
+    pub call_setup_timeout: u64,
+    /// Seconds of silence after which an established call ends.
+    pub call_idle_timeout: u64,
+    /// Seconds of silence after which a control connection is forgotten.
+    pub conn_idle_timeout: u64,
+    /// Seconds a closed control connection is remembered.
+    pub conn_linger: u64,
+    /// Seconds an ended call's NAT id is kept out of use.
+    pub quarantine: u64,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // Taken from the engine's and the rules' own defaults so the three
+        // can never disagree.
+        let alg = AlgConfig::default();
+        let rules = RulesConfig::default();
+        Config {
+            queue_from_inside: rules.queue_from_inside,
+            queue_to_inside: rules.queue_to_inside,
+            queue_max_len: 4096,
+            mark: rules.mark,
+            offload: rules.offload,
+            table: rules.table,
+            install_rules: false,
+            status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+            id_policy: alg.id_policy,
+            max_calls: alg.max_calls,
+            max_calls_per_host: alg.max_calls_per_host,
+            max_connections: alg.max_connections,
+            call_setup_timeout: alg.call_setup_timeout.as_secs(),
+            call_idle_timeout: alg.call_idle_timeout.as_secs(),
+            conn_idle_timeout: alg.conn_idle_timeout.as_secs(),
+            conn_linger: alg.conn_linger.as_secs(),
+            quarantine: alg.quarantine.as_secs(),
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+/// A configuration problem, naming the key when there is one.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type.
+    Parse {
+        /// The key whose value is wrong, when it can be told.
+        key: Option<String>,
+        /// toml's message (with line, column and a snippet).
+        detail: String,
+    },
+    /// A value parsed but is not acceptable.
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Parse {
+                key: Some(key),
+                detail,
+            } => write!(f, "config key `{key}`: {}", detail.trim_end()),
+            ConfigError::Parse { key: None, detail } => {
+                write!(f, "config file: {}", detail.trim_end())
+            }
+            ConfigError::Invalid { key, reason } => write!(f, "config key `{key}`: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// The key the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document (no validation; see [`Config::validate`]).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            key: offending_key(text),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a file (no validation).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.queue_from_inside == self.queue_to_inside {
+            return bad(
+                "queue_to_inside",
+                format!(
+                    "must differ from `queue_from_inside` (both are {}): the queue number tells the direction",
+                    self.queue_to_inside
+                ),
+            );
+        }
+        if self.queue_max_len == 0 {
+            return bad("queue_max_len", "must be at least 1".into());
+        }
+        if self.mark == 0 {
+            return bad(
+                "mark",
+                "must not be 0: unmarked packets carry mark 0, so a firewall rule accepting it would accept everything".into(),
+            );
+        }
+        if !valid_table_name(&self.table) {
+            return bad(
+                "table",
+                format!(
+                    "{:?} is not an nftables identifier (a letter, then letters, digits, `_`; at most 255 bytes)",
+                    self.table
+                ),
+            );
+        }
+        if self.status_socket.as_os_str().is_empty() {
+            return bad("status_socket", "must not be empty".into());
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.status_socket.as_os_str().len() > 107 {
+            return bad(
+                "status_socket",
+                "is longer than a unix socket path may be (107 bytes)".into(),
+            );
+        }
+        for (key, v) in [
+            ("max_calls", self.max_calls),
+            ("max_calls_per_host", self.max_calls_per_host),
+            ("max_connections", self.max_connections),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v) in [
+            ("call_setup_timeout", self.call_setup_timeout),
+            ("call_idle_timeout", self.call_idle_timeout),
+            ("conn_idle_timeout", self.conn_idle_timeout),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1 second".into());
+            }
+        }
+        // Far beyond any sensible value, and keeps `Instant` arithmetic
+        // clear of overflow.
+        const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+        for (key, v) in [
+            ("call_setup_timeout", self.call_setup_timeout),
+            ("call_idle_timeout", self.call_idle_timeout),
+            ("conn_idle_timeout", self.conn_idle_timeout),
+            ("conn_linger", self.conn_linger),
+            ("quarantine", self.quarantine),
+        ] {
+            if v > MAX_SECS {
+                return bad(key, format!("must be at most {MAX_SECS} seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        set(&mut self.queue_from_inside, &o.queue_from_inside);
+        set(&mut self.queue_to_inside, &o.queue_to_inside);
+        set(&mut self.queue_max_len, &o.queue_max_len);
+        set(&mut self.mark, &o.mark);
+        set(&mut self.table, &o.table);
+        set(&mut self.status_socket, &o.status_socket);
+        set(&mut self.id_policy, &o.id_policy.map(IdPolicyArg::into));
+        set(&mut self.max_calls, &o.max_calls);
+        set(&mut self.max_calls_per_host, &o.max_calls_per_host);
+        set(&mut self.max_connections, &o.max_connections);
+        set(&mut self.call_setup_timeout, &o.call_setup_timeout);
+        set(&mut self.call_idle_timeout, &o.call_idle_timeout);
+        set(&mut self.conn_idle_timeout, &o.conn_idle_timeout);
+        set(&mut self.conn_linger, &o.conn_linger);
+        set(&mut self.quarantine, &o.quarantine);
+        set(&mut self.log_level, &o.log_level);
+        if o.offload {
+            self.offload = true;
+        }
+        if o.no_offload {
+            self.offload = false;
+        }
+    }
+
+    /// Loads `path` (or the defaults), applies `overrides` and validates.
+    pub fn resolve(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        cfg.apply(overrides);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The engine's configuration. `seed` feeds the random id policy.
+    pub fn alg_config(&self, seed: u64) -> AlgConfig {
+        AlgConfig {
+            max_calls: self.max_calls,
+            max_calls_per_host: self.max_calls_per_host,
+            max_connections: self.max_connections,
+            id_policy: self.id_policy,
+            seed,
+            call_setup_timeout: Duration::from_secs(self.call_setup_timeout),
+            call_idle_timeout: Duration::from_secs(self.call_idle_timeout),
+            conn_idle_timeout: Duration::from_secs(self.conn_idle_timeout),
+            conn_linger: Duration::from_secs(self.conn_linger),
+            quarantine: Duration::from_secs(self.quarantine),
+        }
+    }
+
+    /// The nftables rules' configuration.
+    pub fn rules_config(&self) -> RulesConfig {
+        RulesConfig {
+            table: self.table.clone(),
+            queue_from_inside: self.queue_from_inside,
+            queue_to_inside: self.queue_to_inside,
+            mark: self.mark,
+            offload: self.offload,
+        }
+    }
+}
+
+/// nftables accepts `[a-zA-Z][a-zA-Z0-9_]*`-like names; keeping to that
+/// subset keeps the name safe in `nft` commands an operator copies from logs.
+fn valid_table_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() < 256
+}
+
+/// Finds the top-level key whose value makes deserialization fail, by
+/// deserializing each key alone. toml's own message points at the line but
+/// says only the expected Rust type; the key is what the operator needs.
+fn offending_key(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.into_iter().find_map(|(key, value)| {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value);
+        Config::deserialize(toml::Value::Table(one))
+            .is_err()
+            .then_some(key)
+    })
+}
+
+/// [`IdPolicy`] as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdPolicyArg {
+    /// Keep the inside host's id when free.
+    Keep,
+    /// Start the search at a random id.
+    Random,
+}
+
+impl From<IdPolicyArg> for IdPolicy {
+    fn from(a: IdPolicyArg) -> Self {
+        match a {
+            IdPolicyArg::Keep => IdPolicy::Keep,
+            IdPolicyArg::Random => IdPolicy::Random,
+        }
+    }
+}
+
+/// Parses an integer in decimal or `0x` hexadecimal (marks are usually
+/// written in hex).
+pub fn parse_u32_auto(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Command-line flags that override configuration keys, one per key (the
+/// flag is the key with `-` for `_`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// NFQUEUE number for tcp/1723 sent by inside hosts [default: 1723].
+    #[arg(long, value_name = "N")]
+    pub queue_from_inside: Option<u16>,
+    /// NFQUEUE number for traffic to inside hosts [default: 1724].
+    #[arg(long, value_name = "N")]
+    pub queue_to_inside: Option<u16>,
+    /// Kernel queue length before failing open [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub queue_max_len: Option<u32>,
+    /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
+    #[arg(long, value_name = "MARK", value_parser = parse_u32_auto)]
+    pub mark: Option<u32>,
+    /// Translate known calls' GRE in the kernel (the default).
+    #[arg(long, overrides_with = "no_offload")]
+    pub offload: bool,
+    /// Translate all GRE in userspace.
+    #[arg(long, overrides_with = "offload")]
+    pub no_offload: bool,
+    /// nftables table name (family ip) [default: pptp_alg].
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Status socket path [default: /run/pptp-alg/status.sock].
+    #[arg(long, value_name = "PATH")]
+    pub status_socket: Option<PathBuf>,
+    /// NAT Call-ID policy [default: keep].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub id_policy: Option<IdPolicyArg>,
+    /// Live calls in total [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<usize>,
+    /// Live calls per inside host [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_calls_per_host: Option<usize>,
+    /// Tracked control connections [default: 8192].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a call may wait for its reply [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub call_setup_timeout: Option<u64>,
+    /// Seconds of silence that end an established call [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub call_idle_timeout: Option<u64>,
+    /// Seconds of silence that end a control connection [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub conn_idle_timeout: Option<u64>,
+    /// Seconds a closed control connection is remembered [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub conn_linger: Option<u64>,
+    /// Seconds an ended call's NAT id stays unused [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub quarantine: Option<u64>,
+    /// Log verbosity [default: info].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+}

@@ -1,0 +1,106 @@
+//! Logging to stderr, in journald's format when running under systemd.
+//!
+//! journald stamps every line itself and reads a `<N>` syslog priority
+//! prefix, so under systemd each line is `<N>message`; on a terminal it is
+//! `timestamp LEVEL message`.
+
+use super::config::LogLevel;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Installs the logger. `RUST_LOG`, if set, overrides `level` (for
+/// debugging a single module without editing the config).
+pub fn init(level: LogLevel) {
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level.filter());
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    if journald {
+        b.format(|buf, rec| {
+            let prio = match rec.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{prio}>{}", rec.args())
+        });
+    } else {
+        b.format(|buf, rec| {
+            writeln!(
+                buf,
+                "{} {:5} {}",
+                buf.timestamp_millis(),
+                rec.level(),
+                rec.args()
+            )
+        });
+    }
+    // A second init (tests) is harmless.
+    let _ = b.try_init();
+}
+
+/// Limits a class of log lines to `burst` per `window`, so a flood (a peer
+/// retrying refused calls, a desync storm) cannot fill the journal; the
+/// number suppressed is reported when the window reopens.
+#[derive(Debug)]
+pub struct RateLimit {
+    window: Duration,
+    burst: u32,
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// At most `burst` lines per `window`.
+    pub const fn new(window: Duration, burst: u32) -> Self {
+        RateLimit {
+            window,
+            burst,
+            start: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged now. When a new window opens after
+    /// suppression, returns the number suppressed as the second value so the
+    /// caller can say so.
+    pub fn allow(&mut self, now: Instant) -> (bool, u64) {
+        let expired = self
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= self.window);
+        let mut reported = 0;
+        if expired {
+            self.start = Some(now);
+            self.used = 0;
+            reported = std::mem::take(&mut self.suppressed);
+        }
+        if self.used < self.burst {
+            self.used += 1;
+            (true, reported)
+        } else {
+            self.suppressed += 1;
+            (false, reported)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_suppressed_lines() {
+        let t0 = Instant::now();
+        let mut rl = RateLimit::new(Duration::from_secs(10), 2);
+        assert_eq!(rl.allow(t0), (true, 0));
+        assert_eq!(rl.allow(t0), (true, 0));
+        assert_eq!(rl.allow(t0), (false, 0));
+        assert_eq!(rl.allow(t0 + Duration::from_secs(1)), (false, 0));
+        assert_eq!(rl.allow(t0 + Duration::from_secs(10)), (true, 2));
+    }
+}

@@ -1,0 +1,465 @@
+//! The packet thread: receives from NFQUEUE, runs the engine, acts on its
+//! events, gives every packet its verdict, runs timers.
+//!
+//! Waiting. nfq 0.2.5 has no descriptor accessor, so a blocking `recv`
+//! could not be interrupted for timers or shutdown. The queue socket is
+//! non-blocking instead, and the thread waits in `poll(2)` on two
+//! descriptors: the queue socket (found by [`NfQueue::poll_fd`]) and a
+//! wake-up socket the main thread writes to on shutdown. The timeout is
+//! the next engine timer, fast-path counter poll or watchdog ping, so an
+//! idle daemon sleeps and a busy one never waits. Should the queue's
+//! descriptor not be identifiable, the thread polls the wake-up socket
+//! with a 1 ms timeout and tries the queue after each: slower to react,
+//! never stuck.
+
+use super::logging::RateLimit;
+use super::shared::{lock, SharedRef};
+use crate::alg::{Direction, Event, Verdict};
+use crate::nfqueue::{Action, NfQueue, Packet};
+use crate::nft::{FastPath, RulesConfig};
+use crate::wire::ipv4::PROTO_GRE;
+use rustc_hash::FxHashMap;
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Packets served between checks of timers and the stop flag.
+const BATCH: usize = 256;
+/// Longest sleep, so the stop flag is seen even if a wake-up is lost.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Sleep between attempts when the queue's descriptor is unknown.
+const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
+/// How often the fast path's per-call counters are read (bounded further
+/// by the idle timeout, so offloaded calls never look idle).
+const OFFLOAD_POLL: Duration = Duration::from_secs(10);
+/// Consecutive receive errors after which the thread gives up.
+const MAX_RECV_ERRORS: u32 = 1000;
+/// After the rules are gone, how long to keep listening for packets the
+/// kernel queued just before (CPUs still inside the old rules).
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// What the packet thread needs to know.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// The queue carrying packets sent by inside hosts; the other queue
+    /// carries packets to inside hosts.
+    pub queue_from_inside: u16,
+    /// Mark for translated GRE to inside hosts.
+    pub mark: u32,
+    /// The rules, for opening the fast path.
+    pub rules: RulesConfig,
+    /// Whether to use the kernel fast path.
+    pub offload: bool,
+    /// The engine's call idle timeout (bounds the counter poll interval).
+    pub call_idle_timeout: Duration,
+}
+
+/// The packet thread's state.
+pub struct PacketLoop {
+    cfg: LoopConfig,
+    queue: NfQueue,
+    shared: SharedRef,
+    stop: Arc<AtomicBool>,
+    wake: UnixStream,
+    fast: Option<FastPath>,
+    /// Copy of the packet under translation: the engine rewrites in place,
+    /// and only a rewritten packet is sent back (sending back costs a copy
+    /// into the verdict message; receiving into our own buffer lets an
+    /// unchanged packet go back as a bare verdict).
+    scratch: Vec<u8>,
+    events: Vec<Event>,
+    /// Last counters read per fast path element, to feed deltas to the engine.
+    offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
+    next_offload_poll: Instant,
+    watchdog: Option<Duration>,
+    next_watchdog: Instant,
+    warn_refused: RateLimit,
+    warn_desync: RateLimit,
+    warn_io: RateLimit,
+}
+
+impl std::fmt::Debug for PacketLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketLoop")
+            .field("cfg", &self.cfg)
+            .field("queue", &self.queue)
+            .field("fast", &self.fast.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PacketLoop {
+    /// Prepares the loop; nothing runs until [`PacketLoop::run`]. `wake`
+    /// must be non-blocking.
+    pub fn new(
+        cfg: LoopConfig,
+        queue: NfQueue,
+        shared: SharedRef,
+        stop: Arc<AtomicBool>,
+        wake: UnixStream,
+    ) -> Self {
+        let now = Instant::now();
+        PacketLoop {
+            cfg,
+            queue,
+            shared,
+            stop,
+            wake,
+            fast: None,
+            scratch: vec![0; usize::from(u16::MAX) + 1],
+            events: Vec::with_capacity(64),
+            offload_seen: FxHashMap::default(),
+            next_offload_poll: now,
+            watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
+            next_watchdog: now,
+            warn_refused: RateLimit::new(Duration::from_secs(60), 20),
+            warn_desync: RateLimit::new(Duration::from_secs(60), 20),
+            warn_io: RateLimit::new(Duration::from_secs(60), 10),
+        }
+    }
+
+    /// Opens the kernel fast path and empties it, so no element from an
+    /// earlier run outlives the calls it belonged to. Returns whether the
+    /// fast path is active; without it all GRE is translated here.
+    pub fn start_fast_path(&mut self) -> bool {
+        if !self.cfg.offload {
+            return false;
+        }
+        let fp = FastPath::open(&self.cfg.rules).and_then(|mut fp| fp.flush().map(|()| fp));
+        match fp {
+            Ok(fp) => {
+                log::info!(
+                    "kernel fast path on (maps of table ip {})",
+                    self.cfg.rules.table
+                );
+                self.fast = Some(fp);
+            }
+            Err(e) => {
+                log::warn!("kernel fast path off, translating all GRE in userspace: {e}");
+            }
+        }
+        let on = self.fast.is_some();
+        lock(&self.shared).offload = on;
+        on
+    }
+
+    /// Serves packets until the stop flag is set, then drains the queue.
+    /// Returns an error when the thread cannot go on.
+    pub fn run(&mut self) -> Result<(), String> {
+        let mut recv_errors = 0u32;
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            self.run_timers(now);
+            self.wait(self.next_wakeup(now));
+            self.drain_wake();
+            match self.serve(BATCH) {
+                Ok(_) => recv_errors = 0,
+                Err(e) => {
+                    recv_errors += 1;
+                    if recv_errors >= MAX_RECV_ERRORS {
+                        return Err(format!(
+                            "{recv_errors} consecutive errors receiving from the queue, last: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every packet still queued a verdict, then empties the fast
+    /// path and unbinds. Called once the rules no longer queue anything.
+    pub fn shutdown(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match self.serve(BATCH) {
+                Ok(0) | Err(_) => {
+                    if quiet_since.elapsed() >= DRAIN_GRACE {
+                        break;
+                    }
+                    self.wait(Some(Instant::now() + Duration::from_millis(5)));
+                }
+                Ok(_) => quiet_since = Instant::now(),
+            }
+        }
+        if let Some(fp) = &mut self.fast {
+            // When the daemon removed the table, the maps went with it.
+            match fp.flush() {
+                Ok(()) => log::debug!("kernel fast path flushed"),
+                Err(e) => log::debug!("kernel fast path not flushed: {e}"),
+            }
+        }
+        self.queue.unbind_all();
+    }
+
+    /// Serves up to `max` packets; returns how many.
+    fn serve(&mut self, max: usize) -> io::Result<usize> {
+        for n in 0..max {
+            let pkt = match self.queue.try_recv() {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(n),
+                Err(e) => {
+                    lock(&self.shared).recv_errors += 1;
+                    if let (true, _) = self.warn_io.allow(Instant::now()) {
+                        log::warn!("receiving from the queue: {e}");
+                    }
+                    return Err(e);
+                }
+            };
+            self.packet(pkt)?;
+        }
+        Ok(max)
+    }
+
+    /// One packet, start to verdict. The verdict is given on every path,
+    /// including a panic in the engine (the error then stops the daemon).
+    fn packet(&mut self, pkt: Packet) -> io::Result<()> {
+        let now = Instant::now();
+        let dir = if pkt.queue() == self.cfg.queue_from_inside {
+            Direction::FromInside
+        } else {
+            Direction::ToInside
+        };
+        let len = pkt.payload().len();
+        // `scratch` holds 65536 bytes and the copy range is 65535.
+        let len = len.min(self.scratch.len());
+        self.scratch[..len].copy_from_slice(&pkt.payload()[..len]);
+        let verdict = {
+            let mut shared = lock(&self.shared);
+            let alg = &mut shared.alg;
+            let buf = &mut self.scratch[..len];
+            let r = catch_unwind(AssertUnwindSafe(|| alg.handle(now, buf, dir)));
+            while let Some(ev) = shared.alg.poll_event() {
+                self.events.push(ev);
+            }
+            r
+        };
+        let Ok(verdict) = verdict else {
+            let _ = self.queue.verdict(pkt, Action::Accept);
+            return Err(io::Error::other("the engine panicked (see above)"));
+        };
+        // Events before the verdict: a call's fast path element is in
+        // place before the reply that starts its GRE leaves.
+        self.handle_events(now);
+        let action = match verdict {
+            Verdict::Accept | Verdict::UnknownCall => Action::Accept,
+            Verdict::Drop(_) => Action::Drop,
+            Verdict::Modified => Action::AcceptModified {
+                payload: &self.scratch[..len],
+                mark: (dir == Direction::ToInside
+                    && self.scratch.get(9).copied() == Some(PROTO_GRE))
+                .then_some(self.cfg.mark),
+            },
+        };
+        if let Err(e) = self.queue.verdict(pkt, action) {
+            lock(&self.shared).verdict_errors += 1;
+            if let (true, _) = self.warn_io.allow(now) {
+                log::warn!("sending a verdict: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        {
+            let mut shared = lock(&self.shared);
+            if shared.alg.poll_timeout().is_some_and(|t| t <= now) {
+                shared.alg.handle_timeout(now);
+                while let Some(ev) = shared.alg.poll_event() {
+                    self.events.push(ev);
+                }
+            }
+        }
+        self.handle_events(now);
+        if self.fast.is_some() && now >= self.next_offload_poll {
+            self.poll_offload(now);
+            let every = OFFLOAD_POLL
+                .min(self.cfg.call_idle_timeout / 3)
+                .max(Duration::from_secs(1));
+            self.next_offload_poll = now + every;
+        }
+        if let Some(every) = self.watchdog {
+            if now >= self.next_watchdog {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                self.next_watchdog = now + every;
+            }
+        }
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        let mut t = now + MAX_SLEEP;
+        if let Some(alg) = lock(&self.shared).alg.poll_timeout() {
+            t = t.min(alg);
+        }
+        if self.fast.is_some() {
+            t = t.min(self.next_offload_poll);
+        }
+        if self.watchdog.is_some() {
+            t = t.min(self.next_watchdog);
+        }
+        Some(t)
+    }
+
+    /// Sleeps until the queue or the wake-up socket is readable, or `until`.
+    fn wait(&self, until: Option<Instant>) {
+        let timeout = until.map_or(MAX_SLEEP, |t| t.saturating_duration_since(Instant::now()));
+        let queue_fd: Option<RawFd> = self.queue.poll_fd().map(|fd| fd.as_raw_fd());
+        let timeout = if queue_fd.is_some() {
+            timeout
+        } else {
+            timeout.min(FALLBACK_SLEEP)
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: queue_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Round up so a timer due in 0.4 ms is not polled for 0 ms in a loop.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: `fds` is a valid array of two pollfd; a negative fd is
+        // ignored by poll(2). EINTR just returns early.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+
+    fn drain_wake(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Logs events and keeps the fast path in step with the call table.
+    fn handle_events(&mut self, now: Instant) {
+        for ev in self.events.drain(..) {
+            match ev {
+                Event::CallStarted(c) => {
+                    log::info!(
+                        "call started: inside {}:{} <-> outside {} as NAT id {} ({})",
+                        c.inside_host,
+                        c.inside_id,
+                        c.outside_peer,
+                        c.nat_id,
+                        c.conn.map_or_else(
+                            || "no control connection".into(),
+                            |k| format!("control {k}")
+                        ),
+                    );
+                    if let Some(fp) = &mut self.fast {
+                        if let Err(e) =
+                            fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
+                        {
+                            lock(&self.shared).fastpath_errors += 1;
+                            log::warn!(
+                                "fast path: cannot add call {}:{} (GRE stays in userspace): {e}",
+                                c.outside_peer,
+                                c.nat_id
+                            );
+                        }
+                    }
+                }
+                Event::CallEnded(c, cause) => {
+                    log::info!(
+                        "call ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
+                        c.inside_host,
+                        c.inside_id,
+                        c.outside_peer,
+                        c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
+                        c.nat_id,
+                        super::status::human_duration(c.age.as_secs()),
+                        c.packets_in,
+                        c.packets_out,
+                    );
+                    self.offload_seen.remove(&(c.outside_peer, c.nat_id));
+                    if let Some(fp) = &mut self.fast {
+                        if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
+                            lock(&self.shared).fastpath_errors += 1;
+                            log::warn!(
+                                "fast path: cannot remove call {}:{}: {e}",
+                                c.outside_peer,
+                                c.nat_id
+                            );
+                        }
+                    }
+                }
+                Event::CallRefused {
+                    conn,
+                    inside_id,
+                    reason,
+                } => {
+                    let (ok, suppressed) = self.warn_refused.allow(now);
+                    if suppressed > 0 {
+                        log::warn!("{suppressed} more refused calls not logged");
+                    }
+                    if ok {
+                        log::warn!(
+                            "call refused ({reason:?}): inside id {inside_id} on control {conn}"
+                        );
+                    }
+                }
+                Event::Desync {
+                    conn,
+                    direction,
+                    error,
+                } => {
+                    let (ok, suppressed) = self.warn_desync.allow(now);
+                    if suppressed > 0 {
+                        log::warn!("{suppressed} more desyncs not logged");
+                    }
+                    if ok {
+                        log::warn!(
+                            "control {conn} no longer translated: {direction:?} stream lost PPTP framing: {error}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the fast path's per-call counters and tells the engine what the
+    /// kernel translated since the last read, so offloaded calls keep their
+    /// idle timers fresh and their counters true.
+    fn poll_offload(&mut self, now: Instant) {
+        let Some(fp) = &mut self.fast else { return };
+        let counters = match fp.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                lock(&self.shared).fastpath_errors += 1;
+                if let (true, _) = self.warn_io.allow(now) {
+                    log::warn!("fast path: cannot read counters: {e}");
+                }
+                return;
+            }
+        };
+        let mut seen = FxHashMap::default();
+        seen.reserve(counters.len());
+        let mut shared = lock(&self.shared);
+        for e in &counters {
+            let key = (e.outside_peer, e.nat_id);
+            let (p0, b0) = self.offload_seen.get(&key).copied().unwrap_or((0, 0));
+            // A smaller value means the element was replaced: count it all.
+            let (dp, db) = if e.packets >= p0 {
+                (e.packets - p0, e.bytes.saturating_sub(b0))
+            } else {
+                (e.packets, e.bytes)
+            };
+            shared
+                .alg
+                .note_offloaded(now, e.outside_peer, e.nat_id, dp, db);
+            seen.insert(key, (e.packets, e.bytes));
+        }
+        shared.offloaded = counters;
+        drop(shared);
+        self.offload_seen = seen;
+    }
+}

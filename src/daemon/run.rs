@@ -1,0 +1,332 @@
+//! `pptp-alg run`: start-up, signal handling and clean stop.
+//!
+//! Start-up order matters: the queues are bound and fully configured
+//! before any rule can queue to them (a packet queued to a half-configured
+//! queue is dropped), and the fast path is flushed before the first call
+//! is served (a stale element would send a new call's GRE to an old host).
+//! Stop order matters too: the rules go first so nothing new is queued,
+//! then every packet still queued gets its verdict.
+
+use super::config::Config;
+use super::packet::{LoopConfig, PacketLoop};
+use super::shared::{lock, Shared};
+use super::status::{log_report, StatusServer};
+use crate::alg::Alg;
+use crate::nfqueue::{NfQueue, QueueError};
+use crate::nft::{self, NftError};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The kernel's PPTP helper would rewrite the same packets.
+    #[error(
+        "the kernel PPTP conntrack helper is in use ({0}); it would translate the same calls \
+         and fight with pptp-alg. Remove its `ct helper` assignment (and set \
+         net.netfilter.nf_conntrack_helper=0), then start again"
+    )]
+    HelperInUse(String),
+    /// The queues could not be set up.
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    /// The rules could not be managed.
+    #[error("{context}: {source}")]
+    Rules {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: NftError,
+    },
+    /// Setting up signals or threads failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The packet thread stopped with an error.
+    #[error("packet thread: {0}")]
+    PacketThread(String),
+}
+
+enum Msg {
+    Signal(i32),
+    /// The packet thread is serving; the fast path is on or off.
+    Started(bool),
+    /// The packet thread ended (with its error, if any).
+    Exited(Result<(), String>),
+}
+
+/// Sends `Exited` even when the packet thread unwinds from a panic, so the
+/// main thread never waits for a thread that is gone.
+struct ExitGuard {
+    tx: mpsc::Sender<Msg>,
+    result: Option<Result<(), String>>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let r = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err("panicked (see above)".into()));
+        let _ = self.tx.send(Msg::Exited(r));
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+    // Signals first, so a stop request during start-up is not lost: it is
+    // acted on once the main loop runs, with everything set up to undo.
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|source| DaemonError::Io {
+            context: "installing signal handlers",
+            source,
+        })?;
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(Msg::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| DaemonError::Io {
+                context: "starting the signal thread",
+                source,
+            })?;
+    }
+
+    match nft::pptp_helper_in_use() {
+        Ok(Some(place)) => return Err(DaemonError::HelperInUse(place)),
+        Ok(None) => {}
+        Err(e) => log::warn!("cannot check for the kernel PPTP helper: {e}"),
+    }
+
+    let rules = cfg.rules_config();
+    if cfg.install_rules {
+        // A table left by a previous run would queue to our queues while
+        // they are being configured; take it away until they are ready.
+        if nft::remove(&cfg.table).map_err(|source| DaemonError::Rules {
+            context: format!("removing the old table ip {}", cfg.table),
+            source,
+        })? {
+            log::info!("removed table ip {} left by an earlier run", cfg.table);
+        }
+    } else {
+        match nft::table_exists(&cfg.table) {
+            Ok(true) => log::info!("using the existing table ip {}", cfg.table),
+            Ok(false) => log::warn!(
+                "table ip {} does not exist: nothing is queued to the daemon until it is \
+                 installed (`pptp-alg rules install`, or run with --install-rules)",
+                cfg.table
+            ),
+            Err(e) => log::warn!("cannot check for table ip {}: {e}", cfg.table),
+        }
+    }
+
+    let queue = NfQueue::open(
+        &[cfg.queue_from_inside, cfg.queue_to_inside],
+        cfg.queue_max_len,
+    )?;
+    log::info!(
+        "bound queues {} (from inside) and {} (to inside), {} packets each, fail-open",
+        cfg.queue_from_inside,
+        cfg.queue_to_inside,
+        cfg.queue_max_len
+    );
+    if queue.poll_fd().is_none() {
+        log::warn!("queue socket descriptor not found; polling every millisecond instead");
+    }
+
+    let backend = if cfg.install_rules {
+        let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
+            context: "detecting how this kernel queues packets".into(),
+            source,
+        })?;
+        log::info!("queue backend: {backend}");
+        nft::install(&rules, backend).map_err(|source| DaemonError::Rules {
+            context: format!("installing table ip {}", cfg.table),
+            source,
+        })?;
+        log::info!("installed table ip {}", cfg.table);
+        Some(backend.to_string())
+    } else {
+        None
+    };
+    // From here on, leaving means removing the rules we installed.
+    let rules_guard = RulesGuard {
+        table: cfg.install_rules.then(|| cfg.table.clone()),
+    };
+
+    let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
+        context: "creating the wake-up socket",
+        source,
+    })?;
+    let loop_cfg = LoopConfig {
+        queue_from_inside: cfg.queue_from_inside,
+        mark: cfg.mark,
+        rules,
+        offload: cfg.offload,
+        call_idle_timeout: Duration::from_secs(cfg.call_idle_timeout),
+    };
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Io {
+            context: "preparing the wake-up socket",
+            source,
+        })?;
+    let thread = {
+        let tx = tx.clone();
+        let (shared, stop) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("packets".into())
+            .spawn(move || {
+                let mut guard = ExitGuard {
+                    tx: tx.clone(),
+                    result: None,
+                };
+                // Built here because the fast path's netlink socket cannot
+                // move between threads; this thread is its only user.
+                let mut pl = PacketLoop::new(loop_cfg, queue, shared, stop, wake_rx);
+                let offload = pl.start_fast_path();
+                let _ = tx.send(Msg::Started(offload));
+                let r = pl.run();
+                pl.shutdown();
+                guard.result = Some(r);
+            })
+            .map_err(|source| DaemonError::Io {
+                context: "starting the packet thread",
+                source,
+            })?
+    };
+
+    let mut status = None;
+    let mut exit: Option<Result<(), DaemonError>> = None;
+    let mut thread_done = false;
+    let mut ready = false;
+    for msg in rx.iter() {
+        match msg {
+            Msg::Started(offload) => {
+                status = match StatusServer::start(&cfg.status_socket, shared.clone()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        log::warn!(
+                            "status socket {} not available: {e}",
+                            cfg.status_socket.display()
+                        );
+                        None
+                    }
+                };
+                let text = format!(
+                    "serving queues {}/{}, fast path {}",
+                    cfg.queue_from_inside,
+                    cfg.queue_to_inside,
+                    if offload { "on" } else { "off" }
+                );
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&text),
+                ]);
+                ready = true;
+                log::info!("ready: {text}");
+            }
+            Msg::Signal(SIGUSR1) => {
+                log::info!("SIGUSR1: live calls and counters follow");
+                log_report(&shared);
+            }
+            Msg::Signal(sig) => {
+                log::info!(
+                    "{}: stopping",
+                    if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
+                );
+                exit = Some(Ok(()));
+                break;
+            }
+            Msg::Exited(r) => {
+                thread_done = true;
+                exit = Some(match r {
+                    Ok(()) => Err(DaemonError::PacketThread("ended unexpectedly".into())),
+                    Err(e) => Err(DaemonError::PacketThread(e)),
+                });
+                break;
+            }
+        }
+    }
+    let exit = exit.unwrap_or(Ok(()));
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Rules first: once they are gone nothing new is queued, and what is
+    // queued already still gets a verdict from the running packet thread.
+    drop(rules_guard);
+    stop.store(true, Ordering::Release);
+    let _ = wake_tx.write_all(&[1]);
+    if !thread_done {
+        // The thread drains the queue, flushes the fast path and unbinds.
+        let _ = thread.join();
+    }
+    if !ready {
+        log::warn!("stopped before start-up completed");
+    }
+    {
+        let s = lock(&shared);
+        let st = s.alg.stats();
+        log::info!(
+            "stopped: {} packets, {} rewritten, {} calls created, {} live at exit",
+            st.packets,
+            st.rewritten,
+            st.calls_created,
+            st.calls_active
+        );
+    }
+    drop(status);
+    exit
+}
+
+/// Removes the table we installed when dropped (at stop, and on any error
+/// after installing).
+struct RulesGuard {
+    table: Option<String>,
+}
+
+impl Drop for RulesGuard {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.take() {
+            match nft::remove(&table) {
+                Ok(_) => log::info!("removed table ip {table}"),
+                Err(e) => log::error!("cannot remove table ip {table}: {e}"),
+            }
+        }
+    }
+}
+
+/// A seed for the random id policy: unpredictable, so that an outside
+/// party cannot guess the ids the gateway will assign.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
+        u64::from_ne_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    }
+}

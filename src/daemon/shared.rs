@@ -1,0 +1,58 @@
+//! State shared between the packet thread and its readers (the status
+//! socket, SIGUSR1). The engine itself lives here behind one mutex: the
+//! packet thread holds it only around `Alg::handle` and the event drain,
+//! readers only long enough to copy a snapshot, so contention stays short
+//! and an uncontended lock costs far less than a packet's trip through
+//! netlink.
+
+use crate::alg::Alg;
+use crate::nft::ElementCounter;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// The shared state.
+#[derive(Debug)]
+pub struct Shared {
+    /// The engine.
+    pub alg: Alg,
+    /// The last per-call counters read from the kernel fast path.
+    pub offloaded: Vec<ElementCounter>,
+    /// The queue backend in use, if the daemon installed the rules.
+    pub backend: Option<String>,
+    /// Whether the kernel fast path is active.
+    pub offload: bool,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Fast path updates that failed (a call then stays in userspace).
+    pub fastpath_errors: u64,
+    /// Packets whose verdict could not be sent.
+    pub verdict_errors: u64,
+    /// Errors receiving from the queue socket.
+    pub recv_errors: u64,
+}
+
+/// A handle on the shared state.
+pub type SharedRef = Arc<Mutex<Shared>>;
+
+impl Shared {
+    /// Wraps an engine.
+    pub fn new(alg: Alg, offload: bool, backend: Option<String>) -> SharedRef {
+        Arc::new(Mutex::new(Shared {
+            alg,
+            offloaded: Vec::new(),
+            backend,
+            offload,
+            started: Instant::now(),
+            fastpath_errors: 0,
+            verdict_errors: 0,
+            recv_errors: 0,
+        }))
+    }
+}
+
+/// Locks the state. A panic while holding the lock is already handled by
+/// the packet thread (it gives its packet a verdict and stops the daemon),
+/// so a poisoned lock is still good enough for reading a final snapshot.
+pub fn lock(s: &SharedRef) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
