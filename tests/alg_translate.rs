@@ -658,3 +658,36 @@ fn ip_and_tcp_options_are_handled() {
     let p = checked_tcp_payload(&out);
     assert_eq!(u16_at(&p, 12), 0x4000);
 }
+
+#[test]
+fn a_new_connection_on_a_reused_tuple_starts_afresh() {
+    let (mut sim, mut b) = two_clients();
+    let seq = b.seq[0];
+    sim.send_at(
+        &b,
+        OUT,
+        seq,
+        Flags {
+            fin: true,
+            ..Default::default()
+        },
+        &[],
+    );
+    // Same addresses and ports, new sequence numbers, before the linger ends.
+    b.seq = [77_000, 88_000];
+    sim.start_control(&mut b);
+    let (v, out) = sim.send(&mut b, OUT, &ocrq(0x4000));
+    assert_eq!(
+        (v, u16_at(&out, 12)),
+        (Verdict::Modified, 0x4002),
+        "0x4001 is in quarantine"
+    );
+    sim.advance(Duration::from_secs(11));
+    assert_eq!(
+        sim.alg.connections(),
+        2,
+        "the new connection is not forgotten with the old one"
+    );
+    let (_, out) = sim.send(&mut b, IN, &sli(0x4002));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+}

@@ -141,6 +141,9 @@ impl Alg {
         };
         let payload_len = tcp.payload().len();
 
+        if flags & SYN != 0 {
+            self.forget_if_reused(&key, dir, data_seq, now);
+        }
         let ci = match self.conns.by_key.get(&key) {
             Some(&ci) => ci,
             None => {
@@ -167,18 +170,8 @@ impl Alg {
         let di = dir_index(dir);
         let conn = self.conns.get_mut(ci);
         conn.last_seen = now;
-        if flags & SYN != 0 {
-            // A SYN (or a retransmitted one) defines the stream start.
-            let fresh = conn.dirs[di]
-                .parser
-                .as_ref()
-                .is_none_or(|p| p.next != data_seq);
-            if fresh && !conn.dirs[di].patches.is_empty() {
-                conn.dirs[di].patches.clear();
-            }
-            if fresh {
-                conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
-            }
+        if flags & SYN != 0 && conn.dirs[di].parser.is_none() {
+            conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
         }
 
         if payload_len > 0 {
@@ -495,6 +488,24 @@ impl Alg {
         self.end_conn_calls(ci, EndCause::ConnClosed, now);
         let c = self.conns.get_mut(ci);
         c.closing.get_or_insert(now);
+    }
+
+    /// A SYN that does not match the tracked stream start (or arrives after
+    /// FIN/RST) means the 4-tuple now carries a new connection: the old one
+    /// is over.
+    fn forget_if_reused(&mut self, key: &ConnKey, dir: Direction, data_seq: u32, now: Instant) {
+        let Some(&ci) = self.conns.by_key.get(key) else {
+            return;
+        };
+        let c = self.conns.get(ci);
+        let other_start = c.dirs[dir_index(dir)]
+            .parser
+            .as_ref()
+            .is_some_and(|p| p.next != data_seq);
+        if c.closing.is_some() || other_start {
+            self.close_conn(ci, now);
+            self.forget_conn(ci);
+        }
     }
 
     fn forget_conn(&mut self, ci: ConnIdx) {
