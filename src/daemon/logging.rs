@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 pub fn init(level: LogLevel) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut b = env_logger::Builder::new();
-    b.filter_level(level.filter());
+    // Our own lines at the configured level; libraries (netlink message
+    // traces at debug) only when something is wrong.
+    b.filter_level(level.filter().min(log::LevelFilter::Warn));
+    b.filter_module("pptp_alg", level.filter());
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }

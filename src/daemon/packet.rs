@@ -57,6 +57,9 @@ pub struct LoopConfig {
     pub offload: bool,
     /// The engine's call idle timeout (bounds the counter poll interval).
     pub call_idle_timeout: Duration,
+    /// Whether the table (with the fast path maps) is removed before the
+    /// thread stops, so there is nothing left to flush.
+    pub table_removed_at_stop: bool,
 }
 
 /// The packet thread's state.
@@ -188,8 +191,7 @@ impl PacketLoop {
                 Ok(_) => quiet_since = Instant::now(),
             }
         }
-        if let Some(fp) = &mut self.fast {
-            // When the daemon removed the table, the maps went with it.
+        if let Some(fp) = self.fast.as_mut().filter(|_| !self.cfg.table_removed_at_stop) {
             match fp.flush() {
                 Ok(()) => log::debug!("kernel fast path flushed"),
                 Err(e) => log::debug!("kernel fast path not flushed: {e}"),

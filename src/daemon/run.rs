@@ -184,6 +184,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         rules,
         offload: cfg.offload,
         call_idle_timeout: Duration::from_secs(cfg.call_idle_timeout),
+        table_removed_at_stop: cfg.install_rules,
     };
     wake_rx
         .set_nonblocking(true)
