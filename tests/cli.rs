@@ -1,0 +1,175 @@
+//! The `pptp-alg` command line, without root: help, printing the rules,
+//! configuration errors, status without a daemon.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pptp-alg");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run pptp-alg")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for cmd in ["run", "rules", "status"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}
+
+#[test]
+fn run_has_a_flag_for_every_config_key() {
+    let o = run(&["run", "--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let keys = [
+        "queue_from_inside",
+        "queue_to_inside",
+        "queue_max_len",
+        "mark",
+        "offload",
+        "table",
+        "install_rules",
+        "status_socket",
+        "id_policy",
+        "max_calls",
+        "max_calls_per_host",
+        "max_connections",
+        "call_setup_timeout",
+        "call_idle_timeout",
+        "conn_idle_timeout",
+        "conn_linger",
+        "quarantine",
+        "log_level",
+    ];
+    for key in keys {
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert!(out.contains(&flag), "no {flag} in\n{out}");
+    }
+    assert!(out.contains("--no-offload"));
+    assert!(out.contains("--config"));
+}
+
+#[test]
+fn rules_print_shows_the_chains() {
+    for backend in ["nft-queue", "xt", "auto"] {
+        let o = run(&["rules", "print", "--backend", backend]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains("table ip pptp_alg"), "{out}");
+        assert!(out.contains("chain gre_in"), "{out}");
+        assert!(out.contains("chain ctl"), "{out}");
+        assert!(out.contains("map gre_daddr"), "{out}");
+    }
+}
+
+#[test]
+fn rules_print_follows_config_and_flags() {
+    let o = run(&[
+        "rules",
+        "print",
+        "--backend",
+        "nft-queue",
+        "--table",
+        "other_alg",
+        "--queue-from-inside",
+        "101",
+        "--queue-to-inside",
+        "102",
+        "--no-offload",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("table ip other_alg"), "{out}");
+    assert!(out.contains("to 101"), "{out}");
+    assert!(out.contains("to 102"), "{out}");
+    assert!(!out.contains("gre_daddr"), "{out}");
+
+    let cfg = temp_file("print.toml", "table = \"from_file\"\nmark = 0x42\n");
+    let o = run(&[
+        "rules",
+        "print",
+        "--backend",
+        "nft-queue",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("table ip from_file"), "{out}");
+    assert!(out.contains("0x00000042"), "{out}");
+}
+
+#[test]
+fn bad_config_exits_non_zero_naming_the_key() {
+    let cases = [
+        (
+            "type.toml",
+            "max_calls_per_host = \"lots\"\n",
+            "max_calls_per_host",
+        ),
+        ("unknown.toml", "queue_lenght = 5\n", "queue_lenght"),
+        ("same.toml", "queue_to_inside = 1723\n", "queue_to_inside"),
+        ("zero.toml", "max_calls = 0\n", "max_calls"),
+    ];
+    for (name, text, key) in cases {
+        let p = temp_file(name, text);
+        for cmd in [&["run"][..], &["rules", "print"][..]] {
+            let mut args = cmd.to_vec();
+            args.extend(["--config", p.to_str().unwrap()]);
+            let o = run(&args);
+            assert!(!o.status.success(), "{args:?} succeeded");
+            assert_eq!(o.status.code(), Some(2), "{args:?}");
+            let err = stderr(&o);
+            assert!(err.contains(key), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn bad_flag_values_are_refused() {
+    let o = run(&["run", "--mark", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("mark"), "{}", stderr(&o));
+    let o = run(&["run", "--id-policy", "nope"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("id-policy"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let o = run(&["run", "--config", "/nonexistent/pptp-alg.toml"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/pptp-alg.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn status_without_daemon_fails_clearly() {
+    let o = run(&["status", "--socket", "/nonexistent/status.sock"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("/nonexistent/status.sock"), "{err}");
+    assert!(err.contains("is pptp-alg running"), "{err}");
+}

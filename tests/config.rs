@@ -1,0 +1,208 @@
+//! The configuration file: defaults, every key, and errors that name the key.
+
+use pptp_alg::alg::{AlgConfig, IdPolicy};
+use pptp_alg::daemon::{Config, ConfigError, LogLevel, Overrides};
+use pptp_alg::nft::RulesConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let c = Config::from_toml(text)?;
+    c.validate()?;
+    Ok(c)
+}
+
+fn err_key(text: &str) -> String {
+    let e = parse(text).expect_err(text);
+    let key = e
+        .key()
+        .unwrap_or_else(|| panic!("no key in {e}"))
+        .to_string();
+    // The message names the key as well, for the operator.
+    assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+    key
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.queue_from_inside, 1723);
+    assert_eq!(c.queue_to_inside, 1724);
+    assert_eq!(c.queue_max_len, 4096);
+    assert_eq!(c.mark, 0x1723);
+    assert!(c.offload);
+    assert_eq!(c.table, "pptp_alg");
+    assert!(!c.install_rules);
+    assert_eq!(c.status_socket, Path::new("/run/pptp-alg/status.sock"));
+    assert_eq!(c.id_policy, IdPolicy::Keep);
+    assert_eq!(c.log_level, LogLevel::Info);
+}
+
+#[test]
+fn defaults_agree_with_engine_and_rules() {
+    let c = Config::default();
+    let mut alg = c.alg_config(AlgConfig::default().seed);
+    assert_eq!(alg, AlgConfig::default());
+    alg.seed = 1;
+    assert_eq!(c.alg_config(1), alg);
+    assert_eq!(c.rules_config(), RulesConfig::default());
+}
+
+#[test]
+fn example_config_is_the_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/pptp-alg.toml");
+    let c = Config::load(&path).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn every_key_parses() {
+    let c = parse(
+        r#"
+        queue_from_inside = 10
+        queue_to_inside = 11
+        queue_max_len = 100
+        mark = 0xff
+        offload = false
+        table = "my_alg"
+        install_rules = true
+        status_socket = "/tmp/x.sock"
+        id_policy = "random"
+        max_calls = 5
+        max_calls_per_host = 2
+        max_connections = 3
+        call_setup_timeout = 7
+        call_idle_timeout = 8
+        conn_idle_timeout = 9
+        conn_linger = 0
+        quarantine = 0
+        log_level = "debug"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.queue_from_inside, 10);
+    assert_eq!(c.queue_to_inside, 11);
+    assert_eq!(c.queue_max_len, 100);
+    assert_eq!(c.mark, 0xff);
+    assert!(!c.offload);
+    assert_eq!(c.table, "my_alg");
+    assert!(c.install_rules);
+    assert_eq!(c.status_socket, Path::new("/tmp/x.sock"));
+    assert_eq!(c.id_policy, IdPolicy::Random);
+    assert_eq!(c.log_level, LogLevel::Debug);
+    let a = c.alg_config(42);
+    assert_eq!(a.max_calls, 5);
+    assert_eq!(a.max_calls_per_host, 2);
+    assert_eq!(a.max_connections, 3);
+    assert_eq!(a.seed, 42);
+    assert_eq!(a.id_policy, IdPolicy::Random);
+    assert_eq!(a.call_setup_timeout, Duration::from_secs(7));
+    assert_eq!(a.call_idle_timeout, Duration::from_secs(8));
+    assert_eq!(a.conn_idle_timeout, Duration::from_secs(9));
+    assert_eq!(a.conn_linger, Duration::ZERO);
+    assert_eq!(a.quarantine, Duration::ZERO);
+    let r = c.rules_config();
+    assert_eq!(
+        r,
+        RulesConfig {
+            table: "my_alg".into(),
+            queue_from_inside: 10,
+            queue_to_inside: 11,
+            mark: 0xff,
+            offload: false,
+        }
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    assert_eq!(err_key("max_calls = \"many\""), "max_calls");
+    assert_eq!(err_key("queue_to_inside = 70000"), "queue_to_inside");
+    assert_eq!(err_key("queue_from_inside = -1"), "queue_from_inside");
+    assert_eq!(err_key("mark = \"0x1723\""), "mark");
+    assert_eq!(err_key("offload = 1"), "offload");
+    assert_eq!(err_key("table = 3"), "table");
+    assert_eq!(err_key("id_policy = \"sequential\""), "id_policy");
+    assert_eq!(err_key("log_level = \"loud\""), "log_level");
+    assert_eq!(err_key("quarantine = 1.5"), "quarantine");
+    // A later key is found even when earlier ones are fine.
+    assert_eq!(
+        err_key("max_calls = 10\nconn_linger = true\n"),
+        "conn_linger"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    assert_eq!(err_key("max_call = 10"), "max_call");
+    let e = parse("[section]\nx = 1").unwrap_err();
+    assert_eq!(e.key(), Some("section"));
+}
+
+#[test]
+fn syntax_errors_are_reported() {
+    let e = parse("max_calls = = 3").unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn invalid_values_name_the_key() {
+    assert_eq!(
+        err_key("queue_from_inside = 5\nqueue_to_inside = 5"),
+        "queue_to_inside"
+    );
+    assert_eq!(err_key("max_calls = 0"), "max_calls");
+    assert_eq!(err_key("max_calls_per_host = 0"), "max_calls_per_host");
+    assert_eq!(err_key("max_connections = 0"), "max_connections");
+    assert_eq!(err_key("queue_max_len = 0"), "queue_max_len");
+    assert_eq!(err_key("mark = 0"), "mark");
+    assert_eq!(err_key("table = \"\""), "table");
+    assert_eq!(err_key("table = \"bad name\""), "table");
+    assert_eq!(err_key("table = \"1abc\""), "table");
+    assert_eq!(err_key("status_socket = \"\""), "status_socket");
+    assert_eq!(
+        err_key(&format!("status_socket = \"/{}\"", "x".repeat(120))),
+        "status_socket"
+    );
+    assert_eq!(err_key("call_setup_timeout = 0"), "call_setup_timeout");
+    assert_eq!(err_key("call_idle_timeout = 0"), "call_idle_timeout");
+    assert_eq!(err_key("conn_idle_timeout = 0"), "conn_idle_timeout");
+    assert_eq!(err_key("quarantine = 10000000000"), "quarantine");
+}
+
+#[test]
+fn overrides_beat_the_file() {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "max_calls = 10\noffload = false\nmark = 7\n").unwrap();
+    let o = Overrides {
+        max_calls: Some(20),
+        offload: true,
+        ..Overrides::default()
+    };
+    let c = Config::resolve(Some(&path), &o).unwrap();
+    assert_eq!(c.max_calls, 20);
+    assert!(c.offload);
+    assert_eq!(c.mark, 7);
+    let o = Overrides {
+        no_offload: true,
+        queue_to_inside: Some(1723),
+        ..Overrides::default()
+    };
+    let e = Config::resolve(Some(&path), &o).unwrap_err();
+    assert_eq!(e.key(), Some("queue_to_inside"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let e = Config::resolve(
+        Some(Path::new("/nonexistent/pptp-alg.toml")),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/pptp-alg.toml"), "{e}");
+}
