@@ -16,7 +16,7 @@ use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
-use crate::nft::{FastPath, RulesConfig};
+use crate::nft::{self, FastPath, QueueBackend, RulesConfig};
 use crate::wire::ipv4::PROTO_GRE;
 use rustc_hash::FxHashMap;
 use std::io::{self, Read};
@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Packets served between checks of timers and the stop flag.
@@ -39,6 +39,8 @@ const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
 const OFFLOAD_POLL: Duration = Duration::from_secs(10);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
+/// How often the daemon checks that its table still exists.
+const RULES_CHECK: Duration = Duration::from_secs(5);
 /// After the rules are gone, how long to keep listening for packets the
 /// kernel queued just before (CPUs still inside the old rules).
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
@@ -60,6 +62,10 @@ pub struct LoopConfig {
     /// Whether the table (with the fast path maps) is removed before the
     /// thread stops, so there is nothing left to flush.
     pub table_removed_at_stop: bool,
+    /// When the daemon installed the rules: the backend, and whether the
+    /// table should exist. A table that vanishes while it should exist (a
+    /// firewall reload running `flush ruleset`) is put back.
+    pub reinstall: Option<(QueueBackend, Arc<Mutex<bool>>)>,
 }
 
 /// The packet thread's state.
@@ -79,6 +85,7 @@ pub struct PacketLoop {
     /// Last counters read per fast path element, to feed deltas to the engine.
     offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
     next_offload_poll: Instant,
+    next_rules_check: Instant,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
     warn_refused: RateLimit,
@@ -118,6 +125,7 @@ impl PacketLoop {
             events: Vec::with_capacity(64),
             offload_seen: FxHashMap::default(),
             next_offload_poll: now,
+            next_rules_check: now + RULES_CHECK,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
             warn_refused: RateLimit::new(Duration::from_secs(60), 20),
@@ -191,7 +199,11 @@ impl PacketLoop {
                 Ok(_) => quiet_since = Instant::now(),
             }
         }
-        if let Some(fp) = self.fast.as_mut().filter(|_| !self.cfg.table_removed_at_stop) {
+        if let Some(fp) = self
+            .fast
+            .as_mut()
+            .filter(|_| !self.cfg.table_removed_at_stop)
+        {
             match fp.flush() {
                 Ok(()) => log::debug!("kernel fast path flushed"),
                 Err(e) => log::debug!("kernel fast path not flushed: {e}"),
@@ -286,6 +298,10 @@ impl PacketLoop {
                 .max(Duration::from_secs(1));
             self.next_offload_poll = now + every;
         }
+        if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
+            self.check_rules(now);
+            self.next_rules_check = now + RULES_CHECK;
+        }
         if let Some(every) = self.watchdog {
             if now >= self.next_watchdog {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -304,6 +320,9 @@ impl PacketLoop {
         }
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
+        }
+        if self.cfg.reinstall.is_some() {
+            t = t.min(self.next_rules_check);
         }
         Some(t)
     }
@@ -426,6 +445,59 @@ impl PacketLoop {
                 }
             }
         }
+    }
+
+    /// Puts our table back if it vanished while it should exist, with the
+    /// fast path elements of every live call. Without this, a firewall
+    /// reload that flushes the whole ruleset would silently end all
+    /// translation until the daemon restarts.
+    fn check_rules(&mut self, now: Instant) {
+        let Some((backend, wanted)) = &self.cfg.reinstall else {
+            return;
+        };
+        let wanted = wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*wanted {
+            return;
+        }
+        match nft::table_exists(&self.cfg.rules.table) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                if let (true, _) = self.warn_io.allow(now) {
+                    log::warn!("cannot check for table ip {}: {e}", self.cfg.rules.table);
+                }
+                return;
+            }
+        }
+        if let Err(e) = nft::install(&self.cfg.rules, *backend) {
+            log::error!(
+                "table ip {} vanished and cannot be reinstalled: {e}",
+                self.cfg.rules.table
+            );
+            return;
+        }
+        drop(wanted);
+        let calls = lock(&self.shared).alg.calls(now);
+        let mut failed = 0;
+        if let Some(fp) = &mut self.fast {
+            for c in &calls {
+                if fp
+                    .add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
+                    .is_err()
+                {
+                    failed += 1;
+                }
+            }
+        }
+        self.offload_seen.clear();
+        if failed > 0 {
+            lock(&self.shared).fastpath_errors += failed;
+        }
+        log::warn!(
+            "table ip {} vanished (a firewall reload?); reinstalled it with {} call(s) in the fast path",
+            self.cfg.rules.table,
+            if self.fast.is_some() { calls.len() - failed as usize } else { 0 }
+        );
     }
 
     /// Reads the fast path's per-call counters and tells the engine what the

@@ -19,7 +19,7 @@ use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Why the daemon could not start or had to stop.
@@ -152,7 +152,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         log::warn!("queue socket descriptor not found; polling every millisecond instead");
     }
 
-    let backend = if cfg.install_rules {
+    let backend_used = if cfg.install_rules {
         let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
             context: "detecting how this kernel queues packets".into(),
             source,
@@ -163,13 +163,15 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             source,
         })?;
         log::info!("installed table ip {}", cfg.table);
-        Some(backend.to_string())
+        Some(backend)
     } else {
         None
     };
+    let backend = backend_used.map(|b| b.to_string());
     // From here on, leaving means removing the rules we installed.
     let rules_guard = RulesGuard {
         table: cfg.install_rules.then(|| cfg.table.clone()),
+        wanted: Arc::new(Mutex::new(cfg.install_rules)),
     };
 
     let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
@@ -185,6 +187,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         offload: cfg.offload,
         call_idle_timeout: Duration::from_secs(cfg.call_idle_timeout),
         table_removed_at_stop: cfg.install_rules,
+        reinstall: backend_used.map(|b| (b, rules_guard.wanted.clone())),
     };
     wake_rx
         .set_nonblocking(true)
@@ -303,10 +306,16 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
 /// after installing).
 struct RulesGuard {
     table: Option<String>,
+    /// Whether the table should exist; shared with the packet thread, which
+    /// reinstalls a vanished table only under this lock while it is true,
+    /// so it can never put the table back after the removal here.
+    wanted: Arc<Mutex<bool>>,
 }
 
 impl Drop for RulesGuard {
     fn drop(&mut self) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        *wanted = false;
         if let Some(table) = self.table.take() {
             match nft::remove(&table) {
                 Ok(_) => log::info!("removed table ip {table}"),
