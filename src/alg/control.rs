@@ -4,13 +4,13 @@
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
 use super::table::{Call, CallIdx, CallState, ConnIdx, DETACHED};
 use super::{
-    Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, Verdict, PPTP_PORT,
+    secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, Stamp,
+    Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
 use crate::wire::tcp::{TcpSegment, FIN, RST, SYN};
 use std::net::SocketAddrV4;
-use std::time::Instant;
 
 /// Patches kept per direction for identical retransmissions. Each call
 /// produces one or two, so this covers many calls' worth of unacknowledged
@@ -25,7 +25,7 @@ const RESULT_SUCCESS: u8 = 1;
 pub(super) struct Dir {
     /// `None` until the stream start (SYN or a segment beginning with a
     /// PPTP header) has been seen.
-    parser: Option<Box<Parser>>,
+    parser: Option<Parser>,
     patches: Vec<Patch>,
 }
 
@@ -36,8 +36,8 @@ pub(super) struct Conn {
     dirs: [Dir; 2],
     /// Calls of this connection, live and in quarantine.
     pub calls: Vec<CallIdx>,
-    last_seen: Instant,
-    closing: Option<Instant>,
+    last_seen: Stamp,
+    closing: Option<Stamp>,
     desynced: bool,
 }
 
@@ -106,7 +106,7 @@ struct Refused;
 impl Alg {
     pub(super) fn handle_tcp(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ip: &mut Ipv4Packet<&mut [u8]>,
         dir: Direction,
     ) -> Verdict {
@@ -171,13 +171,13 @@ impl Alg {
         let conn = self.conns.get_mut(ci);
         conn.last_seen = now;
         if flags & SYN != 0 && conn.dirs[di].parser.is_none() {
-            conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
+            conn.dirs[di].parser = Some(Parser::new(data_seq));
         }
 
         if payload_len > 0 {
             if conn.dirs[di].parser.is_none() {
                 if starts_with_header(tcp.payload()) {
-                    conn.dirs[di].parser = Some(Box::new(Parser::new(data_seq)));
+                    conn.dirs[di].parser = Some(Parser::new(data_seq));
                 } else {
                     self.stats.unsynced_segments += 1;
                 }
@@ -211,7 +211,7 @@ impl Alg {
     /// segment must be dropped.
     fn feed_segment(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ci: ConnIdx,
         dir: Direction,
         data_seq: u32,
@@ -294,7 +294,7 @@ impl Alg {
 
     fn on_item(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ci: ConnIdx,
         dir: Direction,
         item: Item<'_>,
@@ -336,7 +336,7 @@ impl Alg {
 
     fn on_message(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ci: ConnIdx,
         dir: Direction,
         ty: ControlType,
@@ -394,7 +394,7 @@ impl Alg {
     /// The live call of `inside_id` on this connection, or a new one.
     fn call_for_inside(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ci: ConnIdx,
         inside_id: u16,
     ) -> Result<CallIdx, Refused> {
@@ -477,14 +477,14 @@ impl Alg {
             .filter(|&i| self.calls.get(i).conn == ci)
     }
 
-    fn end_conn_calls(&mut self, ci: ConnIdx, cause: EndCause, now: Instant) {
+    fn end_conn_calls(&mut self, ci: ConnIdx, cause: EndCause, now: Stamp) {
         let calls = self.conns.get(ci).calls.clone();
         for idx in calls {
             self.end_call(idx, cause, now);
         }
     }
 
-    fn close_conn(&mut self, ci: ConnIdx, now: Instant) {
+    fn close_conn(&mut self, ci: ConnIdx, now: Stamp) {
         self.end_conn_calls(ci, EndCause::ConnClosed, now);
         let c = self.conns.get_mut(ci);
         c.closing.get_or_insert(now);
@@ -493,7 +493,7 @@ impl Alg {
     /// A SYN that does not match the tracked stream start (or arrives after
     /// FIN/RST) means the 4-tuple now carries a new connection: the old one
     /// is over.
-    fn forget_if_reused(&mut self, key: &ConnKey, dir: Direction, data_seq: u32, now: Instant) {
+    fn forget_if_reused(&mut self, key: &ConnKey, dir: Direction, data_seq: u32, now: Stamp) {
         let Some(&ci) = self.conns.by_key.get(key) else {
             return;
         };
@@ -517,14 +517,14 @@ impl Alg {
         }
     }
 
-    pub(super) fn sweep_conns(&mut self, now: Instant) {
+    pub(super) fn sweep_conns(&mut self, now: Stamp) {
         for ci in self.conns.indices() {
             let c = self.conns.get(ci);
             if let Some(t) = c.closing {
-                if now.duration_since(t) >= self.cfg.conn_linger {
+                if now.saturating_sub(t) >= secs(self.cfg.conn_linger) {
                     self.forget_conn(ci);
                 }
-            } else if now.duration_since(c.last_seen) >= self.cfg.conn_idle_timeout {
+            } else if now.saturating_sub(c.last_seen) >= secs(self.cfg.conn_idle_timeout) {
                 self.end_conn_calls(ci, EndCause::ConnTimeout, now);
                 self.forget_conn(ci);
             }

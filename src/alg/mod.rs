@@ -144,6 +144,8 @@ pub struct Alg {
     conns: control::Conns,
     events: VecDeque<Event>,
     next_sweep: Option<Instant>,
+    /// Time zero of the engine's timestamps (its first input).
+    epoch: Option<Instant>,
     /// Scratch list of calls created by the segment being processed.
     created: Vec<CallIdx>,
 }
@@ -158,6 +160,7 @@ impl Alg {
             conns: control::Conns::default(),
             events: VecDeque::new(),
             next_sweep: None,
+            epoch: None,
             created: Vec::new(),
         }
     }
@@ -172,12 +175,18 @@ impl Alg {
         &self.stats
     }
 
+    fn stamp(&mut self, now: Instant) -> Stamp {
+        let epoch = *self.epoch.get_or_insert(now);
+        secs(now.saturating_duration_since(epoch))
+    }
+
     /// Handles one IPv4 packet, rewriting it in place.
     pub fn handle(&mut self, now: Instant, pkt: &mut [u8], dir: Direction) -> Verdict {
         self.stats.packets += 1;
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
         }
+        let now = self.stamp(now);
         let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt[..]) else {
             self.stats.malformed += 1;
             return Verdict::Accept;
@@ -204,7 +213,7 @@ impl Alg {
 
     fn handle_gre(
         &mut self,
-        now: Instant,
+        now: Stamp,
         ip: &mut Ipv4Packet<&mut [u8]>,
         dir: Direction,
     ) -> Verdict {
@@ -272,6 +281,7 @@ impl Alg {
         packets: u64,
         bytes: u64,
     ) {
+        let now = self.stamp(now);
         if let Some(idx) = self.calls.by_nat(outside_peer, nat_id) {
             let c = self.calls.get_mut(idx);
             if c.is_live() && packets > 0 {
@@ -306,18 +316,20 @@ impl Alg {
         if self.next_sweep.is_none_or(|t| now < t) {
             return;
         }
+        let instant = now;
+        let now = self.stamp(now);
         self.sweep_conns(now);
         let live: Vec<(CallIdx, EndCause)> = self
             .calls
             .iter()
             .filter_map(|(i, c)| match c.state {
                 CallState::Requested
-                    if now.duration_since(c.created) >= self.cfg.call_setup_timeout =>
+                    if now.saturating_sub(c.created) >= secs(self.cfg.call_setup_timeout) =>
                 {
                     Some((i, EndCause::SetupTimeout))
                 }
                 CallState::Established
-                    if now.duration_since(c.last_activity) >= self.cfg.call_idle_timeout =>
+                    if now.saturating_sub(c.last_activity) >= secs(self.cfg.call_idle_timeout) =>
                 {
                     Some((i, EndCause::IdleTimeout))
                 }
@@ -327,7 +339,7 @@ impl Alg {
         for (i, cause) in live {
             self.end_call(i, cause, now);
         }
-        let cutoff = now.checked_sub(self.cfg.quarantine);
+        let cutoff = now.checked_sub(secs(self.cfg.quarantine));
         while let Some(idx) = self.calls.oldest_ended_before(cutoff) {
             if cutoff.is_none() {
                 break;
@@ -335,7 +347,7 @@ impl Alg {
             self.release_quarantined(idx);
         }
         let idle = self.calls.live() == 0 && self.calls.quarantined() == 0 && self.conns.is_empty();
-        self.next_sweep = (!idle).then(|| now + SWEEP_INTERVAL);
+        self.next_sweep = (!idle).then(|| instant + SWEEP_INTERVAL);
     }
 
     fn release_quarantined(&mut self, idx: CallIdx) {
@@ -347,7 +359,7 @@ impl Alg {
     }
 
     /// Ends a live call, emitting [`Event::CallEnded`].
-    fn end_call(&mut self, idx: CallIdx, cause: EndCause, now: Instant) {
+    fn end_call(&mut self, idx: CallIdx, cause: EndCause, now: Stamp) {
         if self.calls.end(idx, cause, now) {
             self.stats.ended[cause as usize] += 1;
             self.stats.calls_active = self.calls.live() as u64;
@@ -363,7 +375,7 @@ impl Alg {
         }
     }
 
-    fn info(&self, idx: CallIdx, now: Instant) -> CallInfo {
+    fn info(&self, idx: CallIdx, now: Stamp) -> CallInfo {
         let c = self.calls.get(idx);
         CallInfo {
             inside_host: c.inside_host,
@@ -377,7 +389,7 @@ impl Alg {
                 CallState::Established => "established",
                 CallState::Ended(_) => "ended",
             },
-            age: now.saturating_duration_since(c.created),
+            age: Duration::from_secs(u64::from(now.saturating_sub(c.created))),
             packets_in: c.packets_in,
             packets_out: c.packets_out,
             bytes_in: c.bytes_in,
@@ -387,6 +399,9 @@ impl Alg {
 
     /// Every live call.
     pub fn calls(&self, now: Instant) -> Vec<CallInfo> {
+        let now = self
+            .epoch
+            .map_or(0, |e| secs(now.saturating_duration_since(e)));
         self.calls
             .iter()
             .filter(|(_, c)| c.is_live())
@@ -403,6 +418,15 @@ impl Alg {
     pub fn quarantined(&self) -> usize {
         self.calls.quarantined()
     }
+}
+
+/// Timestamps kept per call and connection: whole seconds since the
+/// engine's first input. Four bytes instead of sixteen per timestamp keeps a
+/// call small; timeouts have one-second resolution.
+type Stamp = u32;
+
+fn secs(d: Duration) -> Stamp {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 /// Map type used for connections.

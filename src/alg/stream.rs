@@ -44,12 +44,15 @@ pub enum FeedError<E> {
 /// One byte of translated output at a stream position.
 pub type Patch = (u32, u8);
 
-/// Reassembly state of one direction.
+/// Reassembly state of one direction. Messages that arrive whole inside a
+/// segment are parsed in place; only a message split across segments is
+/// buffered, so an idle direction costs a few bytes.
 #[derive(Clone, Debug)]
 pub struct Parser {
     /// Sequence number of the next byte not yet parsed.
     pub next: u32,
-    msg: [u8; MAX_MESSAGE_LEN],
+    /// The start of a message split across segments (`have` bytes of it).
+    partial: Option<Box<[u8; MAX_MESSAGE_LEN]>>,
     have: usize,
     ty: Option<ControlType>,
 }
@@ -59,7 +62,7 @@ impl Parser {
     pub fn new(next: u32) -> Self {
         Parser {
             next,
-            msg: [0; MAX_MESSAGE_LEN],
+            partial: None,
             have: 0,
             ty: None,
         }
@@ -74,60 +77,85 @@ impl Parser {
         mut on: impl FnMut(Item<'_>) -> Result<Option<u16>, E>,
     ) -> Result<(), FeedError<E>> {
         while !data.is_empty() {
+            if self.have == 0 && data.len() >= HEADER_LEN {
+                let ty = header(&data[..HEADER_LEN]).map_err(FeedError::Desync)?;
+                let len = ty.length();
+                if data.len() >= len {
+                    // The common case: a whole message in this segment.
+                    emit(ty, &data[..len], 0, self.next, patches, &mut on)?;
+                    self.next = self.next.wrapping_add(len as u32);
+                    data = &data[len..];
+                    continue;
+                }
+            }
+            let buf = self
+                .partial
+                .get_or_insert_with(|| Box::new([0; MAX_MESSAGE_LEN]));
             let msg_seq = self.next.wrapping_sub(self.have as u32);
-            let want = match self.ty {
-                None => HEADER_LEN,
-                Some(ty) => ty.length(),
-            };
+            let want = self.ty.map_or(HEADER_LEN, ControlType::length);
             let take = (want - self.have).min(data.len());
             let before = self.have;
-            self.msg[before..before + take].copy_from_slice(&data[..take]);
+            buf[before..before + take].copy_from_slice(&data[..take]);
             self.have += take;
             self.next = self.next.wrapping_add(take as u32);
             data = &data[take..];
-
             let ty = match self.ty {
                 Some(ty) => ty,
                 None if self.have < HEADER_LEN => continue,
                 None => {
-                    let mut h = [0u8; HEADER_LEN];
-                    h.copy_from_slice(&self.msg[..HEADER_LEN]);
-                    let ty = parse_header(&h).map_err(FeedError::Desync)?;
+                    let ty = header(&buf[..HEADER_LEN]).map_err(FeedError::Desync)?;
                     self.ty = Some(ty);
                     ty
                 }
             };
-            let fields = ty.call_id_fields();
-            for off in [fields.own, fields.peer].into_iter().flatten() {
-                // Report a field exactly once: when its second byte arrives.
-                if before < off + 2 && off + 2 <= self.have {
-                    let value = u16::from_be_bytes([self.msg[off], self.msg[off + 1]]);
-                    let item = Item::Field {
-                        ty,
-                        offset: off,
-                        value,
-                    };
-                    if let Some(new) = on(item).map_err(FeedError::Handler)? {
-                        debug_assert_eq!(new >> 8, value >> 8, "allocator must keep the high byte");
-                        if new != value {
-                            let seq = msg_seq.wrapping_add(off as u32 + 1);
-                            patches.push((seq, new as u8));
-                        }
-                    }
-                }
-            }
+            emit(ty, &buf[..self.have], before, msg_seq, patches, &mut on)?;
             if self.have == ty.length() {
-                let item = Item::Message {
-                    ty,
-                    bytes: &self.msg[..self.have],
-                };
-                on(item).map_err(FeedError::Handler)?;
                 self.have = 0;
                 self.ty = None;
+                self.partial = None;
             }
         }
         Ok(())
     }
+}
+
+fn header(h: &[u8]) -> Result<ControlType, HeaderError> {
+    parse_header(h.try_into().expect("caller passes HEADER_LEN bytes"))
+}
+
+/// Reports the Call-ID fields whose second byte lies in `msg[before..]`
+/// (each field exactly once, when it becomes complete), and the message
+/// when `msg` holds all of it.
+fn emit<E>(
+    ty: ControlType,
+    msg: &[u8],
+    before: usize,
+    msg_seq: u32,
+    patches: &mut Vec<Patch>,
+    on: &mut impl FnMut(Item<'_>) -> Result<Option<u16>, E>,
+) -> Result<(), FeedError<E>> {
+    let have = msg.len();
+    let fields = ty.call_id_fields();
+    for off in [fields.own, fields.peer].into_iter().flatten() {
+        if before < off + 2 && off + 2 <= have {
+            let value = u16::from_be_bytes([msg[off], msg[off + 1]]);
+            let item = Item::Field {
+                ty,
+                offset: off,
+                value,
+            };
+            if let Some(new) = on(item).map_err(FeedError::Handler)? {
+                debug_assert_eq!(new >> 8, value >> 8, "allocator must keep the high byte");
+                if new != value {
+                    patches.push((msg_seq.wrapping_add(off as u32 + 1), new as u8));
+                }
+            }
+        }
+    }
+    if have == ty.length() {
+        on(Item::Message { ty, bytes: msg }).map_err(FeedError::Handler)?;
+    }
+    Ok(())
 }
 
 /// Signed distance from `b` to `a` in sequence space.

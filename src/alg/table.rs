@@ -7,10 +7,10 @@
 
 use super::config::IdPolicy;
 use super::stats::EndCause;
+use super::Stamp;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::time::Instant;
 
 /// Index of a call in the table.
 pub type CallIdx = u32;
@@ -40,9 +40,9 @@ pub struct Call {
     pub outside_id: Option<u16>,
     pub nat_id: u16,
     pub state: CallState,
-    pub created: Instant,
-    pub last_activity: Instant,
-    pub ended_at: Option<Instant>,
+    pub created: Stamp,
+    pub last_activity: Stamp,
+    pub ended_at: Option<Stamp>,
     pub packets_in: u64,
     pub packets_out: u64,
     pub bytes_in: u64,
@@ -207,7 +207,7 @@ impl CallTable {
 
     /// Marks a live call ended; it stays in quarantine. Returns false if it
     /// had already ended.
-    pub fn end(&mut self, idx: CallIdx, cause: EndCause, now: Instant) -> bool {
+    pub fn end(&mut self, idx: CallIdx, cause: EndCause, now: Stamp) -> bool {
         let c = self.get_mut(idx);
         if !c.is_live() {
             return false;
@@ -251,7 +251,7 @@ impl CallTable {
     }
 
     /// The oldest ended call, if its quarantine started at or before `cutoff`.
-    pub fn oldest_ended_before(&self, cutoff: Option<Instant>) -> Option<CallIdx> {
+    pub fn oldest_ended_before(&self, cutoff: Option<Stamp>) -> Option<CallIdx> {
         let &idx = self.ended.front()?;
         let at = self.get(idx).ended_at?;
         match cutoff {
