@@ -37,7 +37,7 @@ fn host(i: u16) -> Ipv4Addr {
 }
 
 /// 10,000 inside hosts, one connection and one call each, all with inside
-/// id 0x4000 + (i % 200) so that NAT ids collide and get translated.
+/// ids spread over 50 high bytes, two hosts per id.
 fn loaded() -> (Alg, Instant) {
     let cfg = AlgConfig {
         max_calls: 20_000,
@@ -50,7 +50,8 @@ fn loaded() -> (Alg, Instant) {
         let (h, port) = (host(i), 40000);
         let mut syn = tcp((h, port), (SERVER, 1723), 1000, true, &[]);
         alg.handle(now, &mut syn, Direction::FromInside);
-        let id = 0x4000 | (i % 200) + (i / 200 % 50) * 0x100;
+        // Pairs of hosts share an inside id, so half the calls are translated.
+        let id = 0x4000 | ((i % 100) + (i / 200 % 50) * 0x100);
         let mut p = tcp((h, port), (SERVER, 1723), 1001, false, &msg(7, 168, id));
         let v = alg.handle(now, &mut p, Direction::FromInside);
         assert!(matches!(v, Verdict::Accept | Verdict::Modified));
