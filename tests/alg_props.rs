@@ -167,3 +167,38 @@ proptest! {
         prop_assert_eq!(d, std::net::Ipv4Addr::from(dst));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Arbitrary bytes, and arbitrary payloads on tcp/1723 (valid headers
+    /// with random types, lengths and ids mixed with garbage): never a
+    /// panic, always a verdict, and the state stays within the limits.
+    #[test]
+    fn arbitrary_input_never_panics_and_stays_bounded(
+        raw in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..20),
+        segs in proptest::collection::vec((any::<bool>(), 0u8..4, 0u16..16, any::<u16>(), any::<u16>(), 0usize..300, any::<u32>()), 0..60),
+    ) {
+        let cfg = AlgConfig { max_calls: 8, max_calls_per_host: 4, max_connections: 3, ..AlgConfig::default() };
+        let mut sim = Sim::new(cfg);
+        for r in raw {
+            let (_, _) = sim.packet(r, OUT);
+        }
+        for (inside, host_n, ty, id, len, cut, seq) in segs {
+            let mut m = msg(ty.clamp(1, 15), &[(12, id)]);
+            m[0..2].copy_from_slice(&len.to_be_bytes());
+            m.truncate(cut.min(m.len()));
+            let h = host(host_n);
+            let (d, src, dst) = if inside { (OUT, (h, 40000), (SERVER, 1723)) } else { (IN, (SERVER, 1723), (h, 40000)) };
+            let flags = Flags { syn: seq % 7 == 0, fin: seq % 11 == 0, rst: seq % 13 == 0 };
+            let pkt = tcp_packet(src, dst, seq % 4096, flags, &m);
+            let (v, _) = sim.packet(pkt, d);
+            prop_assert!(matches!(v, Verdict::Accept | Verdict::Modified | Verdict::Drop(_)));
+            let (gv, _) = sim.gre_in(SERVER, id, b"g");
+            prop_assert!(matches!(gv, Verdict::Modified | Verdict::UnknownCall));
+            sim.advance(std::time::Duration::from_millis(700));
+        }
+        prop_assert!(sim.alg.stats().calls_active <= 8);
+        prop_assert!(sim.alg.connections() <= 3);
+        prop_assert!(sim.alg.quarantined() <= 8);
+    }
+}
