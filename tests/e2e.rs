@@ -1,0 +1,638 @@
+//! End-to-end tests of the `pptp-alg` daemon in network namespaces (root only).
+//!
+//! Each test builds its own lab (see `e2e/lab.rs`): a router namespace running
+//! `pptp-alg run --install-rules` behind an nftables masquerade, LAN hosts each
+//! in their own namespace, and a WAN namespace with the outside addresses. The
+//! PPTP endpoints are `pptp-peer` processes; their JSON summaries say which
+//! host received which GRE payloads, and `pptp-alg status --json` shows the
+//! daemon's calls. Every test cleans up after itself (processes, namespaces)
+//! and every wait has a timeout.
+//!
+//! Without root the tests print "skipped: needs root" and pass, unless
+//! `PPTP_ALG_E2E=1` demands that they really run. The tests share nothing but
+//! the machine; run them serially (`--test-threads=1`) to keep timings calm.
+
+#[path = "e2e/lab.rs"]
+mod lab;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lab::*;
+use serde_json::Value;
+
+const GRE_COUNT: u64 = 3;
+const CALL_ID: &str = "1000";
+
+/// The common client options: the same Call ID for everyone, and calls held
+/// long enough for the status to be read while they are up.
+fn client_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--call-id", CALL_ID, "--gre-count", "3"];
+    if !extra.contains(&"--hold") {
+        a.extend(["--hold", "2"]);
+    }
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Runs `clients` (tag, extra options, calls each) on LAN hosts 0.. against
+/// the server on the WAN side, concurrently; checks the status while the
+/// calls are up and every client's and the server's view. Returns the lab
+/// (daemon still running) and the status taken while the calls were up.
+fn masquerade_scenario(
+    case: &str,
+    daemon_flags: &[&str],
+    server_flags: &[&str],
+    clients: &[(&str, Vec<&str>, usize)],
+) -> (Lab, Value) {
+    let mut lab = Lab::new(case, clients.len(), 1);
+    lab.start_daemon(daemon_flags);
+    let srv = lab.server(Host::Wan, SERVER, server_flags);
+    let pids: Vec<Pid> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, (tag, extra, _))| {
+            lab.client(Host::Lan(i), SERVER, lan_addr(i), tag, &client_args(extra))
+        })
+        .collect();
+    let total: usize = clients.iter().map(|c| c.2).sum();
+    let up = lab.wait_established(total);
+    assert_distinct_nat_ids(&up, total);
+    for (i, (_, _, calls)) in clients.iter().enumerate() {
+        let mine = up["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .filter(|c| c["inside_host"] == lan_addr(i).to_string())
+            .count();
+        assert_eq!(mine, *calls, "calls of {}: {up:#}", lan_addr(i));
+    }
+    let summaries: Vec<Value> = pids
+        .iter()
+        .zip(clients)
+        .map(|(&p, (tag, _, _))| lab.client_ok(p, tag))
+        .collect();
+    for ((tag, _, calls), v) in clients.iter().zip(&summaries) {
+        assert_exactly_own_echoes(tag, v, *calls, GRE_COUNT);
+    }
+    let server = lab.stop_server(srv);
+    let runs: Vec<ClientRun> = clients
+        .iter()
+        .zip(&summaries)
+        .map(|((tag, _, _), v)| ClientRun {
+            tag,
+            summary: v,
+            seen_from: ROUTER_WAN,
+        })
+        .collect();
+    assert_server_view(&server, &up, &runs, None);
+    let after = lab.wait_no_calls();
+    assert_eq!(stat(&after, "calls_created"), total as u64, "{after:#}");
+    assert_eq!(stat(&after, "gre_unknown_call"), 0, "{after:#}");
+    assert_eq!(stat(&after, "desyncs"), 0, "{after:#}");
+    assert!(lab.daemon_log().contains("call started: inside"));
+    (lab, up)
+}
+
+/// Stops the daemon and checks that it leaves cleanly and takes its table along.
+fn stop_cleanly(lab: &mut Lab) -> String {
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "daemon exit status; log:\n{}", out.stderr);
+    assert!(
+        !lab.router_has_table("pptp_alg"),
+        "table ip pptp_alg left behind"
+    );
+    assert!(!out.stderr.contains(" ERROR "), "{}", out.stderr);
+    out.stderr
+}
+
+// ---- a) and j): the main scenario ---------------------------------------------
+
+#[test]
+fn two_clients_same_call_id_offload() {
+    if !have_root() {
+        return;
+    }
+    let (mut lab, up) = masquerade_scenario(
+        "two_off",
+        &[],
+        &[],
+        &[("alice", vec![], 1), ("bob", vec![], 1)],
+    );
+    assert_eq!(up["offload"], true, "kernel fast path should be on: {up:#}");
+    let log = stop_cleanly(&mut lab);
+    assert_eq!(log.matches("call ended (Disconnect)").count(), 2, "{log}");
+}
+
+#[test]
+fn two_clients_same_call_id_no_offload() {
+    if !have_root() {
+        return;
+    }
+    let (mut lab, up) = masquerade_scenario(
+        "two_nooff",
+        &["--no-offload"],
+        &[],
+        &[("alice", vec![], 1), ("bob", vec![], 1)],
+    );
+    assert_eq!(up["offload"], false, "{up:#}");
+    let after = lab.status();
+    // In userspace every echo passes through the engine.
+    assert_eq!(stat(&after, "gre_packets"), 2 * GRE_COUNT, "{after:#}");
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn three_clients_same_call_id() {
+    if !have_root() {
+        return;
+    }
+    let (mut lab, _) = masquerade_scenario(
+        "three",
+        &[],
+        &[],
+        &[
+            ("alice", vec![], 1),
+            ("bob", vec![], 1),
+            ("carol", vec![], 1),
+        ],
+    );
+    stop_cleanly(&mut lab);
+}
+
+// ---- b) segmentation ---------------------------------------------------------------
+
+#[test]
+fn coalesced_and_call_id_split_control_messages() {
+    if !have_root() {
+        return;
+    }
+    // The server cuts its own messages inside the Call ID fields too, so the
+    // to-inside direction is exercised as well.
+    let (mut lab, _) = masquerade_scenario(
+        "segments",
+        &[],
+        &["--segmentation", "split-callid", "--wan-error"],
+        &[
+            (
+                "coal",
+                vec!["--segmentation", "coalesce", "--calls", "2"],
+                2,
+            ),
+            (
+                "cid",
+                vec!["--segmentation", "split-callid", "--calls", "2"],
+                2,
+            ),
+        ],
+    );
+    stop_cleanly(&mut lab);
+}
+
+/// Every control message of the client (from its first, SCCRQ) arrives in
+/// 5-byte segments, so no segment from the inside ever holds a whole PPTP
+/// header: the engine must know the stream start from the TCP handshake.
+#[test]
+fn control_messages_in_5_byte_segments() {
+    if !have_root() {
+        return;
+    }
+    let (mut lab, _) = masquerade_scenario(
+        "split5",
+        &[],
+        &["--segmentation", "split:5"],
+        &[
+            ("bytes", vec!["--segmentation", "split:5"], 1),
+            ("bytes2", vec!["--segmentation", "split:5"], 1),
+        ],
+    );
+    stop_cleanly(&mut lab);
+}
+
+// ---- c) several calls on one control connection -----------------------------------
+
+#[test]
+fn several_calls_per_control_connection() {
+    if !have_root() {
+        return;
+    }
+    let (mut lab, up) = masquerade_scenario(
+        "calls3",
+        &[],
+        &[],
+        &[
+            ("alice", vec!["--calls", "3"], 3),
+            ("bob", vec!["--calls", "3"], 3),
+        ],
+    );
+    // One control connection per host carries all its calls.
+    let conns: BTreeSet<String> = up["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["conn"]["inside"].as_str().expect("conn").to_string())
+        .collect();
+    assert_eq!(conns.len(), 2, "{up:#}");
+    stop_cleanly(&mut lab);
+}
+
+// ---- d) teardown -----------------------------------------------------------------------
+
+/// One call from LAN host 0, ended with `close`; GRE sent to its NAT id
+/// reaches the client while the call is up and nobody after it ended.
+fn teardown(case: &str, close: &str, server_flags: &[&str], cause: &str) {
+    let mut lab = Lab::new(case, 1, 1);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, server_flags);
+    let c = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "tear",
+        &client_args(&["--close", close]),
+    );
+    let up = lab.wait_established(1);
+    let nat = u64_of(&call_row(&up, lan_addr(0), 1000)["nat_id"]) as u16;
+    // Positive control: while the call is up, GRE from the server's address
+    // to the NAT id is delivered to the client, with its own Call ID.
+    lab.gre_send_from_server(ROUTER_WAN, nat, "live-probe", 1, &[]);
+    let v = lab.finish(c).json("tear");
+    assert!(
+        v["errors"].as_array().is_some_and(Vec::is_empty),
+        "client: {v}"
+    );
+    let mut want: Vec<String> = own_echoes("tear", &v).into_iter().collect();
+    want.push("live-probe".into());
+    want.sort();
+    let mut got = payloads(&v);
+    got.sort();
+    assert_eq!(got, want, "while the call was up");
+
+    let after = lab.wait_no_calls();
+    assert_eq!(stat(&after, cause), 1, "ended by {cause}: {after:#}");
+    let unknown_before = stat(&after, "gre_unknown_call");
+    let rx = lab.gre_recv(Host::Lan(0), None, 1.0);
+    lab.gre_send_from_server(ROUTER_WAN, nat, "stale-probe", 3, &[]);
+    let rx = lab.finish(rx).json_lines("gre-recv");
+    assert!(rx.is_empty(), "GRE to ended NAT id {nat} delivered: {rx:?}");
+    let end = lab.status();
+    assert_eq!(
+        stat(&end, "gre_unknown_call") - unknown_before,
+        3,
+        "stale GRE counted: {end:#}"
+    );
+    let server = lab.stop_server(srv);
+    assert_eq!(server["calls"].as_array().map(Vec::len), Some(1));
+    let log = stop_cleanly(&mut lab);
+    assert_eq!(log.matches("call ended").count(), 1, "{log}");
+}
+
+#[test]
+fn teardown_after_call_clear() {
+    if !have_root() {
+        return;
+    }
+    teardown("tear_clear", "clear", &[], "ended_disconnect");
+}
+
+/// Call-Disconnect-Notify carrying the PNS's id (pptp-linux and the Linux
+/// helper read it that way) ends the call as well.
+#[test]
+fn teardown_after_call_clear_cdn_with_peer_id() {
+    if !have_root() {
+        return;
+    }
+    teardown(
+        "tear_cdnpeer",
+        "clear",
+        &["--cdn-call-id", "peer"],
+        "ended_disconnect",
+    );
+}
+
+#[test]
+fn teardown_when_control_connection_closes_fin() {
+    if !have_root() {
+        return;
+    }
+    teardown("tear_fin", "fin", &[], "ended_conn_closed");
+}
+
+#[test]
+fn teardown_when_control_connection_resets() {
+    if !have_root() {
+        return;
+    }
+    teardown("tear_rst", "rst", &[], "ended_conn_closed");
+}
+
+#[test]
+fn teardown_by_stop_control_connection() {
+    if !have_root() {
+        return;
+    }
+    teardown("tear_stop", "stop", &[], "ended_stop_control");
+}
+
+// ---- e) unknown GRE ---------------------------------------------------------------------
+
+#[test]
+fn unknown_gre_from_outside_is_dropped_and_counted() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("unknown_gre", 2, 1);
+    lab.start_daemon(&[]);
+    let rx: Vec<Pid> = (0..2)
+        .map(|i| lab.gre_recv(Host::Lan(i), None, 1.5))
+        .collect();
+    lab.gre_send_from_server(ROUTER_WAN, 1000, "unknown-1000", 3, &[]);
+    lab.gre_send_from_server(ROUTER_WAN, 0x4242, "unknown-4242", 2, &[]);
+    // GRE version 0 with the same layout is not PPTP: never queued, never counted.
+    lab.gre_send_from_server(ROUTER_WAN, 1000, "gre-v0", 2, &["--version", "0"]);
+    for (i, p) in rx.into_iter().enumerate() {
+        let got = lab.finish(p).json_lines("gre-recv");
+        assert!(got.is_empty(), "LAN host {i} received {got:?}");
+    }
+    let st = lab.status();
+    assert_eq!(stat(&st, "gre_unknown_call"), 5, "{st:#}");
+    assert_eq!(stat(&st, "gre_packets"), 5, "{st:#}");
+    assert_eq!(stat(&st, "packets"), 5, "version 0 was queued: {st:#}");
+    stop_cleanly(&mut lab);
+}
+
+// ---- f) malformed control messages -------------------------------------------------
+
+#[test]
+fn malformed_control_messages_do_not_hurt_the_daemon() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("malformed", 3, 1);
+    let daemon = lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let kinds = ["bad-cookie", "bad-length", "unknown-type"];
+    let pids: Vec<Pid> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            lab.client(
+                Host::Lan(i),
+                SERVER,
+                lan_addr(i),
+                k,
+                &client_args(&["--malformed", k, "--hold", "1"]),
+            )
+        })
+        .collect();
+    let outs: Vec<Value> = pids
+        .into_iter()
+        .zip(kinds)
+        .map(|(p, k)| lab.finish(p).json(k))
+        .collect();
+    // The server's own reaction decides the outcome, as without the ALG (see
+    // tests/peer_loopback.rs): the daemon passes the bytes, neither stalling
+    // nor resetting the connection.
+    assert_eq!(outs[0]["malformed"]["outcome"], "closed", "{}", outs[0]);
+    assert_eq!(outs[1]["malformed"]["outcome"], "closed", "{}", outs[1]);
+    assert_eq!(outs[2]["malformed"]["outcome"], "survived", "{}", outs[2]);
+    // The surviving connection's call completes at the control level. The
+    // README says a connection that loses PPTP framing (unknown type
+    // included) is passed untranslated from then on, so its GRE echoes are
+    // not delivered; whatever it got must be its own.
+    assert_eq!(outs[2]["ok"], true, "{}", outs[2]);
+    assert_eq!(u64_of(&outs[2]["calls"][0]["result"]), 1, "{}", outs[2]);
+    let own = own_echoes("unknown-type", &outs[2]);
+    for p in payloads(&outs[2]) {
+        assert!(own.contains(&p), "unknown-type got foreign GRE {p}");
+    }
+    for (k, v) in kinds.iter().zip(&outs).take(2) {
+        assert!(payloads(v).is_empty(), "{k}: {v}");
+    }
+    assert!(lab.is_running(daemon), "daemon died:\n{}", lab.daemon_log());
+    let st = lab.wait_no_calls();
+    // Each malformed message cost its connection the translation, nothing more.
+    assert_eq!(stat(&st, "desyncs"), 3, "{st:#}");
+    let log = lab.daemon_log();
+    assert_eq!(log.matches("no longer translated").count(), 3, "{log}");
+
+    // Later calls work: two hosts, same Call ID again.
+    let later: Vec<Pid> = (0..2)
+        .map(|i| {
+            let tag = ["later0", "later1"][i];
+            lab.client(Host::Lan(i), SERVER, lan_addr(i), tag, &client_args(&[]))
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    assert_distinct_nat_ids(&up, 2);
+    for (i, p) in later.into_iter().enumerate() {
+        let tag = ["later0", "later1"][i];
+        let v = lab.client_ok(p, tag);
+        assert_exactly_own_echoes(tag, &v, 1, GRE_COUNT);
+    }
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
+}
+
+// ---- g) PPTP server behind a port forward --------------------------------------------
+
+#[test]
+fn server_behind_port_forward_two_outside_clients_same_call_id() {
+    if !have_root() {
+        return;
+    }
+    // LAN host 0 is the server; WAN addresses 1 and 2 are the outside clients.
+    let mut lab = Lab::new("portfwd", 1, 3);
+    lab.port_forward_to(0);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Lan(0), lan_addr(0), &[]);
+    let tags = ["out1", "out2"];
+    let pids: Vec<Pid> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| {
+            lab.client(
+                Host::Wan,
+                ROUTER_WAN,
+                wan_addr(i + 1),
+                tag,
+                &client_args(&[]),
+            )
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    assert_distinct_nat_ids(&up, 2);
+    for c in up["calls"].as_array().expect("calls") {
+        assert_eq!(c["inside_host"], lan_addr(0).to_string(), "{c}");
+    }
+    let vs: Vec<Value> = pids
+        .into_iter()
+        .zip(tags)
+        .map(|(p, t)| lab.client_ok(p, t))
+        .collect();
+    for (tag, v) in tags.iter().zip(&vs) {
+        assert_exactly_own_echoes(tag, v, 1, GRE_COUNT);
+    }
+    let server = lab.stop_server(srv);
+    let runs: Vec<ClientRun> = tags
+        .iter()
+        .zip(&vs)
+        .enumerate()
+        .map(|(i, (tag, v))| ClientRun {
+            tag,
+            summary: v,
+            seen_from: wan_addr(i + 1),
+        })
+        .collect();
+    assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
+    lab.wait_no_calls();
+    stop_cleanly(&mut lab);
+}
+
+// ---- h) strict firewall ------------------------------------------------------------------
+
+/// One client call from LAN host `host`; returns its summary (not checked).
+fn one_call(lab: &mut Lab, host: usize, tag: &str) -> Value {
+    let p = lab.client(
+        Host::Lan(host),
+        SERVER,
+        lan_addr(host),
+        tag,
+        &client_args(&["--hold", "1"]),
+    );
+    lab.finish(p).json(tag)
+}
+
+#[test]
+fn strict_firewall_needs_only_the_mark_rule() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("strictfw", 2, 1);
+    lab.strict_firewall(true);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+
+    // With `meta mark 0x1723 accept`: two hosts, same Call ID, both work.
+    let pids: Vec<Pid> = ["fw0", "fw1"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| lab.client(Host::Lan(i), SERVER, lan_addr(i), t, &client_args(&[])))
+        .collect();
+    lab.wait_established(2);
+    for (p, t) in pids.into_iter().zip(["fw0", "fw1"]) {
+        let v = lab.client_ok(p, t);
+        assert_exactly_own_echoes(t, &v, 1, GRE_COUNT);
+    }
+    lab.wait_no_calls();
+
+    // Without it, the control connection still works (established) but the
+    // translated GRE is a new flow from the WAN and dies in the forward chain.
+    lab.strict_firewall(false);
+    let drops = lab.firewall_drops();
+    let v = one_call(&mut lab, 0, "nomark");
+    assert_eq!(v["ok"], true, "control must still work: {v}");
+    assert_eq!(u64_of(&v["calls"][0]["result"]), 1, "{v}");
+    assert!(payloads(&v).is_empty(), "GRE got through: {v}");
+    assert!(
+        lab.firewall_drops() >= drops + GRE_COUNT,
+        "drops {} -> {}",
+        drops,
+        lab.firewall_drops()
+    );
+    lab.wait_no_calls();
+    stop_cleanly(&mut lab);
+
+    // The userspace path sets the same mark in its verdict.
+    lab.strict_firewall(true);
+    lab.start_daemon(&["--no-offload"]);
+    let v = one_call(&mut lab, 1, "userspace");
+    assert_exactly_own_echoes("userspace", &v, 1, GRE_COUNT);
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
+}
+
+// ---- i) daemon restart while a call is up -------------------------------------------
+
+/// SIGTERM removes the daemon's table, so while it is away the router is a
+/// plain masquerading router: control connections work, GRE towards inside
+/// hosts is not delivered (that is what the ALG is for). A restarted daemon
+/// knows nothing of the calls of the previous one: GRE to an old NAT id is
+/// dropped and counted as unknown, and new calls work.
+#[test]
+fn daemon_restart_while_a_call_is_up() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("restart", 3, 1);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    // A second listener on A's host that ends once A's echoes are there.
+    let echoes = lab.gre_recv_count(Host::Lan(0), Some(lan_addr(0)), 10.0, GRE_COUNT);
+    let a = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "old",
+        &client_args(&["--hold", "10"]),
+    );
+    let up = lab.wait_established(1);
+    let nat = u64_of(&call_row(&up, lan_addr(0), 1000)["nat_id"]) as u16;
+    let seen = lab.finish(echoes).json_lines("gre-recv");
+    assert_eq!(seen.len(), GRE_COUNT as usize, "A's echoes: {seen:?}");
+    lab.gre_send_from_server(ROUTER_WAN, nat, "before-stop", 1, &[]);
+
+    // Stop: the table goes with the daemon.
+    let log1 = stop_cleanly(&mut lab);
+    assert!(log1.contains("removed table ip pptp_alg"), "{log1}");
+    lab.gre_send_from_server(ROUTER_WAN, nat, "while-absent", 1, &[]);
+    // A new call while the daemon is away: control works through plain masquerade,
+    // its GRE reaches the server, the echoes cannot come back.
+    let b = one_call(&mut lab, 1, "absent");
+    assert_eq!(b["ok"], true, "control through plain NAT: {b}");
+    assert_eq!(u64_of(&b["calls"][0]["result"]), 1, "{b}");
+    assert!(payloads(&b).is_empty(), "untranslated GRE delivered: {b}");
+
+    // Restart: the old call is unknown now.
+    lab.start_daemon(&[]);
+    let st = lab.status();
+    assert_eq!(st["calls"].as_array().map(Vec::len), Some(0), "{st:#}");
+    lab.gre_send_from_server(ROUTER_WAN, nat, "after-restart", 2, &[]);
+    let st = lab.wait_status(Duration::from_secs(5), "2 unknown GRE", |s| {
+        stat(s, "gre_unknown_call") == 2
+    });
+    assert_eq!(stat(&st, "gre_packets"), 2, "{st:#}");
+    assert!(
+        lab.is_running(a),
+        "the old client should still hold its call"
+    );
+    // New calls work, with the same Call ID as the old call.
+    let c = one_call(&mut lab, 2, "new");
+    assert_exactly_own_echoes("new", &c, 1, GRE_COUNT);
+
+    let a = lab.finish(a).json("old");
+    let mut got = payloads(&a);
+    got.sort();
+    let mut want: Vec<String> = own_echoes("old", &a).into_iter().collect();
+    want.push("before-stop".into());
+    want.sort();
+    assert_eq!(
+        got, want,
+        "old call: its echoes and the probe before the stop, nothing after"
+    );
+    let server = lab.stop_server(srv);
+    // The server got the GRE of the call placed while the daemon was away.
+    let absent_gre: Vec<&Value> = server["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .flat_map(|c| c["gre_received"].as_array().expect("gre"))
+        .filter(|g| {
+            g["payload"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("absent:"))
+        })
+        .collect();
+    assert_eq!(absent_gre.len(), GRE_COUNT as usize, "{server}");
+    stop_cleanly(&mut lab);
+}
