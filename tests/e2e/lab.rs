@@ -574,6 +574,16 @@ impl Lab {
         out
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would: it cannot clean up.
+    pub fn kill_daemon(&mut self) -> Output {
+        let p = self.daemon();
+        let proc = &mut self.procs[p.0];
+        let _ = proc.child.kill();
+        let out = self.finish_within(p, DAEMON_TIMEOUT);
+        self.daemon = None;
+        out
+    }
+
     /// `pptp-alg status --json`, or the error text.
     pub fn try_status(&self) -> Result<Value, String> {
         let out = Command::new(ALG)
