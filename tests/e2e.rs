@@ -493,16 +493,13 @@ fn untranslated_connection_cannot_reach_another_hosts_call() {
 
 // ---- g) PPTP server behind a port forward --------------------------------------------
 
-#[test]
-fn server_behind_port_forward_two_outside_clients_same_call_id() {
-    if !have_root() {
-        return;
-    }
-    // LAN host 0 is the server; WAN addresses 1 and 2 are the outside clients.
-    let mut lab = Lab::new("portfwd", 1, 3);
+/// LAN host 0 runs the server behind `dnat`; WAN addresses 1 and 2 are two
+/// outside clients using the same Call ID.
+fn port_forward(case: &str, server_flags: &[&str], client_flags: &[&str]) {
+    let mut lab = Lab::new(case, 1, 3);
     lab.port_forward_to(0);
     lab.start_daemon(&[]);
-    let srv = lab.server(Host::Lan(0), lan_addr(0), &[]);
+    let srv = lab.server(Host::Lan(0), lan_addr(0), server_flags);
     let tags = ["out1", "out2"];
     let pids: Vec<Pid> = tags
         .iter()
@@ -513,7 +510,7 @@ fn server_behind_port_forward_two_outside_clients_same_call_id() {
                 ROUTER_WAN,
                 wan_addr(i + 1),
                 tag,
-                &client_args(&[]),
+                &client_args(client_flags),
             )
         })
         .collect();
@@ -544,6 +541,29 @@ fn server_behind_port_forward_two_outside_clients_same_call_id() {
     assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
     lab.wait_no_calls();
     stop_cleanly(&mut lab);
+}
+
+#[test]
+fn server_behind_port_forward_two_outside_clients_same_call_id() {
+    if !have_root() {
+        return;
+    }
+    port_forward("portfwd", &[], &[]);
+}
+
+/// The same 5-byte segments as in `control_messages_in_5_byte_segments`,
+/// through dnat: here the connection's first SYN is queued (dnat is done
+/// before the forward hook), so the engine knows both stream starts.
+#[test]
+fn server_behind_port_forward_5_byte_segments() {
+    if !have_root() {
+        return;
+    }
+    port_forward(
+        "portfwd_split5",
+        &["--segmentation", "split:5"],
+        &["--segmentation", "split:5"],
+    );
 }
 
 // ---- h) strict firewall ------------------------------------------------------------------
