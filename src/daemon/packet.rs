@@ -91,6 +91,8 @@ pub struct PacketLoop {
     warn_refused: RateLimit,
     warn_desync: RateLimit,
     warn_io: RateLimit,
+    /// Set when the engine panicked: the thread stops after the verdict.
+    fatal: Option<String>,
 }
 
 impl std::fmt::Debug for PacketLoop {
@@ -131,6 +133,7 @@ impl PacketLoop {
             warn_refused: RateLimit::new(Duration::from_secs(60), 20),
             warn_desync: RateLimit::new(Duration::from_secs(60), 20),
             warn_io: RateLimit::new(Duration::from_secs(60), 10),
+            fatal: None,
         }
     }
 
@@ -168,7 +171,11 @@ impl PacketLoop {
             self.run_timers(now);
             self.wait(self.next_wakeup(now));
             self.drain_wake();
-            match self.serve(BATCH) {
+            let served = self.serve(BATCH);
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
+            match served {
                 Ok(_) => recv_errors = 0,
                 Err(e) => {
                     recv_errors += 1;
@@ -226,14 +233,17 @@ impl PacketLoop {
                     return Err(e);
                 }
             };
-            self.packet(pkt)?;
+            self.packet(pkt);
+            if self.fatal.is_some() {
+                return Ok(n + 1);
+            }
         }
         Ok(max)
     }
 
     /// One packet, start to verdict. The verdict is given on every path,
     /// including a panic in the engine (the error then stops the daemon).
-    fn packet(&mut self, pkt: Packet) -> io::Result<()> {
+    fn packet(&mut self, pkt: Packet) {
         let now = Instant::now();
         let dir = if pkt.queue() == self.cfg.queue_from_inside {
             Direction::FromInside
@@ -256,7 +266,8 @@ impl PacketLoop {
         };
         let Ok(verdict) = verdict else {
             let _ = self.queue.verdict(pkt, Action::Accept);
-            return Err(io::Error::other("the engine panicked (see above)"));
+            self.fatal = Some("the engine panicked (see above)".into());
+            return;
         };
         // Events before the verdict: a call's fast path element is in
         // place before the reply that starts its GRE leaves.
@@ -277,7 +288,6 @@ impl PacketLoop {
                 log::warn!("sending a verdict: {e}");
             }
         }
-        Ok(())
     }
 
     fn run_timers(&mut self, now: Instant) {
