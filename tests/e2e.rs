@@ -714,6 +714,58 @@ fn daemon_restart_while_a_call_is_up() {
     stop_cleanly(&mut lab);
 }
 
+/// After a restart the new daemon may give a new call the NAT id an old,
+/// still running call has at the server (here both hosts use Call ID 1000
+/// and the id policy keeps it). The README promises that old calls lose
+/// their inbound GRE; it must not go to the new call's host instead.
+#[test]
+fn restart_does_not_hand_an_old_calls_gre_to_a_new_call() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("restart_steal", 2, 1);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let a = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "old",
+        &client_args(&["--hold", "6"]),
+    );
+    let up = lab.wait_established(1);
+    let row = call_row(&up, lan_addr(0), 1000);
+    let a_server_id = u64_of(&row["outside_id"]) as u16;
+    stop_cleanly(&mut lab);
+    lab.start_daemon(&[]);
+    let c = lab.client(
+        Host::Lan(1),
+        SERVER,
+        lan_addr(1),
+        "new",
+        &client_args(&["--hold", "2"]),
+    );
+    lab.wait_established(1);
+    // The old call's PPP keeps talking (as LCP echoes would): GRE from A to
+    // the server, which answers on the old call, to the old NAT id.
+    lab.gre_send_as(
+        Host::Lan(0),
+        lan_addr(0),
+        SERVER,
+        a_server_id,
+        "old:call1000:late",
+    );
+    let c = lab.client_ok(c, "new");
+    assert!(
+        lab.is_running(a),
+        "the old client should still hold its call"
+    );
+    assert_exactly_own_echoes("new", &c, 1, GRE_COUNT);
+    let _ = lab.finish(a);
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
+}
+
 /// A crash (SIGKILL) leaves the table behind: the queue rules bypass while
 /// nobody listens, so control connections pass as with plain masquerade,
 /// and the kernel fast path keeps translating the calls it knew (their map

@@ -773,6 +773,32 @@ impl Lab {
         assert_eq!(out.code, 0, "gre-send failed: {}{}", out.stdout, out.stderr);
     }
 
+    /// Sends one GRE packet from address `from` in `h` to `to`.
+    pub fn gre_send_as(
+        &mut self,
+        h: Host,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        call_id: u16,
+        payload: &str,
+    ) {
+        let (from, to, id) = (from.to_string(), to.to_string(), call_id.to_string());
+        let args = [
+            "gre-send",
+            "--bind",
+            &from,
+            "--to",
+            &to,
+            "--call-id",
+            &id,
+            "--payload",
+            payload,
+        ];
+        let p = self.spawn(h, "pptp-peer gre-send", PEER, &args);
+        let out = self.finish(p);
+        assert_eq!(out.code, 0, "gre-send failed: {}{}", out.stdout, out.stderr);
+    }
+
     fn delete_namespaces(&self) {
         let mut all = vec![&self.router, &self.wan];
         all.extend(self.lan.iter());
