@@ -189,7 +189,7 @@ proptest! {
             m.truncate(cut.min(m.len()));
             let h = host(host_n);
             let (d, src, dst) = if inside { (OUT, (h, 40000), (SERVER, 1723)) } else { (IN, (SERVER, 1723), (h, 40000)) };
-            let flags = Flags { syn: seq % 7 == 0, fin: seq % 11 == 0, rst: seq % 13 == 0 };
+            let flags = Flags { syn: seq % 7 == 0, fin: seq % 11 == 0, rst: seq % 13 == 0, ack: (seq % 5 == 0).then_some(seq / 3) };
             let pkt = tcp_packet(src, dst, seq % 4096, flags, &m);
             let (v, _) = sim.packet(pkt, d);
             prop_assert!(matches!(v, Verdict::Accept | Verdict::Modified | Verdict::Drop(_)));

@@ -691,3 +691,33 @@ fn a_new_connection_on_a_reused_tuple_starts_afresh() {
     let (_, out) = sim.send(&mut b, IN, &sli(0x4002));
     assert_eq!(u16_at(&out, 12), 0x4000);
 }
+
+/// The rules cannot queue an inside client's SYN (its masquerade binding
+/// is made after the forward hook): the SYN-ACK gives that stream's start,
+/// so even a first message split into tiny segments is translated.
+#[test]
+fn inside_stream_starts_from_the_syn_ack_when_the_syn_is_unseen() {
+    let (mut sim, _) = two_clients();
+    let mut c = Conn::client_inside(host(3), 40009, SERVER);
+    let isn = c.seq[0];
+    let synack = Flags {
+        syn: true,
+        ack: Some(isn + 1),
+        ..Default::default()
+    };
+    sim.send_at(&c, IN, c.seq[1], synack, &[]);
+    c.seq = [isn + 1, c.seq[1] + 1];
+    let stream = [simple(SCCRQ), ocrq(0x4000)].concat();
+    let mut out = vec![];
+    for chunk in stream.chunks(3) {
+        let (v, o) = sim.send(&mut c, OUT, chunk);
+        assert!(matches!(v, Verdict::Accept | Verdict::Modified));
+        out.extend(o);
+    }
+    assert_eq!(
+        u16_at(&out, 156 + 12),
+        0x4002,
+        "0x4000 and 0x4001 are taken"
+    );
+    assert_eq!(sim.alg.stats().unsynced_segments, 0);
+}

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
-use crate::wire::tcp::{TcpSegment, FIN, RST, SYN};
+use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
 use std::net::SocketAddrV4;
 
 /// Patches kept per direction for identical retransmissions. Each call
@@ -172,6 +172,12 @@ impl Alg {
         conn.last_seen = now;
         if flags & SYN != 0 && conn.dirs[di].parser.is_none() {
             conn.dirs[di].parser = Some(Parser::new(data_seq));
+        }
+        // The SYN-ACK acknowledges the other side's stream start. The rules
+        // cannot see an inside client's SYN (masquerade is set up after the
+        // forward hook), so this is where that direction gets its start.
+        if flags & (SYN | ACK) == SYN | ACK && conn.dirs[1 - di].parser.is_none() {
+            conn.dirs[1 - di].parser = Some(Parser::new(tcp.ack()));
         }
 
         if payload_len > 0 {

@@ -8,6 +8,7 @@ mod field {
     pub const SRC_PORT: usize = 0;
     pub const DST_PORT: usize = 2;
     pub const SEQ: usize = 4;
+    pub const ACK: usize = 8;
     pub const DATA_OFF: usize = 12;
     pub const FLAGS: usize = 13;
     pub const CHECKSUM: usize = 16;
@@ -20,6 +21,8 @@ pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 /// RST flag.
 pub const RST: u8 = 0x04;
+/// ACK flag.
+pub const ACK: u8 = 0x10;
 
 /// A view over a TCP segment (header and payload).
 #[derive(Debug)]
@@ -54,6 +57,11 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
     /// Sequence number.
     pub fn seq(&self) -> u32 {
         get_u32(self.buf.as_ref(), field::SEQ)
+    }
+
+    /// Acknowledgement number (meaningful with the ACK flag).
+    pub fn ack(&self) -> u32 {
+        get_u32(self.buf.as_ref(), field::ACK)
     }
 
     /// Header length including options.

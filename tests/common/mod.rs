@@ -94,6 +94,9 @@ pub struct Flags {
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
+    /// Acknowledgement number; by default 1 with the ACK flag, except on a
+    /// SYN, which then goes without ACK (the first SYN of a handshake).
+    pub ack: Option<u32>,
 }
 
 /// An IPv4/TCP packet with a valid checksum.
@@ -115,7 +118,11 @@ pub fn tcp_packet(
     if flags.rst {
         b = b.rst();
     }
-    let b = b.ack(1);
+    let b = match (flags.ack, flags.syn) {
+        (Some(n), _) => b.ack(n),
+        (None, false) => b.ack(1),
+        (None, true) => b,
+    };
     let mut out = Vec::new();
     b.write(&mut out, payload).unwrap();
     out
@@ -268,12 +275,15 @@ impl Sim {
     pub fn open(&mut self, c: &mut Conn) {
         for d in [Direction::FromInside, Direction::ToInside] {
             let (src, dst) = ends(c, d);
+            // SYN from the inside end, SYN-ACK from the outside end.
+            let ack = (d == Direction::ToInside).then(|| c.seq[0]);
             let pkt = tcp_packet(
                 src,
                 dst,
                 c.seq[di(d)],
                 Flags {
                     syn: true,
+                    ack,
                     ..Default::default()
                 },
                 &[],
