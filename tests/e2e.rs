@@ -45,6 +45,17 @@ fn masquerade_scenario(
     server_flags: &[&str],
     clients: &[(&str, Vec<&str>, usize)],
 ) -> (Lab, Value) {
+    masquerade_scenario_with(case, daemon_flags, server_flags, clients, |_, _| {})
+}
+
+/// [`masquerade_scenario`], running `while_up(lab, status)` while the calls are up.
+fn masquerade_scenario_with(
+    case: &str,
+    daemon_flags: &[&str],
+    server_flags: &[&str],
+    clients: &[(&str, Vec<&str>, usize)],
+    while_up: impl FnOnce(&mut Lab, &Value),
+) -> (Lab, Value) {
     let mut lab = Lab::new(case, clients.len(), 1);
     lab.start_daemon(daemon_flags);
     let srv = lab.server(Host::Wan, SERVER, server_flags);
@@ -67,6 +78,7 @@ fn masquerade_scenario(
             .count();
         assert_eq!(mine, *calls, "calls of {}: {up:#}", lan_addr(i));
     }
+    while_up(&mut lab, &up);
     let summaries: Vec<Value> = pids
         .iter()
         .zip(clients)
@@ -113,11 +125,25 @@ fn two_clients_same_call_id_offload() {
     if !have_root() {
         return;
     }
-    let (mut lab, up) = masquerade_scenario(
+    let (mut lab, up) = masquerade_scenario_with(
         "two_off",
         &[],
         &[],
         &[("alice", vec![], 1), ("bob", vec![], 1)],
+        |lab, _| {
+            // Every echo is translated once, by the kernel (the map element
+            // counters) or, if it raced the element's insertion, by the daemon.
+            let want = 2 * GRE_COUNT;
+            let st = lab.wait_status(Duration::from_secs(5), "all echoes translated", |s| {
+                lab.fast_path_packets() + stat(s, "gre_packets") >= want
+            });
+            let kernel = lab.fast_path_packets();
+            assert_eq!(kernel + stat(&st, "gre_packets"), want, "{st:#}");
+            assert!(
+                kernel > 0,
+                "the kernel fast path translated nothing: {st:#}"
+            );
+        },
     );
     assert_eq!(up["offload"], true, "kernel fast path should be on: {up:#}");
     let log = stop_cleanly(&mut lab);

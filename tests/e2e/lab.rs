@@ -325,6 +325,35 @@ impl Lab {
             .unwrap_or(false)
     }
 
+    /// GRE packets the kernel fast path translated for the calls now in its
+    /// map (the sum of the `gre_daddr` element counters); 0 without the table.
+    pub fn fast_path_packets(&self) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "nft",
+                "list",
+                "map",
+                "ip",
+                "pptp_alg",
+            ])
+            .arg("gre_daddr")
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+            .filter(|w| !w.is_empty())
+            .collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "packets")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
+    }
+
     /// Adds a port forward of tcp/1723 from the WAN to LAN host `n`.
     pub fn port_forward_to(&self, n: usize) {
         self.nft(&format!(
