@@ -1,1 +1,1024 @@
-fn main() {}
+//! `gre-load`: the traffic tools of the namespace benchmark (benches/throughput.sh).
+//!
+//! - `send`: enhanced GRE (version 1, protocol 0x880B, S bit, 64-byte payload carrying a
+//!   sequence number and CLOCK_MONOTONIC/CLOCK_REALTIME send timestamps) from a raw
+//!   IPPROTO_GRE socket, paced by busy-waiting on a CLOCK_MONOTONIC schedule (no timers),
+//!   cycling over one or many Call IDs.
+//! - `recv`: counts those packets, computes one-way latency (kernel receive timestamp minus
+//!   send timestamp; all namespaces share the clocks) and prints one JSON object.
+//! - `pac`: a minimal PPTP server (PAC) for many connections and calls (epoll), which can
+//!   send a burst of GRE probes right after each Outgoing-Call-Reply.
+//! - `pns`: a minimal PPTP client (PNS) that opens C control connections with K calls each,
+//!   holds them until SIGTERM/SIGINT, then clears them; reports setup and teardown rates.
+//!
+//! The control tools carry no GRE socket, so they add no per-packet work to the namespaces
+//! while GRE is measured.
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Marks our payloads ("GLD1").
+const MAGIC: u32 = 0x474c_4431;
+const PAYLOAD: usize = 64;
+/// GRE header with Key and Sequence number.
+const GRE_HDR: usize = 12;
+const PKT: usize = GRE_HDR + PAYLOAD;
+const COOKIE: u32 = 0x1a2b_3c4d;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signals() {
+    for s in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "gre-load",
+    about = "GRE load generator, receiver and PPTP control peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send enhanced GRE at a fixed rate (or as fast as possible).
+    Send(SendArgs),
+    /// Receive, count and time GRE from `send`; print JSON.
+    Recv(RecvArgs),
+    /// Minimal PPTP server (PAC).
+    Pac(PacArgs),
+    /// Minimal PPTP client (PNS) holding many calls.
+    Pns(PnsArgs),
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// Destination address.
+    #[arg(long)]
+    dst: Ipv4Addr,
+    /// Local address to send from.
+    #[arg(long)]
+    bind: Option<Ipv4Addr>,
+    /// First Call ID (decimal or 0x-hex); with --calls K, ids N..N+K are cycled.
+    #[arg(long, default_value = "0", value_parser = parse_u16)]
+    call_id: u16,
+    /// Number of Call IDs to cycle over.
+    #[arg(long, default_value_t = 1)]
+    calls: u32,
+    /// File of Call IDs (one per line, decimal), cycled packet by packet; overrides --call-id.
+    #[arg(long)]
+    ids_file: Option<String>,
+    /// Packets per second; 0 sends as fast as possible (sendmmsg batches).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 1.0)]
+    duration: f64,
+    /// Stop after this many packets (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Pin to this CPU (sched_setaffinity).
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct RecvArgs {
+    /// Local address to bind (only GRE to it is seen).
+    #[arg(long)]
+    bind: Option<Ipv4Addr>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Stop after this many milliseconds without a packet, once one has arrived.
+    #[arg(long, default_value_t = 300)]
+    idle_ms: u64,
+    /// Pin to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Write every packet as "call_id seq arrival_real_ns ref_real_ns" to this file
+    /// (for the OCRP-to-first-GRE probes).
+    #[arg(long)]
+    probe_out: Option<String>,
+    /// A file created once the socket is open (for scripts).
+    #[arg(long)]
+    ready_file: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct PacArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: Ipv4Addr,
+    #[arg(long, default_value_t = 1723)]
+    port: u16,
+    /// Append each call's peer Call ID (what this server sees: the NAT id) to this file.
+    #[arg(long)]
+    ids_out: Option<String>,
+    /// GRE probes sent to the peer right after each Outgoing-Call-Reply.
+    #[arg(long, default_value_t = 0)]
+    probes: u32,
+    /// Microseconds between probes (busy-wait).
+    #[arg(long, default_value_t = 10)]
+    probe_gap_us: u64,
+}
+
+#[derive(clap::Args)]
+struct PnsArgs {
+    /// Server address.
+    #[arg(long)]
+    server: Ipv4Addr,
+    #[arg(long, default_value_t = 1723)]
+    port: u16,
+    /// Control connections.
+    #[arg(long, default_value_t = 1)]
+    conns: u32,
+    /// Calls per connection.
+    #[arg(long, default_value_t = 1)]
+    calls: u32,
+    /// First Call ID; call i (over all connections) uses N+i.
+    #[arg(long, default_value = "0x100", value_parser = parse_u16)]
+    call_id: u16,
+    /// Outstanding requests per connection (pipelining).
+    #[arg(long, default_value_t = 1)]
+    window: u32,
+    /// Seconds between calls (0: back to back); used by the OCRP probes.
+    #[arg(long, default_value_t = 0.0)]
+    gap: f64,
+    /// Hold the calls this many seconds (0: until SIGTERM/SIGINT).
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
+    /// Write the setup report (JSON) here once all calls are up.
+    #[arg(long)]
+    ready_file: Option<String>,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Send(a) => send(a),
+        Cmd::Recv(a) => recv(a),
+        Cmd::Pac(a) => pac(a),
+        Cmd::Pns(a) => pns(a),
+    };
+    if let Err(e) = r {
+        eprintln!("gre-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------- clocks, sockets
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn real_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn pin(cpu: Option<usize>) -> io::Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity take valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A raw IPPROTO_GRE socket (the kernel writes the IP header).
+struct Raw(RawFd);
+
+impl Raw {
+    fn open(bind: Option<Ipv4Addr>) -> io::Result<Raw> {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_GRE) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = Raw(fd);
+        if let Some(ip) = bind {
+            let sa = sockaddr(ip, 0);
+            // SAFETY: `sa` is a valid sockaddr_in.
+            let r = unsafe {
+                libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(raw)
+    }
+
+    fn setopt(&self, level: libc::c_int, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+        // SAFETY: setsockopt with a pointer to a local int.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0,
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Fills an enhanced GRE packet: flags K+S, version 1, PPP, payload length, call id, seq.
+/// Payload: seq u64, mono ns u64, real ns u64, ref real ns u64, magic u32.
+fn fill(buf: &mut [u8; PKT], call_id: u16, seq: u64, reference: u64) {
+    buf[0] = 0x30;
+    buf[1] = 0x01;
+    buf[2..4].copy_from_slice(&0x880bu16.to_be_bytes());
+    buf[4..6].copy_from_slice(&(PAYLOAD as u16).to_be_bytes());
+    buf[6..8].copy_from_slice(&call_id.to_be_bytes());
+    buf[8..12].copy_from_slice(&(seq as u32).to_be_bytes());
+    let p = &mut buf[GRE_HDR..];
+    p[0..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(&mono_ns().to_be_bytes());
+    p[16..24].copy_from_slice(&real_ns().to_be_bytes());
+    p[24..32].copy_from_slice(&reference.to_be_bytes());
+    p[32..36].copy_from_slice(&MAGIC.to_be_bytes());
+}
+
+// ---------------------------------------------------------------- send
+
+fn send(a: SendArgs) -> Result<(), String> {
+    pin(a.cpu).map_err(|e| format!("pinning: {e}"))?;
+    let ids: Vec<u16> = match &a.ids_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("{f}: {e}"))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        None => (0..a.calls.max(1))
+            .map(|i| a.call_id.wrapping_add(i as u16))
+            .collect(),
+    };
+    if ids.is_empty() {
+        return Err("no call ids".into());
+    }
+    let raw = Raw::open(a.bind).map_err(|e| format!("raw socket: {e}"))?;
+    let _ = raw.setopt(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
+    let dst = sockaddr(a.dst, 0);
+    let dur_ns = (a.duration * 1e9) as u64;
+    let limit = if a.count == 0 { u64::MAX } else { a.count };
+    let mut sent = 0u64;
+    let mut errors = 0u64;
+    let start = mono_ns();
+    let end = start + dur_ns;
+    if a.rate > 0 {
+        let mut buf = [0u8; PKT];
+        let interval = 1e9 / a.rate as f64;
+        while sent < limit {
+            let due = start + (sent as f64 * interval) as u64;
+            if due >= end {
+                break;
+            }
+            while mono_ns() < due {
+                std::hint::spin_loop();
+            }
+            fill(&mut buf, ids[(sent % ids.len() as u64) as usize], sent, 0);
+            // SAFETY: valid buffer and address.
+            let r = unsafe {
+                libc::sendto(
+                    raw.0,
+                    buf.as_ptr().cast(),
+                    PKT,
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if r < 0 {
+                errors += 1;
+            }
+            sent += 1;
+        }
+    } else {
+        const BATCH: usize = 32;
+        let mut bufs = [[0u8; PKT]; BATCH];
+        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        while sent < limit && mono_ns() < end {
+            let n = BATCH.min((limit - sent) as usize);
+            for i in 0..n {
+                let seq = sent + i as u64;
+                fill(&mut bufs[i], ids[(seq % ids.len() as u64) as usize], seq, 0);
+                iov[i] = libc::iovec {
+                    iov_base: bufs[i].as_mut_ptr().cast(),
+                    iov_len: PKT,
+                };
+                msgs[i].msg_hdr.msg_name = (&dst as *const libc::sockaddr_in) as *mut _;
+                msgs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as u32;
+                msgs[i].msg_hdr.msg_iov = &mut iov[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: `n` initialised headers pointing at live buffers.
+            let r = unsafe { libc::sendmmsg(raw.0, msgs.as_mut_ptr(), n as u32, 0) };
+            if r < 0 {
+                errors += n as u64;
+                sent += n as u64;
+            } else {
+                sent += r as u64;
+                if (r as usize) < n {
+                    errors += 1;
+                }
+            }
+        }
+    }
+    let elapsed = (mono_ns() - start) as f64 / 1e9;
+    let out = json!({
+        "sent": sent,
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "rate_offered": a.rate,
+        "rate_achieved": sent as f64 / elapsed,
+        "call_ids": ids.len(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- recv
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[i.min(sorted.len() - 1)])
+}
+
+fn summary(mut v: Vec<u64>) -> serde_json::Value {
+    v.sort_unstable();
+    let us = |x: Option<u64>| x.map(|n| n as f64 / 1000.0);
+    json!({
+        "samples": v.len(),
+        "p50_us": us(percentile(&v, 50.0)),
+        "p99_us": us(percentile(&v, 99.0)),
+        "p999_us": us(percentile(&v, 99.9)),
+        "max_us": us(v.last().copied()),
+    })
+}
+
+fn recv(a: RecvArgs) -> Result<(), String> {
+    pin(a.cpu).map_err(|e| format!("pinning: {e}"))?;
+    let raw = Raw::open(a.bind).map_err(|e| format!("raw socket: {e}"))?;
+    let _ = raw.setopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20);
+    raw.setopt(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+        .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: setsockopt with a timeval.
+    unsafe {
+        libc::setsockopt(
+            raw.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    if let Some(f) = &a.ready_file {
+        std::fs::write(f, "ready\n").map_err(|e| format!("{f}: {e}"))?;
+    }
+    let mut probe = match &a.probe_out {
+        Some(f) => Some(io::BufWriter::new(
+            std::fs::File::create(f).map_err(|e| format!("{f}: {e}"))?,
+        )),
+        None => None,
+    };
+    install_signals();
+
+    const BATCH: usize = 64;
+    const BUF: usize = 2048;
+    const CMSG: usize = 64;
+    let mut bufs = vec![[0u8; BUF]; BATCH];
+    let mut cbufs = vec![[0u8; CMSG]; BATCH];
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: BUF,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { mem::zeroed() }; BATCH];
+
+    let mut lat_kernel: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut lat_user: Vec<u64> = Vec::with_capacity(1 << 20);
+    let (mut received, mut other, mut max_seq) = (0u64, 0u64, 0u64);
+    let mut neg = 0u64;
+    let mut per_call: HashMap<u16, u64> = HashMap::new();
+    let (mut first, mut last) = (0u64, 0u64);
+    let t_start = mono_ns();
+    let deadline = t_start + (a.timeout * 1e9) as u64;
+    let idle = a.idle_ms * 1_000_000;
+    const MAX_SAMPLES: usize = 20_000_000;
+    loop {
+        let now = mono_ns();
+        if STOP.load(Ordering::Relaxed) || now > deadline || (received > 0 && now - last > idle) {
+            break;
+        }
+        for i in 0..BATCH {
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = cbufs[i].as_mut_ptr().cast();
+            msgs[i].msg_hdr.msg_controllen = CMSG;
+            msgs[i].msg_hdr.msg_name = std::ptr::null_mut();
+            msgs[i].msg_hdr.msg_namelen = 0;
+        }
+        // SAFETY: BATCH initialised headers pointing at live buffers.
+        let n = unsafe {
+            libc::recvmmsg(
+                raw.0,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        let now_mono = mono_ns();
+        let now_real = real_ns();
+        for i in 0..n as usize {
+            let len = msgs[i].msg_len as usize;
+            let b = &bufs[i][..len.min(BUF)];
+            let Some((call_id, p)) = parse_gre(b) else {
+                other += 1;
+                continue;
+            };
+            let seq = u64::from_be_bytes(p[0..8].try_into().unwrap());
+            let s_mono = u64::from_be_bytes(p[8..16].try_into().unwrap());
+            let s_real = u64::from_be_bytes(p[16..24].try_into().unwrap());
+            let reference = u64::from_be_bytes(p[24..32].try_into().unwrap());
+            let k_real = kernel_stamp(&msgs[i].msg_hdr).unwrap_or(now_real);
+            received += 1;
+            if received == 1 {
+                first = now_mono;
+            }
+            last = now_mono;
+            max_seq = max_seq.max(seq);
+            *per_call.entry(call_id).or_default() += 1;
+            if lat_kernel.len() < MAX_SAMPLES {
+                match k_real.checked_sub(s_real) {
+                    Some(d) => lat_kernel.push(d),
+                    None => neg += 1,
+                }
+                lat_user.push(now_mono.saturating_sub(s_mono));
+            }
+            if let Some(w) = &mut probe {
+                let _ = writeln!(w, "{call_id} {seq} {k_real} {reference}");
+            }
+        }
+    }
+    if let Some(mut w) = probe {
+        let _ = w.flush();
+    }
+    let span = (last.saturating_sub(first)) as f64 / 1e9;
+    let out = json!({
+        "received": received,
+        "other_packets": other,
+        "max_seq": max_seq,
+        "call_ids": per_call.len(),
+        "span_s": span,
+        "rate": if span > 0.0 { received as f64 / span } else { 0.0 },
+        "negative_latency": neg,
+        // Send timestamp (CLOCK_REALTIME) to the kernel's receive timestamp (SO_TIMESTAMPNS)
+        // in the client namespace: independent of when this process gets to run.
+        "latency": summary(lat_kernel),
+        // CLOCK_MONOTONIC send to CLOCK_MONOTONIC after recvmmsg returned.
+        "latency_user": summary(lat_user),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// The GRE call id and our payload, if `b` (an IPv4 packet) is one of ours.
+fn parse_gre(b: &[u8]) -> Option<(u16, &[u8])> {
+    let ihl = usize::from(*b.first()? & 0x0f) * 4;
+    let g = b.get(ihl..)?;
+    if g.len() < 8 || g[1] & 0x07 != 1 {
+        return None;
+    }
+    let mut h = 8;
+    if g[0] & 0x10 != 0 {
+        h += 4;
+    }
+    if g[1] & 0x80 != 0 {
+        h += 4;
+    }
+    let call_id = u16::from_be_bytes([g[6], g[7]]);
+    let p = g.get(h..h + 36)?;
+    (u32::from_be_bytes(p[32..36].try_into().unwrap()) == MAGIC).then_some((call_id, p))
+}
+
+fn kernel_stamp(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: walking the control buffer the kernel filled, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------- PPTP messages
+
+fn ctl_msg(ty: u16, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len];
+    m[0..2].copy_from_slice(&(len as u16).to_be_bytes());
+    m[2..4].copy_from_slice(&1u16.to_be_bytes());
+    m[4..8].copy_from_slice(&COOKIE.to_be_bytes());
+    m[8..10].copy_from_slice(&ty.to_be_bytes());
+    m
+}
+
+fn sccrq(reply: bool) -> Vec<u8> {
+    let mut m = ctl_msg(if reply { 2 } else { 1 }, 156);
+    m[12..14].copy_from_slice(&0x0100u16.to_be_bytes());
+    if reply {
+        m[14] = 1; // result: success
+    }
+    m[16..20].copy_from_slice(&3u32.to_be_bytes()); // framing: async + sync
+    m[20..24].copy_from_slice(&3u32.to_be_bytes()); // bearer: analog + digital
+    m[24..26].copy_from_slice(&0xffffu16.to_be_bytes());
+    m[28..36].copy_from_slice(b"gre-load");
+    m
+}
+
+fn ocrq(call_id: u16, serial: u16) -> Vec<u8> {
+    let mut m = ctl_msg(7, 168);
+    m[12..14].copy_from_slice(&call_id.to_be_bytes());
+    m[14..16].copy_from_slice(&serial.to_be_bytes());
+    m[16..20].copy_from_slice(&300u32.to_be_bytes());
+    m[20..24].copy_from_slice(&100_000_000u32.to_be_bytes());
+    m[24..28].copy_from_slice(&3u32.to_be_bytes());
+    m[28..32].copy_from_slice(&3u32.to_be_bytes());
+    m[32..34].copy_from_slice(&64u16.to_be_bytes());
+    m
+}
+
+fn ocrp(own: u16, peer: u16) -> Vec<u8> {
+    let mut m = ctl_msg(8, 32);
+    m[12..14].copy_from_slice(&own.to_be_bytes());
+    m[14..16].copy_from_slice(&peer.to_be_bytes());
+    m[16] = 1; // connected
+    m[20..24].copy_from_slice(&100_000_000u32.to_be_bytes());
+    m[24..26].copy_from_slice(&64u16.to_be_bytes());
+    m
+}
+
+fn id_msg(ty: u16, len: usize, id: u16) -> Vec<u8> {
+    let mut m = ctl_msg(ty, len);
+    m[12..14].copy_from_slice(&id.to_be_bytes());
+    m
+}
+
+fn msg_type(m: &[u8]) -> u16 {
+    u16::from_be_bytes([m[8], m[9]])
+}
+
+fn msg_u16(m: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([m[at], m[at + 1]])
+}
+
+/// Takes whole messages off the front of `buf`.
+fn take_msgs(buf: &mut Vec<u8>) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    loop {
+        if buf.len() < 2 {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+        if len < 12 {
+            return Err(format!("bad message length {len}"));
+        }
+        if buf.len() < len {
+            break;
+        }
+        out.push(buf.drain(..len).collect());
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- pac
+
+struct PacConn {
+    stream: TcpStream,
+    peer: Ipv4Addr,
+    buf: Vec<u8>,
+}
+
+fn pac(a: PacArgs) -> Result<(), String> {
+    install_signals();
+    raise_nofile();
+    let listener =
+        TcpListener::bind(SocketAddrV4::new(a.bind, a.port)).map_err(|e| format!("listen: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let raw = if a.probes > 0 {
+        Some(Raw::open(None).map_err(|e| format!("raw socket: {e}"))?)
+    } else {
+        None
+    };
+    let mut ids_out = match &a.ids_out {
+        Some(f) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .map_err(|e| format!("{f}: {e}"))?,
+        ),
+        None => None,
+    };
+    // SAFETY: epoll_create1 returns a new descriptor.
+    let ep = unsafe { libc::epoll_create1(0) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error().to_string());
+    }
+    let add = |fd: RawFd, token: u64| {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll and socket descriptors.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    };
+    const LISTENER: u64 = u64::MAX;
+    add(listener.as_raw_fd(), LISTENER);
+    let mut conns: HashMap<u64, PacConn> = HashMap::new();
+    let mut next_token = 0u64;
+    let mut next_own: u16 = 0x100;
+    let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut calls = 0u64;
+    while !STOP.load(Ordering::Relaxed) {
+        // SAFETY: `events` has room for 256 entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 256, 200) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token == LISTENER {
+                while let Ok((s, peer)) = listener.accept() {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_nonblocking(true);
+                    let peer = match peer {
+                        std::net::SocketAddr::V4(v) => *v.ip(),
+                        _ => continue,
+                    };
+                    add(s.as_raw_fd(), next_token);
+                    conns.insert(
+                        next_token,
+                        PacConn {
+                            stream: s,
+                            peer,
+                            buf: Vec::new(),
+                        },
+                    );
+                    next_token += 1;
+                }
+                continue;
+            }
+            let Some(c) = conns.get_mut(&token) else {
+                continue;
+            };
+            let mut tmp = [0u8; 16384];
+            let mut closed = false;
+            loop {
+                match c.stream.read(&mut tmp) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(k) => c.buf.extend_from_slice(&tmp[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let msgs = match take_msgs(&mut c.buf) {
+                Ok(m) => m,
+                Err(_) => {
+                    closed = true;
+                    Vec::new()
+                }
+            };
+            for m in msgs {
+                let (reply, probe_id) = match msg_type(&m) {
+                    1 => (sccrq(true), None),
+                    3 => {
+                        let mut r = ctl_msg(4, 16);
+                        r[12] = 1;
+                        (r, None)
+                    }
+                    5 => {
+                        let mut r = ctl_msg(6, 20);
+                        r[12..16].copy_from_slice(&m[12..16]);
+                        r[16] = 1;
+                        (r, None)
+                    }
+                    7 => {
+                        let peer_id = msg_u16(&m, 12);
+                        let own = next_own;
+                        next_own = next_own.wrapping_add(1).max(0x100);
+                        calls += 1;
+                        if let Some(f) = &mut ids_out {
+                            let _ = writeln!(f, "{peer_id}");
+                        }
+                        (ocrp(own, peer_id), Some(peer_id))
+                    }
+                    12 => {
+                        // Call-Disconnect-Notify naming our own call, as RFC 2637 says; the
+                        // client's id is what we know, so name that one: the Linux helper
+                        // and pptp-alg both accept it.
+                        let mut r = id_msg(13, 148, msg_u16(&m, 12));
+                        r[14] = 3; // result: request
+                        (r, None)
+                    }
+                    _ => continue,
+                };
+                let t_ref = real_ns();
+                if write_all_nb(&mut c.stream, &reply).is_err() {
+                    closed = true;
+                    break;
+                }
+                if let (Some(raw), Some(id)) = (&raw, probe_id) {
+                    send_probes(raw, c.peer, id, a.probes, a.probe_gap_us, t_ref);
+                }
+            }
+            if closed {
+                conns.remove(&token);
+            }
+        }
+    }
+    eprintln!("gre-load pac: {calls} calls served");
+    Ok(())
+}
+
+fn write_all_nb(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        match s.write(b) {
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_ref: u64) {
+    let sa = sockaddr(dst, 0);
+    let mut buf = [0u8; PKT];
+    let start = mono_ns();
+    for i in 0..u64::from(n) {
+        let due = start + i * gap_us * 1000;
+        while mono_ns() < due {
+            std::hint::spin_loop();
+        }
+        fill(&mut buf, call_id, i, t_ref);
+        // SAFETY: valid buffer and address.
+        unsafe {
+            libc::sendto(
+                raw.0,
+                buf.as_ptr().cast(),
+                PKT,
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+    }
+}
+
+fn raise_nofile() {
+    let lim = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+// ---------------------------------------------------------------- pns
+
+struct PnsConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    ids: Vec<u16>,
+}
+
+impl PnsConn {
+    /// Reads until one message of type `ty` arrives (others are skipped).
+    fn expect(&mut self, ty: u16) -> Result<Vec<u8>, String> {
+        let mut tmp = [0u8; 4096];
+        loop {
+            if self.buf.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+                if len < 12 {
+                    return Err(format!("bad message length {len}"));
+                }
+                if self.buf.len() >= len {
+                    let m: Vec<u8> = self.buf.drain(..len).collect();
+                    if msg_type(&m) == ty {
+                        return Ok(m);
+                    }
+                    continue;
+                }
+            }
+            let n = self
+                .stream
+                .read(&mut tmp)
+                .map_err(|e| format!("waiting for message type {ty}: {e}"))?;
+            if n == 0 {
+                return Err(format!("connection closed waiting for message type {ty}"));
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    fn send(&mut self, m: &[u8]) -> Result<(), String> {
+        self.stream.write_all(m).map_err(|e| format!("send: {e}"))
+    }
+}
+
+/// Sends `reqs` with at most `window` outstanding, reading one `reply_ty` per request.
+/// Returns the replies.
+fn pipeline(
+    c: &mut PnsConn,
+    reqs: &[Vec<u8>],
+    reply_ty: u16,
+    window: usize,
+    gap: f64,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut replies = Vec::with_capacity(reqs.len());
+    let mut sent = 0;
+    while replies.len() < reqs.len() {
+        while sent < reqs.len() && sent - replies.len() < window.max(1) {
+            c.send(&reqs[sent])?;
+            sent += 1;
+        }
+        replies.push(c.expect(reply_ty)?);
+        if gap > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(gap));
+        }
+    }
+    Ok(replies)
+}
+
+fn pns(a: PnsArgs) -> Result<(), String> {
+    install_signals();
+    raise_nofile();
+    let to = Duration::from_secs_f64(a.timeout);
+    let t0 = mono_ns();
+    let mut conns = Vec::with_capacity(a.conns as usize);
+    for _ in 0..a.conns {
+        let s = TcpStream::connect_timeout(&SocketAddrV4::new(a.server, a.port).into(), to)
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(to));
+        let mut c = PnsConn {
+            stream: s,
+            buf: Vec::new(),
+            ids: Vec::new(),
+        };
+        c.send(&sccrq(false))?;
+        c.expect(2)?;
+        conns.push(c);
+    }
+    let t_connected = mono_ns();
+    let mut next = a.call_id;
+    let mut serial = 0u16;
+    let mut calls = 0u64;
+    let mut failed = 0u64;
+    for c in &mut conns {
+        let mut reqs = Vec::new();
+        for _ in 0..a.calls {
+            c.ids.push(next);
+            reqs.push(ocrq(next, serial));
+            next = next.wrapping_add(1);
+            serial = serial.wrapping_add(1);
+        }
+        for r in pipeline(c, &reqs, 8, a.window as usize, a.gap)? {
+            if r[16] == 1 {
+                calls += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    let t_up = mono_ns();
+    let setup_s = (t_up - t_connected) as f64 / 1e9;
+    let ready = json!({
+        "conns": a.conns,
+        "calls": calls,
+        "refused": failed,
+        "connect_s": (t_connected - t0) as f64 / 1e9,
+        "setup_s": setup_s,
+        "setups_per_s": calls as f64 / setup_s,
+    });
+    if let Some(f) = &a.ready_file {
+        std::fs::write(f, format!("{ready}\n")).map_err(|e| format!("{f}: {e}"))?;
+    }
+    let hold_until = mono_ns() + (a.hold * 1e9) as u64;
+    while !STOP.load(Ordering::Relaxed) && (a.hold == 0.0 || mono_ns() < hold_until) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t_down0 = mono_ns();
+    let mut cleared = 0u64;
+    for c in &mut conns {
+        let reqs: Vec<Vec<u8>> = c.ids.iter().map(|&id| id_msg(12, 16, id)).collect();
+        cleared += pipeline(c, &reqs, 13, a.window as usize, 0.0)?.len() as u64;
+    }
+    let t_down = mono_ns();
+    for c in &mut conns {
+        let mut stop = ctl_msg(3, 16);
+        stop[12] = 1;
+        let _ = c.send(&stop);
+        let _ = c.expect(4);
+    }
+    let teardown_s = (t_down - t_down0) as f64 / 1e9;
+    let out = json!({
+        "setup": ready,
+        "cleared": cleared,
+        "teardown_s": teardown_s,
+        "teardowns_per_s": cleared as f64 / teardown_s,
+    });
+    println!("{out}");
+    Ok(())
+}
