@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# User-space instructions per packet on pptp-alg's NFQUEUE path, with valgrind's callgrind
+# (instruction counts do not depend on the machine's load, unlike time).
+#
+#   benches/callgrind.sh [--gre N] [--calls M] [--out DIR]
+#
+# Root only; not part of CI. Same namespace lab as throughput.sh. The daemon runs under
+# callgrind with --no-offload, so every GRE packet and every tcp/1723 packet goes through
+# NFQUEUE and the engine, exactly as in production. Four runs, each a fresh daemon:
+#   base0   start, one call set up by the gre-load PAC/PNS, idle, stop
+#   gre     the same plus N GRE packets of that call (server -> client, translated)
+#   ctl0    start, idle, stop
+#   ctl     the same plus M calls set up and cleared on one connection (OCRQ/OCRP,
+#           CCRQ/CDN, their ACKs, SCCRQ/SCCRP, StopCCRQ/StopCCRP)
+# Instructions per GRE packet = (Ir(gre) - Ir(base0)) / N, per control packet =
+# (Ir(ctl) - Ir(ctl0)) / control packets counted by the daemon. Each pair has the same wall
+# time, so timer wake-ups cancel. The profile of the gre run is summarised (callgrind_annotate)
+# to show what dominates the per-packet cost.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=20000
+M=500
+RATE=2000
+FAST_RATE=20000
+OUT=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gre) N=$2; shift ;;
+        --calls) M=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "callgrind.sh: needs root" >&2; exit 1; }
+command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind" >&2; exit 1; }
+
+P=pcg$$
+NS_S=$P-srv NS_R=$P-rtr NS_C=$P-cli
+SRV=10.213.1.2 PUB=10.213.1.1 RLAN=10.213.2.1 CLI=10.213.2.2
+WORK=${OUT:-$(mktemp -d /tmp/pptp-callgrind.XXXX)}
+mkdir -p "$WORK"
+PIDS=()
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    for ns in "$NS_S" "$NS_R" "$NS_C"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
+    done
+    sleep 0.5
+    for ns in "$NS_S" "$NS_R" "$NS_C"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+        ip netns del "$ns" 2>/dev/null
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_s() { ip netns exec "$NS_S" "$@"; }
+in_r() { ip netns exec "$NS_R" "$@"; }
+in_c() { ip netns exec "$NS_C" "$@"; }
+
+bg() { # OUT NS CMD...
+    local out=$1 ns=$2
+    shift 2
+    ip netns exec "$ns" "$@" >"$out" 2>"$out.err" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+wait_file() {
+    local i=0
+    while [ ! -s "$1" ]; do
+        sleep 0.05
+        i=$((i + 1))
+        [ $i -lt $(($2 * 20)) ] || { echo "timeout waiting for $1" >&2; return 1; }
+    done
+}
+
+log "building (release, with debug info)"
+(cd "$ROOT" && cargo build --release --quiet --bins --example gre-load)
+BIN=$ROOT/target/release
+GL=$BIN/examples/gre-load
+ALG=$BIN/pptp-alg
+
+for ns in "$NS_S" "$NS_R" "$NS_C"; do
+    ip netns add "$ns"
+    ip netns exec "$ns" ip link set lo up
+done
+ip link add r1 netns "$NS_R" type veth peer name s0 netns "$NS_S"
+ip link add r2 netns "$NS_R" type veth peer name c0 netns "$NS_C"
+in_s ip addr add $SRV/24 dev s0
+in_r ip addr add $PUB/24 dev r1
+in_r ip addr add $RLAN/24 dev r2
+in_c ip addr add $CLI/24 dev c0
+in_s ip link set s0 up
+in_r ip link set r1 up
+in_r ip link set r2 up
+in_c ip link set c0 up
+in_s ip route add default via $PUB
+in_c ip route add default via $RLAN
+in_r sysctl -qw net.ipv4.ip_forward=1
+in_r nft -f - <<'EOF'
+table ip lab {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "r1" masquerade
+    }
+}
+EOF
+
+SOCK=$WORK/status.sock
+
+# run NAME CALLS_HELD GRE_PACKETS CTL_CALLS: one daemon under callgrind; prints its Ir and
+# stats into $WORK/NAME.*
+run() {
+    local name=$1 held=$2 gre=$3 ctl=$4
+    rm -f "$SOCK" "$WORK/$name.ready"
+    bg "$WORK/$name.daemon" "$NS_R" valgrind --tool=callgrind \
+        --callgrind-out-file="$WORK/$name.callgrind" \
+        "$ALG" run --install-rules --no-offload --status-socket "$SOCK" --log-level warn \
+        --max-calls-per-host 16384
+    local daemon=$LAST_PID i
+    for i in $(seq 1 600); do
+        [ -S "$SOCK" ] && in_r "$ALG" status --socket "$SOCK" --json >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    : >"$WORK/$name.ids"
+    bg "$WORK/$name.pac" "$NS_S" "$GL" pac --bind $SRV --ids-out "$WORK/$name.ids"
+    local pac=$LAST_PID
+    sleep 0.3
+    in_r "$ALG" status --socket "$SOCK" --json >"$WORK/$name.stats0"
+    if [ "$held" -gt 0 ]; then
+        bg "$WORK/$name.pns" "$NS_C" "$GL" pns --server $SRV --calls "$held" \
+            --ready-file "$WORK/$name.ready" --timeout 30
+        local pns=$LAST_PID
+        wait_file "$WORK/$name.ready" 60
+    fi
+    # The same wall time with and without packets, so timer work cancels out.
+    local secs=$(((N + RATE - 1) / RATE))
+    if [ "$gre" -gt 0 ]; then
+        in_s taskset -c 1 "$GL" send --dst $PUB --ids-file "$WORK/$name.ids" --rate $RATE \
+            --count "$gre" --duration $((secs + 5)) >"$WORK/$name.send"
+    elif [ "$ctl" -gt 0 ]; then
+        in_c "$GL" pns --server $SRV --calls "$ctl" --call-id 0x2000 --hold 0.01 \
+            --timeout 60 >"$WORK/$name.ctl"
+    else
+        sleep "$secs"
+    fi
+    sleep 1
+    in_r "$ALG" status --socket "$SOCK" --json >"$WORK/$name.stats"
+    if [ "$held" -gt 0 ]; then
+        kill "$pns"
+        wait "$pns" || true
+    fi
+    kill "$pac"
+    wait "$pac" || true
+    kill "$daemon"
+    wait "$daemon" || true
+    awk '/^(summary|totals):/{print $2; exit}' "$WORK/$name.callgrind"
+}
+
+log "run base0: one call, no GRE"
+IR_BASE0=$(run base0 1 0 0)
+log "run gre: one call, $N GRE packets at $RATE pps"
+IR_GRE=$(run gre 1 "$N" 0)
+log "run grefast: one call, $N GRE packets at $FAST_RATE pps (the daemon, slowed by valgrind, serves them in batches)"
+IR_GREFAST=$(RATE=$FAST_RATE run grefast 1 "$N" 0)
+log "run ctl0: no calls"
+IR_CTL0=$(run ctl0 0 0 0)
+log "run ctl: $M calls set up and cleared"
+IR_CTL=$(run ctl 0 0 "$M")
+
+python3 - "$WORK" "$N" "$M" "$IR_BASE0" "$IR_GRE" "$IR_CTL0" "$IR_CTL" "$IR_GREFAST" "$RATE" "$FAST_RATE" <<'EOF'
+import json, sys
+w, n, m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+base0, gre, ctl0, ctl, grefast = map(int, sys.argv[4:9])
+rate, fast = sys.argv[9], sys.argv[10]
+def stats(name):
+    return json.load(open(f"{w}/{name}.stats"))["stats"]
+def stat(s, k):
+    return s.get(k, 0)
+sg, sg0 = stats("gre"), stats("base0")
+sc, sc0 = stats("ctl"), stats("ctl0")
+gre_pk = stat(sg, "gre_packets") - stat(sg0, "gre_packets") if "gre_packets" in sg else stat(sg, "packets") - stat(sg0, "packets")
+ctl_pk = stat(sc, "control_packets") - stat(sc0, "control_packets")
+ctl_msgs = m * 4 + 4  # OCRQ, OCRP, CCRQ, CDN per call; SCCRQ/RP, StopCCRQ/RP
+print(f"\n=== callgrind: user-space instructions on the NFQUEUE path (pptp-alg --no-offload) ===")
+print(f"startup + 1 call + idle (base0):   {base0:,} Ir")
+print(f"  + {n} GRE packets (gre):        {gre:,} Ir   daemon counted {gre_pk} GRE packets, "
+      f"{stat(sg, 'rewritten') - stat(sg0, 'rewritten')} rewritten")
+print(f"  => {(gre - base0) / max(gre_pk, 1):,.0f} Ir per GRE packet at {rate} pps: one packet per wake-up (target <= 1,500)")
+sf = stats("grefast")
+fast_pk = stat(sf, "gre_packets")
+print(f"  + {n} GRE packets at {fast} pps:   {grefast:,} Ir   daemon counted {fast_pk} GRE packets")
+print(f"  => {(grefast - base0) / max(fast_pk, 1):,.0f} Ir per GRE packet at {fast} pps: batches per wake-up (target <= 1,500)")
+print(f"startup + idle (ctl0):             {ctl0:,} Ir")
+print(f"  + {m} calls set up and cleared:  {ctl:,} Ir   daemon counted {ctl_pk} control packets "
+      f"(TCP segments incl. ACKs), {ctl_msgs} PPTP messages")
+print(f"  => {(ctl - ctl0) / max(ctl_pk, 1):,.0f} Ir per control packet, "
+      f"{(ctl - ctl0) / ctl_msgs:,.0f} Ir per PPTP message, {(ctl - ctl0) / m:,.0f} Ir per call (setup + teardown)")
+EOF
+# Per-function difference between the gre and base0 runs, divided by the packet count: the
+# per-packet cost by function (exclusive = the function's own instructions; inclusive = with
+# everything it calls).
+profile() { # FILE INCLUSIVE(yes|no)
+    callgrind_annotate --auto=no --inclusive="$2" --threshold=100 "$1" 2>/dev/null || true
+}
+for inc in no yes; do
+    for r in base0 gre grefast; do
+        profile "$WORK/$r.callgrind" $inc >"$WORK/$r.$inc.txt"
+    done
+done
+for r in gre grefast; do
+python3 - "$WORK" "$r" "$(jq -r .stats.gre_packets "$WORK/$r.stats")" <<'EOF2'
+import re, sys
+w, run, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+line = re.compile(r"^\s*([0-9,]+) \([ 0-9.%]+\)\s+(.*?)(?: \[.*\])?$")
+def load(f, inclusive):
+    d = {}
+    for l in open(f):
+        m = line.match(l)
+        if m and "PROGRAM TOTALS" not in l:
+            name = m.group(2)
+            name = re.sub(r"^.*?:(?=[^/]*$)", "", name) if ":" in name else name
+            v = int(m.group(1).replace(",", ""))
+            # A function shows once per source file it has lines from: own costs add up,
+            # inclusive costs overlap.
+            d[name] = d.get(name, 0) + v if not inclusive else max(d.get(name, 0), v)
+    return d
+for inc, title, k in (("no", "exclusive (own instructions)", 22), ("yes", "inclusive (with callees)", 28)):
+    g, b = load(f"{w}/{run}.{inc}.txt", inc == "yes"), load(f"{w}/base0.{inc}.txt", inc == "yes")
+    diff = sorted(((g[f] - b.get(f, 0)) / n, f) for f in g)
+    diff.reverse()
+    print(f"\nIr per GRE packet by function ({run} run), {title}:")
+    for v, f in diff[:k]:
+        if v < 3:
+            break
+        print(f"  {v:8.0f}  {f[:150]}")
+EOF2
+done
+echo "(raw data: $WORK)"
