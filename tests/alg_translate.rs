@@ -572,14 +572,12 @@ fn malformed_inputs_get_defined_verdicts() {
             m[1] = 200;
             m
         }),
-        (
-            "unknown type",
-            msg(SLI, &[])
-                .iter()
-                .enumerate()
-                .map(|(i, &b)| if i == 9 { 99 } else { b })
-                .collect(),
-        ),
+        ("unknown type with an impossible length", {
+            let mut m = sli(1);
+            m[9] = 99;
+            m[0..2].copy_from_slice(&2000u16.to_be_bytes());
+            m
+        }),
         ("not a control message", {
             let mut m = sli(1);
             m[3] = 2;
@@ -720,4 +718,31 @@ fn inside_stream_starts_from_the_syn_ack_when_the_syn_is_unseen() {
         "0x4000 and 0x4001 are taken"
     );
     assert_eq!(sim.alg.stats().unsynced_segments, 0);
+}
+
+/// An undefined message type with a sane Length keeps the framing: it is
+/// skipped and counted, and translation goes on (peers ignore such
+/// messages, so passing the rest untranslated would let the connection's
+/// later calls collide with other hosts' NAT ids).
+#[test]
+fn unknown_message_types_are_skipped_by_their_length() {
+    let mut unknown = msg(SLI, &[(12, 0x4000)]);
+    unknown[9] = 99;
+    unknown.extend_from_slice(&[0x40; 8]);
+    unknown[0..2].copy_from_slice(&32u16.to_be_bytes());
+    let stream = [unknown.clone(), ccrq(0x4000), unknown.clone(), sli(0x0777)].concat();
+    for chunk in [stream.len(), 7, 1] {
+        let (mut sim, mut b) = two_clients();
+        let mut out = vec![];
+        for c in stream.chunks(chunk) {
+            let (v, o) = sim.send(&mut b, OUT, c);
+            assert_ne!(v, Verdict::Drop(DropReason::OutOfOrder));
+            out.extend(o);
+        }
+        let mut want = stream.clone();
+        want[32 + 13] = 0x01; // the Call-Clear-Request's id: 0x4000 -> 0x4001
+        assert_eq!(out, want, "chunks of {chunk}");
+        let s = sim.alg.stats();
+        assert_eq!((s.unknown_messages, s.desyncs), (2, 0), "chunks of {chunk}");
+    }
 }

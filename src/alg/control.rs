@@ -332,6 +332,10 @@ impl Alg {
                     _ => None,
                 })
             }
+            Item::Skipped { .. } => {
+                self.stats.unknown_messages += 1;
+                Ok(None)
+            }
             Item::Message { ty, bytes } => {
                 self.stats.messages += 1;
                 self.on_message(now, ci, dir, ty, bytes);

@@ -76,6 +76,8 @@ pub struct Stats {
     pub fragments: u64,
     /// Control messages parsed.
     pub messages: u64,
+    /// Control messages of undefined types, skipped by their Length.
+    pub unknown_messages: u64,
     /// Control connections that lost PPTP framing.
     pub desyncs: u64,
     /// Segments of connections whose stream start was not seen.

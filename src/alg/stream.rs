@@ -23,6 +23,12 @@ pub enum Item<'a> {
         /// The value as sent.
         value: u16,
     },
+    /// A message of a type RFC 2637 does not define was skipped by its
+    /// Length: its framing is intact, and peers ignore such messages.
+    Skipped {
+        /// The Control Message Type.
+        ctrl_type: u16,
+    },
     /// A message is complete (original bytes, before translation).
     Message {
         /// Message type.
@@ -55,6 +61,18 @@ pub struct Parser {
     partial: Option<Box<[u8; MAX_MESSAGE_LEN]>>,
     have: usize,
     ty: Option<ControlType>,
+    /// Bytes of an unknown message still to skip.
+    skip: u32,
+}
+
+/// Longest unknown message skipped by its Length; longer ones count as
+/// lost framing (the longest defined message is 220 bytes).
+pub const MAX_UNKNOWN_LEN: usize = 1024;
+
+/// A parsed header.
+enum Header {
+    Known(ControlType),
+    Unknown { ctrl_type: u16, length: usize },
 }
 
 impl Parser {
@@ -65,6 +83,7 @@ impl Parser {
             partial: None,
             have: 0,
             ty: None,
+            skip: 0,
         }
     }
 
@@ -77,8 +96,24 @@ impl Parser {
         mut on: impl FnMut(Item<'_>) -> Result<Option<u16>, E>,
     ) -> Result<(), FeedError<E>> {
         while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(data.len());
+                self.skip -= n as u32;
+                self.next = self.next.wrapping_add(n as u32);
+                data = &data[n..];
+                continue;
+            }
             if self.have == 0 && data.len() >= HEADER_LEN {
-                let ty = header(&data[..HEADER_LEN]).map_err(FeedError::Desync)?;
+                let ty = match header(&data[..HEADER_LEN]).map_err(FeedError::Desync)? {
+                    Header::Known(ty) => ty,
+                    Header::Unknown { ctrl_type, length } => {
+                        on(Item::Skipped { ctrl_type }).map_err(FeedError::Handler)?;
+                        self.next = self.next.wrapping_add(HEADER_LEN as u32);
+                        self.skip = (length - HEADER_LEN) as u32;
+                        data = &data[HEADER_LEN..];
+                        continue;
+                    }
+                };
                 let len = ty.length();
                 if data.len() >= len {
                     // The common case: a whole message in this segment.
@@ -102,11 +137,19 @@ impl Parser {
             let ty = match self.ty {
                 Some(ty) => ty,
                 None if self.have < HEADER_LEN => continue,
-                None => {
-                    let ty = header(&buf[..HEADER_LEN]).map_err(FeedError::Desync)?;
-                    self.ty = Some(ty);
-                    ty
-                }
+                None => match header(&buf[..HEADER_LEN]).map_err(FeedError::Desync)? {
+                    Header::Known(ty) => {
+                        self.ty = Some(ty);
+                        ty
+                    }
+                    Header::Unknown { ctrl_type, length } => {
+                        on(Item::Skipped { ctrl_type }).map_err(FeedError::Handler)?;
+                        self.skip = (length - HEADER_LEN) as u32;
+                        self.have = 0;
+                        self.partial = None;
+                        continue;
+                    }
+                },
             };
             emit(ty, &buf[..self.have], before, msg_seq, patches, &mut on)?;
             if self.have == ty.length() {
@@ -119,8 +162,22 @@ impl Parser {
     }
 }
 
-fn header(h: &[u8]) -> Result<ControlType, HeaderError> {
-    parse_header(h.try_into().expect("caller passes HEADER_LEN bytes"))
+fn header(h: &[u8]) -> Result<Header, HeaderError> {
+    match parse_header(h.try_into().expect("caller passes HEADER_LEN bytes")) {
+        Ok(ty) => Ok(Header::Known(ty)),
+        Err(HeaderError::UnknownType(ctrl_type)) => {
+            let length = usize::from(u16::from_be_bytes([h[0], h[1]]));
+            if (HEADER_LEN..=MAX_UNKNOWN_LEN).contains(&length) {
+                Ok(Header::Unknown { ctrl_type, length })
+            } else {
+                Err(HeaderError::BadLength {
+                    length: length as u16,
+                    ctrl_type,
+                })
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reports the Call-ID fields whose second byte lies in `msg[before..]`
