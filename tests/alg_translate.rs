@@ -746,3 +746,42 @@ fn unknown_message_types_are_skipped_by_their_length() {
         assert_eq!((s.unknown_messages, s.desyncs), (2, 0), "chunks of {chunk}");
     }
 }
+
+/// A restart keeps the calls: the new engine translates their GRE and
+/// control messages and never hands their NAT ids to another host.
+#[test]
+fn saved_calls_survive_a_restart() {
+    let (sim, mut b) = two_clients();
+    let saved = sim.alg.saved_calls();
+    assert_eq!(saved.len(), 2);
+    let json = serde_json::to_string(&saved).unwrap();
+    let saved: Vec<pptp_alg::alg::SavedCall> = serde_json::from_str(&json).unwrap();
+
+    let mut sim = Sim::new(AlgConfig::default());
+    assert_eq!(sim.alg.restore_calls(sim.now, &saved), 2);
+    sim.drain();
+    let started = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::CallStarted(_)))
+        .count();
+    assert_eq!(started, 2, "the fast path learns the restored calls");
+    let (v, pkt) = sim.gre_in(SERVER, 0x4001, b"after restart");
+    assert_eq!(
+        (v, gre_dst_and_id(&pkt)),
+        (Verdict::Modified, (host(2), 0x4000))
+    );
+    // The control connection resumes mid-stream at a message boundary.
+    let (v, out) = sim.send(&mut b, IN, &sli(0x4001));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x4000));
+    // Another host asking for 0x4000 does not get a restored NAT id.
+    let mut c = Conn::client_inside(host(3), 40000, SERVER);
+    sim.start_control(&mut c);
+    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4002);
+    // Restoring twice, or a call whose id is taken, adds nothing.
+    assert_eq!(sim.alg.restore_calls(sim.now, &saved), 0);
+    // The call still ends normally.
+    sim.send(&mut b, OUT, &cdn(0x4000));
+    assert_eq!(sim.gre_in(SERVER, 0x4001, b"late").0, Verdict::UnknownCall);
+}

@@ -4,8 +4,8 @@
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
 use super::table::{Call, CallIdx, CallState, ConnIdx, DETACHED};
 use super::{
-    secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, Stamp,
-    Verdict, PPTP_PORT,
+    secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, SavedCall,
+    Stamp, Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
@@ -498,6 +498,64 @@ impl Alg {
         self.end_conn_calls(ci, EndCause::ConnClosed, now);
         let c = self.conns.get_mut(ci);
         c.closing.get_or_insert(now);
+    }
+
+    /// Restores one saved call (see [`Alg::restore_calls`]).
+    pub(super) fn restore_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
+        let (host, peer) = (*sc.conn.inside.ip(), *sc.conn.outside.ip());
+        if sc.nat_id >> 8 != sc.inside_id >> 8
+            || self.calls.by_nat(peer, sc.nat_id).is_some()
+            || self.calls.live() >= self.cfg.max_calls
+            || self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host
+        {
+            return false;
+        }
+        let ci = match self.conns.by_key.get(&sc.conn) {
+            Some(&ci) => ci,
+            None if self.conns.len() >= self.cfg.max_connections => return false,
+            None => self.conns.insert(Conn {
+                key: sc.conn,
+                dirs: Default::default(),
+                calls: Vec::new(),
+                last_seen: now,
+                closing: None,
+                desynced: false,
+            }),
+        };
+        if self
+            .find_live(ci, |c| c.inside_id == sc.inside_id)
+            .is_some()
+        {
+            return false;
+        }
+        let idx = self.calls.insert(Call {
+            conn: ci,
+            inside_host: host,
+            inside_id: sc.inside_id,
+            outside_peer: peer,
+            outside_id: None,
+            nat_id: sc.nat_id,
+            state: if sc.established {
+                CallState::Established
+            } else {
+                CallState::Requested
+            },
+            created: now,
+            last_activity: now,
+            ended_at: None,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        if let Some(oid) = sc.outside_id {
+            self.calls.set_outside_id(idx, oid);
+        }
+        self.conns.get_mut(ci).calls.push(idx);
+        self.stats.calls_created += 1;
+        let info = self.info(idx, now);
+        self.push_event(Event::CallStarted(info));
+        true
     }
 
     /// A SYN that does not match the tracked stream start (or arrives after

@@ -22,7 +22,7 @@ use crate::wire::gre::GrePacket;
 use crate::wire::ipv4::{Ipv4Packet, PROTO_GRE, PROTO_TCP};
 use crate::wire::pptp::HeaderError;
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ pub enum Verdict {
 
 /// A control connection as the gateway sees it (inside addresses before
 /// source NAT, after destination NAT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConnKey {
     /// The inside host's end.
     pub inside: SocketAddrV4,
@@ -105,6 +105,23 @@ pub struct CallInfo {
     pub bytes_in: u64,
     /// GRE bytes from the inside host.
     pub bytes_out: u64,
+}
+
+/// A live call as kept across a restart of the daemon: enough to go on
+/// translating its GRE and its control messages, and to keep its NAT id
+/// from being given to another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCall {
+    /// The control connection.
+    pub conn: ConnKey,
+    /// The inside host's own Call ID.
+    pub inside_id: u16,
+    /// The outside peer's own Call ID, if known.
+    pub outside_id: Option<u16>,
+    /// The NAT Call ID.
+    pub nat_id: u16,
+    /// Whether the call had been answered with success.
+    pub established: bool,
 }
 
 /// Something the caller should know or do.
@@ -407,6 +424,42 @@ impl Alg {
             .filter(|(_, c)| c.is_live())
             .map(|(i, _)| self.info(i, now))
             .collect()
+    }
+
+    /// Every live call, in a form that [`Alg::restore_calls`] takes back.
+    pub fn saved_calls(&self) -> Vec<SavedCall> {
+        self.calls
+            .iter()
+            .filter(|(_, c)| c.is_live() && c.conn != DETACHED)
+            .map(|(_, c)| SavedCall {
+                conn: self.conns.get(c.conn).key,
+                inside_id: c.inside_id,
+                outside_id: c.outside_id,
+                nat_id: c.nat_id,
+                established: c.state == CallState::Established,
+            })
+            .collect()
+    }
+
+    /// Takes back calls saved by an earlier run, emitting
+    /// [`Event::CallStarted`] for each. Their connections are tracked again
+    /// from the next segment that starts with a PPTP header (PPTP peers
+    /// send each message in its own segment). A saved call whose NAT id is
+    /// taken, that breaks the high-byte rule or exceeds a limit is skipped.
+    /// Returns how many calls were restored.
+    pub fn restore_calls(&mut self, now: Instant, saved: &[SavedCall]) -> usize {
+        let now = self.stamp(now);
+        let mut n = 0;
+        for sc in saved {
+            if self.restore_call(now, sc) {
+                n += 1;
+            }
+        }
+        self.stats.calls_active = self.calls.live() as u64;
+        if n > 0 && self.next_sweep.is_none() {
+            self.next_sweep = self.epoch.map(|e| e + SWEEP_INTERVAL);
+        }
+        n
     }
 
     /// Tracked control connections.
