@@ -103,7 +103,7 @@ section "lab"
 scripts/lab.sh create "$LAB" "${#TAGS[@]}"
 
 section "starting pptp-alg in the router ($R)"
-ip netns exec "$R" "$ALG" run --install-rules --status-socket "$SOCK" --log-level info \
+ip netns exec "$R" "$ALG" run --install-rules --status-socket "$SOCK" --state-file "$work/state.json" --log-level info \
     "${daemon_flags[@]}" 2>"$work/alg.log" &
 pids+=($!)
 alg_pid=$!

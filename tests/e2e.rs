@@ -657,9 +657,9 @@ fn strict_firewall_needs_only_the_mark_rule() {
 
 /// SIGTERM removes the daemon's table, so while it is away the router is a
 /// plain masquerading router: control connections work, GRE towards inside
-/// hosts is not delivered (that is what the ALG is for). A restarted daemon
-/// knows nothing of the calls of the previous one: GRE to an old NAT id is
-/// dropped and counted as unknown, and new calls work.
+/// hosts is not delivered (that is what the ALG is for). The daemon saves
+/// its live calls at stop and a restarted daemon takes them back: GRE to
+/// the old call's NAT id reaches its host again, and new calls work.
 #[test]
 fn daemon_restart_while_a_call_is_up() {
     if !have_root() {
@@ -694,15 +694,16 @@ fn daemon_restart_while_a_call_is_up() {
     assert_eq!(u64_of(&b["calls"][0]["result"]), 1, "{b}");
     assert!(payloads(&b).is_empty(), "untranslated GRE delivered: {b}");
 
-    // Restart: the old call is unknown now.
+    // Restart: the old call is back (the call placed while the daemon was
+    // away was never seen, so it is not).
     lab.start_daemon(&[]);
     let st = lab.status();
-    assert_eq!(st["calls"].as_array().map(Vec::len), Some(0), "{st:#}");
+    assert_eq!(st["calls"].as_array().map(Vec::len), Some(1), "{st:#}");
+    assert_eq!(
+        u64_of(&call_row(&st, lan_addr(0), 1000)["nat_id"]),
+        u64::from(nat)
+    );
     lab.gre_send_from_server(ROUTER_WAN, nat, "after-restart", 2, &[]);
-    let st = lab.wait_status(Duration::from_secs(5), "2 unknown GRE", |s| {
-        stat(s, "gre_unknown_call") == 2
-    });
-    assert_eq!(stat(&st, "gre_packets"), 2, "{st:#}");
     assert!(
         lab.is_running(a),
         "the old client should still hold its call"
@@ -715,12 +716,14 @@ fn daemon_restart_while_a_call_is_up() {
     let mut got = payloads(&a);
     got.sort();
     let mut want: Vec<String> = own_echoes("old", &a).into_iter().collect();
-    want.push("before-stop".into());
+    want.extend(["before-stop", "after-restart", "after-restart"].map(String::from));
     want.sort();
     assert_eq!(
         got, want,
-        "old call: its echoes and the probe before the stop, nothing after"
+        "old call: its echoes and the probes before the stop and after the restart"
     );
+    let st = lab.status();
+    assert_eq!(stat(&st, "gre_unknown_call"), 0, "{st:#}");
     let server = lab.stop_server(srv);
     // The server got the GRE of the call placed while the daemon was away.
     let absent_gre: Vec<&Value> = server["calls"]
@@ -738,10 +741,10 @@ fn daemon_restart_while_a_call_is_up() {
     stop_cleanly(&mut lab);
 }
 
-/// After a restart the new daemon may give a new call the NAT id an old,
-/// still running call has at the server (here both hosts use Call ID 1000
-/// and the id policy keeps it). The README promises that old calls lose
-/// their inbound GRE; it must not go to the new call's host instead.
+/// A restart keeps the calls that are up (saved at stop, restored at
+/// start): the old call's GRE still reaches its host, and a new call of
+/// another host with the same Call ID gets another NAT id, so it never
+/// receives the old call's GRE.
 #[test]
 fn restart_does_not_hand_an_old_calls_gre_to_a_new_call() {
     if !have_root() {
@@ -785,7 +788,13 @@ fn restart_does_not_hand_an_old_calls_gre_to_a_new_call() {
         "the old client should still hold its call"
     );
     assert_exactly_own_echoes("new", &c, 1, GRE_COUNT);
-    let _ = lab.finish(a);
+    let a = lab.finish(a).json("old");
+    assert!(
+        payloads(&a).iter().any(|p| p == "echo:old:call1000:late"),
+        "the old call's GRE must still reach its host after the restart: {a}"
+    );
+    let log = lab.daemon_log();
+    assert!(log.contains("restored 1 of 1 live calls"), "{log}");
     lab.stop_server(srv);
     stop_cleanly(&mut lab);
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// Where the status socket lives by default (systemd's `RuntimeDirectory`).
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/pptp-alg/status.sock";
+/// Default file keeping live calls across restarts (in the RuntimeDirectory,
+/// which the unit preserves across restarts).
+pub const DEFAULT_STATE_FILE: &str = "/run/pptp-alg/state.json";
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -66,6 +69,8 @@ pub struct Config {
     pub install_rules: bool,
     /// Unix socket answered with a JSON status document.
     pub status_socket: PathBuf,
+    /// Where live calls are saved across restarts (empty: nowhere).
+    pub state_file: PathBuf,
     /// How NAT Call IDs are chosen.
     pub id_policy: IdPolicy,
     /// Live calls in total.
@@ -103,6 +108,7 @@ impl Default for Config {
             table: rules.table,
             install_rules: false,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+            state_file: PathBuf::from(DEFAULT_STATE_FILE),
             id_policy: alg.id_policy,
             max_calls: alg.max_calls,
             max_calls_per_host: alg.max_calls_per_host,
@@ -280,6 +286,7 @@ impl Config {
         set(&mut self.mark, &o.mark);
         set(&mut self.table, &o.table);
         set(&mut self.status_socket, &o.status_socket);
+        set(&mut self.state_file, &o.state_file);
         set(&mut self.id_policy, &o.id_policy.map(IdPolicyArg::into));
         set(&mut self.max_calls, &o.max_calls);
         set(&mut self.max_calls_per_host, &o.max_calls_per_host);
@@ -417,6 +424,9 @@ pub struct Overrides {
     /// Status socket path [default: /run/pptp-alg/status.sock].
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
+    /// File keeping live calls across restarts, "" for none [default: /run/pptp-alg/state.json].
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
     /// NAT Call-ID policy [default: keep].
     #[arg(long, value_enum, value_name = "POLICY")]
     pub id_policy: Option<IdPolicyArg>,

@@ -5,6 +5,7 @@
 //! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
 //! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
 //! - [`shared`]: the state shared between the packet thread and readers.
+//! - [`state`]: live calls saved across restarts.
 //! - [`status`]: the status report, its socket and its table format.
 //! - [`logging`]: stderr/journald logging and rate limits.
 
@@ -13,6 +14,7 @@ pub mod logging;
 pub mod packet;
 pub mod run;
 pub mod shared;
+pub mod state;
 pub mod status;
 
 pub use config::{Config, ConfigError, LogLevel, Overrides};

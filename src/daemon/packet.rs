@@ -295,9 +295,10 @@ impl PacketLoop {
             let mut shared = lock(&self.shared);
             if shared.alg.poll_timeout().is_some_and(|t| t <= now) {
                 shared.alg.handle_timeout(now);
-                while let Some(ev) = shared.alg.poll_event() {
-                    self.events.push(ev);
-                }
+            }
+            // Also events raised outside a packet (restored calls).
+            while let Some(ev) = shared.alg.poll_event() {
+                self.events.push(ev);
             }
         }
         self.handle_events(now);

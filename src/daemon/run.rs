@@ -9,7 +9,7 @@
 
 use super::config::Config;
 use super::packet::{LoopConfig, PacketLoop};
-use super::shared::{lock, Shared};
+use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
 use crate::alg::Alg;
 use crate::nfqueue::{NfQueue, QueueError};
@@ -20,7 +20,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +175,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
+    restore_state(cfg, &shared);
     let stop = Arc::new(AtomicBool::new(false));
     let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
         context: "creating the wake-up socket",
@@ -224,7 +225,20 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let mut exit: Option<Result<(), DaemonError>> = None;
     let mut thread_done = false;
     let mut ready = false;
-    for msg in rx.iter() {
+    let mut saved_mark = state_mark(&shared);
+    loop {
+        let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let mark = state_mark(&shared);
+                if mark != saved_mark {
+                    save_state(cfg, &shared);
+                    saved_mark = mark;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
             Msg::Started(offload) => {
                 status = match StatusServer::start(&cfg.status_socket, shared.clone()) {
@@ -287,6 +301,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     if !ready {
         log::warn!("stopped before start-up completed");
     }
+    save_state(cfg, &shared);
     {
         let s = lock(&shared);
         let st = s.alg.stats();
@@ -300,6 +315,50 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     drop(status);
     exit
+}
+
+/// How often the live calls are saved while they change, so that even a
+/// crash loses at most this much of the call table.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Changes whenever calls start or end.
+fn state_mark(shared: &SharedRef) -> (u64, u64) {
+    let s = lock(shared);
+    let st = s.alg.stats();
+    (st.calls_created, st.ended.iter().sum())
+}
+
+/// Takes back the calls an earlier run saved (see [`super::state`]).
+fn restore_state(cfg: &Config, shared: &SharedRef) {
+    if cfg.state_file.as_os_str().is_empty() {
+        return;
+    }
+    let max_age = Duration::from_secs(cfg.conn_idle_timeout);
+    match super::state::load(&cfg.state_file, max_age) {
+        Ok(calls) if calls.is_empty() => {}
+        Ok(calls) => {
+            let n = lock(shared).alg.restore_calls(Instant::now(), &calls);
+            log::info!(
+                "restored {n} of {} live calls saved in {}",
+                calls.len(),
+                cfg.state_file.display()
+            );
+        }
+        Err(e) => log::warn!("ignoring saved calls in {}: {e}", cfg.state_file.display()),
+    }
+}
+
+fn save_state(cfg: &Config, shared: &SharedRef) {
+    if cfg.state_file.as_os_str().is_empty() {
+        return;
+    }
+    let calls = lock(shared).alg.saved_calls();
+    if let Err(e) = super::state::save(&cfg.state_file, calls) {
+        log::warn!(
+            "cannot save live calls to {}: {e}",
+            cfg.state_file.display()
+        );
+    }
 }
 
 /// Removes the table we installed when dropped (at stop, and on any error

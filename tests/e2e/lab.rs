@@ -568,11 +568,15 @@ impl Lab {
         let sock = self.status_socket();
         let _ = std::fs::remove_file(&sock);
         let sock = sock.to_str().expect("utf-8 path").to_string();
+        let state = self.dir.join("state.json");
+        let state = state.to_str().expect("utf-8 path").to_string();
         let mut args = vec![
             "run",
             "--install-rules",
             "--status-socket",
             &sock,
+            "--state-file",
+            &state,
             "--log-level",
             "info",
         ];
