@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
-REPS=3
+REPS=5
 OUT=
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +71,7 @@ mkdir -p "$WORK"
 RES=$WORK/results.jsonl
 : >"$RES"
 PIDS=()
+DAEMON_PID=
 EXPECT_MAX_OLD=
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -174,6 +175,11 @@ fi
 
 # ------------------------------------------------------------------ GRE trials
 
+# CPU time (ns) a process has run, all threads (schedstat: not time spent on other tasks).
+proc_cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END{printf "%d", s}'
+}
+
 # trial CFG CALLS REP KIND RATE DURATION [IDS_FILE]: one receiver + one sender run; appends a
 # JSON line to results and sets T_SENT, T_RECV.
 trial() {
@@ -187,8 +193,11 @@ trial() {
     local dst=$PUB idargs=(--call-id 0)
     [ "$cfg" = gen ] && dst=$SINK
     [ -n "$ids" ] && idargs=(--ids-file "$ids")
+    local c0=0 c1=0
+    [ -n "$DAEMON_PID" ] && c0=$(proc_cpu_ns "$DAEMON_PID")
     in_s taskset -c "$GEN_CPU" "$GL" send --dst "$dst" --rate "$rate" --duration "$dur" \
         "${idargs[@]}" >"$s"
+    [ -n "$DAEMON_PID" ] && c1=$(proc_cpu_ns "$DAEMON_PID")
     if [ "$cfg" = gen ]; then
         stop_pid "$rpid"
     else
@@ -198,7 +207,7 @@ trial() {
     T_ACH=$(jq -r .rate_achieved "$s")
     T_RATE=$rate
     T_RECV=$(jq -r '.received // 0' "$r" 2>/dev/null || echo 0)
-    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
+    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
 }
 
 # A trial passes when at most 0.5% of what was sent is lost and the generator kept up with the
@@ -238,7 +247,6 @@ gre_suite() {
 
 # ------------------------------------------------------------------ configurations
 
-DAEMON_PID=
 PAC_PID=
 PNS_PID=
 
@@ -264,7 +272,11 @@ stop_daemon() {
     DAEMON_PID=
 }
 
-daemon_rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$DAEMON_PID/status"; }
+# {"kb": VmRSS, "anon_kb": RssAnon, "file_kb": RssFile} of the daemon.
+daemon_rss() {
+    awk '/^VmRSS/{r=$2} /^RssAnon/{a=$2} /^RssFile/{f=$2}
+        END{printf "\"kb\":%d,\"anon_kb\":%d,\"file_kb\":%d", r, a, f}' "/proc/$DAEMON_PID/status"
+}
 
 start_pac() { # extra args...
     : >"$WORK/ids"
@@ -383,7 +395,7 @@ for rep in $(seq 1 "$REPS"); do
             [ "$got" -eq "$n" ] || log "  $cfg: only $got of $n calls set up"
             emit "{\"cfg\":\"$cfg\",\"calls\":$n,\"rep\":$rep,\"kind\":\"setup\",\"pns\":$(cat "$WORK/pns.ready")}"
             if [ "$cfg" = d ]; then
-                emit "{\"cfg\":\"d\",\"calls\":$n,\"rep\":$rep,\"kind\":\"rss\",\"kb\":$(daemon_rss_kb)}"
+                emit "{\"cfg\":\"d\",\"calls\":$n,\"rep\":$rep,\"kind\":\"rss\",$(daemon_rss)}"
             fi
             gre_suite "$cfg" "$n" "$rep" "$WORK/ids" 0
             cfg_down "$cfg"
@@ -394,10 +406,10 @@ for rep in $(seq 1 "$REPS"); do
     for cfg in c d; do
         # Setups and teardowns per second: one connection, 32 requests in flight.
         if [ "$cfg" = c ]; then start_daemon --no-offload; else start_daemon; fi
-        emit "{\"cfg\":\"$cfg\",\"calls\":0,\"rep\":$rep,\"kind\":\"rss\",\"kb\":$(daemon_rss_kb)}"
+        emit "{\"cfg\":\"$cfg\",\"calls\":0,\"rep\":$rep,\"kind\":\"rss\",$(daemon_rss)}"
         start_pac
         start_pns 1 "$CTL_CALLS" 32
-        emit "{\"cfg\":\"$cfg\",\"calls\":$CTL_CALLS,\"rep\":$rep,\"kind\":\"rss\",\"kb\":$(daemon_rss_kb)}"
+        emit "{\"cfg\":\"$cfg\",\"calls\":$CTL_CALLS,\"rep\":$rep,\"kind\":\"rss\",$(daemon_rss)}"
         stop_pid "$PNS_PID"
         emit "{\"cfg\":\"$cfg\",\"calls\":$CTL_CALLS,\"rep\":$rep,\"kind\":\"ctl\",\"pns\":$(cat "$WORK/pns.out")}"
         stop_calls
@@ -515,10 +527,50 @@ for calls in sizes:
         print(f"{cfg:<5}{calls:>6} | {fmt(med(nl)):>11} {spread(nl):>4} | {fmt(med(dl)):>11} {spread(dl):>4} | {li:>22} | {lf:>26}")
     print()
 
-A, B1, C, D1, MIN = (med(noloss(c, 1)) for c in ["a", "b", "c", "d", "min"])
-print("Ratios (no-loss pps, same run):")
-print(f"  b/a {ratio(B1, A)}   c/a {ratio(C, A)}   d/a {ratio(D1, A)}   min/a {ratio(MIN, A)}")
-print(f"  d/a {ratio(D1, A)} (target >= 0.9)   d/b {ratio(D1, B1)} (target >= 0.9)   c/min {ratio(C, MIN)} (target >= 0.85)")
+def cpu_gen(cfg, calls):
+    return [r["send"]["cpu_ns_per_pkt"] for r in sel(cfg, calls, "max")]
+
+def cpu_daemon(cfg, calls):
+    return [r["daemon_cpu_ns"] / r["recv"]["received"] for r in sel(cfg, calls, "max")
+            if r.get("daemon_cpu_ns") and r["recv"] and r["recv"]["received"]]
+
+print("CPU per packet at saturation (schedstat run time / packets; insensitive to other tasks")
+print("taking the core, unlike the rates above):")
+print(f"{'cfg':<5}{'calls':>6} | {'generator core: send + kernel path':>36} | {'minus gen':>9} | {'userspace process':>18}")
+g0 = med(cpu_gen("gen", 1))
+for calls in sizes:
+    for cfg in ["gen"] + cfgs:
+        v = cpu_gen(cfg, calls)
+        if not v:
+            continue
+        dc = cpu_daemon(cfg, calls)
+        kp = f"{med(v) - g0:,.0f} ns" if g0 and cfg != "gen" else "-"
+        print(f"{cfg:<5}{calls:>6} | {fmt(med(v), ' ns'):>31} {spread(v):>4} | {kp:>9} | "
+              f"{(fmt(med(dc), ' ns') + ' ' + spread(dc)) if dc else '-':>18}")
+print()
+
+def paired(x, cx, y, cy, kind="noloss"):
+    """Median and half-range of the per-repetition ratios x/y (same repetition: paired)."""
+    v = []
+    for rep in range(1, reps + 1):
+        xs = [r["rate"] for r in sel(x, cx, kind) if r["rep"] == rep]
+        ys = [r["rate"] for r in sel(y, cy, kind) if r["rep"] == rep]
+        if xs and ys and ys[0]:
+            v.append(xs[0] / ys[0])
+    if not v:
+        return "-"
+    return f"{med(v):.2f}x" + (f" ({min(v):.2f}..{max(v):.2f})" if len(v) > 1 else "")
+
+print("Ratios of no-loss pps: median of the per-repetition ratios (min..max); one call unless said")
+for x, y, t in (("b", "a", ""), ("d", "a", "target >= 0.9"), ("d", "b", "target >= 0.9"),
+                ("c", "a", ""), ("c", "min", "target >= 0.85"), ("min", "a", "")):
+    print(f"  {x}/{y}: {paired(x, 1, y, 1)}   {t}")
+def cost_ratio(x, y, f):
+    vx, vy = med(f(x, 1)), med(f(y, 1))
+    return f"{vy / vx:.2f}x" if vx and vy else "-"
+print("  as throughput per core from CPU per packet (higher is better):")
+print(f"    d/a {cost_ratio('d', 'a', cpu_gen)}   d/b {cost_ratio('d', 'b', cpu_gen)}   "
+      f"b/a {cost_ratio('b', 'a', cpu_gen)}   c/min (userspace process) {cost_ratio('c', 'min', cpu_daemon)}")
 dsz = [s for s in sizes if noloss("d", s)]
 if dsz:
     vals = {s: med(noloss("d", s)) for s in dsz}
@@ -526,8 +578,11 @@ if dsz:
     bvals = {s: med(noloss("b", s)) for s in sizes if noloss("b", s)}
     print("  b by calls: " + "  ".join(f"{s}: {fmt(v)}" for s, v in bvals.items()))
     for s in dsz:
+        if s > 1:
+            print(f"  d at {s} calls / d at 1 call: {paired('d', s, 'd', 1)}   (target: within 10%)")
+    for s in dsz:
         if s in bvals and s > 1:
-            print(f"  d/b at {s} calls: {ratio(vals[s], bvals[s])}" + ("  (target >= 5x at 1000)" if s == 1000 else ""))
+            print(f"  d/b at {s} calls: {paired('d', s, 'b', s)}" + ("   target >= 5x" if s == 1000 else ""))
 dl, al = med(lat("d", 1, "idle", "p50_us")), med(lat("a", 1, "idle", "p50_us"))
 if dl is not None and al is not None:
     print(f"  d p50 latency added over a (idle): {dl - al:+.1f} us (target <= 5)")
@@ -548,15 +603,20 @@ for cfg in ["b", "d"]:
     for s in sorted({r["calls"] for r in st}):
         v = [r["pns"]["setups_per_s"] for r in st if r["calls"] == s]
         print(f"  {cfg} setup of {s} calls ({'connections' if cfg == 'b' else 'one connection'}): {fmt(med(v))} setups/s")
-rss = {}
+rss, anon = {}, {}
 for r in rows:
     if r["kind"] == "rss":
         rss.setdefault((r["cfg"], r["calls"]), []).append(r["kb"])
-print("  daemon RSS (VmRSS): " + "  ".join(f"{c} {n} calls: {med(v)/1024:.2f} MB" for (c, n), v in sorted(rss.items())))
-d0 = med(rss.get(("d", 0), []) or [0])
+        anon.setdefault((r["cfg"], r["calls"]), []).append(r.get("anon_kb", 0))
+print("  daemon memory, VmRSS (of which RssAnon):")
 for (c, n), v in sorted(rss.items()):
-    if c == "d" and n >= 1000:
-        print(f"  d RSS growth 0 -> {n} calls: {(med(v) - d0)/1024:.2f} MB (target: 10,000 calls in <= 2.5 MB)")
+    print(f"    {c} {n:>5} calls: {med(v)/1024:.2f} MB ({med(anon[(c, n)])/1024:.2f} MB anon)")
+for cfg in ("c", "d"):
+    d0, a0 = med(rss.get((cfg, 0), []) or [0]), med(anon.get((cfg, 0), []) or [0])
+    for (c, n), v in sorted(rss.items()):
+        if c == cfg and n >= 1000 and d0:
+            print(f"  {cfg} growth 0 -> {n} calls: VmRSS {(med(v) - d0)/1024:+.2f} MB, anon {(med(anon[(c, n)]) - a0)/1024:+.2f} MB"
+                  + ("  (target: 10,000 calls in <= 2.5 MB)" if n == 10000 else ""))
 oc = [x for r in rows if r["kind"] == "ocrp" for x in r["lat_us"]]
 miss = sum(r["missing"] for r in rows if r["kind"] == "ocrp")
 if oc:

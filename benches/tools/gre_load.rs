@@ -214,6 +214,28 @@ fn real_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+/// CPU time this thread has run (ns; /proc/thread-self/schedstat, first field), which counts
+/// the kernel work done in its system calls (including softirq processing run on the way
+/// out of them) but not time the CPU spent on other tasks.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (user, system) CPU time of this process in ns (getrusage).
+fn rusage_ns() -> (u64, u64) {
+    // SAFETY: getrusage fills a zeroed struct.
+    let ru = unsafe {
+        let mut ru: libc::rusage = mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    (ns(ru.ru_utime), ns(ru.ru_stime))
+}
+
 fn pin(cpu: Option<usize>) -> io::Result<()> {
     let Some(cpu) = cpu else { return Ok(()) };
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity take valid pointers.
@@ -332,6 +354,8 @@ fn send(a: SendArgs) -> Result<(), String> {
     let limit = if a.count == 0 { u64::MAX } else { a.count };
     let mut sent = 0u64;
     let mut errors = 0u64;
+    let cpu0 = thread_cpu_ns();
+    let ru0 = rusage_ns();
     let start = mono_ns();
     let end = start + dur_ns;
     if a.rate > 0 {
@@ -395,8 +419,15 @@ fn send(a: SendArgs) -> Result<(), String> {
         }
     }
     let elapsed = (mono_ns() - start) as f64 / 1e9;
+    let cpu = thread_cpu_ns().saturating_sub(cpu0);
+    let ru1 = rusage_ns();
     let out = json!({
         "sent": sent,
+        // With --rate 0 the sender never waits, so these are its cost per packet: the
+        // system calls and the kernel work they trigger on this core.
+        "cpu_ns_per_pkt": cpu as f64 / sent.max(1) as f64,
+        "utime_ns_per_pkt": (ru1.0 - ru0.0) as f64 / sent.max(1) as f64,
+        "stime_ns_per_pkt": (ru1.1 - ru0.1) as f64 / sent.max(1) as f64,
         "errors": errors,
         "elapsed_s": elapsed,
         "rate_offered": a.rate,
