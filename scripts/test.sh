@@ -7,4 +7,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Namespace tests share the machine's netfilter queues: run test binaries
 # one at a time and their cases serially.
-cargo test --locked --all-targets -- --test-threads=1
+cargo test --locked --all-targets --no-fail-fast -- --test-threads=1
