@@ -123,7 +123,7 @@ run() {
     rm -f "$SOCK" "$WORK/$name.ready"
     bg "$WORK/$name.daemon" "$NS_R" valgrind --tool=callgrind \
         --callgrind-out-file="$WORK/$name.callgrind" \
-        "$ALG" run --install-rules --no-offload --status-socket "$SOCK" --log-level warn \
+        "$ALG" run --install-rules --no-offload --status-socket "$SOCK" --state-file "$WORK/$name.state.json" --log-level warn \
         --max-calls-per-host 16384
     local daemon=$LAST_PID i
     for i in $(seq 1 600); do

@@ -72,6 +72,7 @@ RES=$WORK/results.jsonl
 : >"$RES"
 PIDS=()
 DAEMON_PID=
+DAEMON_N=0
 EXPECT_MAX_OLD=
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -253,9 +254,13 @@ PNS_PID=
 start_daemon() { # extra args...
     local sock=$WORK/status.sock
     rm -f "$sock"
+    # A fresh state file for every start: no calls carried over from the previous
+    # configuration, none from or to a daemon outside this lab. (`--state-file ""`,
+    # documented as "none", is rejected by the CLI at the time of writing.)
+    DAEMON_N=$((DAEMON_N + 1))
     bg "$WORK/daemon.log" "$NS_R" "$ALG" run --install-rules --status-socket "$sock" \
         --max-calls 20000 --max-calls-per-host 16384 --max-connections 20000 \
-        --log-level warn "$@"
+        --state-file "$WORK/state.$DAEMON_N.json" --log-level warn "$@"
     DAEMON_PID=$LAST_PID
     local i
     for i in $(seq 1 250); do
