@@ -173,3 +173,17 @@ fn status_without_daemon_fails_clearly() {
     assert!(err.contains("/nonexistent/status.sock"), "{err}");
     assert!(err.contains("is pptp-alg running"), "{err}");
 }
+
+/// `--state-file ""` turns saving off (clap's path parser would refuse it).
+#[test]
+fn empty_state_file_is_accepted() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pptp-alg"))
+        .args(["run", "--state-file", "", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

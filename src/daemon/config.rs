@@ -425,7 +425,7 @@ pub struct Overrides {
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
     /// File keeping live calls across restarts, "" for none [default: /run/pptp-alg/state.json].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_empty)]
     pub state_file: Option<PathBuf>,
     /// NAT Call-ID policy [default: keep].
     #[arg(long, value_enum, value_name = "POLICY")]
@@ -457,4 +457,10 @@ pub struct Overrides {
     /// Log verbosity [default: info].
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
+}
+
+/// A path where the empty string means "none" (clap's path parser refuses
+/// empty values).
+fn parse_path_or_empty(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
