@@ -97,27 +97,23 @@ pub fn get_table(name: &CStr) -> impl FnOnce(&mut [u8], u32) + '_ {
 
 /// Builds a GETSET request for one set (answered with the set or ENOENT).
 pub fn get_set<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
-    move |buf, seq| {
-        // SAFETY: as in get_table.
-        unsafe {
-            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
-            let h = header(
-                buf.as_mut_ptr().cast(),
-                libc::NFT_MSG_GETSET,
-                libc::NLM_F_ACK,
-                seq,
-            );
-            sys::nftnl_set_nlmsg_build_payload(h, s);
-            sys::nftnl_set_free(s);
-        }
-    }
+    set_request(table, set, libc::NFT_MSG_GETSET, libc::NLM_F_ACK, false)
 }
 
 /// Builds a dump request for all elements of one set.
 pub fn dump_elems<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
+    set_request(table, set, libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP, true)
+}
+
+/// A request naming one set of our family: the set itself, or (with
+/// `elems`) its elements.
+fn set_request<'a>(
+    table: &'a CStr,
+    set: &'a CStr,
+    msg: i32,
+    flags: i32,
+    elems: bool,
+) -> impl FnOnce(&mut [u8], u32) + 'a {
     move |buf, seq| {
         // SAFETY: as in get_table.
         unsafe {
@@ -125,13 +121,12 @@ pub fn dump_elems<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], 
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
-            let h = header(
-                buf.as_mut_ptr().cast(),
-                libc::NFT_MSG_GETSETELEM,
-                libc::NLM_F_DUMP,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+            let h = header(buf.as_mut_ptr().cast(), msg, flags, seq);
+            if elems {
+                sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+            } else {
+                sys::nftnl_set_nlmsg_build_payload(h, s);
+            }
             sys::nftnl_set_free(s);
         }
     }
