@@ -41,6 +41,20 @@ pub(super) struct Conn {
     desynced: bool,
 }
 
+impl Conn {
+    /// A connection first seen at `now`, with neither stream start known.
+    fn new(key: ConnKey, now: Stamp) -> Self {
+        Conn {
+            key,
+            dirs: Default::default(),
+            calls: Vec::new(),
+            last_seen: now,
+            closing: None,
+            desynced: false,
+        }
+    }
+}
+
 /// All tracked connections.
 #[derive(Debug, Default)]
 pub(super) struct Conns {
@@ -157,14 +171,7 @@ impl Alg {
                     self.stats.connection_limit += 1;
                     return Verdict::Accept;
                 }
-                self.conns.insert(Conn {
-                    key,
-                    dirs: Default::default(),
-                    calls: Vec::new(),
-                    last_seen: now,
-                    closing: None,
-                    desynced: false,
-                })
+                self.conns.insert(Conn::new(key, now))
             }
         };
         let di = dir_index(dir);
@@ -247,43 +254,9 @@ impl Alg {
             self.on_item(now, ci, dir, item)
         });
         let conn = self.conns.get_mut(ci);
-        match res {
-            Ok(()) => {
-                conn.dirs[di].parser = Some(parser);
-                if patches.len() > PATCH_LOG {
-                    patches.drain(..patches.len() - PATCH_LOG);
-                }
-                conn.dirs[di].patches = patches;
-                let created = std::mem::take(&mut self.created);
-                for &idx in &created {
-                    self.stats.calls_created += 1;
-                    let info = self.info(idx, now);
-                    self.push_event(Event::CallStarted(info));
-                }
-                self.created = created;
-                self.stats.calls_active = self.calls.live() as u64;
-                None
-            }
-            Err(FeedError::Desync(error)) => {
-                // Keep what was translated before the bad header; stop here.
-                conn.dirs[di].parser = Some(parser);
-                conn.dirs[di].patches = patches;
-                conn.desynced = true;
-                let key = conn.key;
-                self.stats.desyncs += 1;
-                self.push_event(Event::Desync {
-                    conn: key,
-                    direction: dir,
-                    error,
-                });
-                for &idx in &std::mem::take(&mut self.created) {
-                    self.stats.calls_created += 1;
-                    let info = self.info(idx, now);
-                    self.push_event(Event::CallStarted(info));
-                }
-                self.stats.calls_active = self.calls.live() as u64;
-                None
-            }
+        let desync = match res {
+            Ok(()) => None,
+            Err(FeedError::Desync(error)) => Some(error),
             Err(FeedError::Handler(Refused)) => {
                 patches.truncate(patches_before);
                 conn.dirs[di].patches = patches;
@@ -293,9 +266,34 @@ impl Alg {
                 }
                 self.stats.calls_active = self.calls.live() as u64;
                 self.stats.dropped_call_refused += 1;
-                Some(Verdict::Drop(DropReason::CallRefused))
+                return Some(Verdict::Drop(DropReason::CallRefused));
             }
+        };
+        // Keep what was translated, up to a bad header if there was one.
+        conn.dirs[di].parser = Some(parser);
+        if patches.len() > PATCH_LOG {
+            patches.drain(..patches.len() - PATCH_LOG);
         }
+        conn.dirs[di].patches = patches;
+        if let Some(error) = desync {
+            conn.desynced = true;
+            let key = conn.key;
+            self.stats.desyncs += 1;
+            self.push_event(Event::Desync {
+                conn: key,
+                direction: dir,
+                error,
+            });
+        }
+        let created = std::mem::take(&mut self.created);
+        for &idx in &created {
+            self.stats.calls_created += 1;
+            let info = self.info(idx, now);
+            self.push_event(Event::CallStarted(info));
+        }
+        self.created = created;
+        self.stats.calls_active = self.calls.live() as u64;
+        None
     }
 
     fn on_item(
@@ -435,22 +433,14 @@ impl Alg {
         let Some(nat_id) = self.calls.pick_id(peer, inside_id, self.cfg.id_policy) else {
             return refuse(self, RefuseReason::IdSpaceExhausted);
         };
-        let idx = self.calls.insert(Call {
-            conn: ci,
-            inside_host: host,
-            inside_id,
-            outside_peer: peer,
-            outside_id: None,
+        let idx = self.calls.insert(Call::new(
+            ci,
+            (host, inside_id),
+            peer,
             nat_id,
-            state: CallState::Requested,
-            created: now,
-            last_activity: now,
-            ended_at: None,
-            packets_in: 0,
-            packets_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+            CallState::Requested,
+            now,
+        ));
         self.conns.get_mut(ci).calls.push(idx);
         self.created.push(idx);
         Ok(idx)
@@ -513,14 +503,7 @@ impl Alg {
         let ci = match self.conns.by_key.get(&sc.conn) {
             Some(&ci) => ci,
             None if self.conns.len() >= self.cfg.max_connections => return false,
-            None => self.conns.insert(Conn {
-                key: sc.conn,
-                dirs: Default::default(),
-                calls: Vec::new(),
-                last_seen: now,
-                closing: None,
-                desynced: false,
-            }),
+            None => self.conns.insert(Conn::new(sc.conn, now)),
         };
         if self
             .find_live(ci, |c| c.inside_id == sc.inside_id)
@@ -528,26 +511,19 @@ impl Alg {
         {
             return false;
         }
-        let idx = self.calls.insert(Call {
-            conn: ci,
-            inside_host: host,
-            inside_id: sc.inside_id,
-            outside_peer: peer,
-            outside_id: None,
-            nat_id: sc.nat_id,
-            state: if sc.established {
-                CallState::Established
-            } else {
-                CallState::Requested
-            },
-            created: now,
-            last_activity: now,
-            ended_at: None,
-            packets_in: 0,
-            packets_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        let state = if sc.established {
+            CallState::Established
+        } else {
+            CallState::Requested
+        };
+        let idx = self.calls.insert(Call::new(
+            ci,
+            (host, sc.inside_id),
+            peer,
+            sc.nat_id,
+            state,
+            now,
+        ));
         if let Some(oid) = sc.outside_id {
             self.calls.set_outside_id(idx, oid);
         }

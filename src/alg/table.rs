@@ -50,6 +50,34 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call created at `now`, with no traffic and the outside peer's own
+    /// id not yet known.
+    pub fn new(
+        conn: ConnIdx,
+        (inside_host, inside_id): (Ipv4Addr, u16),
+        outside_peer: Ipv4Addr,
+        nat_id: u16,
+        state: CallState,
+        now: Stamp,
+    ) -> Self {
+        Call {
+            conn,
+            inside_host,
+            inside_id,
+            outside_peer,
+            outside_id: None,
+            nat_id,
+            state,
+            created: now,
+            last_activity: now,
+            ended_at: None,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
     /// Whether the call is live (not ended).
     pub fn is_live(&self) -> bool {
         !matches!(self.state, CallState::Ended(_))
