@@ -55,20 +55,38 @@ pub struct Packet {
 
 impl Packet {
     /// The queue it came from.
+    #[inline]
     pub fn queue(&self) -> u16 {
         self.msg.get_queue_num()
     }
 
     /// The packet's bytes (from the IP header on).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         self.msg.get_payload()
+    }
+
+    /// The packet's bytes, to rewrite in place (in the receive buffer, no
+    /// copy). Once this is called, an [`Action::Accept`] verdict sends the
+    /// bytes back to the kernel whether or not they changed, so call it
+    /// only for packets that will normally be rewritten.
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        self.msg.get_payload_mut()
+    }
+
+    /// Sets the packet mark the kernel applies with the verdict.
+    #[inline]
+    pub fn set_mark(&mut self, mark: u32) {
+        self.msg.set_nfmark(mark);
     }
 }
 
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
-    /// Let it pass unchanged (the bytes are not sent back).
+    /// Let it pass: unchanged, or with the bytes rewritten through
+    /// [`Packet::payload_mut`] and the mark set with [`Packet::set_mark`].
     Accept,
     /// Let it pass with these bytes, optionally setting the packet mark.
     AcceptModified {
@@ -162,6 +180,7 @@ impl NfQueue {
 
     /// The next queued packet, or `None` when none is waiting.
     /// Interrupted system calls are retried.
+    #[inline(always)]
     pub fn try_recv(&mut self) -> io::Result<Option<Packet>> {
         loop {
             match self.inner.recv() {
@@ -174,6 +193,7 @@ impl NfQueue {
     }
 
     /// Gives `pkt` its verdict.
+    #[inline(always)]
     pub fn verdict(&mut self, mut pkt: Packet, action: Action<'_>) -> io::Result<()> {
         match action {
             Action::Accept => pkt.msg.set_verdict(nfq::Verdict::Accept),
