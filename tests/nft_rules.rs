@@ -149,6 +149,7 @@ table ip pptp_alg {
 
 \tchain ctl {
 \t\ttype filter hook forward priority filter + 10; policy accept;
+\t\tmeta l4proto != tcp accept
 \t\ttcp dport 1723 ct direction original ct status snat queue flags bypass to 1723
 \t\ttcp sport 1723 ct direction reply ct status snat queue flags bypass to 1724
 \t\ttcp sport 1723 ct direction reply ct status dnat queue flags bypass to 1723

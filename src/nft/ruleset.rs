@@ -48,6 +48,8 @@ pub enum Stmt {
     NotFragment,
     /// Addressed to this router.
     LocalDaddr,
+    /// Any transport protocol but TCP.
+    NotTcp,
     /// TCP destination port.
     TcpDport(u16),
     /// TCP source port.
@@ -87,6 +89,7 @@ impl Stmt {
             ),
             Stmt::NotFragment => "ip frag-off & 8191 == 0".into(),
             Stmt::LocalDaddr => "fib daddr type local".into(),
+            Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
             Stmt::TcpSport(p) => format!("tcp sport {p}"),
             Stmt::CtDirection(Dir::Original) => "ct direction original".into(),
@@ -124,6 +127,10 @@ impl Stmt {
             Stmt::LocalDaddr => vec![
                 expr::fib_daddr_type(),
                 expr::cmp(CmpOp::Eq, &RTN_LOCAL.to_ne_bytes()),
+            ],
+            Stmt::NotTcp => vec![
+                expr::meta_load(libc::NFT_META_L4PROTO),
+                expr::cmp(CmpOp::Neq, &[libc::IPPROTO_TCP as u8]),
             ],
             Stmt::TcpDport(p) => tcp_port(2, p),
             Stmt::TcpSport(p) => tcp_port(0, p),
@@ -289,6 +296,9 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         vec![port, CtDirection(dir), CtStatus(nat), Queue(queue, backend)]
     };
     let ctl_rules = vec![
+        // Everything else forwarded (all GRE, and the fast path's GRE at line rate) leaves
+        // after one test instead of walking the four port rules.
+        vec![NotTcp, Accept],
         ctl(
             TcpDport(1723),
             Dir::Original,
