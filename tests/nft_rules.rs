@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pptp_alg::nft::{self, QueueBackend, RulesConfig};
+use pptp_alg::nft::{self, NftError, Ownership, QueueBackend, RulesConfig, TableSocket};
 
 const NFT_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nft/pptp-alg.nft");
 
@@ -436,6 +436,173 @@ fn fast_path_needs_maps() {
         assert!(!listed.contains("map "), "{listed}");
         let err = nft::FastPath::open(&RulesConfig::default()).err().unwrap();
         assert!(err.to_string().contains("has no map gre_daddr"), "{err}");
+    });
+}
+
+/// Installs the default ruleset owned by `sock`; this project's kernels (>= 5.12) know owners.
+fn install_owned(sock: &TableSocket) {
+    let backend = nft::detect_backend().unwrap();
+    match sock
+        .install_owned(&RulesConfig::default(), backend)
+        .unwrap()
+    {
+        Ownership::Owned => {}
+        Ownership::Unowned(e) => panic!("the kernel refused the table owner flag: {e}"),
+    }
+}
+
+/// `nft <cmd>` from another process; returns its stderr after checking that it failed.
+fn nft_fails(cmd: &str) -> String {
+    let out = Command::new("nft").arg(cmd).output().unwrap();
+    assert!(!out.status.success(), "`nft {cmd}` succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The kernel facts the daemon's crash safety rests on. A table installed with the owner flag
+/// belongs to the netlink socket that installed it: every change from another socket (another
+/// process, or another socket of this one) is refused with EPERM, which we report naming the
+/// owner; reads work from anywhere; `nft flush ruleset` passes it by; the owner may change and
+/// replace it; and it is gone the moment its socket closes.
+#[test]
+fn owned_table_belongs_to_its_socket() {
+    in_fresh_netns("owned_table_belongs_to_its_socket", |_| {
+        let cfg = RulesConfig::default();
+        let backend = nft::detect_backend().unwrap();
+        let sock = TableSocket::open().unwrap();
+        install_owned(&sock);
+        let listed = list_table(&cfg.table);
+        assert!(listed.contains("flags owner"), "{listed}");
+        assert!(
+            nft::table_exists(&cfg.table).unwrap(),
+            "read by another socket"
+        );
+
+        // Our changes through other sockets: refused, naming the owner (this process).
+        let owner = format!(
+            "table ip pptp_alg is owned by a running {} (pid {}); stop the daemon instead",
+            std::fs::read_to_string("/proc/self/comm").unwrap().trim(),
+            std::process::id()
+        );
+        for (what, err) in [
+            ("remove", nft::remove(&cfg.table).unwrap_err()),
+            ("install", nft::install(&cfg, backend).unwrap_err()),
+            (
+                "install_owned",
+                TableSocket::open()
+                    .unwrap()
+                    .install_owned(&cfg, backend)
+                    .unwrap_err(),
+            ),
+        ] {
+            assert!(
+                matches!(err, NftError::OwnedByOther { .. }),
+                "{what}: {err:?}"
+            );
+            assert!(err.to_string().contains(&owner), "{what}: {err}");
+        }
+        let err = nft::FastPath::open(&cfg).err().expect("fast path refused");
+        assert!(err.to_string().contains("is owned by a running"), "{err}");
+        // ... and another process's.
+        for cmd in [
+            "add element ip pptp_alg gre_cid { 192.0.2.1 . 0x0001 : 0x0002 }",
+            "flush map ip pptp_alg gre_daddr",
+            "add chain ip pptp_alg intruder",
+            "delete table ip pptp_alg",
+        ] {
+            let err = nft_fails(cmd);
+            assert!(err.contains("Operation not permitted"), "nft {cmd}: {err}");
+        }
+
+        // The owner's socket changes it: fast path elements.
+        let mut fp = nft::FastPath::open_on(&cfg, sock.clone()).unwrap();
+        let peer = Ipv4Addr::new(192, 0, 2, 1);
+        fp.add_call(peer, 0x4000, Ipv4Addr::new(10, 0, 0, 2), 7)
+            .unwrap();
+        fp.add_call(peer, 0x4001, Ipv4Addr::new(10, 0, 0, 3), 7)
+            .unwrap();
+        fp.remove_call(peer, 0x4001).unwrap();
+        assert_eq!(fp.counters().unwrap().len(), 1);
+        assert!(map_elements("gre_daddr").contains("0x4000 counter packets 0 bytes 0 : 10.0.0.2"));
+
+        // A firewall reload's `flush ruleset` takes every other table and leaves ours whole.
+        run("nft", &["add", "table", "ip", "bystander"]);
+        run("nft", &["flush", "ruleset"]);
+        assert!(
+            !nft::table_exists("bystander").unwrap(),
+            "flush ruleset did not run"
+        );
+        assert_eq!(list_table(&cfg.table), listed_with_element(&listed));
+
+        // The owner replaces its table (as a reinstall does), still owned, maps empty.
+        sock.install(&cfg, backend, true).unwrap();
+        assert_eq!(list_table(&cfg.table), listed);
+        fp.flush().unwrap();
+
+        // Closing the owner's socket (every clone of it) deletes the table at once, so what a
+        // systemd ExecStopPost `rules remove` finds afterwards is nothing, which is success.
+        drop(fp);
+        assert!(
+            nft::table_exists(&cfg.table).unwrap(),
+            "a clone still holds the socket"
+        );
+        drop(sock);
+        assert!(
+            !nft::table_exists(&cfg.table).unwrap(),
+            "owned table outlived its socket"
+        );
+        assert!(!nft::remove(&cfg.table).unwrap());
+    });
+}
+
+/// What `nft list table` shows of the default table with the one element
+/// `owned_table_belongs_to_its_socket` adds.
+fn listed_with_element(listed: &str) -> String {
+    let mut out = String::new();
+    let mut in_daddr = false;
+    let mut in_cid = false;
+    for line in listed.lines() {
+        out.push_str(line);
+        out.push('\n');
+        in_daddr |= line.contains("map gre_daddr {");
+        in_cid |= line.contains("map gre_cid {");
+        if line.trim() == "counter" && in_daddr {
+            out.push_str(
+                "\t\telements = { 192.0.2.1 . 0x4000 counter packets 0 bytes 0 : 10.0.0.2 }\n",
+            );
+            in_daddr = false;
+        } else if line.contains("typeof") && in_cid {
+            out.push_str("\t\telements = { 192.0.2.1 . 0x4000 : 0x7 }\n");
+            in_cid = false;
+        }
+    }
+    out
+}
+
+/// The daemon's start: an owned install replaces a table someone left unowned (the flag cannot
+/// be added to an existing table, so the batch deletes it first). Another socket cannot take
+/// the table over; once its owner removed it, it can.
+#[test]
+fn owned_install_replaces_an_unowned_table() {
+    in_fresh_netns("owned_install_replaces_an_unowned_table", |_| {
+        let cfg = RulesConfig::default();
+        nft::install(&cfg, nft::detect_backend().unwrap()).unwrap();
+        assert!(!list_table(&cfg.table).contains("flags owner"));
+        let first = TableSocket::open().unwrap();
+        install_owned(&first);
+        assert!(list_table(&cfg.table).contains("flags owner"));
+
+        let second = TableSocket::open().unwrap();
+        let err = second
+            .install_owned(&cfg, nft::detect_backend().unwrap())
+            .unwrap_err();
+        assert!(matches!(err, NftError::OwnedByOther { .. }), "{err:?}");
+        assert!(first.remove(&cfg.table).unwrap());
+        assert!(!first.remove(&cfg.table).unwrap());
+        install_owned(&second);
+        drop(first);
+        assert!(nft::table_exists(&cfg.table).unwrap());
+        drop(second);
+        assert!(!nft::table_exists(&cfg.table).unwrap());
     });
 }
 

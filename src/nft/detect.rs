@@ -187,3 +187,43 @@ fn family_name(f: u32) -> &'static str {
         _ => "?",
     }
 }
+
+/// `NETLINK_NETFILTER`, the protocol column of /proc/net/netlink.
+const NETLINK_NETFILTER: u32 = 12;
+
+/// Names the process holding the netfilter netlink socket with port id `portid` (in this
+/// network namespace), e.g. "pptp-alg (pid 1234)"; "process (netlink port N)" if it cannot be
+/// found (no permission to look at other processes' descriptors, or a sandboxed /proc).
+pub fn netlink_owner(portid: u32) -> String {
+    match netlink_pid(portid) {
+        Some(pid) => {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+            let comm = comm.as_deref().map_or("process", str::trim);
+            format!("{comm} (pid {pid})")
+        }
+        None => format!("process (netlink port {portid})"),
+    }
+}
+
+/// The pid of a process holding the socket: its inode from the namespace's netlink socket
+/// list, then a search of the processes' descriptors for it.
+fn netlink_pid(portid: u32) -> Option<u32> {
+    // thread-self, not self: the caller may be a thread that entered another namespace.
+    let list = std::fs::read_to_string("/proc/thread-self/net/netlink").ok()?;
+    // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+    let inode = list.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let proto = f.get(1)?.parse::<u32>().ok()?;
+        let port = f.get(2)?.parse::<u32>().ok()?;
+        (proto == NETLINK_NETFILTER && port == portid).then(|| f.get(9).map(|s| s.to_string()))?
+    })?;
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.find_map(|p| {
+        let p = p.ok()?;
+        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+        let fds = std::fs::read_dir(p.path().join("fd")).ok()?;
+        fds.filter_map(Result::ok)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+            .then_some(pid)
+    })
+}

@@ -44,6 +44,19 @@ pub enum NftError {
     #[error("invalid nftables table name {0:?}: must be 1..=255 bytes without NUL")]
     InvalidName(String),
 
+    /// The table belongs to another netlink socket (a running daemon that installed it with
+    /// the owner flag): only that socket may change it, and it goes when that socket closes.
+    #[error(
+        "table ip {table} is owned by a running {owner}; stop the daemon instead (the kernel \
+         removes the table when its owner exits)"
+    )]
+    OwnedByOther {
+        /// The table.
+        table: String,
+        /// Who owns it, e.g. "pptp-alg (pid 1234)".
+        owner: String,
+    },
+
     /// The configured fast path maps are missing.
     #[error("{0}")]
     FastPathUnavailable(String),

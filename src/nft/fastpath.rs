@@ -6,37 +6,44 @@ use std::net::Ipv4Addr;
 use nftnl::MsgType;
 use nftnl_sys::{self as sys, libc};
 
-use super::netlink::{Netlink, Txn};
+use super::detect::netlink_owner;
+use super::netlink::Txn;
 use super::objects::{dump_elems, get_set, ElemsMsg};
 use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
-use super::{table_cname, ElementCounter, NftError, RulesConfig};
+use super::{table_cname, ElementCounter, NftError, RulesConfig, TableSocket};
 
-/// A handle on the fast path maps; owns its own netlink socket.
+/// A handle on the fast path maps.
 ///
 /// Every change is one atomic batch over both maps, so the kernel never sees a call whose
 /// address is known but whose Call ID is not.
 pub struct FastPath {
-    nl: Netlink,
+    nl: TableSocket,
     table: CString,
 }
 
 impl FastPath {
-    /// Opens a netlink socket and checks that the installed table has the fast path maps.
+    /// Opens a netlink socket of its own and checks that the installed table has the fast path
+    /// maps (for a table installed by someone else, e.g. `nft -f nft/pptp-alg.nft`).
     pub fn open(cfg: &RulesConfig) -> Result<Self, NftError> {
+        Self::open_on(cfg, TableSocket::open()?)
+    }
+
+    /// Like [`FastPath::open`], changing the maps through `nl`: the socket that installed the
+    /// table, which must be used if it owns the table.
+    pub fn open_on(cfg: &RulesConfig, nl: TableSocket) -> Result<Self, NftError> {
         if !cfg.offload {
             return Err(NftError::FastPathUnavailable(
                 "the kernel fast path is disabled in the configuration (offload = false)".into(),
             ));
         }
         let table = table_cname(&cfg.table)?;
-        let mut nl = Netlink::open()?;
         for map in [GRE_DADDR, GRE_CID] {
             let what = format!(
                 "get map {} of table ip {}",
                 map.to_string_lossy(),
                 cfg.table
             );
-            match nl.request(&what, get_set(&table, map), |_| Ok(())) {
+            match nl.lock().request(&what, get_set(&table, map), |_| Ok(())) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::ENOENT) => {
                     return Err(NftError::FastPathUnavailable(format!(
@@ -47,6 +54,13 @@ impl FastPath {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(port) = nl.foreign_owner(&cfg.table)? {
+            return Err(NftError::FastPathUnavailable(format!(
+                "table ip {} is owned by a running {}, which alone may change its maps",
+                cfg.table,
+                netlink_owner(port)
+            )));
         }
         Ok(FastPath { nl, table })
     }
@@ -72,7 +86,8 @@ impl FastPath {
         for (map, data) in &elems {
             self.push(&mut txn, MsgType::Add, map, &k, data, outside_peer, nat_id);
         }
-        match self.nl.commit(txn) {
+        let r = self.nl.lock().commit(txn);
+        match r {
             Err(e) if matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)) => {
                 // A stale entry (e.g. left by a crashed daemon) with other data: replace it.
                 self.remove_call(outside_peer, nat_id)?;
@@ -80,7 +95,7 @@ impl FastPath {
                 for (map, data) in &elems {
                     self.push(&mut txn, MsgType::Add, map, &k, data, outside_peer, nat_id);
                 }
-                self.nl.commit(txn)
+                self.nl.lock().commit(txn)
             }
             r => r,
         }
@@ -93,13 +108,15 @@ impl FastPath {
         for map in [GRE_DADDR, GRE_CID] {
             self.push(&mut txn, MsgType::Del, map, &k, &[], outside_peer, nat_id);
         }
-        match self.nl.commit(txn) {
+        let r = self.nl.lock().commit(txn);
+        match r {
             Err(e) if e.errno() == Some(libc::ENOENT) => {
                 // One half is missing and the batch was rolled back: delete each on its own.
                 for map in [GRE_DADDR, GRE_CID] {
                     let mut txn = Txn::new();
                     self.push(&mut txn, MsgType::Del, map, &k, &[], outside_peer, nat_id);
-                    match self.nl.commit(txn) {
+                    let r = self.nl.lock().commit(txn);
+                    match r {
                         Err(e) if e.errno() == Some(libc::ENOENT) => {}
                         r => r?,
                     }
@@ -124,7 +141,7 @@ impl FastPath {
                 ),
             );
         }
-        self.nl.commit(txn)
+        self.nl.lock().commit(txn)
     }
 
     /// Packets and bytes the kernel translated, per call (from the per-element counters of
@@ -138,6 +155,7 @@ impl FastPath {
         let mut out = Vec::new();
         let table = self.table.clone();
         self.nl
+            .lock()
             .request(&what, dump_elems(&table, GRE_DADDR), |msg| {
                 parse_counters(msg.raw, &mut out)
             })?;

@@ -25,6 +25,7 @@ mod ruleset;
 use std::ffi::CString;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nftnl::MsgType;
 use nftnl_sys::libc;
@@ -33,7 +34,7 @@ pub use error::NftError;
 pub use fastpath::FastPath;
 
 use netlink::{Netlink, Txn};
-use objects::TableMsg;
+use objects::{get_table, table_owner, TableMsg};
 
 /// What to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,30 +104,171 @@ pub fn detect_backend() -> Result<QueueBackend, NftError> {
     detect::detect_backend()
 }
 
-/// Installs the ruleset: in ONE atomic batch, deletes our table if it exists, then adds the
-/// table, the maps, the chains and the rules. Other tables are never touched.
+/// Installs the ruleset without the owner flag (what `pptp-alg rules install` does): in ONE
+/// atomic batch, deletes our table if it exists, then adds the table, the maps, the chains and
+/// the rules. Other tables are never touched. The table stays until someone removes it.
 ///
 /// Replacing the table drops all fast path elements; re-add them afterwards.
 pub fn install(cfg: &RulesConfig, backend: QueueBackend) -> Result<(), NftError> {
-    let table = table_cname(&cfg.table)?;
-    let mut txn = Txn::new();
-    ruleset::add_install(&mut txn, cfg, backend, &table);
-    Netlink::open()?.commit(txn)
+    TableSocket::open()?.install(cfg, backend, false)
 }
 
-/// Deletes our table. Returns `Ok(false)` if it did not exist.
+/// Deletes our table. Returns `Ok(false)` if it did not exist, and
+/// [`NftError::OwnedByOther`] if a running daemon owns it.
 pub fn remove(table: &str) -> Result<bool, NftError> {
-    let name = table_cname(table)?;
-    let mut txn = Txn::new();
-    txn.add(
-        &TableMsg::new(&name, false),
-        MsgType::Del,
-        format!("delete table ip {table}"),
-    );
-    match Netlink::open()?.commit(txn) {
-        Ok(()) => Ok(true),
-        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+    TableSocket::open()?.remove(table)
+}
+
+/// Who may change an installed table, and what becomes of it when the daemon dies.
+#[derive(Debug)]
+pub enum Ownership {
+    /// The table belongs to the [`TableSocket`] that installed it: only that socket can change
+    /// it, `nft flush ruleset` from elsewhere leaves it alone, and the kernel deletes it
+    /// (rules, maps and fast path elements) when the socket closes, however the daemon ends.
+    Owned,
+    /// The kernel refused the owner flag (older than 5.12; the refusal is carried), so the
+    /// table was installed as anyone's: it outlives a crashed daemon until someone removes
+    /// it (the unit's ExecStopPost, or the next start).
+    Unowned(NftError),
+}
+
+/// The netlink socket through which the daemon changes its table.
+///
+/// A table installed with [`TableSocket::install_owned`] is owned by this socket: the kernel
+/// accepts changes of it (a reinstall, fast path elements, its removal) only from here, and
+/// deletes it when the socket closes. So everything that changes the table shares this one
+/// socket: clones refer to the same socket behind a mutex, held for one netlink round trip per
+/// request or batch, and the socket closes (taking an owned table with it) when the last
+/// clone is dropped. Reads may use any socket.
+#[derive(Clone)]
+pub struct TableSocket {
+    nl: Arc<Mutex<Netlink>>,
+    portid: u32,
+}
+
+impl fmt::Debug for TableSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSocket")
+            .field("portid", &self.portid)
+            .finish()
+    }
+}
+
+impl TableSocket {
+    /// Opens a new socket.
+    pub fn open() -> Result<Self, NftError> {
+        let nl = Netlink::open()?;
+        let portid = nl.portid();
+        Ok(TableSocket {
+            nl: Arc::new(Mutex::new(nl)),
+            portid,
+        })
+    }
+
+    /// The netlink port id of the socket: the owner the kernel names for its tables.
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
+    /// Installs the ruleset (as [`install`]) through this socket; with `own` the new table
+    /// is owned by it.
+    pub fn install(
+        &self,
+        cfg: &RulesConfig,
+        backend: QueueBackend,
+        own: bool,
+    ) -> Result<(), NftError> {
+        let table = table_cname(&cfg.table)?;
+        let mut txn = Txn::new();
+        ruleset::add_install(&mut txn, cfg, backend, &table, own);
+        let mut nl = self.lock();
+        let r = nl.commit(txn);
+        r.map_err(|e| explain_eperm(&mut nl, &cfg.table, e))
+    }
+
+    /// Installs the ruleset owned by this socket, or, where the kernel does not know table
+    /// owners, as anyone's (see [`Ownership`]).
+    pub fn install_owned(
+        &self,
+        cfg: &RulesConfig,
+        backend: QueueBackend,
+    ) -> Result<Ownership, NftError> {
+        owned_or_fallback(|own| self.install(cfg, backend, own))
+    }
+
+    /// Deletes the table. Returns `Ok(false)` if it did not exist, and
+    /// [`NftError::OwnedByOther`] if another socket owns it.
+    pub fn remove(&self, table: &str) -> Result<bool, NftError> {
+        let name = table_cname(table)?;
+        let mut txn = Txn::new();
+        txn.add(
+            &TableMsg::new(&name, false),
+            MsgType::Del,
+            format!("delete table ip {table}"),
+        );
+        let mut nl = self.lock();
+        match nl.commit(txn) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(explain_eperm(&mut nl, table, e)),
+        }
+    }
+
+    /// The port id of the socket owning `table`, if the table exists and is owned by another
+    /// socket than this one.
+    pub(crate) fn foreign_owner(&self, table: &str) -> Result<Option<u32>, NftError> {
+        let owner = owner_of(&mut self.lock(), table)?;
+        Ok(owner.filter(|&p| p != self.portid))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Netlink> {
+        // A panic while holding the lock leaves the socket as usable as before.
+        self.nl.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Tries `install(true)` (owned); where the kernel refuses the owner flag (EOPNOTSUPP from
+/// kernels that check table flags, EINVAL from older ones), installs with `install(false)`.
+fn owned_or_fallback(
+    mut install: impl FnMut(bool) -> Result<(), NftError>,
+) -> Result<Ownership, NftError> {
+    match install(true) {
+        Ok(()) => Ok(Ownership::Owned),
+        Err(refused) if matches!(refused.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+            // If the flag was not the reason, this fails the same way and says why.
+            install(false)?;
+            Ok(Ownership::Unowned(refused))
+        }
         Err(e) => Err(e),
+    }
+}
+
+/// The owner of `table` (`None` if it has none or does not exist).
+fn owner_of(nl: &mut Netlink, table: &str) -> Result<Option<u32>, NftError> {
+    let name = table_cname(table)?;
+    let mut owner = None;
+    match nl.request(&format!("get table ip {table}"), get_table(&name), |msg| {
+        owner = table_owner(msg.raw)?;
+        Ok(())
+    }) {
+        Ok(()) => Ok(owner),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns EPERM for a change of `table` into [`NftError::OwnedByOther`] when the table is
+/// owned by another socket (EPERM also means a missing CAP_NET_ADMIN: then `err` stays).
+fn explain_eperm(nl: &mut Netlink, table: &str, err: NftError) -> NftError {
+    if err.errno() != Some(libc::EPERM) {
+        return err;
+    }
+    match owner_of(nl, table) {
+        Ok(Some(port)) if port != nl.portid() => NftError::OwnedByOther {
+            table: table.to_string(),
+            owner: detect::netlink_owner(port),
+        },
+        _ => err,
     }
 }
 
@@ -159,4 +301,60 @@ fn table_cname(table: &str) -> Result<CString, NftError> {
         return Err(NftError::InvalidName(table.into()));
     }
     CString::new(table).map_err(|_| NftError::InvalidName(table.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(errno: i32) -> NftError {
+        NftError::Kernel {
+            what: "add table ip t".into(),
+            errno,
+        }
+    }
+
+    #[test]
+    fn owner_flag_refused_falls_back_to_an_unowned_table() {
+        for errno in [libc::EOPNOTSUPP, libc::EINVAL] {
+            let mut tries = Vec::new();
+            let r = owned_or_fallback(|own| {
+                tries.push(own);
+                if own {
+                    Err(refused(errno))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(
+                matches!(r, Ok(Ownership::Unowned(ref e)) if e.errno() == Some(errno)),
+                "{r:?}"
+            );
+            assert_eq!(tries, [true, false]);
+        }
+    }
+
+    #[test]
+    fn owned_install_needs_no_fallback_and_other_errors_stay() {
+        let mut tries = Vec::new();
+        let r = owned_or_fallback(|own| {
+            tries.push(own);
+            Ok(())
+        });
+        assert!(matches!(r, Ok(Ownership::Owned)), "{r:?}");
+        assert_eq!(tries, [true]);
+
+        // Not about the flag (the queue expression is missing): no second attempt.
+        let mut tries = Vec::new();
+        let r = owned_or_fallback(|own| {
+            tries.push(own);
+            Err(refused(libc::ENOENT))
+        });
+        assert_eq!(r.err().and_then(|e| e.errno()), Some(libc::ENOENT));
+        assert_eq!(tries, [true]);
+
+        // Refused without the flag as well: that error is the one reported.
+        let r = owned_or_fallback(|own| Err(refused(if own { libc::EINVAL } else { libc::E2BIG })));
+        assert_eq!(r.err().and_then(|e| e.errno()), Some(libc::E2BIG));
+    }
 }

@@ -31,6 +31,10 @@ pub struct Msg<'a> {
 }
 
 /// A netlink socket to the netfilter subsystem.
+///
+/// The kernel knows the socket by its port id: a table created with the owner flag through
+/// this socket accepts changes only from it, and is deleted when it closes (see
+/// [`super::TableSocket`]).
 pub struct Netlink {
     sock: mnl::Socket,
     /// `u64` so the byte view is aligned for `nlmsghdr`.
@@ -42,6 +46,12 @@ impl Netlink {
     /// Opens and binds the socket.
     pub fn open() -> Result<Self, NftError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
+        // libmnl opens without SOCK_CLOEXEC. A copy of the socket in a child process would keep
+        // an owned table alive after the daemon died.
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(NftError::Socket(io::Error::last_os_error()));
+        }
         Ok(Netlink {
             sock,
             buf: vec![0; RECV_BUF_BYTES / 8],
@@ -49,6 +59,12 @@ impl Netlink {
             // stray late reply can never be mistaken for a current one.
             next_seq: 0x1000_0000,
         })
+    }
+
+    /// The port id the kernel knows this socket by (the owner of the tables it creates with
+    /// the owner flag).
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
     }
 
     /// Sends `txn` as one atomic batch and checks the kernel's answer to every message in it.
@@ -207,6 +223,12 @@ impl Netlink {
         unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) }
     }
 }
+
+// SAFETY: `mnl::Socket` is a pointer to libmnl's `struct mnl_socket`, a heap block holding
+// the descriptor and its bound address, with no thread affinity and no hidden shared state.
+// `Netlink` owns it alone and uses it only through `&mut self` (or `&self` for the poll), so
+// moving it to another thread is sound. It is not `Sync`: share it behind a mutex.
+unsafe impl Send for Netlink {}
 
 /// Splits a receive buffer into netlink messages.
 fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {

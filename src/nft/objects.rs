@@ -9,6 +9,7 @@ use nftnl::{MsgType, NlMsg};
 use nftnl_sys::{self as sys, libc};
 
 use super::expr::counter;
+use super::NftError;
 
 const FAMILY_IP: u16 = libc::NFPROTO_IPV4 as u16;
 
@@ -37,11 +38,19 @@ unsafe fn header(buf: *mut c_void, ty: i32, flags: i32, seq: u32) -> *mut libc::
     }
 }
 
+/// `NFT_TABLE_F_OWNER` from linux/netfilter/nf_tables.h (kernel >= 5.12): the table belongs to
+/// the netlink socket that created it. Only that socket may change it, `flush ruleset` from any
+/// other skips it, and the kernel deletes it when the socket closes.
+pub const NFT_TABLE_F_OWNER: u32 = 0x2;
+
 /// An `ip` family table.
 pub struct TableMsg {
     name: CString,
     /// Fail with EEXIST instead of reusing a table of the same name.
     exclusive: bool,
+    /// Create it with [`NFT_TABLE_F_OWNER`]. Without, no flags attribute is sent, so an "add"
+    /// of an existing table (owned or not) changes nothing.
+    owned: bool,
 }
 
 impl TableMsg {
@@ -50,6 +59,15 @@ impl TableMsg {
         TableMsg {
             name: name.to_owned(),
             exclusive,
+            owned: false,
+        }
+    }
+
+    /// An "add" that creates the table owned by the sending socket.
+    pub fn owned(name: &CStr) -> Self {
+        TableMsg {
+            owned: true,
+            ..Self::new(name, false)
         }
     }
 }
@@ -69,6 +87,9 @@ unsafe impl NlMsg for TableMsg {
             let t = alloc(sys::nftnl_table_alloc()).as_ptr();
             sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, u32::from(FAMILY_IP));
             sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.name.as_ptr());
+            if self.owned && msg_type == MsgType::Add {
+                sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, NFT_TABLE_F_OWNER);
+            }
             sys::nftnl_table_nlmsg_build_payload(header(buf, ty, flags, seq), t);
             sys::nftnl_table_free(t);
         }
@@ -92,6 +113,25 @@ pub fn get_table(name: &CStr) -> impl FnOnce(&mut [u8], u32) + '_ {
             sys::nftnl_table_nlmsg_build_payload(h, t);
             sys::nftnl_table_free(t);
         }
+    }
+}
+
+/// The owner of a table as a GETTABLE answer tells it: `Some(port id)` of the owning netlink
+/// socket when the table has the owner flag, `None` when anyone may change it.
+pub fn table_owner(raw: &[u8]) -> Result<Option<u32>, NftError> {
+    // SAFETY: `raw` is one complete netlink message; the table object is ours and freed here.
+    unsafe {
+        let t = alloc(sys::nftnl_table_alloc()).as_ptr();
+        if sys::nftnl_table_nlmsg_parse(raw.as_ptr().cast(), t) < 0 {
+            sys::nftnl_table_free(t);
+            return Err(NftError::Protocol("cannot parse a table".into()));
+        }
+        let flags = sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16);
+        let owner = (flags & NFT_TABLE_F_OWNER != 0
+            && sys::nftnl_table_is_set(t, sys::NFTNL_TABLE_OWNER as u16))
+        .then(|| sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_OWNER as u16));
+        sys::nftnl_table_free(t);
+        Ok(owner)
     }
 }
 

@@ -424,16 +424,33 @@ pub fn map_msg(table: &CStr, spec: &MapSpec, id: u32) -> MapMsg {
     }
 }
 
-/// Appends "replace table `table` by the ruleset" to `txn`.
+/// Appends "replace table `table` by the ruleset" to `txn`; with `owned`, the new table is
+/// owned by the socket the batch is sent on.
 ///
 /// Add, delete, add: the first add makes the delete valid whether or not the table existed, so
 /// no separate existence check (and no race with it) is needed, and the batch stays atomic.
-pub fn add_install(txn: &mut Txn, cfg: &RulesConfig, backend: QueueBackend, table: &CString) {
+/// The first add carries no flags, so it changes nothing about an existing table (the kernel
+/// refuses to give an existing table an owner); only the last add sets the owner flag.
+pub fn add_install(
+    txn: &mut Txn,
+    cfg: &RulesConfig,
+    backend: QueueBackend,
+    table: &CString,
+    owned: bool,
+) {
     let tname = table.to_string_lossy();
     let t = TableMsg::new(table, false);
     txn.add(&t, MsgType::Add, format!("add table ip {tname}"));
     txn.add(&t, MsgType::Del, format!("delete old table ip {tname}"));
-    txn.add(&t, MsgType::Add, format!("add table ip {tname}"));
+    if owned {
+        txn.add(
+            &TableMsg::owned(table),
+            MsgType::Add,
+            format!("add table ip {tname} {{ flags owner; }}"),
+        );
+    } else {
+        txn.add(&t, MsgType::Add, format!("add table ip {tname}"));
+    }
 
     let maps = maps(cfg);
     for (i, m) in maps.iter().enumerate() {
