@@ -1,7 +1,7 @@
 //! NFQUEUE access: the only code that touches the `nfq` crate.
 //!
 //! [`NfQueue::open`] binds and configures every queue completely (copy
-//! range, length, fail-open, no GSO) before returning, because the caller
+//! range, length, fail-closed, no GSO) before returning, because the caller
 //! must not create a queue rule before that: a packet queued to a bound
 //! but unconfigured queue is dropped by the kernel.
 //!
@@ -117,7 +117,7 @@ impl fmt::Debug for NfQueue {
 
 impl NfQueue {
     /// Opens one socket, binds `queues` and configures each: full copy,
-    /// `max_len` packets, fail-open, no GSO. Receiving is non-blocking.
+    /// `max_len` packets, fail-closed, no GSO. Receiving is non-blocking.
     pub fn open(queues: &[u16], max_len: u32) -> Result<NfQueue, QueueError> {
         let err = |step: String| move |source| QueueError { step, source };
         let before = netfilter_sockets();
@@ -140,11 +140,17 @@ impl NfQueue {
             inner
                 .set_queue_max_len(q, max_len)
                 .map_err(err(format!("setting the length of queue {q}")))?;
-            // Fail-open: when the daemon falls behind, PPTP passes
-            // untranslated rather than the router dropping it.
+            // Fail-closed: a full queue drops. A control segment let
+            // through untranslated would leave a hole in the stream the
+            // engine tracks (that connection could not be translated any
+            // more) and carry inside Call IDs to the peer, where they can
+            // collide with another host's NAT id; dropped, it is simply
+            // retransmitted. GRE let through would reach the router itself,
+            // not the inside host: lost either way. (No daemon at all is a
+            // different case: the rules' `bypass` passes everything.)
             inner
-                .set_fail_open(q, true)
-                .map_err(err(format!("setting fail-open on queue {q}")))?;
+                .set_fail_open(q, false)
+                .map_err(err(format!("setting fail-closed on queue {q}")))?;
             // GSO super-packets would arrive with partial checksums and
             // several TCP segments in one; the engine wants real packets.
             inner

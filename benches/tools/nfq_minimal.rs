@@ -1,7 +1,7 @@
 //! `nfq-minimal`: the least an NFQUEUE GRE translator can do with the `nfq` crate, as the
 //! yardstick for pptp-alg's userspace path (benches/throughput.sh, config "min").
 //!
-//! Binds the same queues as the daemon (configured the same way: full copy range, fail-open,
+//! Binds the same queues as the daemon (configured the same way: full copy range, fail-closed,
 //! no GSO), and for every enhanced GRE packet rewrites the destination address to `--to` and
 //! the Call ID through a 65,536-entry table (identity unless `--id-offset`), updates the IPv4
 //! header checksum incrementally (RFC 1624), sets the mark and gives an accept verdict with the
@@ -81,7 +81,7 @@ fn main() {
         q.bind(n).expect("bind queue");
         q.set_copy_range(n, 0xffff).expect("copy range");
         q.set_queue_max_len(n, a.max_len).expect("queue length");
-        q.set_fail_open(n, true).expect("fail-open");
+        q.set_fail_open(n, false).expect("fail-closed");
         q.set_recv_gso(n, false).expect("gso");
     }
     eprintln!("nfq-minimal: bound {:?}", a.queue);
