@@ -1,6 +1,8 @@
 //! Per-packet cost of the engine with 10,000 live calls: the GRE path from
 //! outside (lookup, Call-ID and address rewrite, IP checksum update) and a
-//! control message rewrite (stream tracking, lookup, TCP checksum update).
+//! control message rewrite (stream tracking, lookup, TCP checksum update);
+//! and the cost of setting up 10,000 calls on one control connection, which
+//! shows whether per-connection call lookups grow with the connection.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pptp_alg::alg::{Alg, AlgConfig, Direction, Verdict};
@@ -149,5 +151,60 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The segments of one inside client that sets up `CALLS` calls on one
+/// control connection: SYN both ways, then per call an Outgoing-Call-Request
+/// from inside and the server's successful Outgoing-Call-Reply. Inside ids
+/// are 250 per high byte over 40 high bytes (the engine gives 256 NAT ids
+/// per outside peer and high byte), so every NAT id equals the inside id.
+fn one_connection_setup() -> Vec<(Vec<u8>, Direction)> {
+    let h = Ipv4Addr::new(10, 2, 0, 1);
+    let (inside, outside) = ((h, 40000), (SERVER, 1723));
+    let mut pkts = vec![
+        (tcp(inside, outside, 1000, true, &[]), Direction::FromInside),
+        (tcp(outside, inside, 4999, true, &[]), Direction::ToInside),
+    ];
+    let (mut up, mut down) = (1001u32, 5000u32);
+    for k in 0..CALLS {
+        let id = ((k / 250) << 8) | (k % 250);
+        let rq = msg(7, 168, id);
+        pkts.push((tcp(inside, outside, up, false, &rq), Direction::FromInside));
+        up += rq.len() as u32;
+        let mut rp = msg(8, 32, 0x8000 | k);
+        rp[14..16].copy_from_slice(&id.to_be_bytes());
+        rp[16] = 1;
+        pkts.push((tcp(outside, inside, down, false, &rp), Direction::ToInside));
+        down += rp.len() as u32;
+    }
+    pkts
+}
+
+fn bench_setup(c: &mut Criterion) {
+    let pkts = one_connection_setup();
+    let cfg = AlgConfig {
+        max_calls_per_host: usize::from(CALLS),
+        ..AlgConfig::default()
+    };
+    let mut g = c.benchmark_group("setup");
+    // One iteration is 20,000 control segments; ten samples suffice.
+    g.sample_size(10);
+    g.bench_function("setup_10k_calls_one_connection", |b| {
+        b.iter_batched(
+            || (Alg::new(cfg.clone()), pkts.clone()),
+            |(mut alg, mut pkts)| {
+                let now = Instant::now();
+                for (p, dir) in &mut pkts {
+                    let v = alg.handle(now, black_box(p), *dir);
+                    debug_assert!(matches!(v, Verdict::Accept | Verdict::Modified));
+                    while alg.poll_event().is_some() {}
+                }
+                assert_eq!(alg.stats().calls_active, u64::from(CALLS));
+                alg
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_setup);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! Call-ID translation rule for control messages.
 
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
-use super::table::{Call, CallIdx, CallState, ConnIdx, DETACHED};
+use super::table::{Call, CallIdx, CallState, ConnIdx, OutsideMatch, DETACHED};
 use super::{
     secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, SavedCall,
     Stamp, Verdict, PPTP_PORT,
@@ -34,7 +34,10 @@ pub(super) struct Dir {
 pub(super) struct Conn {
     pub key: ConnKey,
     dirs: [Dir; 2],
-    /// Calls of this connection, live and in quarantine.
+    /// Calls of this connection, live and in quarantine, oldest first.
+    /// Lookups go through the call table's indexes; this list is walked
+    /// only to end or detach all calls of the connection and in the rare
+    /// cases the indexes cannot answer alone.
     pub calls: Vec<CallIdx>,
     last_seen: Stamp,
     closing: Option<Stamp>,
@@ -261,8 +264,24 @@ impl Alg {
                 patches.truncate(patches_before);
                 conn.dirs[di].patches = patches;
                 for idx in std::mem::take(&mut self.created) {
-                    self.conns.get_mut(ci).calls.retain(|&c| c != idx);
-                    self.calls.forget_live(idx);
+                    if !self.calls.get(idx).is_live() {
+                        // Created and ended by this very segment: its end
+                        // was announced and it sits in the quarantine queue,
+                        // so it cannot be unmade; it stays like any ended
+                        // call (never announced as started, counted as
+                        // created so that created = ended + active).
+                        self.stats.calls_created += 1;
+                        continue;
+                    }
+                    let calls = &mut self.conns.get_mut(ci).calls;
+                    calls.retain(|&c| c != idx);
+                    let id = self.calls.get(idx).inside_id;
+                    let older = calls
+                        .iter()
+                        .rev()
+                        .copied()
+                        .find(|&i| self.calls.get(i).inside_id == id);
+                    self.calls.forget_live(idx, older);
                 }
                 self.stats.calls_active = self.calls.live() as u64;
                 self.stats.dropped_call_refused += 1;
@@ -359,9 +378,7 @@ impl Alg {
             OutgoingCallReply | IncomingCallReply => {
                 let (own, peer) = (at(12), at(14));
                 let call = match dir {
-                    Direction::FromInside => self
-                        .find_live(ci, |c| c.inside_id == own)
-                        .map(|i| (i, peer)),
+                    Direction::FromInside => self.live_by_inside(ci, own).map(|i| (i, peer)),
                     Direction::ToInside => self
                         .find_by_nat(ci, peer)
                         .filter(|&i| self.calls.get(i).is_live())
@@ -384,12 +401,12 @@ impl Alg {
                 // receiver's (as the Linux helper reads it).
                 let idx = match dir {
                     Direction::FromInside => self
-                        .find_live(ci, |c| c.inside_id == id)
-                        .or_else(|| self.find_live(ci, |c| c.outside_id == Some(id))),
+                        .live_by_inside(ci, id)
+                        .or_else(|| self.live_by_outside(ci, id)),
                     Direction::ToInside => self
                         .find_by_nat(ci, id)
                         .filter(|&i| self.calls.get(i).is_live())
-                        .or_else(|| self.find_live(ci, |c| c.outside_id == Some(id))),
+                        .or_else(|| self.live_by_outside(ci, id)),
                 };
                 if let Some(idx) = idx {
                     self.end_call(idx, EndCause::Disconnect, now);
@@ -406,7 +423,7 @@ impl Alg {
         ci: ConnIdx,
         inside_id: u16,
     ) -> Result<CallIdx, Refused> {
-        if let Some(idx) = self.find_live(ci, |c| c.inside_id == inside_id) {
+        if let Some(idx) = self.live_by_inside(ci, inside_id) {
             return Ok(idx);
         }
         let key = self.conns.get(ci).key;
@@ -446,27 +463,42 @@ impl Alg {
         Ok(idx)
     }
 
-    /// The newest call of this connection matching `f` that is live.
-    fn find_live(&self, ci: ConnIdx, f: impl Fn(&Call) -> bool) -> Option<CallIdx> {
+    /// The newest call of this connection matching `f` that is live, by a
+    /// scan: the answer when a peer gave several live calls one outside id.
+    fn scan_live(&self, ci: ConnIdx, f: impl Fn(&Call) -> bool) -> Option<CallIdx> {
         self.conns.get(ci).calls.iter().rev().copied().find(|&i| {
             let c = self.calls.get(i);
             c.is_live() && f(c)
         })
     }
 
+    /// The live call of this connection with `inside_id`.
+    fn live_by_inside(&self, ci: ConnIdx, inside_id: u16) -> Option<CallIdx> {
+        self.calls
+            .newest_by_inside(ci, inside_id)
+            .filter(|&i| self.calls.get(i).is_live())
+    }
+
     /// The newest call of this connection with `inside_id`, live or in
     /// quarantine (late messages of an ended call translate as before).
     fn find_by_inside(&self, ci: ConnIdx, inside_id: u16) -> Option<CallIdx> {
-        self.find_live(ci, |c| c.inside_id == inside_id)
-            .or_else(|| {
-                self.conns
-                    .get(ci)
-                    .calls
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(|&i| self.calls.get(i).inside_id == inside_id)
-            })
+        self.calls.newest_by_inside(ci, inside_id)
+    }
+
+    /// The newest live call of this connection whose outside peer calls
+    /// itself `id`.
+    fn live_by_outside(&self, ci: ConnIdx, id: u16) -> Option<CallIdx> {
+        let key = self.conns.get(ci).key;
+        match self
+            .calls
+            .by_outside_unique(*key.inside.ip(), *key.outside.ip(), id)
+        {
+            OutsideMatch::Absent => None,
+            // The only live call of this host pair with that id; another
+            // connection between the same hosts may hold it.
+            OutsideMatch::One(i) => (self.calls.get(i).conn == ci).then_some(i),
+            OutsideMatch::Shared => self.scan_live(ci, |c| c.outside_id == Some(id)),
+        }
     }
 
     /// The call of this connection holding NAT id `nat`.
@@ -478,7 +510,17 @@ impl Alg {
     }
 
     fn end_conn_calls(&mut self, ci: ConnIdx, cause: EndCause, now: Stamp) {
-        let calls = self.conns.get(ci).calls.clone();
+        // Only the live ones: ending one may release the oldest call in
+        // quarantine (the quarantine is bounded), which can be an ended
+        // call of this very connection, gone by the time the loop got to it.
+        let calls: Vec<CallIdx> = self
+            .conns
+            .get(ci)
+            .calls
+            .iter()
+            .copied()
+            .filter(|&i| self.calls.get(i).is_live())
+            .collect();
         for idx in calls {
             self.end_call(idx, cause, now);
         }
@@ -505,10 +547,7 @@ impl Alg {
             None if self.conns.len() >= self.cfg.max_connections => return false,
             None => self.conns.insert(Conn::new(sc.conn, now)),
         };
-        if self
-            .find_live(ci, |c| c.inside_id == sc.inside_id)
-            .is_some()
-        {
+        if self.live_by_inside(ci, sc.inside_id).is_some() {
             return false;
         }
         let state = if sc.established {
@@ -555,9 +594,7 @@ impl Alg {
     fn forget_conn(&mut self, ci: ConnIdx) {
         let conn = self.conns.remove(ci);
         for idx in conn.calls {
-            let c = self.calls.get_mut(idx);
-            debug_assert!(!c.is_live());
-            c.conn = DETACHED;
+            self.calls.detach(idx);
         }
     }
 
@@ -573,5 +610,71 @@ impl Alg {
                 self.forget_conn(ci);
             }
         }
+    }
+
+    /// Checks the call indexes against what scans of every tracked
+    /// connection's calls give (the lookups as they were before the
+    /// indexes, done for all ids in one pass per connection): for tests,
+    /// in O(calls). `Err` says what disagrees.
+    #[doc(hidden)]
+    pub fn check_call_indexes(&self) -> Result<(), String> {
+        use rustc_hash::FxHashMap;
+        self.calls.check_indexes()?;
+        let mut attached = 0;
+        for ci in self.conns.indices() {
+            let calls = &self.conns.get(ci).calls;
+            attached += calls.len();
+            // Oldest first, so the last call seen for an id is the newest.
+            let mut inside: FxHashMap<u16, (Option<CallIdx>, Option<CallIdx>)> =
+                FxHashMap::default();
+            let mut outside: FxHashMap<u16, Option<CallIdx>> = FxHashMap::default();
+            for &i in calls {
+                let c = self.calls.get(i);
+                if c.conn != ci {
+                    return Err(format!(
+                        "call {i} listed by conn {ci} names conn {}",
+                        c.conn
+                    ));
+                }
+                let e = inside.entry(c.inside_id).or_default();
+                e.0 = Some(i);
+                if c.is_live() {
+                    e.1 = Some(i);
+                }
+                if let Some(o) = c.outside_id {
+                    let e = outside.entry(o).or_default();
+                    if c.is_live() {
+                        *e = Some(i);
+                    }
+                }
+            }
+            for (id, want) in inside {
+                let got = (self.find_by_inside(ci, id), self.live_by_inside(ci, id));
+                if got != want {
+                    return Err(format!(
+                        "conn {ci} inside id {id:#x}: index {got:?}, scan {want:?}"
+                    ));
+                }
+            }
+            for (id, want) in outside {
+                let got = self.live_by_outside(ci, id);
+                if got != want {
+                    return Err(format!(
+                        "conn {ci} outside id {id:#x}: index {got:?}, scan {want:?}"
+                    ));
+                }
+            }
+        }
+        let in_table = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.conn != DETACHED)
+            .count();
+        if in_table != attached {
+            return Err(format!(
+                "{in_table} attached calls, {attached} listed by connections"
+            ));
+        }
+        Ok(())
     }
 }

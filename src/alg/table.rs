@@ -108,13 +108,41 @@ pub enum RefuseReason {
     HostLimit,
 }
 
+/// What [`CallTable::by_outside_unique`] knows about the live calls of an
+/// inside host towards an outside peer that go by one outside id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutsideMatch {
+    /// None has that id.
+    Absent,
+    /// Exactly this one has it.
+    One(CallIdx),
+    /// Several have (or had) it: the peer broke the uniqueness of its
+    /// Call IDs, and only a scan of the connection's calls can tell which
+    /// one is meant.
+    Shared,
+}
+
 /// Calls and their indexes.
 #[derive(Debug, Default)]
 pub struct CallTable {
     slots: Vec<Option<Call>>,
     free: Vec<CallIdx>,
     by_nat: FxHashMap<u64, CallIdx>,
+    /// The live call holding each outside id; the last one set wins when
+    /// several share an id (see `shared_outside`).
     by_outside: FxHashMap<(u64, u16), CallIdx>,
+    /// Keys of `by_outside` (inside host, outside peer, outside id) that two
+    /// or more live calls held at once, with the number of live calls still
+    /// holding them. While a key is here `by_outside` cannot name the newest
+    /// holder on a connection, so per-connection lookups scan. It stays
+    /// empty unless a peer reuses its ids, so it costs nothing per call.
+    shared_outside: FxHashMap<(u64, u16), u32>,
+    /// Per connection and inside id, the newest call (live or in
+    /// quarantine). A connection never has two live calls with one inside
+    /// id and creates one only when none is live, so a live call with that
+    /// id is always the newest: one entry answers both "the live call" and
+    /// "the call a late message of an ended call names", in O(1).
+    by_conn_inside: FxHashMap<(ConnIdx, u16), CallIdx>,
     per_host: FxHashMap<Ipv4Addr, u32>,
     /// Ended calls in the order they ended (the quarantine is one fixed
     /// duration, so this is also expiry order).
@@ -179,6 +207,27 @@ impl CallTable {
             .copied()
     }
 
+    /// The newest call of connection `conn` with inside id `id`, live or in
+    /// quarantine. If a call of `conn` with that id is live, it is this one.
+    #[inline]
+    pub fn newest_by_inside(&self, conn: ConnIdx, id: u16) -> Option<CallIdx> {
+        self.by_conn_inside.get(&(conn, id)).copied()
+    }
+
+    /// The live calls of `inside` towards `outside` whose outside peer calls
+    /// itself `id`, when they can be told apart without a scan.
+    #[inline]
+    pub fn by_outside_unique(&self, inside: Ipv4Addr, outside: Ipv4Addr, id: u16) -> OutsideMatch {
+        let k = outside_key(inside, outside, id);
+        if self.shared_outside.contains_key(&k) {
+            OutsideMatch::Shared
+        } else {
+            self.by_outside
+                .get(&k)
+                .map_or(OutsideMatch::Absent, |&i| OutsideMatch::One(i))
+        }
+    }
+
     /// Picks a free NAT id towards `peer` with the high byte of `inside_id`.
     /// Keeping the high byte lets a segment that ends between the two bytes
     /// of a Call-ID field leave before the second byte is known.
@@ -199,9 +248,12 @@ impl CallTable {
             .find(|&id| !self.by_nat.contains_key(&nat_key(peer, id)))
     }
 
-    /// Inserts a new live call.
+    /// Inserts a new live call. Its connection must have no live call with
+    /// the same inside id.
     pub fn insert(&mut self, call: Call) -> CallIdx {
+        debug_assert!(call.is_live() && call.conn != DETACHED);
         let key = nat_key(call.outside_peer, call.nat_id);
+        let inside = (call.conn, call.inside_id);
         *self.per_host.entry(call.inside_host).or_insert(0) += 1;
         self.live += 1;
         let idx = match self.free.pop() {
@@ -215,6 +267,8 @@ impl CallTable {
             }
         };
         self.by_nat.insert(key, idx);
+        let older = self.by_conn_inside.insert(inside, idx);
+        debug_assert!(older.is_none_or(|o| !self.get(o).is_live()));
         idx
     }
 
@@ -227,10 +281,28 @@ impl CallTable {
         let old = c.outside_id.replace(id);
         let (inside, outside) = (c.inside_host, c.outside_peer);
         if let Some(old) = old {
-            self.by_outside.remove(&outside_key(inside, outside, old));
+            let k = outside_key(inside, outside, old);
+            self.by_outside.remove(&k);
+            self.leave_shared(k);
         }
-        self.by_outside
-            .insert(outside_key(inside, outside, id), idx);
+        let k = outside_key(inside, outside, id);
+        if let Some(n) = self.shared_outside.get_mut(&k) {
+            *n += 1;
+        } else if self.by_outside.contains_key(&k) {
+            // The entry is another live call with this id: now two hold it.
+            self.shared_outside.insert(k, 2);
+        }
+        self.by_outside.insert(k, idx);
+    }
+
+    /// A live call stops holding outside id key `k`.
+    fn leave_shared(&mut self, k: (u64, u16)) {
+        if let Some(n) = self.shared_outside.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.shared_outside.remove(&k);
+            }
+        }
     }
 
     /// Marks a live call ended; it stays in quarantine. Returns false if it
@@ -248,6 +320,7 @@ impl CallTable {
             if self.by_outside.get(&k) == Some(&idx) {
                 self.by_outside.remove(&k);
             }
+            self.leave_shared(k);
         }
         self.dec_host(host);
         self.ended.push_back(idx);
@@ -255,17 +328,40 @@ impl CallTable {
     }
 
     /// Removes a live call as if it never existed (a refused segment rolls
-    /// back the calls it created).
-    pub fn forget_live(&mut self, idx: CallIdx) {
+    /// back the calls it created). `older` is the newest remaining call of
+    /// its connection with the same inside id, which becomes the newest
+    /// again; the table cannot find it without the connection's call list.
+    pub fn forget_live(&mut self, idx: CallIdx, older: Option<CallIdx>) {
         let c = self.slots[idx as usize].take().expect("valid call index");
         debug_assert!(c.is_live());
         self.by_nat.remove(&nat_key(c.outside_peer, c.nat_id));
         if let Some(oid) = c.outside_id {
-            self.by_outside
-                .remove(&outside_key(c.inside_host, c.outside_peer, oid));
+            let k = outside_key(c.inside_host, c.outside_peer, oid);
+            self.by_outside.remove(&k);
+            self.leave_shared(k);
         }
+        let inside = (c.conn, c.inside_id);
+        // A live call is the newest with its inside id.
+        debug_assert_eq!(self.by_conn_inside.get(&inside), Some(&idx));
+        match older {
+            Some(o) => self.by_conn_inside.insert(inside, o),
+            None => self.by_conn_inside.remove(&inside),
+        };
         self.dec_host(c.inside_host);
         self.free.push(idx);
+    }
+
+    /// Detaches a call from its connection, which is being forgotten (its
+    /// index may be reused by a new connection). The call is normally
+    /// ended; one created after a FIN (the other half of the connection
+    /// may still send) can be live and goes on, found by NAT id and outside
+    /// id, until its own timers end it.
+    pub fn detach(&mut self, idx: CallIdx) {
+        let c = self.get_mut(idx);
+        let inside = (std::mem::replace(&mut c.conn, DETACHED), c.inside_id);
+        if self.by_conn_inside.get(&inside) == Some(&idx) {
+            self.by_conn_inside.remove(&inside);
+        }
     }
 
     fn dec_host(&mut self, host: Ipv4Addr) {
@@ -296,7 +392,66 @@ impl CallTable {
         if self.by_nat.get(&k) == Some(&idx) {
             self.by_nat.remove(&k);
         }
+        // Calls of one connection with one inside id end in the order they
+        // were created (only one is live at a time), and quarantine ends in
+        // the order calls ended: this is the oldest with its inside id, so
+        // if it is also the newest, it was the only one.
+        let inside = (c.conn, c.inside_id);
+        if c.conn != DETACHED && self.by_conn_inside.get(&inside) == Some(&idx) {
+            self.by_conn_inside.remove(&inside);
+        }
         self.free.push(idx);
         Some(c)
+    }
+
+    /// Checks every index against the calls themselves, in O(calls): for
+    /// tests, which cannot see the indexes. `Err` says what is wrong.
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        for (&k, &i) in &self.by_outside {
+            match self.slots.get(i as usize).and_then(Option::as_ref) {
+                Some(c)
+                    if c.is_live()
+                        && c.outside_id
+                            .map(|o| outside_key(c.inside_host, c.outside_peer, o))
+                            == Some(k) => {}
+                c => return Err(format!("by_outside {k:?} -> {i}: {c:?}")),
+            }
+        }
+        let mut holders: FxHashMap<(u64, u16), Vec<CallIdx>> = FxHashMap::default();
+        for (i, c) in self.iter() {
+            if let (true, Some(o)) = (c.is_live(), c.outside_id) {
+                holders
+                    .entry(outside_key(c.inside_host, c.outside_peer, o))
+                    .or_default()
+                    .push(i);
+            }
+            if c.conn != DETACHED && !self.by_conn_inside.contains_key(&(c.conn, c.inside_id)) {
+                return Err(format!("call {i} of conn {} has no inside entry", c.conn));
+            }
+        }
+        for (&k, &n) in &self.shared_outside {
+            let held = holders.get(&k).map_or(0, Vec::len);
+            if n as usize != held || n == 0 {
+                return Err(format!("shared_outside {k:?}: {n}, {held} live holders"));
+            }
+        }
+        for (k, v) in &holders {
+            if !self.shared_outside.contains_key(k)
+                && (v.len() > 1 || self.by_outside.get(k) != Some(&v[0]))
+            {
+                return Err(format!(
+                    "outside id {k:?} held by {v:?}, not shared, entry {:?}",
+                    self.by_outside.get(k)
+                ));
+            }
+        }
+        for (&(conn, id), &i) in &self.by_conn_inside {
+            match self.slots.get(i as usize).and_then(Option::as_ref) {
+                Some(c) if conn != DETACHED && c.conn == conn && c.inside_id == id => {}
+                c => return Err(format!("by_conn_inside ({conn}, {id:#x}) -> {i}: {c:?}")),
+            }
+        }
+        Ok(())
     }
 }
