@@ -23,7 +23,7 @@ use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
-use crate::nft::{self, FastPath, QueueBackend, RulesConfig};
+use crate::nft::{FastPath, QueueBackend, RulesConfig, TableSocket};
 use crate::wire::ipv4::PROTO_GRE;
 use rustc_hash::FxHashMap;
 use std::io::{self, Read};
@@ -69,10 +69,16 @@ pub struct LoopConfig {
     /// Whether the table (with the fast path maps) is removed before the
     /// thread stops, so there is nothing left to flush.
     pub table_removed_at_stop: bool,
-    /// When the daemon installed the rules: the backend, and whether the
-    /// table should exist. A table that vanishes while it should exist (a
-    /// firewall reload running `flush ruleset`) is put back.
+    /// When the daemon installed the table without owning it (a kernel
+    /// without table owners): the backend, and whether the table should
+    /// exist. A table that vanishes while it should exist (a firewall
+    /// reload running `flush ruleset`) is put back. An owned table cannot
+    /// vanish: no other socket can delete it, and `flush ruleset` skips it.
     pub reinstall: Option<(QueueBackend, Arc<Mutex<bool>>)>,
+    /// When the daemon installed the table: the socket that did, which
+    /// makes every change of it (the kernel accepts changes of an owned
+    /// table only from its owner). Otherwise the fast path opens its own.
+    pub table_socket: Option<TableSocket>,
 }
 
 /// The packet thread's state.
@@ -156,7 +162,11 @@ impl PacketLoop {
         if !self.cfg.offload {
             return false;
         }
-        let fp = FastPath::open(&self.cfg.rules).and_then(|mut fp| fp.flush().map(|()| fp));
+        let fp = match &self.cfg.table_socket {
+            Some(sock) => FastPath::open_on(&self.cfg.rules, sock.clone()),
+            None => FastPath::open(&self.cfg.rules),
+        };
+        let fp = fp.and_then(|mut fp| fp.flush().map(|()| fp));
         match fp {
             Ok(fp) => {
                 log::info!(
@@ -497,16 +507,19 @@ impl PacketLoop {
     /// Puts our table back if it vanished while it should exist, with the
     /// fast path elements of every live call. Without this, a firewall
     /// reload that flushes the whole ruleset would silently end all
-    /// translation until the daemon restarts.
+    /// translation until the daemon restarts. Only an unowned table (a
+    /// kernel without table owners) can vanish so; it is reinstalled
+    /// through the socket that installed it, again unowned.
     fn check_rules(&mut self, now: Instant) {
-        let Some((backend, wanted)) = &self.cfg.reinstall else {
+        let (Some((backend, wanted)), Some(sock)) = (&self.cfg.reinstall, &self.cfg.table_socket)
+        else {
             return;
         };
         let wanted = wanted.lock().unwrap_or_else(PoisonError::into_inner);
         if !*wanted {
             return;
         }
-        match nft::table_exists(&self.cfg.rules.table) {
+        match crate::nft::table_exists(&self.cfg.rules.table) {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => {
@@ -516,7 +529,7 @@ impl PacketLoop {
                 return;
             }
         }
-        if let Err(e) = nft::install(&self.cfg.rules, *backend) {
+        if let Err(e) = sock.install(&self.cfg.rules, *backend, false) {
             log::error!(
                 "table ip {} vanished and cannot be reinstalled: {e}",
                 self.cfg.rules.table

@@ -6,6 +6,16 @@
 //! is served (a stale element would send a new call's GRE to an old host).
 //! Stop order matters too: the rules go first so nothing new is queued,
 //! then every packet still queued gets its verdict.
+//!
+//! With `--install-rules` the table is created with the nftables owner
+//! flag on one netlink socket (a [`nft::TableSocket`]) that lives as long
+//! as the daemon: the kernel deletes the table, and with it every fast path
+//! element, when that socket closes, so a daemon that dies for any reason
+//! (SIGKILL, abort) leaves plain masquerade behind, not stale elements
+//! rewriting GRE to hosts whose calls are over. The kernel accepts changes
+//! of an owned table only from its owner, so the same socket is shared by
+//! everything that changes it: the install here, the fast path and a
+//! reinstall in the packet thread, the removal at stop ([`RulesGuard`]).
 
 use super::config::Config;
 use super::packet::{LoopConfig, PacketLoop};
@@ -13,7 +23,7 @@ use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
 use crate::alg::Alg;
 use crate::nfqueue::{NfQueue, QueueError};
-use crate::nft::{self, NftError};
+use crate::nft::{self, NftError, Ownership, TableSocket};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -117,15 +127,26 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
 
     let rules = cfg.rules_config();
-    if cfg.install_rules {
+    // The socket that installs, changes and removes our table (see the
+    // module documentation); closed when its last user is gone.
+    let table_socket = if cfg.install_rules {
+        let sock = TableSocket::open().map_err(|source| DaemonError::Rules {
+            context: "opening the nftables socket".into(),
+            source,
+        })?;
         // A table left by a previous run would queue to our queues while
         // they are being configured; take it away until they are ready.
-        if nft::remove(&cfg.table).map_err(|source| DaemonError::Rules {
-            context: format!("removing the old table ip {}", cfg.table),
-            source,
-        })? {
+        // One owned by a running daemon cannot be removed: that is an error.
+        if sock
+            .remove(&cfg.table)
+            .map_err(|source| DaemonError::Rules {
+                context: format!("removing the old table ip {}", cfg.table),
+                source,
+            })?
+        {
             log::info!("removed table ip {} left by an earlier run", cfg.table);
         }
+        Some(sock)
     } else {
         match nft::table_exists(&cfg.table) {
             Ok(true) => log::info!("using the existing table ip {}", cfg.table),
@@ -136,7 +157,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             ),
             Err(e) => log::warn!("cannot check for table ip {}: {e}", cfg.table),
         }
-    }
+        None
+    };
 
     let queue = NfQueue::open(
         &[cfg.queue_from_inside, cfg.queue_to_inside],
@@ -152,25 +174,42 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         log::warn!("queue socket descriptor not found; polling every millisecond instead");
     }
 
-    let backend_used = if cfg.install_rules {
-        let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
-            context: "detecting how this kernel queues packets".into(),
-            source,
-        })?;
-        log::info!("queue backend: {backend}");
-        nft::install(&rules, backend).map_err(|source| DaemonError::Rules {
-            context: format!("installing table ip {}", cfg.table),
-            source,
-        })?;
-        log::info!("installed table ip {}", cfg.table);
-        Some(backend)
-    } else {
-        None
+    let installed = match &table_socket {
+        Some(sock) => {
+            let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
+                context: "detecting how this kernel queues packets".into(),
+                source,
+            })?;
+            log::info!("queue backend: {backend}");
+            let ownership =
+                sock.install_owned(&rules, backend)
+                    .map_err(|source| DaemonError::Rules {
+                        context: format!("installing table ip {}", cfg.table),
+                        source,
+                    })?;
+            let owned = match ownership {
+                Ownership::Owned => {
+                    log::info!("installed {}", ownership_text(&cfg.table, true));
+                    true
+                }
+                Ownership::Unowned(refused) => {
+                    log::warn!(
+                        "this kernel cannot give table ip {} an owner ({refused}); installed it \
+                         unowned: after a crash it stays until the unit's ExecStopPost or the \
+                         next start removes it",
+                        cfg.table
+                    );
+                    false
+                }
+            };
+            Some((backend, owned))
+        }
+        None => None,
     };
-    let backend = backend_used.map(|b| b.to_string());
+    let backend = installed.map(|(b, owned)| format!("{b}; {}", ownership_text(&cfg.table, owned)));
     // From here on, leaving means removing the rules we installed.
     let rules_guard = RulesGuard {
-        table: cfg.install_rules.then(|| cfg.table.clone()),
+        table: table_socket.clone().map(|s| (s, cfg.table.clone())),
         wanted: Arc::new(Mutex::new(cfg.install_rules)),
     };
 
@@ -188,7 +227,12 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         offload: cfg.offload,
         call_idle_timeout: Duration::from_secs(cfg.call_idle_timeout),
         table_removed_at_stop: cfg.install_rules,
-        reinstall: backend_used.map(|b| (b, rules_guard.wanted.clone())),
+        // Nobody but this daemon can remove an owned table, so only an
+        // unowned one needs watching.
+        reinstall: installed
+            .filter(|&(_, owned)| !owned)
+            .map(|(b, _)| (b, rules_guard.wanted.clone())),
+        table_socket,
     };
     wake_rx
         .set_nonblocking(true)
@@ -206,8 +250,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                     tx: tx.clone(),
                     result: None,
                 };
-                // Built here because the fast path's netlink socket cannot
-                // move between threads; this thread is its only user.
+                // Built here, on the thread that runs it.
                 let mut pl = PacketLoop::new(loop_cfg, queue, shared, stop, wake_rx);
                 let offload = pl.start_fast_path();
                 let _ = tx.send(Msg::Started(offload));
@@ -362,9 +405,9 @@ fn save_state(cfg: &Config, shared: &SharedRef) {
 }
 
 /// Removes the table we installed when dropped (at stop, and on any error
-/// after installing).
+/// after installing), through the socket that installed it.
 struct RulesGuard {
-    table: Option<String>,
+    table: Option<(TableSocket, String)>,
     /// Whether the table should exist; shared with the packet thread, which
     /// reinstalls a vanished table only under this lock while it is true,
     /// so it can never put the table back after the removal here.
@@ -375,12 +418,21 @@ impl Drop for RulesGuard {
     fn drop(&mut self) {
         let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
         *wanted = false;
-        if let Some(table) = self.table.take() {
-            match nft::remove(&table) {
+        if let Some((sock, table)) = self.table.take() {
+            match sock.remove(&table) {
                 Ok(_) => log::info!("removed table ip {table}"),
                 Err(e) => log::error!("cannot remove table ip {table}: {e}"),
             }
         }
+    }
+}
+
+/// How the log and `pptp-alg status` describe the daemon's table.
+fn ownership_text(table: &str, owned: bool) -> String {
+    if owned {
+        format!("table ip {table} owned by this daemon: removed by the kernel if it dies")
+    } else {
+        format!("table ip {table} not owned (kernel too old): left behind if the daemon dies")
     }
 }
 

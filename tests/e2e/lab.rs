@@ -296,6 +296,22 @@ impl Lab {
         run("ip", &a, None);
     }
 
+    /// Runs a command to completion in a namespace and returns what it left,
+    /// failing or not.
+    pub fn try_exec(&self, h: Host, cmd: &str, args: &[&str]) -> Output {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(h), cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Loads an nft script in the router.
     pub fn nft(&self, script: &str) {
         run(
@@ -564,22 +580,48 @@ impl Lab {
     /// Starts `pptp-alg run --install-rules` in the router and waits until
     /// it reports ready.
     pub fn start_daemon(&mut self, extra: &[&str]) -> Pid {
+        self.start_daemon_with(true, extra)
+    }
+
+    /// Starts `pptp-alg run` on rules loaded by someone else (here `pptp-alg
+    /// rules install`, as an admin would with `nft -f`): an unowned table
+    /// that outlives the daemon. Loads them first if they are not there.
+    pub fn start_daemon_on_external_rules(&mut self, extra: &[&str]) -> Pid {
+        if !self.router_has_table("pptp_alg") {
+            self.exec(Host::Router, ALG, &["rules", "install"]);
+        }
+        self.start_daemon_with(false, extra)
+    }
+
+    /// Forgets the calls the daemon saved, as if it died before saving them.
+    pub fn forget_saved_calls(&self) {
+        let _ = std::fs::remove_file(self.dir.join("state.json"));
+    }
+
+    /// The pid of the running daemon.
+    pub fn daemon_pid(&self) -> u32 {
+        self.procs[self.daemon().0].child.id()
+    }
+
+    fn start_daemon_with(&mut self, install_rules: bool, extra: &[&str]) -> Pid {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let sock = self.status_socket();
         let _ = std::fs::remove_file(&sock);
         let sock = sock.to_str().expect("utf-8 path").to_string();
         let state = self.dir.join("state.json");
         let state = state.to_str().expect("utf-8 path").to_string();
-        let mut args = vec![
-            "run",
-            "--install-rules",
+        let mut args = vec!["run"];
+        if install_rules {
+            args.push("--install-rules");
+        }
+        args.extend([
             "--status-socket",
             &sock,
             "--state-file",
             &state,
             "--log-level",
             "info",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let p = self.spawn(Host::Router, "pptp-alg", ALG, &args);
         self.daemon = Some(p.0);
