@@ -163,6 +163,10 @@ pub struct Alg {
     next_sweep: Option<Instant>,
     /// Time zero of the engine's timestamps (its first input).
     epoch: Option<Instant>,
+    /// The last stamp and the instants between which it holds: a packet
+    /// path that calls [`Alg::handle`] many times per second gets its stamp
+    /// from two comparisons instead of a duration computation.
+    stamp_cache: Option<(Stamp, Instant, Instant)>,
     /// Scratch list of calls created by the segment being processed.
     created: Vec<CallIdx>,
 }
@@ -178,6 +182,7 @@ impl Alg {
             events: VecDeque::new(),
             next_sweep: None,
             epoch: None,
+            stamp_cache: None,
             created: Vec::new(),
         }
     }
@@ -192,9 +197,21 @@ impl Alg {
         &self.stats
     }
 
+    #[inline]
     fn stamp(&mut self, now: Instant) -> Stamp {
+        if let Some((stamp, from, until)) = self.stamp_cache {
+            if from <= now && now < until {
+                return stamp;
+            }
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        secs(now.saturating_duration_since(epoch))
+        let stamp = secs(now.saturating_duration_since(epoch));
+        if now >= epoch {
+            let from = epoch + Duration::from_secs(u64::from(stamp));
+            let until = from + Duration::from_secs(1);
+            self.stamp_cache = Some((stamp, from, until));
+        }
+        stamp
     }
 
     /// Handles one IPv4 packet, rewriting it in place.
@@ -484,3 +501,36 @@ fn secs(d: Duration) -> Stamp {
 
 /// Map type used for connections.
 type ConnMap = FxHashMap<ConnKey, ConnIdx>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached stamp is always the one computed from scratch, whatever
+    /// order the instants come in (the shell passes one instant per batch,
+    /// tests jump back and forth).
+    #[test]
+    fn cached_stamp_equals_computed() {
+        let t0 = Instant::now();
+        let epoch = t0 + Duration::from_secs(5);
+        let mut alg = Alg::new(AlgConfig::default());
+        // The first input sets the epoch.
+        assert_eq!(alg.stamp(epoch), 0);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            // xorshift: 0 to 20 s after t0 (some before the epoch), in ms
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let now = t0 + Duration::from_millis(x % 20_000);
+            let expect = secs(now.saturating_duration_since(epoch));
+            assert_eq!(alg.stamp(now), expect, "at {:?}", now - t0);
+        }
+        let ms = |m| epoch + Duration::from_millis(m);
+        assert_eq!(alg.stamp(ms(999)), 0);
+        assert_eq!(alg.stamp(ms(1000)), 1);
+        assert_eq!(alg.stamp(ms(1999)), 1);
+        assert_eq!(alg.stamp(t0), 0);
+        assert_eq!(alg.stamp(ms(2000)), 2);
+    }
+}
