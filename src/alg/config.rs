@@ -18,8 +18,8 @@ pub enum IdPolicy {
 /// defaults; each is justified at its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlgConfig {
-    /// Live calls in total. A call costs about 200 bytes, a control
-    /// connection about 300 (tests/alg_memory.rs).
+    /// Live calls in total. A call costs about 215 bytes, a control
+    /// connection about 325 (tests/alg_memory.rs).
     pub max_calls: usize,
     /// Live calls per inside host. 64 covers a PPTP server behind the NAT
     /// serving many clients only if raised; a client needs one or two.
