@@ -141,9 +141,13 @@ table ip pptp_alg {
 \t\ttypeof ip saddr . @th,48,16 : @th,48,16
 \t}
 
+\tset local_addrs {
+\t\ttypeof ip daddr
+\t}
+
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid meta mark set 0x00001723 accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid meta mark set 0x00001723 accept
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local queue flags bypass to 1724
 \t}
 
@@ -185,6 +189,11 @@ fn render_follows_config() {
     let text = nft::render(&cfg, QueueBackend::NftQueue);
     assert!(text.starts_with("table ip alg2 {\n"));
     assert!(!text.contains("map "), "no maps without offload:\n{text}");
+    assert!(
+        !text.contains("set local_addrs"),
+        "no set without offload:\n{text}"
+    );
+    assert!(!text.contains("@local_addrs"));
     assert!(!text.contains("meta mark set"));
     assert_eq!(text.matches("queue flags bypass to 7\n").count(), 2);
     assert_eq!(text.matches("queue flags bypass to 8\n").count(), 3);
@@ -309,7 +318,13 @@ fn install_lists_like_render() {
         nft::install(&cfg, backend).unwrap();
         assert!(nft::table_exists(&cfg.table).unwrap());
         let listed = list_table(&cfg.table);
-        for name in ["map gre_daddr", "map gre_cid", "chain gre_in", "chain ctl"] {
+        for name in [
+            "map gre_daddr",
+            "map gre_cid",
+            "set local_addrs",
+            "chain gre_in",
+            "chain ctl",
+        ] {
             assert!(listed.contains(name), "{name} missing:\n{listed}");
         }
         assert_eq!(
@@ -423,6 +438,46 @@ fn fast_path_elements() {
     });
 }
 
+fn local_addrs_listed() -> String {
+    run("nft", &["list", "set", "ip", "pptp_alg", "local_addrs"])
+}
+
+#[test]
+fn local_addr_set_elements() {
+    in_fresh_netns("local_addr_set_elements", |_| {
+        let cfg = RulesConfig::default();
+        nft::install(&cfg, nft::detect_backend().unwrap()).unwrap();
+        let mut set = nft::LocalAddrSet::open(&cfg).unwrap();
+        assert!(set.list().unwrap().is_empty());
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+
+        set.replace(&[a("192.0.2.1"), a("10.0.0.1")]).unwrap();
+        assert_eq!(set.list().unwrap(), [a("10.0.0.1"), a("192.0.2.1")]);
+        let listed = local_addrs_listed();
+        assert!(
+            listed.contains("elements = { 10.0.0.1, 192.0.2.1 }")
+                || listed.contains("elements = { 192.0.2.1, 10.0.0.1 }"),
+            "{listed}"
+        );
+
+        set.add(a("198.51.100.7")).unwrap();
+        set.add(a("198.51.100.7")).unwrap();
+        set.remove(a("10.0.0.1")).unwrap();
+        set.remove(a("10.0.0.1")).unwrap();
+        assert_eq!(set.list().unwrap(), [a("192.0.2.1"), a("198.51.100.7")]);
+
+        // A replace is a flush and adds in one batch; large ones take several messages.
+        let many: Vec<Ipv4Addr> = (0..1500u32)
+            .map(|i| Ipv4Addr::from(0x0a01_0000 + i))
+            .collect();
+        set.replace(&many).unwrap();
+        assert_eq!(set.list().unwrap(), many);
+        set.replace(&[]).unwrap();
+        assert!(set.list().unwrap().is_empty());
+        assert!(!local_addrs_listed().contains("elements"));
+    });
+}
+
 #[test]
 fn fast_path_needs_maps() {
     in_fresh_netns("fast_path_needs_maps", |_| {
@@ -436,6 +491,10 @@ fn fast_path_needs_maps() {
         assert!(!listed.contains("map "), "{listed}");
         let err = nft::FastPath::open(&RulesConfig::default()).err().unwrap();
         assert!(err.to_string().contains("has no map gre_daddr"), "{err}");
+        let err = nft::LocalAddrSet::open(&RulesConfig::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("has no set local_addrs"), "{err}");
     });
 }
 
@@ -502,10 +561,13 @@ fn owned_table_belongs_to_its_socket() {
         }
         let err = nft::FastPath::open(&cfg).err().expect("fast path refused");
         assert!(err.to_string().contains("is owned by a running"), "{err}");
+        let err = nft::LocalAddrSet::open(&cfg).expect_err("set refused");
+        assert!(err.to_string().contains("is owned by a running"), "{err}");
         // ... and another process's.
         for cmd in [
             "add element ip pptp_alg gre_cid { 192.0.2.1 . 0x0001 : 0x0002 }",
             "flush map ip pptp_alg gre_daddr",
+            "add element ip pptp_alg local_addrs { 192.0.2.99 }",
             "add chain ip pptp_alg intruder",
             "delete table ip pptp_alg",
         ] {
@@ -523,6 +585,10 @@ fn owned_table_belongs_to_its_socket() {
         fp.remove_call(peer, 0x4001).unwrap();
         assert_eq!(fp.counters().unwrap().len(), 1);
         assert!(map_elements("gre_daddr").contains("0x4000 counter packets 0 bytes 0 : 10.0.0.2"));
+        // ... and the set of local addresses.
+        let mut set = nft::LocalAddrSet::open_on(&cfg, sock.clone()).unwrap();
+        set.replace(&[Ipv4Addr::new(192, 0, 2, 7)]).unwrap();
+        set.replace(&[]).unwrap();
 
         // A firewall reload's `flush ruleset` takes every other table and leaves ours whole.
         run("nft", &["add", "table", "ip", "bystander"]);
@@ -541,6 +607,7 @@ fn owned_table_belongs_to_its_socket() {
         // Closing the owner's socket (every clone of it) deletes the table at once, so what a
         // systemd ExecStopPost `rules remove` finds afterwards is nothing, which is success.
         drop(fp);
+        drop(set);
         assert!(
             nft::table_exists(&cfg.table).unwrap(),
             "a clone still holds the socket"
@@ -638,6 +705,10 @@ fn nft_file_loads_with_nft() {
         )
         .unwrap();
         assert_eq!(fp.counters().unwrap().len(), 1);
+        // ... and fills its set of local addresses.
+        let mut set = nft::LocalAddrSet::open(&RulesConfig::default()).unwrap();
+        set.add(Ipv4Addr::new(192, 0, 2, 9)).unwrap();
+        assert!(local_addrs_listed().contains("elements = { 192.0.2.9 }"));
     });
 }
 
@@ -752,7 +823,9 @@ fn ipv4_header_ok(pkt: &[u8]) -> bool {
 }
 
 /// outside (10.99.1.2) -- router (10.99.1.1 | 10.99.2.1) -- inside (10.99.2.2): GRE from the
-/// outside peer to the router's address is translated by the kernel alone.
+/// outside peer to the router's address is translated by the kernel alone, once the address
+/// is in the set of local addresses; GRE routed through the router to the inside host is not,
+/// whatever (peer, Call ID) it carries.
 #[test]
 fn fast_path_rewrites_gre() {
     if !root_or_skip("fast_path_rewrites_gre") {
@@ -809,6 +882,20 @@ fn fast_path_rewrites_gre() {
 
     let tx = gre_socket_in(&outside);
     let rx = gre_socket_in(&inside);
+    // The set is empty (no daemon fills it here): the fast path rule does not match, the queue
+    // rule does (bypass, no daemon: accepted locally), nothing reaches the inside.
+    for seq in 0..3 {
+        send_gre(&tx, Ipv4Addr::new(10, 99, 1, 1), 0x4000, 100 + seq);
+    }
+    assert!(
+        recv_gre(&rx).is_none(),
+        "translated without the address in local_addrs"
+    );
+    router.run(|| {
+        let mut set = nft::LocalAddrSet::open(&RulesConfig::default()).unwrap();
+        set.replace(&[Ipv4Addr::new(10, 99, 1, 1), Ipv4Addr::new(10, 99, 2, 1)])
+            .unwrap();
+    });
     // Let IPv4 duplicate address detection and neighbour setup settle.
     let mut got = None;
     for seq in 0..20 {
@@ -835,6 +922,34 @@ fn fast_path_rewrites_gre() {
     assert!(
         recv_gre(&rx).is_none(),
         "unknown call must not reach the inside"
+    );
+
+    // Transit: GRE from the same peer with the mapped Call ID, addressed to the inside host
+    // itself (routed, no NAT), passes untouched.
+    let translated = || {
+        router.run(|| {
+            let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
+            fp.counters().unwrap()[0].packets
+        })
+    };
+    let before = translated();
+    send_gre(&tx, host, 0x4000, 7777);
+    let pkt = recv_gre(&rx).expect("routed GRE reaches the inside host");
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    assert_eq!(&pkt[16..20], &host.octets());
+    assert_eq!(
+        u16::from_be_bytes([pkt[ihl + 6], pkt[ihl + 7]]),
+        0x4000,
+        "transit GRE's Call ID rewritten"
+    );
+    assert_eq!(
+        u32::from_be_bytes([pkt[ihl + 8], pkt[ihl + 9], pkt[ihl + 10], pkt[ihl + 11]]),
+        7777
+    );
+    assert_eq!(
+        translated(),
+        before,
+        "transit GRE went through the fast path"
     );
 
     let (counters, obs) = router.run(|| {

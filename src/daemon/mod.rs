@@ -1,6 +1,7 @@
 //! The daemon shell around the engine: configuration, the packet thread,
 //! the status socket, logging, signals and start-up/stop ordering.
 //!
+//! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
 //! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
 //! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
@@ -9,6 +10,7 @@
 //! - [`status`]: the status report, its socket and its table format.
 //! - [`logging`]: stderr/journald logging and rate limits.
 
+pub mod addrs;
 pub mod config;
 pub mod logging;
 pub mod packet;

@@ -19,6 +19,7 @@
 //! is empty, reads the wake-up socket only when poll says it is readable,
 //! and rewrites GRE in the receive buffer instead of a copy.
 
+use super::addrs::ResyncHandle;
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
@@ -79,6 +80,9 @@ pub struct LoopConfig {
     /// makes every change of it (the kernel accepts changes of an owned
     /// table only from its owner). Otherwise the fast path opens its own.
     pub table_socket: Option<TableSocket>,
+    /// Asks the thread that keeps the set of local addresses filled to fill it again (a
+    /// reinstalled table starts with an empty set).
+    pub local_addrs: Option<ResyncHandle>,
 }
 
 /// The packet thread's state.
@@ -553,6 +557,9 @@ impl PacketLoop {
             return;
         }
         drop(wanted);
+        if let Some(addrs) = &self.cfg.local_addrs {
+            addrs.request();
+        }
         let calls = lock(&self.shared).alg.calls(now);
         let mut failed = 0;
         if let Some(fp) = &mut self.fast {

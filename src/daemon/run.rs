@@ -17,13 +17,14 @@
 //! everything that changes it: the install here, the fast path and a
 //! reinstall in the packet thread, the removal at stop ([`RulesGuard`]).
 
+use super::addrs::AddrWatcher;
 use super::config::Config;
 use super::packet::{LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
 use crate::alg::Alg;
 use crate::nfqueue::{NfQueue, QueueError};
-use crate::nft::{self, NftError, Ownership, TableSocket};
+use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -212,6 +213,13 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         table: table_socket.clone().map(|s| (s, cfg.table.clone())),
         wanted: Arc::new(Mutex::new(cfg.install_rules)),
     };
+    // Fills the fast path's set of local addresses and keeps it filled; stopped before the
+    // table is removed (declared after the guard, so also on an early return).
+    let addr_watcher = if cfg.offload {
+        start_addr_watcher(&rules, table_socket.clone())
+    } else {
+        None
+    };
 
     let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
     restore_state(cfg, &shared);
@@ -233,6 +241,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             .filter(|&(_, owned)| !owned)
             .map(|(b, _)| (b, rules_guard.wanted.clone())),
         table_socket,
+        local_addrs: addr_watcher.as_ref().map(AddrWatcher::resync_handle),
     };
     wake_rx
         .set_nonblocking(true)
@@ -332,6 +341,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let exit = exit.unwrap_or(Ok(()));
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(addr_watcher);
     // Rules first: once they are gone nothing new is queued, and what is
     // queued already still gets a verdict from the running packet thread.
     drop(rules_guard);
@@ -423,6 +433,44 @@ impl Drop for RulesGuard {
                 Ok(_) => log::info!("removed table ip {table}"),
                 Err(e) => log::error!("cannot remove table ip {table}: {e}"),
             }
+        }
+    }
+}
+
+/// Starts filling the fast path's set `local_addrs` with this router's
+/// addresses (see [`super::addrs`]), through the table's socket if the
+/// daemon installed the table. `None` (logged) when the table has no such
+/// set or the addresses cannot be followed: the fast path rule then never
+/// matches (or, from an older `pptp-alg.nft`, does not use the set) and
+/// GRE is translated through the queue.
+fn start_addr_watcher(rules: &RulesConfig, sock: Option<TableSocket>) -> Option<AddrWatcher> {
+    let set = match sock {
+        Some(sock) => LocalAddrSet::open_on(rules, sock),
+        None => LocalAddrSet::open(rules),
+    };
+    let set = match set {
+        Ok(set) => set,
+        Err(e @ NftError::FastPathUnavailable(_)) => {
+            log::info!("fast path: not filling a set of local addresses: {e}");
+            return None;
+        }
+        Err(e) => {
+            log::warn!(
+                "fast path: cannot open set local_addrs of table ip {} (GRE to this router \
+                 goes through the queue): {e}",
+                rules.table
+            );
+            return None;
+        }
+    };
+    match AddrWatcher::start(set) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!(
+                "fast path: cannot follow this router's addresses (GRE to them goes through \
+                 the queue): {e}"
+            );
+            None
         }
     }
 }

@@ -8,7 +8,7 @@ use nftnl_sys::{self as sys, libc};
 
 use super::netlink::{Netlink, Txn};
 use super::objects::{dump_objects, get_table, TableMsg};
-use super::ruleset::Stmt;
+use super::ruleset::{SetIds, Stmt};
 use super::{table_cname, NftError, QueueBackend};
 
 /// `NFT_OBJECT_CT_HELPER` from linux/netfilter/nf_tables.h.
@@ -52,7 +52,7 @@ fn probe(nl: &mut Netlink, backend: QueueBackend) -> Result<(), NftError> {
     let chain = Chain::new(c"probe", &anchor);
     let mut rule = Rule::new(&chain);
     let stmt = Stmt::Queue(1, backend);
-    for e in stmt.exprs((0, 0)) {
+    for e in stmt.exprs(SetIds::default()) {
         rule.add_expr(&e);
     }
     let mut txn = Txn::new();

@@ -261,6 +261,16 @@ pub fn map_lookup(set: &CStr, set_id: u32) -> Expr {
         .u32(sys::NFTNL_EXPR_LOOKUP_SET_ID, set_id)
 }
 
+/// `[ lookup reg 1 set <name> ]`: matches when register 1 is an element of the set.
+///
+/// The set id lets the kernel resolve a set created earlier in the same batch.
+pub fn set_lookup(set: &CStr, set_id: u32) -> Expr {
+    Expr::new(c"lookup")
+        .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG_1)
+        .str(sys::NFTNL_EXPR_LOOKUP_SET, set)
+        .u32(sys::NFTNL_EXPR_LOOKUP_SET_ID, set_id)
+}
+
 /// `[ immediate reg 1 <data> ]`
 pub fn immediate(data: &[u8]) -> Expr {
     Expr::new(c"immediate")
@@ -339,6 +349,7 @@ mod tests {
             ct_load(libc::NFT_CT_STATUS),
             fib_daddr_type(),
             map_lookup(c"m", 1),
+            set_lookup(c"s", 1),
             immediate(&[0; 4]),
             accept(),
             counter(),

@@ -5,7 +5,9 @@
 //! - chain `gre_in` (prerouting, priority raw): enhanced GRE (version 1, protocol 0x880b, key
 //!   bit set, checksum bit clear) addressed to this router. Calls the daemon handed to the
 //!   kernel are rewritten in place through the maps `gre_daddr` and `gre_cid` (the fast path,
-//!   see [`FastPath`]); everything else is queued to `queue_to_inside`.
+//!   see [`FastPath`]) when the destination is in the set `local_addrs` of the router's own
+//!   addresses (see [`LocalAddrSet`]); everything else the routing table calls local is
+//!   queued to `queue_to_inside`.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction.
 //!
@@ -17,6 +19,7 @@ mod detect;
 mod error;
 mod expr;
 mod fastpath;
+mod localaddrs;
 mod netlink;
 mod objects;
 mod render;
@@ -32,6 +35,7 @@ use nftnl_sys::libc;
 
 pub use error::NftError;
 pub use fastpath::FastPath;
+pub use localaddrs::LocalAddrSet;
 
 use netlink::{Netlink, Txn};
 use objects::{get_table, table_owner, TableMsg};
@@ -48,7 +52,7 @@ pub struct RulesConfig {
     /// Packet mark of translated GRE, set by the fast path (and by the daemon's verdicts), so
     /// a strict forward policy can accept it with `meta mark <mark> accept`.
     pub mark: u32,
-    /// Include the fast path maps and rule.
+    /// Include the fast path maps, the set of local addresses and the fast path rule.
     pub offload: bool,
 }
 

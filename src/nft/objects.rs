@@ -1,6 +1,6 @@
-//! Netlink messages for tables, maps and map elements that the `nftnl` crate cannot express:
-//! tables added with NLM_F_EXCL, maps (data type, typeof user data, per-element counters),
-//! concatenated keys, and element add/delete/flush.
+//! Netlink messages for tables, sets, maps and their elements that the `nftnl` crate cannot
+//! express: tables added with NLM_F_EXCL, sets and maps (data type, typeof user data,
+//! per-element counters), concatenated keys, and element add/delete/flush.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::NonNull;
@@ -192,30 +192,29 @@ pub fn dump_objects(obj_type: u32) -> impl FnOnce(&mut [u8], u32) {
     }
 }
 
-/// A named map with a concatenated key, as `nft` creates it from a `typeof` declaration.
-pub struct MapMsg {
-    /// Table the map lives in.
+/// A named map with a concatenated key, or a plain set, as `nft` creates it from a `typeof`
+/// declaration.
+pub struct SetMsg {
+    /// Table the set lives in.
     pub table: CString,
-    /// Map name.
+    /// Set name.
     pub name: CString,
-    /// Batch-local id, so rules in the same batch can refer to the map before it exists.
+    /// Batch-local id, so rules in the same batch can refer to the set before it exists.
     pub id: u32,
     /// nft's numeric key type (concatenations combine 6-bit type ids).
     pub key_type: u32,
     /// Key length in bytes (each concatenated field padded to 4).
     pub key_len: u32,
-    /// nft's numeric data type.
-    pub data_type: u32,
-    /// Data length in bytes.
-    pub data_len: u32,
-    /// nft user data: byte orders and the `typeof` expressions, so `nft list` prints the map
+    /// For a map: nft's numeric data type and the data length in bytes.
+    pub data: Option<(u32, u32)>,
+    /// nft user data: byte orders and the `typeof` expressions, so `nft list` prints the set
     /// the way it was declared.
     pub udata: Vec<u8>,
     /// Give every element its own packet/byte counter.
     pub counter: bool,
 }
 
-unsafe impl NlMsg for MapMsg {
+unsafe impl NlMsg for SetMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         let (ty, flags) = match msg_type {
             MsgType::Add => (
@@ -233,11 +232,19 @@ unsafe impl NlMsg for MapMsg {
             sys::nftnl_set_set_str(s, a(sys::NFTNL_SET_NAME), self.name.as_ptr());
             if msg_type == MsgType::Add {
                 sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_ID), self.id);
-                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_FLAGS), libc::NFT_SET_MAP as u32);
+                // nft sends the flags attribute also when it is 0 (a plain set).
+                let set_flags = if self.data.is_some() {
+                    libc::NFT_SET_MAP as u32
+                } else {
+                    0
+                };
+                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_FLAGS), set_flags);
                 sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_KEY_TYPE), self.key_type);
                 sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_KEY_LEN), self.key_len);
-                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_TYPE), self.data_type);
-                sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_LEN), self.data_len);
+                if let Some((data_type, data_len)) = self.data {
+                    sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_TYPE), data_type);
+                    sys::nftnl_set_set_u32(s, a(sys::NFTNL_SET_DATA_LEN), data_len);
+                }
                 sys::nftnl_set_set_data(
                     s,
                     a(sys::NFTNL_SET_USERDATA),
@@ -254,11 +261,11 @@ unsafe impl NlMsg for MapMsg {
     }
 }
 
-/// Adds or deletes elements of a map, or flushes it.
+/// Adds or deletes elements of a map or set, or flushes it.
 pub struct ElemsMsg {
     table: CString,
     set: CString,
-    /// (key, data); data is ignored for deletes. Empty for a flush.
+    /// (key, data); data is ignored for deletes and empty for a set. Empty for a flush.
     elems: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -304,7 +311,7 @@ unsafe impl NlMsg for ElemsMsg {
                     key.as_ptr().cast(),
                     key.len() as u32,
                 );
-                if msg_type == MsgType::Add {
+                if msg_type == MsgType::Add && !data.is_empty() {
                     sys::nftnl_set_elem_set(
                         e,
                         sys::NFTNL_SET_ELEM_DATA as u16,

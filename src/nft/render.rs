@@ -1,14 +1,15 @@
 //! The ruleset in nft syntax, laid out exactly as `nft list table` prints it.
 
-use super::ruleset::{chains, maps, rule_text};
+use super::ruleset::{chains, rule_text, sets};
 use super::{QueueBackend, RulesConfig};
 
 /// See [`super::render`].
 pub fn render(cfg: &RulesConfig, backend: QueueBackend) -> String {
     let mut blocks = Vec::new();
-    for m in maps(cfg) {
+    for m in sets(cfg) {
         let mut b = format!(
-            "\tmap {} {{\n\t\t{}\n",
+            "\t{} {} {{\n\t\t{}\n",
+            m.keyword,
             m.name.to_string_lossy(),
             m.typeof_text
         );

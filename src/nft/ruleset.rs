@@ -8,13 +8,27 @@ use nftnl_sys::libc;
 
 use super::expr::{self, Base, CmpOp, Csum, Expr, REG32_01, REG_1};
 use super::netlink::Txn;
-use super::objects::{MapMsg, TableMsg, Udata};
+use super::objects::{SetMsg, TableMsg, Udata};
 use super::{QueueBackend, RulesConfig};
 
 /// Map: (outside peer, NAT Call ID) -> inside host.
 pub const GRE_DADDR: &CStr = c"gre_daddr";
 /// Map: (outside peer, NAT Call ID) -> inside Call ID.
 pub const GRE_CID: &CStr = c"gre_cid";
+/// Set: this router's own IPv4 addresses, kept up to date by the daemon. The fast path
+/// rewrites only GRE addressed to one of them.
+pub const LOCAL_ADDRS: &CStr = c"local_addrs";
+
+/// The batch-local ids of the sets, so rules in the same batch can refer to them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetIds {
+    /// Id of [`GRE_DADDR`].
+    pub gre_daddr: u32,
+    /// Id of [`GRE_CID`].
+    pub gre_cid: u32,
+    /// Id of [`LOCAL_ADDRS`].
+    pub local_addrs: u32,
+}
 
 /// Length of a map key: IPv4 address, then the 16-bit Call ID padded to a 32-bit register.
 pub const KEY_LEN: usize = 8;
@@ -46,8 +60,13 @@ pub enum Stmt {
     GreV1,
     /// The first (or only) fragment: only that one carries the GRE header.
     NotFragment,
-    /// Addressed to this router.
+    /// Addressed to this router, as the routing table says (`fib daddr type local`). Costs a
+    /// FIB lookup per packet: only the queue rule has it.
     LocalDaddr,
+    /// Addressed to one of the router's own addresses in [`LOCAL_ADDRS`] (one hash lookup):
+    /// the fast path's test. An address the set does not hold yet fails it, and the packet
+    /// falls through to the queue rule.
+    InLocalAddrs,
     /// Any transport protocol but TCP.
     NotTcp,
     /// TCP destination port.
@@ -89,6 +108,7 @@ impl Stmt {
             ),
             Stmt::NotFragment => "ip frag-off & 8191 == 0".into(),
             Stmt::LocalDaddr => "fib daddr type local".into(),
+            Stmt::InLocalAddrs => format!("ip daddr @{}", name(LOCAL_ADDRS)),
             Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
             Stmt::TcpSport(p) => format!("tcp sport {p}"),
@@ -110,7 +130,7 @@ impl Stmt {
     }
 
     /// The expressions, in the order and with the registers `nft` 1.0.6 itself uses.
-    pub fn exprs(&self, map_ids: (u32, u32)) -> Vec<Expr> {
+    pub fn exprs(&self, ids: SetIds) -> Vec<Expr> {
         match *self {
             Stmt::GreV1 => vec![
                 expr::payload_load(Base::Network, 9, 1, REG_1),
@@ -127,6 +147,10 @@ impl Stmt {
             Stmt::LocalDaddr => vec![
                 expr::fib_daddr_type(),
                 expr::cmp(CmpOp::Eq, &RTN_LOCAL.to_ne_bytes()),
+            ],
+            Stmt::InLocalAddrs => vec![
+                expr::payload_load(Base::Network, 16, 4, REG_1),
+                expr::set_lookup(LOCAL_ADDRS, ids.local_addrs),
             ],
             Stmt::NotTcp => vec![
                 expr::meta_load(libc::NFT_META_L4PROTO),
@@ -158,7 +182,7 @@ impl Stmt {
                 };
                 let mut v = Vec::new();
                 v.extend(key());
-                v.push(expr::map_lookup(GRE_DADDR, map_ids.0));
+                v.push(expr::map_lookup(GRE_DADDR, ids.gre_daddr));
                 // The IPv4 header checksum is fixed incrementally; the pseudo-header flag
                 // is what nft sets for an address and is a no-op for GRE.
                 v.push(expr::payload_write(
@@ -172,7 +196,7 @@ impl Stmt {
                     },
                 ));
                 v.extend(key());
-                v.push(expr::map_lookup(GRE_CID, map_ids.1));
+                v.push(expr::map_lookup(GRE_CID, ids.gre_cid));
                 // Only packets without the GRE checksum bit get here.
                 v.push(expr::payload_write(
                     Base::Transport,
@@ -219,7 +243,7 @@ fn tcp_port(offset: u32, port: u16) -> Vec<Expr> {
 }
 
 fn name(c: &CStr) -> &str {
-    c.to_str().expect("map names are ASCII")
+    c.to_str().expect("set names are ASCII")
 }
 
 /// A base chain.
@@ -238,30 +262,41 @@ pub struct ChainSpec {
     pub rules: Vec<Vec<Stmt>>,
 }
 
-/// A map of the fast path.
-pub struct MapSpec {
-    /// Map name.
+/// A map or set of the fast path.
+pub struct SetSpec {
+    /// Map or set name.
     pub name: &'static CStr,
+    /// `map` or `set`, as nft prints it.
+    pub keyword: &'static str,
     /// The declaration line as nft prints it.
     pub typeof_text: &'static str,
     /// Whether elements carry counters.
     pub counter: bool,
 }
 
-/// The maps (only with the fast path).
-pub fn maps(cfg: &RulesConfig) -> Vec<MapSpec> {
+/// The maps and the set of local addresses, in the order they are created and listed (only
+/// with the fast path: without it no rule uses them).
+pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
     if !cfg.offload {
         return Vec::new();
     }
     vec![
-        MapSpec {
+        SetSpec {
             name: GRE_DADDR,
+            keyword: "map",
             typeof_text: "typeof ip saddr . @th,48,16 : ip daddr",
             counter: true,
         },
-        MapSpec {
+        SetSpec {
             name: GRE_CID,
+            keyword: "map",
             typeof_text: "typeof ip saddr . @th,48,16 : @th,48,16",
+            counter: false,
+        },
+        SetSpec {
+            name: LOCAL_ADDRS,
+            keyword: "set",
+            typeof_text: "typeof ip daddr",
             counter: false,
         },
     ]
@@ -276,18 +311,30 @@ pub fn maps(cfg: &RulesConfig) -> Vec<MapSpec> {
 /// the daemon and never creates call state, while an accept there does not stop us.
 pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
     use Stmt::*;
-    let gre_match = [GreV1, NotFragment, LocalDaddr];
     let mut gre_rules = Vec::new();
     if cfg.offload {
-        let mut r = gre_match.to_vec();
-        // The mark comes after the rewrite: a lookup miss ends the rule, and the packet must
-        // then reach the queue unmarked.
-        r.extend([RewriteGre, SetMark(cfg.mark), Accept]);
-        gre_rules.push(r);
+        // The router's own addresses from the set the daemon keeps, not `fib daddr type
+        // local`: a hash lookup instead of a FIB lookup per packet. Either way GRE to another
+        // host (transit) carrying a mapped (peer, Call ID) is never rewritten. The mark comes
+        // after the rewrite: a lookup miss ends the rule, and the packet must then reach the
+        // queue unmarked.
+        gre_rules.push(vec![
+            GreV1,
+            NotFragment,
+            InLocalAddrs,
+            RewriteGre,
+            SetMark(cfg.mark),
+            Accept,
+        ]);
     }
-    let mut r = gre_match.to_vec();
-    r.push(Queue(cfg.queue_to_inside, backend));
-    gre_rules.push(r);
+    // The routing table decides here, so GRE to an address the set does not hold (yet) still
+    // reaches the daemon, which translates known calls itself.
+    gre_rules.push(vec![
+        GreV1,
+        NotFragment,
+        LocalDaddr,
+        Queue(cfg.queue_to_inside, backend),
+    ]);
 
     // The server side of a control connection has port 1723: original-direction packets carry
     // it as destination, reply-direction packets as source. A client that happens to use
@@ -404,23 +451,41 @@ fn map_udata(data: Udata) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The netlink description of a map.
-pub fn map_msg(table: &CStr, spec: &MapSpec, id: u32) -> MapMsg {
-    let (data_type, data_len, data) = if spec.name == GRE_DADDR {
-        (TYPE_IPADDR, 4, ip_field(IPHDR_DADDR))
-    } else {
-        (TYPE_INTEGER, 2, call_id_field())
-    };
-    MapMsg {
+/// User data for `typeof ip daddr` (a set: no data).
+fn addr_set_udata() -> Vec<u8> {
+    Udata::default()
+        .u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN)
+        .nest(UDATA_SET_KEY_TYPEOF, ip_field(IPHDR_DADDR))
+        .into_bytes()
+}
+
+/// The netlink description of a map or set.
+pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
+    let map = |data_type, data_len, data| SetMsg {
         table: table.to_owned(),
         name: spec.name.to_owned(),
         id,
         key_type: (TYPE_IPADDR << TYPE_BITS) | TYPE_INTEGER,
         key_len: KEY_LEN as u32,
-        data_type,
-        data_len,
+        data: Some((data_type, data_len)),
         udata: map_udata(data),
         counter: spec.counter,
+    };
+    if spec.name == GRE_DADDR {
+        map(TYPE_IPADDR, 4, ip_field(IPHDR_DADDR))
+    } else if spec.name == GRE_CID {
+        map(TYPE_INTEGER, 2, call_id_field())
+    } else {
+        SetMsg {
+            table: table.to_owned(),
+            name: spec.name.to_owned(),
+            id,
+            key_type: TYPE_IPADDR,
+            key_len: 4,
+            data: None,
+            udata: addr_set_udata(),
+            counter: spec.counter,
+        }
     }
 }
 
@@ -452,20 +517,28 @@ pub fn add_install(
         txn.add(&t, MsgType::Add, format!("add table ip {tname}"));
     }
 
-    let maps = maps(cfg);
-    for (i, m) in maps.iter().enumerate() {
-        let msg = map_msg(table, m, i as u32 + 1);
+    let mut ids = SetIds::default();
+    for (i, m) in sets(cfg).iter().enumerate() {
+        let id = i as u32 + 1;
+        let msg = set_msg(table, m, id);
         txn.add(
             &msg,
             MsgType::Add,
             format!(
-                "add map {} {{ {} }} to table ip {tname}",
+                "add {} {} {{ {} }} to table ip {tname}",
+                m.keyword,
                 name(m.name),
                 m.typeof_text
             ),
         );
+        if m.name == GRE_DADDR {
+            ids.gre_daddr = id;
+        } else if m.name == GRE_CID {
+            ids.gre_cid = id;
+        } else if m.name == LOCAL_ADDRS {
+            ids.local_addrs = id;
+        }
     }
-    let map_ids = (1, 2);
 
     // nftnl's Chain and Rule want a Table to take the name and family from.
     let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
@@ -486,7 +559,7 @@ pub fn add_install(
         for stmts in &spec.rules {
             let mut rule = Rule::new(&chain);
             for s in stmts {
-                for e in s.exprs(map_ids) {
+                for e in s.exprs(ids) {
                     rule.add_expr(&e);
                 }
             }
@@ -549,10 +622,52 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn udata_matches_nft() {
         let cfg = RulesConfig::default();
-        let m = &maps(&cfg)[0];
-        let msg = map_msg(c"pptp_alg", m, 1);
+        let m = &sets(&cfg)[0];
+        let msg = set_msg(c"pptp_alg", m, 1);
         assert_eq!(msg.udata, unhex(NFT_GRE_DADDR_UDATA));
         assert_eq!(msg.key_type, 0x1c4);
+    }
+
+    /// The user data `nft -f` 1.0.6 sent for `set local_addrs { typeof ip daddr; }` on x86_64
+    /// (key type ipv4_addr, key length 4, no flags).
+    const NFT_LOCAL_ADDRS_UDATA: &str = "0004020000000314000407000000010c00040c00000001040c000000";
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn set_udata_matches_nft() {
+        let cfg = RulesConfig::default();
+        let s = sets(&cfg)
+            .into_iter()
+            .find(|s| s.name == LOCAL_ADDRS)
+            .expect("local_addrs with offload");
+        assert_eq!(s.keyword, "set");
+        let msg = set_msg(c"pptp_alg", &s, 3);
+        assert_eq!(msg.udata, unhex(NFT_LOCAL_ADDRS_UDATA));
+        assert_eq!((msg.key_type, msg.key_len, msg.data), (7, 4, None));
+    }
+
+    #[test]
+    fn only_the_fast_path_rule_uses_the_set() {
+        let cfg = RulesConfig::default();
+        let gre = &chains(&cfg, QueueBackend::NftQueue)[0];
+        assert_eq!(gre.rules.len(), 2);
+        let fast = rule_text(&gre.rules[0]);
+        let queue = rule_text(&gre.rules[1]);
+        assert!(
+            fast.contains(" ip daddr @local_addrs ip daddr set "),
+            "{fast}"
+        );
+        assert!(!fast.contains("fib"), "{fast}");
+        assert!(queue.contains(" fib daddr type local queue "), "{queue}");
+        assert!(!queue.contains("@local_addrs"), "{queue}");
+
+        let no_offload = RulesConfig {
+            offload: false,
+            ..cfg
+        };
+        assert!(sets(&no_offload).is_empty());
+        let gre = &chains(&no_offload, QueueBackend::NftQueue)[0];
+        assert_eq!(gre.rules.len(), 1);
     }
 
     #[test]
