@@ -16,6 +16,8 @@
 mod lab;
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::thread;
 use std::time::Duration;
 
 use lab::*;
@@ -1029,4 +1031,313 @@ fn running_daemons_table_cannot_be_removed_or_flushed_by_others() {
     );
     let log = stop_cleanly(&mut lab);
     assert!(log.contains("removed table ip pptp_alg"), "{log}");
+}
+
+// ---- the fast path's set of local addresses ------------------------------------------
+
+/// The fast path rewrites GRE only to addresses in the set `local_addrs`, which the daemon
+/// fills with the router's addresses at start and keeps up to date as they change.
+#[test]
+fn local_addrs_follow_the_routers_addresses() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("addrs", 1, 1);
+    lab.start_daemon(&[]);
+    let set = lab.local_addrs();
+    assert_eq!(
+        set,
+        lab.router_addrs(),
+        "the set holds exactly the router's addresses"
+    );
+    for a in [ROUTER_WAN, ROUTER_LAN, Ipv4Addr::LOCALHOST] {
+        assert!(set.contains(&a), "{a} missing: {set:?}");
+    }
+    for a in [SERVER, lan_addr(0)] {
+        assert!(!set.contains(&a), "{a} is not the router's: {set:?}");
+    }
+    let log = lab.daemon_log();
+    assert!(
+        log.contains("3 local address(es) in set local_addrs"),
+        "{log}"
+    );
+
+    let new = Ipv4Addr::new(10, 213, 2, 100);
+    lab.ip(
+        Host::Router,
+        &["addr", "add", "10.213.2.100/24", "dev", "wan0"],
+    );
+    let took = lab.wait_local_addrs("the new address", Duration::from_secs(1), |s| {
+        s.contains(&new)
+    });
+    println!("address added: in the set after {took:?}");
+    // The same address on a second interface: it stays until both are gone.
+    lab.ip(
+        Host::Router,
+        &["addr", "add", "10.213.2.100/32", "dev", "lo"],
+    );
+    lab.ip(
+        Host::Router,
+        &["addr", "del", "10.213.2.100/24", "dev", "wan0"],
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert!(lab.local_addrs().contains(&new), "{:?}", lab.local_addrs());
+    lab.ip(
+        Host::Router,
+        &["addr", "del", "10.213.2.100/32", "dev", "lo"],
+    );
+    let took = lab.wait_local_addrs("the address gone", Duration::from_secs(1), |s| {
+        !s.contains(&new)
+    });
+    println!("address removed: out of the set after {took:?}");
+    assert_eq!(lab.local_addrs(), lab.router_addrs());
+    let log = lab.daemon_log();
+    for line in [
+        "local address 10.213.2.100 added to set local_addrs",
+        "local address 10.213.2.100 removed from set local_addrs",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "{line:?} once in:\n{log}");
+    }
+    stop_cleanly(&mut lab);
+
+    // Without the fast path there is no rule that would use the set, and no set.
+    lab.start_daemon(&["--no-offload"]);
+    let listed = lab.exec(Host::Router, "nft", &["list", "table", "ip", "pptp_alg"]);
+    assert!(!listed.contains("local_addrs"), "{listed}");
+    assert!(!lab.daemon_log().contains("set local_addrs"));
+    stop_cleanly(&mut lab);
+
+    // A table loaded by the admin gets its set filled as well.
+    lab.start_daemon_on_external_rules(&[]);
+    assert_eq!(lab.local_addrs(), lab.router_addrs());
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    lab.exec(Host::Router, ALG, &["rules", "remove"]);
+}
+
+/// The call whose NAT id differs from its inside id (two hosts placed calls with the same
+/// Call ID 1000 to the same server), and the inside host it belongs to.
+fn renumbered_call(up: &Value) -> (u16, Ipv4Addr) {
+    let row = up["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .find(|c| c["nat_id"] != c["inside_id"])
+        .unwrap_or_else(|| panic!("no call with a NAT id of its own: {up:#}"));
+    let host: Ipv4Addr = row["inside_host"].as_str().expect("host").parse().unwrap();
+    (u64_of(&row["nat_id"]) as u16, host)
+}
+
+/// Waits until the calls' own GRE (sent and echoed right after setup) is over: the kernel's
+/// and the daemon's GRE counters stay the same for a while.
+fn settle(lab: &Lab) {
+    let read = || (lab.fast_path_packets(), stat(&lab.status(), "gre_packets"));
+    let mut last = read();
+    for _ in 0..25 {
+        thread::sleep(Duration::from_millis(300));
+        let now = read();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("GRE counters never settled: {last:?}");
+}
+
+/// GRE received by a `gre-recv` run: (destination, Call ID, payload) of each packet.
+fn received(lab: &mut Lab, p: Pid) -> Vec<(String, u64, String)> {
+    lab.finish(p)
+        .json_lines("gre-recv")
+        .iter()
+        .map(|g| {
+            (
+                g["to"].as_str().expect("to").to_string(),
+                u64_of(&g["call_id"]),
+                g["payload"].as_str().expect("payload").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// GRE for a mapped call addressed to a router address the set does not hold goes through
+/// the queue and is translated by the daemon; once the address is in the set, by the kernel.
+#[test]
+fn gre_to_a_router_address_added_after_start() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("newaddr", 2, 1);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let clients: Vec<Pid> = (0..2)
+        .map(|i| {
+            let tag = format!("na{i}");
+            lab.client(
+                Host::Lan(i),
+                SERVER,
+                lan_addr(i),
+                &tag,
+                &client_args(&["--hold", "12"]),
+            )
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    let (nat, inside) = renumbered_call(&up);
+    let idx = (0..2).find(|&i| lan_addr(i) == inside).expect("a LAN host");
+    let n = 3;
+    settle(&lab);
+
+    // A local route without an interface address: local for the routing table (the queue
+    // rule), never in the set (the fast path rule).
+    let anyip = Ipv4Addr::new(10, 213, 2, 101);
+    lab.ip(
+        Host::Router,
+        &["route", "add", "local", "10.213.2.101/32", "dev", "lo"],
+    );
+    lab.ip(
+        Host::Wan,
+        &[
+            "route",
+            "add",
+            "10.213.2.101/32",
+            "via",
+            &ROUTER_WAN.to_string(),
+        ],
+    );
+    let kernel_before = lab.fast_path_packets();
+    let queued_before = stat(&lab.status(), "gre_packets");
+    let rx = lab.gre_recv_count(Host::Lan(idx), Some(inside), 10.0, n);
+    lab.gre_send_from_server(anyip, nat, "via-queue", n as u32, &[]);
+    let got = received(&mut lab, rx);
+    assert_eq!(got.len(), n as usize, "{got:?}");
+    for (to, id, payload) in &got {
+        assert_eq!(
+            (to.as_str(), *id, payload.as_str()),
+            (inside.to_string().as_str(), 1000, "via-queue")
+        );
+    }
+    assert!(!lab.local_addrs().contains(&anyip));
+    assert_eq!(lab.fast_path_packets(), kernel_before, "not the kernel's");
+    lab.wait_status(Duration::from_secs(5), "the daemon's translations", |s| {
+        stat(s, "gre_packets") >= queued_before + n
+    });
+
+    // An interface address added now: in the set within a second, then the kernel's.
+    let added = Ipv4Addr::new(10, 213, 2, 100);
+    lab.ip(
+        Host::Router,
+        &["addr", "add", "10.213.2.100/24", "dev", "wan0"],
+    );
+    lab.wait_local_addrs("the new address", Duration::from_secs(1), |s| {
+        s.contains(&added)
+    });
+    let queued_before = stat(&lab.status(), "gre_packets");
+    let rx = lab.gre_recv_count(Host::Lan(idx), Some(inside), 10.0, n);
+    lab.gre_send_from_server(added, nat, "via-set", n as u32, &[]);
+    let got = received(&mut lab, rx);
+    assert_eq!(got.len(), n as usize, "{got:?}");
+    for (to, id, payload) in &got {
+        assert_eq!(
+            (to.as_str(), *id, payload.as_str()),
+            (inside.to_string().as_str(), 1000, "via-set")
+        );
+    }
+    assert_eq!(lab.fast_path_packets(), kernel_before + n, "the kernel's");
+    assert_eq!(
+        stat(&lab.status(), "gre_packets"),
+        queued_before,
+        "not queued"
+    );
+
+    for p in clients {
+        lab.terminate(p);
+    }
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
+}
+
+/// GRE routed through the router to another host (here a subnet behind LAN host 0, not
+/// NATed) is never rewritten, even when it carries the (outside peer, NAT id) of a call the
+/// kernel translates: neither the set nor the routing table calls its destination local.
+#[test]
+fn transit_gre_with_a_mapped_call_id_is_not_rewritten() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("transit", 2, 1);
+    let routed = Ipv4Addr::new(10, 213, 3, 2);
+    lab.ip(
+        Host::Lan(0),
+        &["addr", "add", "10.213.3.2/32", "dev", "eth0"],
+    );
+    lab.ip(
+        Host::Router,
+        &["route", "add", "10.213.3.0/24", "dev", "lan1"],
+    );
+    lab.ip(
+        Host::Wan,
+        &[
+            "route",
+            "add",
+            "10.213.3.0/24",
+            "via",
+            &ROUTER_WAN.to_string(),
+        ],
+    );
+    lab.start_daemon(&[]);
+    let gre_in = lab.exec(
+        Host::Router,
+        "nft",
+        &["list", "chain", "ip", "pptp_alg", "gre_in"],
+    );
+    assert!(
+        gre_in.contains("ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set"),
+        "{gre_in}"
+    );
+    assert!(!lab.local_addrs().contains(&routed));
+
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let clients: Vec<Pid> = (0..2)
+        .map(|i| {
+            let tag = format!("tr{i}");
+            lab.client(
+                Host::Lan(i),
+                SERVER,
+                lan_addr(i),
+                &tag,
+                &client_args(&["--hold", "8"]),
+            )
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    let (nat, _) = renumbered_call(&up);
+    assert_ne!(nat, 1000);
+    settle(&lab);
+    let kernel_before = lab.fast_path_packets();
+    let queued_before = stat(&lab.status(), "gre_packets");
+
+    let n = 3;
+    let rx = lab.gre_recv_count(Host::Lan(0), Some(routed), 10.0, n);
+    lab.gre_send_from_server(routed, nat, "transit", n as u32, &[]);
+    let got = received(&mut lab, rx);
+    assert_eq!(got.len(), n as usize, "{got:?}");
+    for (to, id, payload) in &got {
+        assert_eq!(
+            (to.as_str(), *id, payload.as_str()),
+            (routed.to_string().as_str(), u64::from(nat), "transit"),
+            "transit GRE must arrive as sent"
+        );
+    }
+    assert_eq!(
+        lab.fast_path_packets(),
+        kernel_before,
+        "the fast path touched it"
+    );
+    assert_eq!(stat(&lab.status(), "gre_packets"), queued_before, "queued");
+
+    for p in clients {
+        lab.terminate(p);
+    }
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
 }

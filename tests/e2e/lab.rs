@@ -370,6 +370,59 @@ impl Lab {
             .sum()
     }
 
+    /// The addresses in the router's set `ip pptp_alg local_addrs` (the fast path's test
+    /// for "addressed to this router").
+    pub fn local_addrs(&self) -> BTreeSet<Ipv4Addr> {
+        let text = self.exec(
+            Host::Router,
+            "nft",
+            &["list", "set", "ip", "pptp_alg", "local_addrs"],
+        );
+        match text.find("elements") {
+            Some(i) => text[i..]
+                .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '='))
+                .filter_map(|w| w.parse().ok())
+                .collect(),
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// The router's IPv4 interface addresses, as `ip -4 addr` lists them.
+    pub fn router_addrs(&self) -> BTreeSet<Ipv4Addr> {
+        let text = self.exec(Host::Router, "ip", &["-4", "-o", "addr", "show"]);
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|x| *x == "inet")?;
+                w.next()?.split('/').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Waits until the router's set of local addresses satisfies `pred`; returns how long
+    /// that took, and panics (with the daemon's log) after `timeout`.
+    pub fn wait_local_addrs(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&BTreeSet<Ipv4Addr>) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let set = self.local_addrs();
+            if pred(&set) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "set local_addrs never showed {what} within {timeout:?}: {set:?}\nlog:\n{}",
+                    self.daemon_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Adds a port forward of tcp/1723 from the WAN to LAN host `n`.
     pub fn port_forward_to(&self, n: usize) {
         self.nft(&format!(
