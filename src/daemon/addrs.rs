@@ -107,9 +107,8 @@ pub fn parse(mut buf: &[u8]) -> Vec<Parsed> {
     let mut out = Vec::new();
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32_at(buf, 0) as usize;
-        let (ty, flags, seq, pid) = (u16_at(buf, 4), u16_at(buf, 6), u32_at(buf, 8), {
-            u32_at(buf, 12)
-        });
+        let (ty, flags) = (u16_at(buf, 4), u16_at(buf, 6));
+        let (seq, pid) = (u32_at(buf, 8), u32_at(buf, 12));
         if len < NLMSG_HDRLEN || len > buf.len() {
             out.push(Parsed {
                 ty,
