@@ -166,7 +166,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         cfg.queue_max_len,
     )?;
     log::info!(
-        "bound queues {} (from inside) and {} (to inside), {} packets each, fail-open",
+        "bound queues {} (from inside) and {} (to inside), {} packets each, fail-closed",
         cfg.queue_from_inside,
         cfg.queue_to_inside,
         cfg.queue_max_len
