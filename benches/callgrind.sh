@@ -44,43 +44,15 @@ WORK=${OUT:-$(mktemp -d /tmp/pptp-callgrind.XXXX)}
 mkdir -p "$WORK"
 PIDS=()
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 cleanup() {
     set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for ns in "$NS_S" "$NS_R" "$NS_C"; do
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
-    done
-    sleep 0.5
-    for ns in "$NS_S" "$NS_R" "$NS_C"; do
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-        ip netns del "$ns" 2>/dev/null
-    done
+    lab_down
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-in_s() { ip netns exec "$NS_S" "$@"; }
-in_r() { ip netns exec "$NS_R" "$@"; }
-in_c() { ip netns exec "$NS_C" "$@"; }
-
-bg() { # OUT NS CMD...
-    local out=$1 ns=$2
-    shift 2
-    ip netns exec "$ns" "$@" >"$out" 2>"$out.err" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-wait_file() {
-    local i=0
-    while [ ! -s "$1" ]; do
-        sleep 0.05
-        i=$((i + 1))
-        [ $i -lt $(($2 * 20)) ] || { echo "timeout waiting for $1" >&2; return 1; }
-    done
-}
 
 log "building (release, with debug info)"
 (cd "$ROOT" && cargo build --release --quiet --bins --example gre-load)
@@ -88,31 +60,7 @@ BIN=$ROOT/target/release
 GL=$BIN/examples/gre-load
 ALG=$BIN/pptp-alg
 
-for ns in "$NS_S" "$NS_R" "$NS_C"; do
-    ip netns add "$ns"
-    ip netns exec "$ns" ip link set lo up
-done
-ip link add r1 netns "$NS_R" type veth peer name s0 netns "$NS_S"
-ip link add r2 netns "$NS_R" type veth peer name c0 netns "$NS_C"
-in_s ip addr add $SRV/24 dev s0
-in_r ip addr add $PUB/24 dev r1
-in_r ip addr add $RLAN/24 dev r2
-in_c ip addr add $CLI/24 dev c0
-in_s ip link set s0 up
-in_r ip link set r1 up
-in_r ip link set r2 up
-in_c ip link set c0 up
-in_s ip route add default via $PUB
-in_c ip route add default via $RLAN
-in_r sysctl -qw net.ipv4.ip_forward=1
-in_r nft -f - <<'EOF'
-table ip lab {
-    chain post {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "r1" masquerade
-    }
-}
-EOF
+lab_up
 
 SOCK=$WORK/status.sock
 

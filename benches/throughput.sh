@@ -75,54 +75,18 @@ DAEMON_PID=
 DAEMON_N=0
 EXPECT_MAX_OLD=
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 cleanup() {
     set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for ns in "$NS_S" "$NS_R" "$NS_C"; do
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
-    done
-    sleep 0.3
-    for ns in "$NS_S" "$NS_R" "$NS_C"; do
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-        ip netns del "$ns" 2>/dev/null
-    done
+    lab_down
     if [ -n "$EXPECT_MAX_OLD" ]; then
         sysctl -qw net.netfilter.nf_conntrack_expect_max="$EXPECT_MAX_OLD"
     fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-in_s() { ip netns exec "$NS_S" "$@"; }
-in_r() { ip netns exec "$NS_R" "$@"; }
-in_c() { ip netns exec "$NS_C" "$@"; }
-
-# bg OUT NS CMD...: starts CMD in namespace NS in the background, remembering its pid
-# (ip netns exec execs the command, so the pid is the tool's own).
-bg() {
-    local out=$1 ns=$2
-    shift 2
-    ip netns exec "$ns" "$@" >"$out" 2>"$out.err" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-stop_pid() {
-    local pid=$1
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-wait_file() { # file timeout_s
-    local i=0
-    while [ ! -s "$1" ]; do
-        sleep 0.02
-        i=$((i + 1))
-        [ $i -lt $(($2 * 50)) ] || { echo "timeout waiting for $1" >&2; return 1; }
-    done
-}
 
 emit() { echo "$1" >>"$RES"; }
 
@@ -136,35 +100,11 @@ NFQMIN=$BIN/examples/nfq-minimal
 ALG=$BIN/pptp-alg
 
 log "lab $P in $WORK"
-for ns in "$NS_S" "$NS_R" "$NS_C"; do
-    ip netns add "$ns"
-    ip netns exec "$ns" ip link set lo up
-done
-ip link add r1 netns "$NS_R" type veth peer name s0 netns "$NS_S"
-ip link add r2 netns "$NS_R" type veth peer name c0 netns "$NS_C"
-in_s ip addr add $SRV/24 dev s0
-in_r ip addr add $PUB/24 dev r1
-in_r ip addr add $RLAN/24 dev r2
-in_c ip addr add $CLI/24 dev c0
-for x in "$NS_S s0" "$NS_R r1" "$NS_R r2" "$NS_C c0"; do
-    set -- $x
-    ip netns exec "$1" ip link set "$2" up
-done
-in_s ip route add default via $PUB
-in_c ip route add default via $RLAN
+lab_up
 in_s ip link add d0 type ifb # no dummy driver here; ifb drops what it is given
 in_s ip addr add 10.213.9.1/24 dev d0
 in_s ip link set d0 up
-in_r sysctl -qw net.ipv4.ip_forward=1
 in_r sysctl -qw net.ipv4.conf.all.rp_filter=0
-in_r nft -f - <<'EOF'
-table ip lab {
-    chain post {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "r1" masquerade
-    }
-}
-EOF
 # The kernel helper keeps two expectations per call for five minutes; 10,000 calls need more
 # than the default 4096. This limit is global (init namespace only); restored on exit.
 EXPECT_MAX_OLD=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
