@@ -150,6 +150,16 @@ fn two_clients_same_call_id_offload() {
     assert_eq!(up["offload"], true, "kernel fast path should be on: {up:#}");
     let log = stop_cleanly(&mut lab);
     assert_eq!(log.matches("call ended (Disconnect)").count(), 2, "{log}");
+    // Each end line counts every echo, the kernel's included (read from
+    // the call's element as it ends, not at the last periodic poll).
+    let complete = format!(", {GRE_COUNT} packets in,");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("call ended (Disconnect)") && l.contains(&complete))
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 #[test]

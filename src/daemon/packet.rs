@@ -467,6 +467,33 @@ impl PacketLoop {
                     }
                 }
                 Event::CallEnded(c, cause) => {
+                    // What the kernel translated since the last counter poll,
+                    // read before its element goes, so the line is complete.
+                    let key = (c.outside_peer, c.nat_id);
+                    let kernel_in = match &mut self.fast {
+                        Some(fp) => match fp.call_counter(c.outside_peer, c.nat_id) {
+                            Ok(Some(e)) => {
+                                let (p0, _) =
+                                    self.offload_seen.get(&key).copied().unwrap_or((0, 0));
+                                // Smaller: the element was replaced, all of it is new.
+                                if e.packets >= p0 {
+                                    e.packets - p0
+                                } else {
+                                    e.packets
+                                }
+                            }
+                            Ok(None) => 0,
+                            Err(e) => {
+                                log::debug!(
+                                    "fast path: no counter for call {}:{}: {e}",
+                                    c.outside_peer,
+                                    c.nat_id
+                                );
+                                0
+                            }
+                        },
+                        None => 0,
+                    };
                     log::info!(
                         "call ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
                         c.inside_host,
@@ -475,7 +502,7 @@ impl PacketLoop {
                         c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
                         c.nat_id,
                         super::status::human_duration(c.age.as_secs()),
-                        c.packets_in,
+                        c.packets_in + kernel_in,
                         c.packets_out,
                     );
                     self.offload_seen.remove(&(c.outside_peer, c.nat_id));

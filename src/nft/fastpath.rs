@@ -8,7 +8,7 @@ use nftnl_sys::{self as sys, libc};
 
 use super::detect::netlink_owner;
 use super::netlink::Txn;
-use super::objects::{dump_elems, get_set, ElemsMsg};
+use super::objects::{dump_elems, get_elem, get_set, ElemsMsg};
 use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
 use super::{table_cname, ElementCounter, NftError, RulesConfig, TableSocket};
 
@@ -160,6 +160,36 @@ impl FastPath {
                 parse_counters(msg.raw, &mut out)
             })?;
         Ok(out)
+    }
+
+    /// The kernel's counters of one call, `None` when it has no element (one request, however
+    /// many calls there are: read when a call ends, so its log line is complete).
+    pub fn call_counter(
+        &mut self,
+        outside_peer: Ipv4Addr,
+        nat_id: u16,
+    ) -> Result<Option<ElementCounter>, NftError> {
+        let what = format!(
+            "get element {outside_peer} . {nat_id:#06x} of map {} in table ip {}",
+            GRE_DADDR.to_string_lossy(),
+            self.table.to_string_lossy()
+        );
+        let k = key(outside_peer, nat_id);
+        let mut out = Vec::new();
+        let table = self.table.clone();
+        let r = self
+            .nl
+            .lock()
+            .request(&what, get_elem(&table, GRE_DADDR, &k), |msg| {
+                parse_counters(msg.raw, &mut out)
+            });
+        match r {
+            Ok(()) => Ok(out
+                .into_iter()
+                .find(|c| c.outside_peer == outside_peer && c.nat_id == nat_id)),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

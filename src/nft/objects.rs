@@ -145,6 +145,41 @@ pub fn dump_elems<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], 
     set_request(table, set, libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP, true)
 }
 
+/// Builds a GETSETELEM request for one element of a set or map (answered with the element,
+/// its counter included, or ENOENT): one call's counters without dumping the whole map.
+pub fn get_elem<'a>(
+    table: &'a CStr,
+    set: &'a CStr,
+    key: &'a [u8],
+) -> impl FnOnce(&mut [u8], u32) + 'a {
+    move |buf, seq| {
+        // SAFETY: `buf` has nft_nlmsg_maxsize() bytes (see Netlink::request); the set and its
+        // element are ours and freed here.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            sys::nftnl_set_elem_add(s, e);
+            let h = header(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETSETELEM,
+                libc::NLM_F_ACK,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
 /// A request naming one set of our family: the set itself, or (with
 /// `elems`) its elements.
 fn set_request<'a>(
