@@ -8,7 +8,7 @@ use nftnl_sys::{self as sys, libc};
 
 use super::detect::netlink_owner;
 use super::netlink::Txn;
-use super::objects::{dump_elems, get_elem, get_set, ElemsMsg};
+use super::objects::{dump_elems, elem_key, for_each_elem, get_elem, get_set, ElemsMsg};
 use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
 use super::{table_cname, ElementCounter, NftError, RulesConfig, TableSocket};
 
@@ -152,14 +152,8 @@ impl FastPath {
             GRE_DADDR.to_string_lossy(),
             self.table.to_string_lossy()
         );
-        let mut out = Vec::new();
         let table = self.table.clone();
-        self.nl
-            .lock()
-            .request(&what, dump_elems(&table, GRE_DADDR), |msg| {
-                parse_counters(msg.raw, &mut out)
-            })?;
-        Ok(out)
+        self.read_counters(&what, dump_elems(&table, GRE_DADDR))
     }
 
     /// The kernel's counters of one call, `None` when it has no element (one request, however
@@ -175,21 +169,28 @@ impl FastPath {
             self.table.to_string_lossy()
         );
         let k = key(outside_peer, nat_id);
-        let mut out = Vec::new();
         let table = self.table.clone();
-        let r = self
-            .nl
-            .lock()
-            .request(&what, get_elem(&table, GRE_DADDR, &k), |msg| {
-                parse_counters(msg.raw, &mut out)
-            });
-        match r {
-            Ok(()) => Ok(out
+        match self.read_counters(&what, get_elem(&table, GRE_DADDR, &k)) {
+            Ok(out) => Ok(out
                 .into_iter()
                 .find(|c| c.outside_peer == outside_peer && c.nat_id == nat_id)),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends one element request on the table's socket and collects the counters of every
+    /// element in the answer.
+    fn read_counters(
+        &mut self,
+        what: &str,
+        build: impl FnOnce(&mut [u8], u32),
+    ) -> Result<Vec<ElementCounter>, NftError> {
+        let mut out = Vec::new();
+        self.nl
+            .lock()
+            .request(what, build, |msg| parse_counters(msg.raw, &mut out))?;
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -218,52 +219,30 @@ impl FastPath {
 
 /// Appends the counters of every element in one GETSETELEM dump message.
 fn parse_counters(raw: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), NftError> {
-    // SAFETY: `raw` is one complete netlink message; libnftnl copies what it parses into the
-    // set, which we own and free. Element pointers are only used while the set lives.
-    unsafe {
-        let s = sys::nftnl_set_alloc();
-        if s.is_null() {
-            std::process::abort();
+    for_each_elem(raw, |e| {
+        // SAFETY: libnftnl hands over a valid element.
+        let Some(k) = (unsafe { elem_key(e) }) else {
+            return;
+        };
+        if k.len() < KEY_LEN - 2 {
+            return;
         }
-        let r = sys::nftnl_set_elems_nlmsg_parse(raw.as_ptr().cast(), s);
-        if r < 0 {
-            sys::nftnl_set_free(s);
-            return Err(NftError::Protocol("cannot parse a set element dump".into()));
-        }
-        sys::nftnl_set_elem_foreach(
-            s,
-            Some(element_cb),
-            (out as *mut Vec<ElementCounter>).cast(),
-        );
-        sys::nftnl_set_free(s);
-    }
-    Ok(())
-}
-
-unsafe extern "C" fn element_cb(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-    // SAFETY: called by libnftnl with a valid element and the pointer we passed.
-    unsafe {
-        let out = &mut *data.cast::<Vec<ElementCounter>>();
-        let mut len = 0u32;
-        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-        if k.is_null() || (len as usize) < KEY_LEN - 2 {
-            return 0;
-        }
-        let k = std::slice::from_raw_parts(k.cast::<u8>(), len as usize);
         let mut c = ElementCounter {
             outside_peer: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
             nat_id: u16::from_be_bytes([k[4], k[5]]),
             packets: 0,
             bytes: 0,
         };
-        sys::nftnl_set_elem_expr_foreach(
-            e,
-            Some(counter_cb),
-            (&mut c as *mut ElementCounter).cast(),
-        );
+        // SAFETY: a valid element, and `c` outlives the foreach.
+        unsafe {
+            sys::nftnl_set_elem_expr_foreach(
+                e,
+                Some(counter_cb),
+                (&mut c as *mut ElementCounter).cast(),
+            )
+        };
         out.push(c);
-    }
-    0
+    })
 }
 
 unsafe extern "C" fn counter_cb(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {

@@ -4,15 +4,15 @@
 //! addresses; the queue rule still asks the routing table, so GRE to an address the set does
 //! not hold yet reaches the daemon and is translated there.
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::CString;
 use std::net::Ipv4Addr;
 
 use nftnl::MsgType;
-use nftnl_sys::{self as sys, libc};
+use nftnl_sys::libc;
 
 use super::detect::netlink_owner;
 use super::netlink::Txn;
-use super::objects::{dump_elems, get_set, ElemsMsg};
+use super::objects::{dump_elems, elem_key, for_each_elem, get_set, ElemsMsg};
 use super::ruleset::LOCAL_ADDRS;
 use super::{table_cname, NftError, RulesConfig, TableSocket};
 
@@ -149,33 +149,10 @@ impl LocalAddrSet {
 
 /// Appends the IPv4 keys of one GETSETELEM dump message.
 fn parse_keys(raw: &[u8], out: &mut Vec<Ipv4Addr>) -> Result<(), NftError> {
-    // SAFETY: `raw` is one complete netlink message; libnftnl copies what it parses into the
-    // set, which we own and free. Element pointers are only used while the set lives.
-    unsafe {
-        let s = sys::nftnl_set_alloc();
-        if s.is_null() {
-            std::process::abort();
+    for_each_elem(raw, |e| {
+        // SAFETY: libnftnl hands over a valid element.
+        if let Some(&[a, b, c, d]) = unsafe { elem_key(e) } {
+            out.push(Ipv4Addr::new(a, b, c, d));
         }
-        if sys::nftnl_set_elems_nlmsg_parse(raw.as_ptr().cast(), s) < 0 {
-            sys::nftnl_set_free(s);
-            return Err(NftError::Protocol("cannot parse a set element dump".into()));
-        }
-        sys::nftnl_set_elem_foreach(s, Some(key_cb), (out as *mut Vec<Ipv4Addr>).cast());
-        sys::nftnl_set_free(s);
-    }
-    Ok(())
-}
-
-unsafe extern "C" fn key_cb(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-    // SAFETY: called by libnftnl with a valid element and the pointer we passed.
-    unsafe {
-        let out = &mut *data.cast::<Vec<Ipv4Addr>>();
-        let mut len = 0u32;
-        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-        if !k.is_null() && len == 4 {
-            let k = std::slice::from_raw_parts(k.cast::<u8>(), 4);
-            out.push(Ipv4Addr::new(k[0], k[1], k[2], k[3]));
-        }
-    }
-    0
+    })
 }

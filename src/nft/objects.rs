@@ -2,7 +2,7 @@
 //! express: tables added with NLM_F_EXCL, sets and maps (data type, typeof user data,
 //! per-element counters), concatenated keys, and element add/delete/flush.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::NonNull;
 
 use nftnl::{MsgType, NlMsg};
@@ -137,12 +137,18 @@ pub fn table_owner(raw: &[u8]) -> Result<Option<u32>, NftError> {
 
 /// Builds a GETSET request for one set (answered with the set or ENOENT).
 pub fn get_set<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
-    set_request(table, set, libc::NFT_MSG_GETSET, libc::NLM_F_ACK, false)
+    set_request(table, set, libc::NFT_MSG_GETSET, libc::NLM_F_ACK, Part::Set)
 }
 
 /// Builds a dump request for all elements of one set.
 pub fn dump_elems<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
-    set_request(table, set, libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP, true)
+    set_request(
+        table,
+        set,
+        libc::NFT_MSG_GETSETELEM,
+        libc::NLM_F_DUMP,
+        Part::Elems,
+    )
 }
 
 /// Builds a GETSETELEM request for one element of a set or map (answered with the element,
@@ -152,55 +158,97 @@ pub fn get_elem<'a>(
     set: &'a CStr,
     key: &'a [u8],
 ) -> impl FnOnce(&mut [u8], u32) + 'a {
-    move |buf, seq| {
-        // SAFETY: `buf` has nft_nlmsg_maxsize() bytes (see Netlink::request); the set and its
-        // element are ours and freed here.
-        unsafe {
-            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
-            let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr().cast(),
-                key.len() as u32,
-            );
-            sys::nftnl_set_elem_add(s, e);
-            let h = header(
-                buf.as_mut_ptr().cast(),
-                libc::NFT_MSG_GETSETELEM,
-                libc::NLM_F_ACK,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+    set_request(
+        table,
+        set,
+        libc::NFT_MSG_GETSETELEM,
+        libc::NLM_F_ACK,
+        Part::Elem(key),
+    )
+}
+
+/// Calls `f` with every element of one GETSETELEM answer (a part of a dump, or the one
+/// element asked for).
+pub fn for_each_elem<F: FnMut(*mut sys::nftnl_set_elem)>(
+    raw: &[u8],
+    mut f: F,
+) -> Result<(), NftError> {
+    unsafe extern "C" fn each<G: FnMut(*mut sys::nftnl_set_elem)>(
+        e: *mut sys::nftnl_set_elem,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: `data` is the `&mut F` passed below, alive for the whole foreach.
+        unsafe { (*data.cast::<G>())(e) };
+        0
+    }
+    // SAFETY: `raw` is one complete netlink message; libnftnl copies what it parses into the
+    // set, which we own and free. Element pointers are only used while the set lives.
+    unsafe {
+        let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+        if sys::nftnl_set_elems_nlmsg_parse(raw.as_ptr().cast(), s) < 0 {
             sys::nftnl_set_free(s);
+            return Err(NftError::Protocol("cannot parse a set element dump".into()));
         }
+        sys::nftnl_set_elem_foreach(s, Some(each::<F>), (&mut f as *mut F).cast());
+        sys::nftnl_set_free(s);
+    }
+    Ok(())
+}
+
+/// The key of an element given to a [`for_each_elem`] callback.
+///
+/// # Safety
+///
+/// `e` must be a valid element; the slice lives as long as the element.
+pub unsafe fn elem_key<'e>(e: *mut sys::nftnl_set_elem) -> Option<&'e [u8]> {
+    let mut len = 0u32;
+    // SAFETY: per the contract, `e` is valid; libnftnl returns its own copy of the key.
+    unsafe {
+        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+        (!k.is_null()).then(|| std::slice::from_raw_parts(k.cast::<u8>(), len as usize))
     }
 }
 
-/// A request naming one set of our family: the set itself, or (with
-/// `elems`) its elements.
+/// What of a set a request names.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    /// The set itself.
+    Set,
+    /// All its elements.
+    Elems,
+    /// The element with this key.
+    Elem(&'a [u8]),
+}
+
+/// A request naming one set of our family, or elements of it.
 fn set_request<'a>(
     table: &'a CStr,
     set: &'a CStr,
     msg: i32,
     flags: i32,
-    elems: bool,
+    part: Part<'a>,
 ) -> impl FnOnce(&mut [u8], u32) + 'a {
     move |buf, seq| {
-        // SAFETY: as in get_table.
+        // SAFETY: as in get_table; the set and its element are ours and freed here.
         unsafe {
             let s = alloc(sys::nftnl_set_alloc()).as_ptr();
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_IP));
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            if let Part::Elem(key) = part {
+                let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    key.as_ptr().cast(),
+                    key.len() as u32,
+                );
+                sys::nftnl_set_elem_add(s, e);
+            }
             let h = header(buf.as_mut_ptr().cast(), msg, flags, seq);
-            if elems {
-                sys::nftnl_set_elems_nlmsg_build_payload(h, s);
-            } else {
-                sys::nftnl_set_nlmsg_build_payload(h, s);
+            match part {
+                Part::Set => sys::nftnl_set_nlmsg_build_payload(h, s),
+                Part::Elems | Part::Elem(_) => sys::nftnl_set_elems_nlmsg_build_payload(h, s),
             }
             sys::nftnl_set_free(s);
         }
