@@ -88,13 +88,9 @@ pub enum Action<'a> {
     /// Let it pass: unchanged, or with the bytes rewritten through
     /// [`Packet::payload_mut`] and the mark set with [`Packet::set_mark`].
     Accept,
-    /// Let it pass with these bytes, optionally setting the packet mark.
-    AcceptModified {
-        /// The new packet.
-        payload: &'a [u8],
-        /// The mark to set.
-        mark: Option<u32>,
-    },
+    /// Let it pass with these bytes instead (and the mark, if one was set
+    /// with [`Packet::set_mark`]).
+    AcceptModified(&'a [u8]),
     /// Discard it.
     Drop,
 }
@@ -204,7 +200,7 @@ impl NfQueue {
         match action {
             Action::Accept => pkt.msg.set_verdict(nfq::Verdict::Accept),
             Action::Drop => pkt.msg.set_verdict(nfq::Verdict::Drop),
-            Action::AcceptModified { payload, mark } => {
+            Action::AcceptModified(payload) => {
                 // `get_payload_mut` writes into the receive buffer (no
                 // allocation); the engine never changes a packet's length,
                 // so the other arm is only a safety net.
@@ -213,9 +209,6 @@ impl NfQueue {
                     buf.copy_from_slice(payload);
                 } else {
                     pkt.msg.set_payload(payload.to_vec());
-                }
-                if let Some(mark) = mark {
-                    pkt.msg.set_nfmark(mark);
                 }
                 pkt.msg.set_verdict(nfq::Verdict::Accept);
             }

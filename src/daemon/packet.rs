@@ -24,7 +24,7 @@ use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
-use crate::nft::{FastPath, QueueBackend, RulesConfig, TableSocket};
+use crate::nft::{ElementCounter, FastPath, QueueBackend, RulesConfig, TableSocket};
 use crate::wire::ipv4::PROTO_GRE;
 use rustc_hash::FxHashMap;
 use std::io::{self, Read};
@@ -324,10 +324,7 @@ impl PacketLoop {
                 }
                 Action::Accept
             }
-            Verdict::Modified => Action::AcceptModified {
-                payload: &self.scratch[..len],
-                mark: None,
-            },
+            Verdict::Modified => Action::AcceptModified(&self.scratch[..len]),
         };
         if let Err(e) = self.queue.verdict(pkt, action) {
             lock(&self.shared).verdict_errors += 1;
@@ -469,19 +466,9 @@ impl PacketLoop {
                 Event::CallEnded(c, cause) => {
                     // What the kernel translated since the last counter poll,
                     // read before its element goes, so the line is complete.
-                    let key = (c.outside_peer, c.nat_id);
                     let kernel_in = match &mut self.fast {
                         Some(fp) => match fp.call_counter(c.outside_peer, c.nat_id) {
-                            Ok(Some(e)) => {
-                                let (p0, _) =
-                                    self.offload_seen.get(&key).copied().unwrap_or((0, 0));
-                                // Smaller: the element was replaced, all of it is new.
-                                if e.packets >= p0 {
-                                    e.packets - p0
-                                } else {
-                                    e.packets
-                                }
-                            }
+                            Ok(Some(e)) => offload_delta(&self.offload_seen, &e).0,
                             Ok(None) => 0,
                             Err(e) => {
                                 log::debug!(
@@ -629,22 +616,30 @@ impl PacketLoop {
         seen.reserve(counters.len());
         let mut shared = lock(&self.shared);
         for e in &counters {
-            let key = (e.outside_peer, e.nat_id);
-            let (p0, b0) = self.offload_seen.get(&key).copied().unwrap_or((0, 0));
-            // A smaller value means the element was replaced: count it all.
-            let (dp, db) = if e.packets >= p0 {
-                (e.packets - p0, e.bytes.saturating_sub(b0))
-            } else {
-                (e.packets, e.bytes)
-            };
+            let (dp, db) = offload_delta(&self.offload_seen, e);
             shared
                 .alg
                 .note_offloaded(now, e.outside_peer, e.nat_id, dp, db);
-            seen.insert(key, (e.packets, e.bytes));
+            seen.insert((e.outside_peer, e.nat_id), (e.packets, e.bytes));
         }
         shared.offloaded = counters;
         drop(shared);
         self.offload_seen = seen;
+    }
+}
+
+/// Packets and bytes the kernel translated for a call since the counters in
+/// `seen` were read.
+fn offload_delta(seen: &FxHashMap<(Ipv4Addr, u16), (u64, u64)>, e: &ElementCounter) -> (u64, u64) {
+    let (p0, b0) = seen
+        .get(&(e.outside_peer, e.nat_id))
+        .copied()
+        .unwrap_or((0, 0));
+    // A smaller value means the element was replaced: count it all.
+    if e.packets >= p0 {
+        (e.packets - p0, e.bytes.saturating_sub(b0))
+    } else {
+        (e.packets, e.bytes)
     }
 }
 
