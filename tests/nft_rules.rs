@@ -147,8 +147,8 @@ table ip pptp_alg {
 
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid meta mark set 0x00001723 accept
-\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local queue flags bypass to 1724
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1724
 \t}
 
 \tchain ctl {
@@ -168,7 +168,7 @@ table ip pptp_alg {
 fn render_xt_shows_target_and_comment() {
     let text = nft::render(&RulesConfig::default(), QueueBackend::XtNfqueue);
     assert!(text.contains(
-        "fib daddr type local xt target \"NFQUEUE\" comment \"xt NFQUEUE num 1724 bypass\"\n"
+        "fib daddr type local notrack xt target \"NFQUEUE\" comment \"xt NFQUEUE num 1724 bypass\"\n"
     ));
     assert!(text.contains(
         "tcp dport 1723 ct direction original ct status snat xt target \"NFQUEUE\" \

@@ -285,6 +285,11 @@ pub fn accept() -> Expr {
         .u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_ACCEPT as u32)
 }
 
+/// `[ notrack ]`: the packet skips connection tracking (module nft_ct).
+pub fn notrack() -> Expr {
+    Expr::new(c"notrack")
+}
+
 /// `[ counter ]`, as attached to a set so that every element counts its own packets.
 pub fn counter() -> Expr {
     Expr::new(c"counter")

@@ -7,7 +7,8 @@
 //!   kernel are rewritten in place through the maps `gre_daddr` and `gre_cid` (the fast path,
 //!   see [`FastPath`]) when the destination is in the set `local_addrs` of the router's own
 //!   addresses (see [`LocalAddrSet`]); everything else the routing table calls local is
-//!   queued to `queue_to_inside`.
+//!   queued to `queue_to_inside`. Both rules `notrack` what they take: conntrack never sees
+//!   the GRE this daemon translates.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction.
 //!

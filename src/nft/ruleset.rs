@@ -80,6 +80,8 @@ pub enum Stmt {
     /// Rewrites destination address and Call ID from the two maps; no match if the key is
     /// absent.
     RewriteGre,
+    /// The packet skips connection tracking.
+    Notrack,
     /// Sets the packet mark.
     SetMark(u32),
     /// Accept verdict.
@@ -122,6 +124,7 @@ impl Stmt {
                 name(GRE_DADDR),
                 name(GRE_CID)
             ),
+            Stmt::Notrack => "notrack".into(),
             Stmt::SetMark(m) => format!("meta mark set {m:#010x}"),
             Stmt::Accept => "accept".into(),
             Stmt::Queue(n, QueueBackend::NftQueue) => format!("queue flags bypass to {n}"),
@@ -207,6 +210,7 @@ impl Stmt {
                 ));
                 v
             }
+            Stmt::Notrack => vec![expr::notrack()],
             Stmt::SetMark(m) => vec![
                 expr::immediate(&m.to_ne_bytes()),
                 expr::meta_set(libc::NFT_META_MARK),
@@ -303,7 +307,7 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
 }
 
 /// GRE from outside at raw prerouting (-300): before conntrack (-200) and before the routing
-/// decision, so a rewritten destination is routed to the inside host and tracked as such.
+/// decision, so a rewritten destination is routed to the inside host; untracked (see below).
 ///
 /// Control connections at forward, priority filter + 10: every forward priority lies between
 /// DNAT (prerouting) and SNAT (postrouting), so the daemon sees inside addresses; running just
@@ -318,11 +322,18 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         // host (transit) carrying a mapped (peer, Call ID) is never rewritten. The mark comes
         // after the rewrite: a lookup miss ends the rule, and the packet must then reach the
         // queue unmarked.
+        //
+        // `notrack`: the translation is stateless, so conntrack has nothing to add; skipping
+        // it saves its lookup, NAT hooks and confirmation (about 200 ns a packet, more than
+        // this rule costs over a masqueraded packet) and one conntrack entry per call. The
+        // queue rule below does the same, so a call's GRE looks the same to the firewall
+        // (`ct state untracked`, the mark) whether the kernel or the daemon translates it.
         gre_rules.push(vec![
             GreV1,
             NotFragment,
             InLocalAddrs,
             RewriteGre,
+            Notrack,
             SetMark(cfg.mark),
             Accept,
         ]);
@@ -333,6 +344,7 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         GreV1,
         NotFragment,
         LocalDaddr,
+        Notrack,
         Queue(cfg.queue_to_inside, backend),
     ]);
 
