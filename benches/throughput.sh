@@ -16,13 +16,25 @@
 #   d    pptp-alg run --install-rules (kernel fast path)
 #   min  benches/tools/nfq_minimal.rs on the same queue rule as c (yardstick for c)
 #   gen  the generator alone, sending into an ifb device, which drops (its ceiling)
+#   e    (only with ALT_ALG=/path/to/pptp-alg) d with another build: an A/B of a change
 # GRE always flows server -> client: 76-byte enhanced GRE (12-byte header + 64-byte payload
 # with sequence number and send timestamps), 96 bytes on the wire as IPv4.
 # Results: a table on stdout; raw data in DIR (default /tmp/pptp-bench.XXXX).
+#
+# --no-rps  leaves the router's receive work on the generator's core (see RPS below).
+# --profile "CFG..."  instead: a perf profile of each configuration at a fixed rate.
+# Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
+# sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
+PROFILE=
+CFGS=${CFGS:-gen a b c d min}
+CONTROL=${CONTROL:-1}
+ALT_ALG=${ALT_ALG:-}
+[ -z "$ALT_ALG" ] || CFGS="$CFGS e"
+RPS=1
 REPS=5
 OUT=
 while [ $# -gt 0 ]; do
@@ -30,6 +42,8 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --reps) REPS=$2; shift ;;
         --out) OUT=$2; shift ;;
+        --no-rps) RPS=0 ;;
+        --profile) PROFILE=$2; shift ;;
         -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "throughput.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -39,7 +53,7 @@ done
 
 if [ "$QUICK" = 1 ]; then
     REPS=1
-    SIZES="1000"          # many-call sizes besides 1
+    SIZES=${SIZES-1000}   # many-call sizes besides 1
     TRIAL=0.3             # seconds per search trial
     MAXDUR=0.5            # seconds at full offered load
     IDLE_DUR=2            # seconds of latency at idle
@@ -48,7 +62,7 @@ if [ "$QUICK" = 1 ]; then
     OCRP_CALLS=50
     CTL_CALLS=10000
 else
-    SIZES="100 1000 10000"
+    SIZES=${SIZES-100 1000 10000}
     TRIAL=0.5
     MAXDUR=1
     IDLE_DUR=4
@@ -81,6 +95,7 @@ EXPECT_MAX_OLD=
 cleanup() {
     set +e
     lab_down
+    [ -z "${BACKLOG_OLD:-}" ] || sysctl -qw net.core.netdev_max_backlog="$BACKLOG_OLD"
     if [ -n "$EXPECT_MAX_OLD" ]; then
         sysctl -qw net.netfilter.nf_conntrack_expect_max="$EXPECT_MAX_OLD"
     fi
@@ -105,8 +120,33 @@ in_s ip link add d0 type ifb # no dummy driver here; ifb drops what it is given
 in_s ip addr add 10.213.9.1/24 dev d0
 in_s ip link set d0 up
 in_r sysctl -qw net.ipv4.conf.all.rp_filter=0
+# veth hands a packet to the receiving namespace on the sender's core, so without RPS the
+# router's whole forwarding path runs on the generator's core, and every rate includes the
+# generator's own cost. For the rate trials, RPS on the router's outside link moves the
+# forwarding (and the client's receive) to the other core(s): the generator's core then holds
+# only the generator, as if the traffic came from another machine. The latency trials run
+# without it: there RPS would add a cross-core wake-up that a router's NIC does not. So do
+# the userspace paths c and min: with two cores RPS would put the kernel's receive work on
+# the consumer's core, and both collapse (see benches/README.md).
+RPS_MASK=0
+if [ "$RPS" = 1 ] && [ "$NCPU" -gt 1 ]; then
+    RPS_MASK=$(printf '%x' $(((1 << GEN_CPU) - 1)))
+    log "RPS for rate trials: router's r1 receive work on cpu mask $RPS_MASK, generator alone on cpu $GEN_CPU"
+fi
+RPS_NOW=false
+rps() { # on|off
+    local m=0
+    RPS_NOW=false
+    [ "$1" = on ] && m=$RPS_MASK && [ "$m" != 0 ] && RPS_NOW=true
+    in_r sh -c "echo $m >/sys/class/net/r1/queues/rx-0/rps_cpus"
+}
 # The kernel helper keeps two expectations per call for five minutes; 10,000 calls need more
 # than the default 4096. This limit is global (init namespace only); restored on exit.
+# With RPS, packets wait in the other core's backlog (default 1,000 packets, 3 ms at 300k pps):
+# a pause of the core longer than that on this shared VM loses packets at any rate. 10,000
+# is the size of a large NIC receive ring. Global, restored on exit.
+BACKLOG_OLD=$(sysctl -n net.core.netdev_max_backlog)
+sysctl -qw net.core.netdev_max_backlog=10000
 EXPECT_MAX_OLD=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
 if [ "$EXPECT_MAX_OLD" -lt 65536 ]; then
     sysctl -qw net.netfilter.nf_conntrack_expect_max=65536
@@ -115,6 +155,14 @@ else
 fi
 
 # ------------------------------------------------------------------ GRE trials
+
+# Busy time (ns) of the cores besides the generator's, all work (user, system, softirq),
+# from /proc/stat (USER_HZ ticks).
+other_busy_ns() {
+    awk -v g="cpu$GEN_CPU" -v hz="$(getconf CLK_TCK)" '
+        /^cpu[0-9]/ && $1 != g { b += $2 + $3 + $4 + $7 + $8 + $9 }
+        END { printf "%.0f", b * 1e9 / hz }' /proc/stat
+}
 
 # CPU time (ns) a process has run, all threads (schedstat: not time spent on other tasks).
 proc_cpu_ns() {
@@ -134,10 +182,16 @@ trial() {
     local dst=$PUB idargs=(--call-id 0)
     [ "$cfg" = gen ] && dst=$SINK
     [ -n "$ids" ] && idargs=(--ids-file "$ids")
-    local c0=0 c1=0
+    local c0=0 c1=0 o0 o1
+    case "$kind:$cfg" in
+        idle:* | fixed:* | *:c | *:min) rps off ;;
+        *) rps on ;;
+    esac
     [ -n "$DAEMON_PID" ] && c0=$(proc_cpu_ns "$DAEMON_PID")
+    o0=$(other_busy_ns)
     in_s taskset -c "$GEN_CPU" "$GL" send --dst "$dst" --rate "$rate" --duration "$dur" \
         "${idargs[@]}" >"$s"
+    o1=$(other_busy_ns)
     [ -n "$DAEMON_PID" ] && c1=$(proc_cpu_ns "$DAEMON_PID")
     if [ "$cfg" = gen ]; then
         stop_pid "$rpid"
@@ -148,7 +202,7 @@ trial() {
     T_ACH=$(jq -r .rate_achieved "$s")
     T_RATE=$rate
     T_RECV=$(jq -r '.received // 0' "$r" 2>/dev/null || echo 0)
-    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
+    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"other_busy_ns\":$((o1 - o0)),\"rps\":$RPS_NOW,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
 }
 
 # A trial passes when at most 0.5% of what was sent is lost and the generator kept up with the
@@ -164,18 +218,32 @@ gre_suite() {
     trial "$cfg" "$calls" "$rep" warmup 20000 0.3 "$ids"
     trial "$cfg" "$calls" "$rep" max 0 "$MAXDUR" "$ids"
     [ "$cfg" = gen ] && return 0
-    # Bisection for the highest rate with <= 0.5% loss, bracketing the delivered rate.
+    # Search for the highest rate with <= 0.5% loss: start just under the delivered rate,
+    # step up by 1.5x while trials pass or down by 2x while they fail until a pass and a
+    # fail bracket it, then bisect. Starting from the delivered rate alone would miss the
+    # NFQUEUE paths under RPS: at full offered load they collapse (the kernel's receive
+    # work starves the consumer), far below what they carry without loss.
     local d=$((T_RECV * 10 / $(awk -v m="$MAXDUR" 'BEGIN{print int(m*10)}')))
-    local lo=$((d / 5)) hi=$((d * 13 / 10)) best=0 i mid
-    [ $lo -ge 1000 ] || lo=1000
-    for i in $(seq 1 "$SEARCH_STEPS"); do
-        mid=$(((lo + hi) / 2))
+    local offered=${T_ACH%.*}
+    local lo=0 hi=0 best=0 i mid=$((d * 9 / 10))
+    [ $mid -ge 1000 ] || mid=1000
+    for i in $(seq 1 $((SEARCH_STEPS + 2))); do
         trial "$cfg" "$calls" "$rep" search "$mid" "$TRIAL" "$ids"
         if ok_loss; then
             best=$mid
             lo=$mid
         else
             hi=$mid
+        fi
+        if [ $lo -gt 0 ] && [ $hi -gt 0 ]; then
+            mid=$(((lo + hi) / 2))
+        elif [ $hi -eq 0 ]; then
+            mid=$((lo * 3 / 2))
+            [ $mid -le "$offered" ] || mid=$offered
+            [ $mid -gt $lo ] || break
+        else
+            mid=$((hi / 2))
+            [ $mid -ge 500 ] || break
         fi
     done
     emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"noloss\",\"rate\":$best}"
@@ -198,7 +266,7 @@ start_daemon() { # extra args...
     # configuration, none from or to a daemon outside this lab. (`--state-file ""`,
     # documented as "none", is rejected by the CLI at the time of writing.)
     DAEMON_N=$((DAEMON_N + 1))
-    bg "$WORK/daemon.log" "$NS_R" "$ALG" run --install-rules --status-socket "$sock" \
+    bg "$WORK/daemon.log" "$NS_R" "${ALG_RUN:-$ALG}" run --install-rules --status-socket "$sock" \
         --max-calls 20000 --max-calls-per-host 16384 --max-connections 20000 \
         --state-file "$WORK/state.$DAEMON_N.json" --log-level warn "$@"
     DAEMON_PID=$LAST_PID
@@ -274,8 +342,12 @@ EOF
             # The kernel helper tracks one call per control connection.
             start_pns "$calls" 1 1
             ;;
-        c | d)
-            if [ "$cfg" = c ]; then start_daemon --no-offload; else start_daemon; fi
+        c | d | e)
+            case "$cfg" in
+                c) start_daemon --no-offload ;;
+                d) start_daemon ;;
+                e) ALG_RUN=$ALT_ALG start_daemon ;;
+            esac
             start_pac
             start_pns 1 "$calls" 32
             ;;
@@ -296,7 +368,7 @@ cfg_down() {
             stop_calls
             in_r nft delete table ip labhelper
             ;;
-        c | d)
+        c | d | e)
             stop_calls
             stop_daemon
             ;;
@@ -310,7 +382,7 @@ cfg_down() {
 
 ids_for() { # CFG -> file of Call IDs the server should use ("" = Call ID 0)
     case "$1" in
-        b | c | d) echo "$WORK/ids" ;;
+        b | c | d | e) echo "$WORK/ids" ;;
         *) echo "" ;;
     esac
 }
@@ -322,12 +394,40 @@ rotate() { # REP list... -> the list rotated by REP
     for i in $(seq 0 $((k - 1))); do printf '%s ' "${a[$(((i + n) % k))]}"; done
 }
 
+# ------------------------------------------------------------------ profile
+
+# --profile "CFG...": for each configuration (one call), a fixed rate every one of them
+# sustains, sampled by `perf record -a -g`; per configuration the kernel symbols by share of
+# samples, and the samples per delivered packet, in DIR/profile.CFG.txt.
+if [ -n "$PROFILE" ]; then
+    command -v perf >/dev/null || { echo "throughput.sh: --profile needs perf" >&2; exit 1; }
+    PROF_RATE=${PROF_RATE:-100000}
+    for cfg in $PROFILE; do
+        cfg_up "$cfg" 1
+        ids=$(ids_for "$cfg")
+        trial "$cfg" 1 0 warmup 20000 0.3 "$ids"
+        perf record -a -F 4999 -o "$WORK/perf.$cfg.data" -- sleep 2.5 >/dev/null 2>&1 &
+        ppid=$!
+        sleep 0.2
+        trial "$cfg" 1 0 profile "$PROF_RATE" 2 "$ids"
+        wait "$ppid" || true
+        perf report -i "$WORK/perf.$cfg.data" --sort sym --stdio 2>/dev/null |
+            grep '%' | grep -v '^#' | head -60 >"$WORK/profile.$cfg.txt" || true
+        total=$(perf report -i "$WORK/perf.$cfg.data" --no-children --sort comm --stdio 2>/dev/null |
+            awk '/Samples:/{print $3; exit}' || true)
+        log "  $cfg: sent $T_SENT received $T_RECV at $PROF_RATE pps; $total samples"
+        cfg_down "$cfg"
+    done
+    log "profiles in $WORK/profile.*.txt"
+    exit 0
+fi
+
 # ------------------------------------------------------------------ run
 
 T0=$(date +%s)
 for rep in $(seq 1 "$REPS"); do
     log "repetition $rep/$REPS: one call"
-    for cfg in $(rotate "$rep" gen a b c d min); do
+    for cfg in $(rotate "$rep" $CFGS); do
         cfg_up "$cfg" 1
         gre_suite "$cfg" 1 "$rep" "$(ids_for "$cfg")"
         cfg_down "$cfg"
@@ -351,6 +451,7 @@ for rep in $(seq 1 "$REPS"); do
         done
     done
 
+    [ "$CONTROL" = 1 ] || continue
     log "repetition $rep/$REPS: control plane"
     for cfg in c d; do
         # Setups and teardowns per second: one connection, 32 requests in flight.
@@ -415,167 +516,4 @@ log "done in $(($(date +%s) - T0)) s; raw results in $RES"
 
 # ------------------------------------------------------------------ report
 
-python3 - "$RES" "$FIXED_RATE" "$IDLE_RATE" <<'EOF'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-fixed_rate, idle_rate = sys.argv[2], sys.argv[3]
-
-def med(v):
-    return statistics.median(v) if v else None
-
-def spread(v):
-    if not v:
-        return ""
-    m = statistics.median(v)
-    return f"±{100*(max(v)-min(v))/2/m:.0f}%" if m and len(v) > 1 else ""
-
-def fmt(v, unit=""):
-    if v is None:
-        return "-"
-    if abs(v) >= 100:
-        return f"{v:,.0f}{unit}"
-    return f"{v:.1f}{unit}"
-
-def sel(cfg, calls, kind):
-    return [r for r in rows if r["cfg"] == cfg and r["calls"] == calls and r["kind"] == kind]
-
-def noloss(cfg, calls):
-    return [r["rate"] for r in sel(cfg, calls, "noloss")]
-
-def delivered(cfg, calls):
-    return [r["recv"]["received"] / r["send"]["elapsed_s"] for r in sel(cfg, calls, "max") if r["recv"]]
-
-def offered(cfg, calls):
-    return [r["send"]["rate_achieved"] for r in sel(cfg, calls, "max")]
-
-def lat(cfg, calls, kind, p):
-    return [r["recv"]["latency"][p] for r in sel(cfg, calls, kind)
-            if r["recv"] and r["recv"]["latency"][p] is not None]
-
-def ratio(x, y):
-    return f"{x/y:.2f}x" if x and y else "-"
-
-reps = max(r["rep"] for r in rows)
-print(f"\n=== pptp-alg GRE benchmark ({reps} repetition(s); median, ±half-range) ===")
-print("GRE server->client, 96-byte IPv4 packets; generator pinned to its own core\n")
-g = med(offered("gen", 1))
-print(f"generator ceiling (ifb sink, no forwarding): {fmt(g)} pps {spread(offered('gen', 1))}\n")
-hdr = f"{'cfg':<5}{'calls':>6} | {'no-loss pps':>16} | {'delivered@max':>16} | {'idle p50/p99/p99.9 us':>22} | {'@'+fixed_rate+'pps p50/p99/p99.9 us':>26}"
-print(hdr)
-print("-" * len(hdr))
-cfgs = ["a", "b", "c", "d", "min", "b-new", "d-new"]
-sizes = sorted({r["calls"] for r in rows if r["kind"] == "noloss"})
-for calls in sizes:
-    for cfg in cfgs:
-        nl = noloss(cfg, calls)
-        if not nl:
-            continue
-        dl = delivered(cfg, calls)
-        li = "/".join(fmt(med(lat(cfg, calls, "idle", p))) for p in ("p50_us", "p99_us", "p999_us"))
-        lf = "/".join(fmt(med(lat(cfg, calls, "fixed", p))) for p in ("p50_us", "p99_us", "p999_us"))
-        print(f"{cfg:<5}{calls:>6} | {fmt(med(nl)):>11} {spread(nl):>4} | {fmt(med(dl)):>11} {spread(dl):>4} | {li:>22} | {lf:>26}")
-    print()
-
-def cpu_gen(cfg, calls):
-    return [r["send"]["cpu_ns_per_pkt"] for r in sel(cfg, calls, "max")]
-
-def cpu_daemon(cfg, calls):
-    return [r["daemon_cpu_ns"] / r["recv"]["received"] for r in sel(cfg, calls, "max")
-            if r.get("daemon_cpu_ns") and r["recv"] and r["recv"]["received"]]
-
-print("CPU per packet at saturation (schedstat run time / packets; insensitive to other tasks")
-print("taking the core, unlike the rates above):")
-print(f"{'cfg':<5}{'calls':>6} | {'generator core: send + kernel path':>36} | {'minus gen':>9} | {'userspace process':>18}")
-g0 = med(cpu_gen("gen", 1))
-for calls in sizes:
-    for cfg in ["gen"] + cfgs:
-        v = cpu_gen(cfg, calls)
-        if not v:
-            continue
-        dc = cpu_daemon(cfg, calls)
-        kp = f"{med(v) - g0:,.0f} ns" if g0 and cfg != "gen" else "-"
-        print(f"{cfg:<5}{calls:>6} | {fmt(med(v), ' ns'):>31} {spread(v):>4} | {kp:>9} | "
-              f"{(fmt(med(dc), ' ns') + ' ' + spread(dc)) if dc else '-':>18}")
-print()
-
-def paired(x, cx, y, cy, kind="noloss"):
-    """Median and half-range of the per-repetition ratios x/y (same repetition: paired)."""
-    v = []
-    for rep in range(1, reps + 1):
-        xs = [r["rate"] for r in sel(x, cx, kind) if r["rep"] == rep]
-        ys = [r["rate"] for r in sel(y, cy, kind) if r["rep"] == rep]
-        if xs and ys and ys[0]:
-            v.append(xs[0] / ys[0])
-    if not v:
-        return "-"
-    return f"{med(v):.2f}x" + (f" ({min(v):.2f}..{max(v):.2f})" if len(v) > 1 else "")
-
-print("Ratios of no-loss pps: median of the per-repetition ratios (min..max); one call unless said")
-for x, y, t in (("b", "a", ""), ("d", "a", "target >= 0.9"), ("d", "b", "target >= 0.9"),
-                ("c", "a", ""), ("c", "min", "target >= 0.85"), ("min", "a", "")):
-    print(f"  {x}/{y}: {paired(x, 1, y, 1)}   {t}")
-def cost_ratio(x, y, f):
-    vx, vy = med(f(x, 1)), med(f(y, 1))
-    return f"{vy / vx:.2f}x" if vx and vy else "-"
-print("  as throughput per core from CPU per packet (higher is better):")
-print(f"    d/a {cost_ratio('d', 'a', cpu_gen)}   d/b {cost_ratio('d', 'b', cpu_gen)}   "
-      f"b/a {cost_ratio('b', 'a', cpu_gen)}   c/min (userspace process) {cost_ratio('c', 'min', cpu_daemon)}")
-dsz = [s for s in sizes if noloss("d", s)]
-if dsz:
-    vals = {s: med(noloss("d", s)) for s in dsz}
-    print("  d by calls: " + "  ".join(f"{s}: {fmt(v)} ({ratio(v, vals[1])} of 1 call)" for s, v in vals.items()))
-    bvals = {s: med(noloss("b", s)) for s in sizes if noloss("b", s)}
-    print("  b by calls: " + "  ".join(f"{s}: {fmt(v)}" for s, v in bvals.items()))
-    for s in dsz:
-        if s > 1:
-            print(f"  d at {s} calls / d at 1 call: {paired('d', s, 'd', 1)}   (target: within 10%)")
-    for s in dsz:
-        if s in bvals and s > 1:
-            print(f"  d/b at {s} calls, traffic on all calls: {paired('d', s, 'b', s)}" + ("   target >= 5x" if s == 1000 else ""))
-    for s in dsz:
-        if noloss("d-new", s) and noloss("b-new", s):
-            print(f"  d/b at {s} calls, traffic on the newest call: {paired('d-new', s, 'b-new', s)}"
-                  + ("   target >= 5x" if s == 1000 else "")
-                  + f"   (d-new at {s} / d at 1 call: {paired('d-new', s, 'd', 1)})")
-dl, al = med(lat("d", 1, "idle", "p50_us")), med(lat("a", 1, "idle", "p50_us"))
-if dl is not None and al is not None:
-    print(f"  d p50 latency added over a (idle): {dl - al:+.1f} us (target <= 5)")
-dl, al = med(lat("d", 1, "fixed", "p50_us")), med(lat("a", 1, "fixed", "p50_us"))
-if dl is not None and al is not None:
-    print(f"  d p50 latency added over a (@{fixed_rate} pps): {dl - al:+.1f} us")
-
-print("\nControl plane (pptp-alg; one connection, 32 requests in flight):")
-for cfg in ["c", "d"]:
-    ctl = [r for r in rows if r["cfg"] == cfg and r["kind"] == "ctl"]
-    if ctl:
-        su = [r["pns"]["setup"]["setups_per_s"] for r in ctl]
-        td = [r["pns"]["teardowns_per_s"] for r in ctl]
-        n = ctl[0]["calls"]
-        print(f"  {cfg}: {n} calls: setups/s {fmt(med(su))} {spread(su)}, teardowns/s {fmt(med(td))} {spread(td)} (target >= 1000)")
-for cfg in ["b", "d"]:
-    st = [r for r in rows if r["cfg"] == cfg and r["kind"] == "setup"]
-    for s in sorted({r["calls"] for r in st}):
-        v = [r["pns"]["setups_per_s"] for r in st if r["calls"] == s]
-        print(f"  {cfg} setup of {s} calls ({'connections' if cfg == 'b' else 'one connection'}): {fmt(med(v))} setups/s")
-rss, anon = {}, {}
-for r in rows:
-    if r["kind"] == "rss":
-        rss.setdefault((r["cfg"], r["calls"]), []).append(r["kb"])
-        anon.setdefault((r["cfg"], r["calls"]), []).append(r.get("anon_kb", 0))
-print("  daemon memory, VmRSS (of which RssAnon):")
-for (c, n), v in sorted(rss.items()):
-    print(f"    {c} {n:>5} calls: {med(v)/1024:.2f} MB ({med(anon[(c, n)])/1024:.2f} MB anon)")
-for cfg in ("c", "d"):
-    d0, a0 = med(rss.get((cfg, 0), []) or [0]), med(anon.get((cfg, 0), []) or [0])
-    for (c, n), v in sorted(rss.items()):
-        if c == cfg and n >= 1000 and d0:
-            print(f"  {cfg} growth 0 -> {n} calls: VmRSS {(med(v) - d0)/1024:+.2f} MB, anon {(med(anon[(c, n)]) - a0)/1024:+.2f} MB"
-                  + ("  (target: 10,000 calls in <= 2.5 MB)" if n == 10000 else ""))
-oc = [x for r in rows if r["kind"] == "ocrp" for x in r["lat_us"]]
-miss = sum(r["missing"] for r in rows if r["kind"] == "ocrp")
-if oc:
-    oc.sort()
-    q = lambda p: oc[min(len(oc) - 1, round(p / 100 * (len(oc) - 1)))]
-    print(f"  OCRP sent -> first kernel-translated GRE at client: p50 {q(50):.0f} us, p99 {q(99):.0f} us, max {oc[-1]:.0f} us "
-          f"({len(oc)} calls, {miss} without a kernel-translated probe in 3 ms; target p99 <= 1000 us)")
-EOF
+python3 "$ROOT/benches/report.py" "$RES" "$FIXED_RATE" "$IDLE_RATE"
