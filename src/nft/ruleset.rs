@@ -670,8 +670,13 @@ mod tests {
             "{fast}"
         );
         assert!(!fast.contains("fib"), "{fast}");
-        assert!(queue.contains(" fib daddr type local queue "), "{queue}");
+        assert!(
+            queue.contains(" fib daddr type local notrack queue "),
+            "{queue}"
+        );
         assert!(!queue.contains("@local_addrs"), "{queue}");
+        // Both paths leave the GRE they take untracked: the firewall sees the same either way.
+        assert!(fast.contains(" notrack meta mark set "), "{fast}");
 
         let no_offload = RulesConfig {
             offload: false,
