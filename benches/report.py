@@ -92,8 +92,8 @@ def cpu_other(cfg, calls):
 print("CPU per packet (run time / packets; insensitive to other tasks taking the core, unlike")
 print("the rates above). Generator core: the generator's schedstat at saturation" +
       (", which includes the\nkernel path only without RPS. Other cores: all their busy time (/proc/stat) at the highest\n"
-       "rate without loss: with RPS the router's kernel path and the client's receive up to the\n"
-       "counter that drops it; for c and min (no RPS) the userspace process." if rps_on else " (send + kernel path)."))
+       "rate without loss: with RPS the kernel path, the client's receive and the receiver; for c\n"
+       "and min (no RPS) the userspace process and the receiver." if rps_on else " (send + kernel path)."))
 print(f"{'cfg':<5}{'calls':>6} | {'generator core':>20} | {'minus gen':>9} | {'other, no loss':>16} | {'userspace process':>18}")
 g0 = med(cpu_gen("gen", 1))
 for calls in sizes:

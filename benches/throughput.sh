@@ -116,14 +116,6 @@ ALG=$BIN/pptp-alg
 
 log "lab $P in $WORK"
 lab_up
-in_c nft -f - <<'NFT'
-table ip sink {
-    counter gre { }
-    chain pre {
-        type filter hook prerouting priority raw; policy accept;
-    }
-}
-NFT
 in_s ip link add d0 type ifb # no dummy driver here; ifb drops what it is given
 in_s ip addr add 10.213.9.1/24 dev d0
 in_s ip link set d0 up
@@ -177,41 +169,16 @@ proc_cpu_ns() {
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END{printf "%d", s}'
 }
 
-# The rate trials count what reaches the client with an nftables counter at the client's
-# prerouting, and drop it there: the client host's own receive path (raw socket, wake-up,
-# recvmmsg) is not the router's work, and with RPS it would run on the router's core and
-# hide part of the difference between the router's paths. The latency trials need the
-# packets themselves: the sink passes them to the receiver then.
-sink() { # on|off
-    if [ "$1" = on ]; then
-        in_c nft "flush chain ip sink pre; add rule ip sink pre ip protocol gre counter name gre drop"
-    else
-        in_c nft flush chain ip sink pre
-    fi
-    in_c nft reset counter ip sink gre >/dev/null
-}
-
-sink_count() {
-    in_c nft reset counter ip sink gre | awk '/packets/ { print $2; exit }'
-}
-
-# trial CFG CALLS REP KIND RATE DURATION [IDS_FILE]: one sender run, counted by the sink
-# (rate trials) or by a receiver (latency trials); appends a JSON line to results and sets
-# T_SENT, T_RECV.
+# trial CFG CALLS REP KIND RATE DURATION [IDS_FILE]: one receiver + one sender run; appends a
+# JSON line to results and sets T_SENT, T_RECV.
 trial() {
     local cfg=$1 calls=$2 rep=$3 kind=$4 rate=$5 dur=$6 ids=${7:-}
-    local r=$WORK/recv.json ready=$WORK/recv.ready s=$WORK/send.json rpid=
-    rm -f "$ready" "$r"
-    case "$kind" in
-        idle | fixed)
-            sink off
-            bg "$r" "$NS_C" taskset -c "$OTHER_CPUS" "$GL" recv --ready-file "$ready" \
-                --idle-ms 300 --timeout "$(awk -v d="$dur" 'BEGIN{print d+10}')"
-            rpid=$LAST_PID
-            wait_file "$ready" 10
-            ;;
-        *) sink on ;;
-    esac
+    local r=$WORK/recv.json ready=$WORK/recv.ready s=$WORK/send.json
+    rm -f "$ready"
+    bg "$r" "$NS_C" taskset -c "$OTHER_CPUS" "$GL" recv --ready-file "$ready" --idle-ms 300 \
+        --timeout "$(awk -v d="$dur" 'BEGIN{print d+10}')"
+    local rpid=$LAST_PID
+    wait_file "$ready" 10
     local dst=$PUB idargs=(--call-id 0)
     [ "$cfg" = gen ] && dst=$SINK
     [ -n "$ids" ] && idargs=(--ids-file "$ids")
@@ -226,11 +193,10 @@ trial() {
         "${idargs[@]}" >"$s"
     o1=$(other_busy_ns)
     [ -n "$DAEMON_PID" ] && c1=$(proc_cpu_ns "$DAEMON_PID")
-    if [ -n "$rpid" ]; then
-        wait "$rpid" || true
+    if [ "$cfg" = gen ]; then
+        stop_pid "$rpid"
     else
-        sleep 0.2 # what still waits in a backlog
-        echo "{\"received\":$(sink_count),\"sink\":\"nft counter\"}" >"$r"
+        wait "$rpid" || true
     fi
     T_SENT=$(jq -r .sent "$s")
     T_ACH=$(jq -r .rate_achieved "$s")
