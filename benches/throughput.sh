@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --no-rps) RPS=0 ;;
         --profile) PROFILE=$2; shift ;;
-        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "throughput.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -400,8 +400,9 @@ rotate() { # REP list... -> the list rotated by REP
 # ------------------------------------------------------------------ profile
 
 # --profile "CFG...": for each configuration (one call), a fixed rate every one of them
-# sustains, sampled by `perf record -a -g`; per configuration the kernel symbols by share of
-# samples, and the samples per delivered packet, in DIR/profile.CFG.txt.
+# sustains, sampled by `perf record -a`; per configuration the symbols by share of samples in
+# DIR/profile.CFG.txt, and the total sample count in the log (samples / packets delivered is
+# the per-packet scale: see benches/README.md).
 if [ -n "$PROFILE" ]; then
     command -v perf >/dev/null || { echo "throughput.sh: --profile needs perf" >&2; exit 1; }
     PROF_RATE=${PROF_RATE:-100000}
@@ -416,8 +417,8 @@ if [ -n "$PROFILE" ]; then
         wait "$ppid" || true
         perf report -i "$WORK/perf.$cfg.data" --sort sym --stdio 2>/dev/null |
             grep '%' | grep -v '^#' | head -60 >"$WORK/profile.$cfg.txt" || true
-        total=$(perf report -i "$WORK/perf.$cfg.data" --no-children --sort comm --stdio 2>/dev/null |
-            awk '/Samples:/{print $3; exit}' || true)
+        total=$(perf report -i "$WORK/perf.$cfg.data" --sort comm --stdio 2>/dev/null |
+            awk '/^# Samples:/{print $3; exit}' || true)
         log "  $cfg: sent $T_SENT received $T_RECV at $PROF_RATE pps; $total samples"
         cfg_down "$cfg"
     done
