@@ -166,6 +166,23 @@ fn missing_config_file_is_an_error() {
 }
 
 #[test]
+fn endless_config_file_fails_fast() {
+    for cmd in [&["run"][..], &["rules", "print"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--config", "/dev/zero"]);
+        let t = std::time::Instant::now();
+        let o = run(&args);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("config file /dev/zero is larger than 65536 bytes"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn status_without_daemon_fails_clearly() {
     let o = run(&["status", "--socket", "/nonexistent/status.sock"]);
     assert!(!o.status.success());
