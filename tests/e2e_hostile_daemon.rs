@@ -1,6 +1,6 @@
-//! The daemon under inputs an operator or an intruder may throw at it (root
-//! only, in network namespaces; see `e2e/lab.rs`): a huge state file, a
-//! state file from the future.
+//! The daemon under signals and inputs an operator or an intruder may throw
+//! at it (root only, in network namespaces; see `e2e/lab.rs`): SIGHUP, a
+//! huge state file, a state file from the future.
 //!
 //! Without root the tests print "skipped: needs root" and pass, unless
 //! `PPTP_ALG_E2E=1` demands that they really run.
@@ -43,6 +43,49 @@ fn stop_cleanly(lab: &mut Lab) -> String {
 fn state_path(lab: &Lab) -> PathBuf {
     // The lab keeps the daemon's state file beside its status socket.
     lab.status_socket().with_file_name("state.json")
+}
+
+/// SIGHUP used to end the daemon (status 129) without saving its calls or
+/// removing its socket. Now it is logged once and ignored: the daemon keeps
+/// running, calls that are up stay up, new calls work, status answers, and
+/// SIGTERM still stops it cleanly.
+#[test]
+fn sighup_is_logged_and_ignored() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("sighup", 2, 1);
+    let d = lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let a = call(&mut lab, 0, "before", "4");
+    lab.wait_established(1);
+
+    // SAFETY: plain syscall on the daemon we started and have not reaped.
+    unsafe { libc::kill(lab.daemon_pid() as libc::pid_t, libc::SIGHUP) };
+    let line = lab.wait_line(d, "SIGHUP", Duration::from_secs(5));
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(
+        line.contains("SIGHUP received: reloading is not supported yet"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lab.is_running(d), "SIGHUP stopped the daemon");
+    assert!(lab.status_socket().exists(), "status socket gone");
+    let st = lab.status();
+    assert_eq!(established(&st).len(), 1, "the call before SIGHUP: {st:#}");
+
+    // A call placed after the signal is translated as before.
+    let b = call(&mut lab, 1, "after", "1");
+    let b = lab.client_ok(b, "after");
+    assert_exactly_own_echoes("after", &b, 1, GRE_COUNT);
+    let a = lab.client_ok(a, "before");
+    assert_exactly_own_echoes("before", &a, 1, GRE_COUNT);
+    lab.wait_no_calls();
+    lab.stop_server(srv);
+
+    let log = stop_cleanly(&mut lab);
+    assert_eq!(log.matches("SIGHUP").count(), 1, "{log}");
+    assert_eq!(log.matches("call started: inside").count(), 2, "{log}");
 }
 
 /// A state file far larger than `max_calls` calls can take is refused by

@@ -26,7 +26,7 @@ use crate::alg::Alg;
 use crate::alg::SavedCall;
 use crate::nfqueue::{NfQueue, QueueError};
 use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -119,8 +119,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Signals first, so a stop request during start-up is not lost: it is
     // acted on once the main loop runs, with everything set up to undo.
     let (tx, rx) = mpsc::channel::<Msg>();
+    // SIGHUP's default action would end the daemon without a clean stop
+    // (no state saved, a stale status socket), and systemd would not
+    // restart it; until reloading exists it is logged and ignored.
     let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|source| DaemonError::Io {
+        Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]).map_err(|source| DaemonError::Io {
             context: "installing signal handlers",
             source,
         })?;
@@ -346,6 +349,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 log::info!("SIGUSR1: live calls and counters follow");
                 log_report(&shared);
             }
+            Msg::Signal(SIGHUP) => log::info!(
+                "SIGHUP received: reloading is not supported yet; still running with the \
+                 configuration read at start (restart to apply changes)"
+            ),
             Msg::Signal(sig) => {
                 log::info!(
                     "{}: stopping",
