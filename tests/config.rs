@@ -230,10 +230,16 @@ fn out_of_range_numbers_name_the_key() {
     }
 }
 
+/// A file in a directory of its own: tests run in parallel, and
+/// `overrides_beat_the_file` removes its directory when done.
 fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pptp-alg-cfg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pptp-alg-cfg-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+fn remove_temp(path: &Path) {
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[test]
@@ -251,7 +257,7 @@ fn oversized_files_are_refused_unread() {
     assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
     assert!(e.to_string().contains("larger than 65536 bytes"), "{e}");
     assert!(e.to_string().contains("at-limit.toml"), "{e}");
-    std::fs::remove_file(&path).unwrap();
+    remove_temp(&path);
 
     // Endless: read up to the limit, then refused, at once.
     let t = std::time::Instant::now();
@@ -267,5 +273,5 @@ fn binary_files_are_refused_clearly() {
     let e = Config::load(&path).unwrap_err();
     assert!(e.to_string().contains("not UTF-8"), "{e}");
     assert!(e.to_string().contains("binary.toml"), "{e}");
-    std::fs::remove_file(&path).unwrap();
+    remove_temp(&path);
 }

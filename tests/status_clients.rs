@@ -235,4 +235,5 @@ fn stalled_clients_do_not_block_status_and_are_cut_off() {
     );
     drop(server);
     assert!(!sock.exists(), "socket file left behind");
+    std::fs::remove_dir_all(sock.parent().unwrap()).unwrap();
 }
