@@ -7,9 +7,7 @@
 
 mod common;
 use common::*;
-use pptp_alg::alg::{
-    AlgConfig, Direction, DropReason, Event, RefuseReason, SavedCall, Verdict,
-};
+use pptp_alg::alg::{AlgConfig, Direction, DropReason, Event, RefuseReason, SavedCall, Verdict};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
