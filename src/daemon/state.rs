@@ -15,9 +15,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
+    /// Format version. Files without one are version 1 (NAT ids that keep
+    /// the inside id's high byte): valid version 2 files too, so they are
+    /// read as they are. A daemon of version 1 reading a version 2 file
+    /// drops the calls whose NAT id changed the high byte (it checks the
+    /// rule per call) instead of misreading them.
+    #[serde(default = "version_1")]
+    version: u32,
     /// Seconds since the Unix epoch when written.
     saved_at: u64,
     calls: Vec<SavedCall>,
+}
+
+/// The format this daemon writes: NAT ids in per-connection blocks.
+const VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
 }
 
 /// Bytes allowed per saved call. The longest call this daemon writes (every
@@ -55,6 +69,9 @@ pub enum StateError {
     /// Not the JSON this daemon writes.
     #[error("not a pptp-alg state file: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// Written by a newer daemon in a format this one does not know.
+    #[error("state file version {0} is newer than this daemon's ({VERSION}): its calls are not restored")]
+    NewerVersion(u32),
     /// Written "later" than now: the age check cannot be trusted.
     #[error(
         "saved_at {saved_at} is {ahead} s ahead of this clock (the clock went back since, \
@@ -77,6 +94,7 @@ fn unix_now() -> u64 {
 /// Writes `calls` atomically (temporary file, then rename).
 pub fn save(path: &Path, calls: Vec<SavedCall>) -> io::Result<()> {
     let doc = StateFile {
+        version: VERSION,
         saved_at: unix_now(),
         calls,
     };
@@ -149,6 +167,9 @@ pub fn load(
 /// future.
 pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>, StateError> {
     let doc: StateFile = serde_json::from_slice(bytes)?;
+    if doc.version > VERSION {
+        return Err(StateError::NewerVersion(doc.version));
+    }
     if doc.saved_at > now {
         return Err(StateError::FromTheFuture {
             saved_at: doc.saved_at,
@@ -204,7 +225,24 @@ mod tests {
             established: true,
         };
         save(&path, vec![call.clone()]).unwrap();
-        assert_eq!(load(&path).unwrap(), vec![call]);
+        assert_eq!(load(&path).unwrap(), vec![call.clone()]);
+        // A version 1 file (no version field) is read; a newer one is not.
+        let v1 = format!(
+            r#"{{"saved_at":{},"calls":[{}]}}"#,
+            unix_now(),
+            serde_json::to_string(&call).unwrap()
+        );
+        assert_eq!(
+            parse(v1.as_bytes(), unix_now(), Duration::from_secs(60))
+                .unwrap()
+                .len(),
+            1
+        );
+        let v3 = format!(r#"{{"version":3,"saved_at":{},"calls":[]}}"#, unix_now());
+        assert!(matches!(
+            parse(v3.as_bytes(), unix_now(), Duration::from_secs(60)),
+            Err(StateError::NewerVersion(3))
+        ));
         std::fs::write(&path, br#"{"saved_at":1,"calls":[]}"#).unwrap();
         assert!(load(&path).unwrap().is_empty());
         std::fs::write(&path, b"not json").unwrap();
@@ -220,6 +258,7 @@ mod tests {
         assert!(one * 3 / 2 <= BYTES_PER_CALL, "{one} bytes per call");
         let max_calls = 1000;
         let doc = StateFile {
+            version: VERSION,
             saved_at: u64::MAX,
             calls: vec![widest_call(); max_calls],
         };
