@@ -236,3 +236,32 @@ fn call_disconnect_notify_prefers_the_senders_own_id() {
         .collect();
     assert_eq!(gone, [0x4001]);
 }
+
+/// A restart keeps ended calls' NAT ids in quarantine for the time they had
+/// left: another host's new call right after the restart never gets one
+/// (it used to, and received the old call's late GRE).
+#[test]
+fn restart_keeps_the_quarantine() {
+    let mut sim = Sim::new(AlgConfig::default());
+    let mut a = one_call(&mut sim, 1, 40000);
+    sim.send(&mut a, OUT, &cdn(0x4000));
+    sim.advance(std::time::Duration::from_secs(20));
+    let saved = sim.alg.saved_calls();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].quarantine_left, Some(40));
+    sim.alg = pptp_alg::alg::Alg::new(AlgConfig::default());
+    assert_eq!(sim.alg.restore_calls(sim.now, &saved), 1);
+    assert_eq!(sim.alg.quarantined(), 1);
+    assert_eq!(sim.alg.stats().calls_active, 0);
+    assert_eq!(sim.gre_in(SERVER, 0x4000, b"late").0, Verdict::UnknownCall);
+    let mut b = Conn::client_inside(host(2), 40000, SERVER);
+    sim.start_control(&mut b);
+    let (_, out) = sim.send(&mut b, OUT, &ocrq(0x4000));
+    assert_ne!(u16_at(&out, 12), 0x4000, "in quarantine");
+    sim.advance(std::time::Duration::from_secs(41));
+    assert_eq!(sim.alg.quarantined(), 0, "for the time it had left");
+    let mut c = Conn::client_inside(host(3), 40000, SERVER);
+    sim.start_control(&mut c);
+    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+}

@@ -772,8 +772,12 @@ impl Alg {
     /// Restores one saved call (see [`Alg::restore_calls`]).
     pub(super) fn restore_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
         let (host, peer) = (*sc.conn.inside.ip(), *sc.conn.outside.ip());
+        let limit = match sc.quarantine_left {
+            None => self.calls.live(),
+            Some(_) => self.calls.quarantined(),
+        };
         if self.calls.ids.is_held(peer, sc.nat_id)
-            || self.calls.live() >= self.cfg.max_calls
+            || limit >= self.cfg.max_calls
             || self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host
         {
             return false;
@@ -806,6 +810,14 @@ impl Alg {
             self.calls.set_outside_id(idx, oid);
         }
         self.conns.get_mut(ci).calls.push(idx);
+        if let Some(left) = sc.quarantine_left {
+            // Ended as long ago as leaves it `left` seconds; not counted
+            // as created or ended again, and nothing to announce.
+            let quarantine = secs(self.cfg.quarantine);
+            let ended = now.saturating_sub(quarantine.saturating_sub(left));
+            self.calls.end(idx, EndCause::ConnTimeout, ended);
+            return true;
+        }
         self.stats.calls_created += 1;
         let info = self.info(idx, now);
         self.push_event(Event::CallStarted(info));

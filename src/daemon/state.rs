@@ -36,17 +36,17 @@ fn version_1() -> u32 {
 
 /// Bytes allowed per saved call. The longest call this daemon writes (every
 /// address and port at its widest) takes about 150 bytes of JSON (checked by
-/// a test below); the rest is headroom for fields a later version adds.
-pub const BYTES_PER_CALL: u64 = 256;
+/// a test below), 180 in quarantine; the rest is headroom for later fields.
+pub const BYTES_PER_CALL: u64 = 288;
 /// Bytes allowed besides the calls (`saved_at` and the brackets).
 const BYTES_FIXED: u64 = 4096;
 
 /// The largest state file a daemon with `max_calls` reads: it never saves
-/// more than `max_calls` calls. 4 MiB with the default 16,384; a file saved
-/// with a `max_calls` more than about 1.7 times larger than today's can be
-/// refused, losing its calls.
+/// more than `max_calls` live calls and as many in quarantine. 9 MiB with
+/// the default 16,384; a file saved with a `max_calls` more than about 1.5
+/// times larger than today's can be refused, losing its calls.
 pub fn size_limit(max_calls: usize) -> u64 {
-    BYTES_FIXED + BYTES_PER_CALL.saturating_mul(max_calls as u64)
+    BYTES_FIXED + BYTES_PER_CALL.saturating_mul(2 * max_calls as u64)
 }
 
 /// Why saved calls are not taken back.
@@ -176,10 +176,22 @@ pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>
             ahead: doc.saved_at - now,
         });
     }
-    if now - doc.saved_at > max_age.as_secs() {
+    let elapsed = now - doc.saved_at;
+    if elapsed > max_age.as_secs() {
         return Ok(Vec::new());
     }
-    Ok(doc.calls)
+    // A quarantine went on while the daemon was down.
+    let elapsed = u32::try_from(elapsed).unwrap_or(u32::MAX);
+    let mut calls = doc.calls;
+    calls.retain_mut(|c| match &mut c.quarantine_left {
+        Some(left) if *left <= elapsed => false,
+        Some(left) => {
+            *left -= elapsed;
+            true
+        }
+        None => true,
+    });
+    Ok(calls)
 }
 
 #[cfg(test)]
@@ -205,6 +217,7 @@ mod tests {
             outside_id: Some(65535),
             nat_id: 65535,
             established: false,
+            quarantine_left: Some(u32::MAX),
         }
     }
 
@@ -223,9 +236,24 @@ mod tests {
             outside_id: Some(7),
             nat_id: 0x4001,
             established: true,
+            quarantine_left: None,
         };
         save(&path, vec![call.clone()]).unwrap();
         assert_eq!(load(&path).unwrap(), vec![call.clone()]);
+        // The quarantine of a saved ended call went on while nothing ran.
+        let ended = SavedCall {
+            quarantine_left: Some(30),
+            ..call.clone()
+        };
+        let doc = format!(
+            r#"{{"version":2,"saved_at":1000000,"calls":[{}]}}"#,
+            serde_json::to_string(&ended).unwrap()
+        );
+        let left = parse(doc.as_bytes(), 1_000_020, Duration::from_secs(60)).unwrap();
+        assert_eq!(left[0].quarantine_left, Some(10));
+        assert!(parse(doc.as_bytes(), 1_000_030, Duration::from_secs(60))
+            .unwrap()
+            .is_empty());
         // A version 1 file (no version field) is read; a newer one is not.
         let v1 = format!(
             r#"{{"saved_at":{},"calls":[{}]}}"#,
