@@ -447,7 +447,9 @@ impl Alg {
         let mut i = events_before;
         while i < self.events.len() {
             let call = match &self.events[i] {
-                Event::CallStarted(c) | Event::CallEnded(c, _) => Some((c.outside_peer, c.nat_id)),
+                Event::CallStarted(c) | Event::CallAnswered(c) | Event::CallEnded(c, _) => {
+                    Some((c.outside_peer, c.nat_id))
+                }
                 _ => None,
             };
             if call.is_some_and(|k| gone.contains(&k)) {
@@ -596,6 +598,8 @@ impl Alg {
                         let c = self.calls.get_mut(idx);
                         c.state = CallState::Established;
                         c.last_activity = now;
+                        let info = self.info(idx, now);
+                        self.push_event(Event::CallAnswered(info));
                     } else {
                         self.end_call(idx, EndCause::ReplyFailure, now);
                     }

@@ -137,6 +137,10 @@ pub enum Event {
     /// A call was mapped: GRE from `outside_peer` carrying `nat_id` belongs
     /// to `inside_id` at `inside_host`.
     CallStarted(CallInfo),
+    /// A call was answered with success: it is established and its
+    /// outside peer's own id is known. For callers that keep the call
+    /// table elsewhere (a journal, a standby); the mapping is unchanged.
+    CallAnswered(CallInfo),
     /// A call ended; its mapping is gone (its NAT id is in quarantine).
     CallEnded(CallInfo, EndCause),
     /// A call request was refused and its segment dropped.

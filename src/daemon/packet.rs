@@ -463,6 +463,14 @@ impl PacketLoop {
                         }
                     }
                 }
+                Event::CallAnswered(c) => log::debug!(
+                    "call answered: inside {}:{} <-> outside {}:{} NAT id {}",
+                    c.inside_host,
+                    c.inside_id,
+                    c.outside_peer,
+                    c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
+                    c.nat_id,
+                ),
                 Event::CallEnded(c, cause) => {
                     // What the kernel translated since the last counter poll,
                     // read before its element goes, so the line is complete.
