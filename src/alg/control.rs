@@ -8,7 +8,7 @@ use super::{
     SavedCall, Stamp, Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
+use crate::wire::pptp::{parse_header, ControlMessage, ControlType, HEADER_LEN};
 use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -578,13 +578,19 @@ impl Alg {
         bytes: &[u8],
     ) {
         use ControlType::*;
-        let at = |o: usize| u16::from_be_bytes([bytes[o], bytes[o + 1]]);
+        // The parser hands over whole messages with a valid header only.
+        let Ok(msg) = ControlMessage::new_checked(bytes) else {
+            return;
+        };
+        let (own, peer) = (msg.own_call_id(), msg.peer_call_id());
         match ty {
             StopCtrlConnRequest | StopCtrlConnReply => {
                 self.end_conn_calls(ci, EndCause::StopControl, now)
             }
             OutgoingCallReply | IncomingCallReply => {
-                let (own, peer) = (at(12), at(14));
+                let (Some(own), Some(peer)) = (own, peer) else {
+                    return;
+                };
                 let call = match dir {
                     Direction::FromInside => self.live_by_inside(ci, own).map(|i| (i, peer)),
                     Direction::ToInside => self
@@ -594,7 +600,7 @@ impl Alg {
                 };
                 if let Some((idx, outside_id)) = call {
                     self.calls.set_outside_id(idx, outside_id);
-                    if bytes[REPLY_RESULT_OFFSET] == RESULT_SUCCESS {
+                    if msg.reply_result() == Some(RESULT_SUCCESS) {
                         let c = self.calls.get_mut(idx);
                         c.state = CallState::Established;
                         c.last_activity = now;
@@ -606,7 +612,9 @@ impl Alg {
                 }
             }
             CallDisconnectNotify => {
-                let id = at(12);
+                let Some(id) = own else {
+                    return;
+                };
                 // Either meaning of the field: the sender's own call, or the
                 // receiver's (as the Linux helper reads it).
                 let idx = match dir {

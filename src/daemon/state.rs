@@ -57,8 +57,9 @@ pub enum StateError {
     Io(#[from] io::Error),
     /// Larger than [`size_limit`]: not read at all.
     #[error(
-        "the file is larger than {limit} bytes, more than {max_calls} saved calls \
-         (max_calls) can take at {BYTES_PER_CALL} bytes each: refused unread"
+        "the file is larger than {limit} bytes, more than {max_calls} live and as many \
+         quarantined saved calls (max_calls) can take at {BYTES_PER_CALL} bytes each: \
+         refused unread"
     )]
     TooLarge {
         /// The limit.
