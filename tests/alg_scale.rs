@@ -69,16 +69,7 @@ fn refused_segment_that_ended_its_own_new_call() {
     // starts; their ids are their own (nothing holds them).
     let (v, out) = sim.send(&mut c, OUT, &[ocrq(1), cdn(1), ocrq(2)].concat());
     assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x0001));
-    let order: Vec<_> = sim
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::CallStarted(c) => Some(("start", c.inside_id)),
-            Event::CallEnded(c, _) => Some(("end", c.inside_id)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(order, [("start", 1), ("end", 1), ("start", 2)]);
+    assert_eq!(lifecycle(&sim), [("start", 1), ("end", 1), ("start", 2)]);
     check(&sim);
     sim.advance(Duration::from_secs(6));
     assert_eq!(sim.alg.quarantined(), 0, "the quarantine still expires");

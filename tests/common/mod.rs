@@ -351,6 +351,19 @@ pub fn ends(c: &Conn, d: Direction) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
     }
 }
 
+/// The starts and ends of calls among the events so far, in order, by
+/// inside id.
+pub fn lifecycle(sim: &Sim) -> Vec<(&'static str, u16)> {
+    sim.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallStarted(c) => Some(("start", c.inside_id)),
+            Event::CallEnded(c, _) => Some(("end", c.inside_id)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Destination address and Call ID of a GRE packet.
 pub fn gre_dst_and_id(pkt: &[u8]) -> (Ipv4Addr, u16) {
     let sliced = etherparse::Ipv4Slice::from_slice(pkt).expect("valid ipv4");
