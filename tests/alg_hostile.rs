@@ -257,3 +257,41 @@ fn restart_keeps_the_quarantine() {
     let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
     assert_eq!(u16_at(&out, 12), 0x4000);
 }
+
+/// After a restart a connection's stream positions are unknown. A forged
+/// segment that starts with a PPTP header must not set the position of the
+/// stream towards the inside host (the real segments would then all be
+/// "ahead" and dropped for good): only the inside host's acknowledgement
+/// says where that stream goes on.
+#[test]
+fn forged_data_after_a_restart_does_not_take_the_stream() {
+    let mut sim = Sim::new(AlgConfig::default());
+    let mut c = one_call(&mut sim, 1, 40000);
+    let saved = sim.alg.saved_calls();
+    sim.alg = pptp_alg::alg::Alg::new(AlgConfig::default());
+    sim.alg.restore_calls(sim.now, &saved);
+    // Before the inside host said anything: a forged Echo-Request behind
+    // the real stream is picked up, unconfirmed...
+    let forged = c.seq[1].wrapping_sub(5000);
+    let (v, _) = sim.send_at(&c, IN, forged, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Accept);
+    // ...until the inside host's next segment acknowledges where the
+    // stream really is: the pick-up is undone.
+    sim.send(&mut c, OUT, &simple(ECHORQ));
+    assert_eq!(sim.alg.stats().forged_resyncs, 1);
+    // The server's real message is translated.
+    let (v, out) = sim.send(&mut c, IN, &sli(0x4000));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x4000));
+    let (_, out) = sim.send(&mut c, OUT, &ccrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+    // Once the host's position is known, a forged message elsewhere is
+    // dropped, and the real stream goes on.
+    let (v, _) = sim.send_at(&c, IN, forged, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Accept, "behind the stream: a retransmission");
+    let ahead = c.seq[1].wrapping_add(7000);
+    let (v, _) = sim.send_at(&c, IN, ahead, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Drop(DropReason::OutOfOrder));
+    let (v, _) = sim.send(&mut c, IN, &cdn(0x0700));
+    assert_eq!(v, Verdict::Accept);
+    assert_eq!(sim.alg.stats().ended_by(EndCause::Disconnect), 1);
+}

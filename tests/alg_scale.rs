@@ -335,16 +335,17 @@ proptest! {
                     let (d, i) = di(*inside);
                     let c = conns[*conn];
                     let fin = matches!(op, Op::Fin(..));
-                    let flags = Flags { fin, rst: !fin, ..Default::default() };
+                    let ack = Some(c.seq[1 - i]);
+                    let flags = Flags { fin, rst: !fin, ack, ..Default::default() };
                     sim.send_at(&c, d, c.seq[i], flags, &[]);
                 }
                 Op::Reopen(conn) => {
                     // The old connection ends (at its position: a SYN alone
                     // ends nothing), then the tuple carries a new one.
                     let c = &mut conns[*conn];
-                    let fin = Flags { fin: true, ..Default::default() };
-                    sim.send_at(c, OUT, c.seq[0], fin, &[]);
-                    sim.send_at(c, IN, c.seq[1], fin, &[]);
+                    let fin = |ack| Flags { fin: true, ack: Some(ack), ..Default::default() };
+                    sim.send_at(c, OUT, c.seq[0], fin(c.seq[1]), &[]);
+                    sim.send_at(c, IN, c.seq[1], fin(c.seq[0]), &[]);
                     c.seq = [c.seq[0].wrapping_add(100_000), c.seq[1].wrapping_add(100_000)];
                     sim.start_control(c);
                 }
