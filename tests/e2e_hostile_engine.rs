@@ -1,0 +1,348 @@
+//! The engine under attack from outside, with real packets (root only, in
+//! network namespaces; see `e2e/lab.rs`): forged teardowns injected into
+//! live control connections.
+//!
+//! The attacker has a namespace of its own behind the WAN namespace, which
+//! routes for it as the Internet would, without source address checks:
+//!
+//! ```text
+//!   <lab>-a 10.213.9.2 eth0==atk0 10.213.9.1 <lab>-w ==wan0== <lab>-r (router) == LAN
+//! ```
+//!
+//! Its packets are made by `pptp-peer spray`: TCP segments with any source
+//! address and port, and random sequence and acknowledgement numbers (an
+//! off-path sender cannot know the real ones).
+//!
+//! Without root the tests print "skipped: needs root" and pass, unless
+//! `PPTP_ALG_E2E=1` demands that they really run.
+
+#[path = "e2e/lab.rs"]
+mod lab;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lab::*;
+use serde_json::Value;
+
+/// The attacker's own address, on its link to the WAN namespace.
+const ATTACKER: &str = "10.213.9.2";
+/// Where forged SYN flood sources come from (RFC 2544 benchmarking space).
+const FLOOD_NET: &str = "198.18.0.0/15";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The attacker's namespace; deleted when dropped (declare it after the
+/// lab, so that it goes first).
+struct Attacker {
+    ns: String,
+}
+
+impl Attacker {
+    fn new(lab: &Lab) -> Attacker {
+        let ns = format!("{}-a", lab.name);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &ns]);
+        let a = Attacker { ns };
+        // The WAN namespace forwards for the attacker and takes packets
+        // whose source is one of its own addresses (the server's, forged):
+        // no rp_filter, accept_local on the attacker's link.
+        for s in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.default.accept_local=1",
+        ] {
+            lab.exec(Host::Wan, "sysctl", &["-qw", s]);
+        }
+        sh(&[
+            "ip", "link", "add", "atk0", "netns", &lab.wan, "type", "veth", "peer", "name", "eth0",
+            "netns", &a.ns,
+        ]);
+        lab.ip(Host::Wan, &["addr", "add", "10.213.9.1/24", "dev", "atk0"]);
+        lab.ip(Host::Wan, &["link", "set", "atk0", "up"]);
+        a.ip(&["link", "set", "lo", "up"]);
+        a.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "eth0"]);
+        a.ip(&["link", "set", "eth0", "up"]);
+        a.ip(&["route", "add", "default", "via", "10.213.9.1"]);
+        // Replies to forged flood sources (an inside server's SYN-ACKs) go
+        // out of the router to the WAN side and vanish there, as replies to
+        // addresses nobody owns do.
+        lab.ip(
+            Host::Router,
+            &["route", "add", FLOOD_NET, "via", &SERVER.to_string()],
+        );
+        lab.ip(Host::Wan, &["route", "add", "blackhole", FLOOD_NET]);
+        a
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut a = vec!["ip", "-n", &self.ns];
+        a.extend_from_slice(args);
+        sh(&a);
+    }
+
+    /// Runs `pptp-peer spray ARGS` in the attacker's namespace to the end
+    /// and returns its summary; panics if not everything was sent.
+    fn spray(&self, args: &[&str]) -> Value {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, PEER, "spray"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pptp-peer spray");
+        // The tool gives up by itself after --max-secs (20 s by default).
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("spray output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "spray {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("spray summary {text:?}: {e}"))
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The router's public ports of the control connections the server holds:
+/// what masquerade made of the inside clients' ports, read where an
+/// attacker could learn them too, at the server.
+fn masqueraded_ports(lab: &Lab) -> BTreeSet<u16> {
+    let text = lab.exec(
+        Host::Wan,
+        "ss",
+        &["-Htn", "state", "established", "( sport = :1723 )"],
+    );
+    let prefix = format!("{ROUTER_WAN}:");
+    text.split_whitespace()
+        .filter_map(|w| w.strip_prefix(&prefix)?.parse().ok())
+        .collect()
+}
+
+/// Kernel drop counters of the router's queues (queue full, socket
+/// overflow), for the record: a flood may overrun them, which is allowed.
+fn queue_drops(lab: &Lab) -> String {
+    lab.try_exec(
+        Host::Router,
+        "cat",
+        &["/proc/net/netfilter/nfnetlink_queue"],
+    )
+    .stdout
+}
+
+/// The status once the engine has seen no control packet for 300 ms (the
+/// queues have drained after a flood).
+fn settled(lab: &Lab) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = lab.status();
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = lab.status();
+        if stat(&now, "control_packets") == stat(&last, "control_packets") {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "control packets never settled: {now:#}"
+        );
+        last = now;
+    }
+}
+
+/// Forged SYN-ACKs, FIN|ACKs and RST|ACKs from the server's address and
+/// port to the router's public ports of two live control connections,
+/// whose calls share the same Call ID: out of window, they end nothing. The
+/// calls stay up and keep their GRE both ways, the real teardown (each
+/// client's Call-Clear-Request through the same connection) still works,
+/// and the forged segments are counted as `ignored_teardowns`.
+///
+/// Before the fix (8cec9fa) any FIN, or a SYN whose sequence number did not
+/// match, ended the connection's calls: `call ended (ConnClosed)` within
+/// the first tenth of a second of the spray.
+#[test]
+fn forged_syn_ack_fin_and_rst_spray_ends_no_call() {
+    if !have_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("spray", 2, 1);
+    let atk = Attacker::new(&lab);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let tags = ["alice", "bob"];
+    // Held long enough for the spray and the probes after it (the spray
+    // gives up after 5 s; it takes 0.4 s here).
+    let pids: Vec<Pid> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| {
+            lab.client(
+                Host::Lan(i),
+                SERVER,
+                lan_addr(i),
+                tag,
+                &["--call-id", "1000", "--gre-count", "3", "--hold", "9"],
+            )
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    assert_distinct_nat_ids(&up, 2);
+    let ports = masqueraded_ports(&lab);
+    assert_eq!(ports.len(), 2, "two control connections: {ports:?}");
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+
+    let before = lab.status();
+    let count = 30_000;
+    let spray = atk.spray(&[
+        "--to",
+        &ROUTER_WAN.to_string(),
+        "--to-ports",
+        &ports.join(","),
+        "--from",
+        &SERVER.to_string(),
+        "--from-port",
+        "1723",
+        "--kinds",
+        "syn-ack,fin-ack,rst-ack",
+        "--count",
+        &count.to_string(),
+        "--max-secs",
+        "5",
+    ]);
+    println!("spray: {spray}");
+    println!("queues:\n{}", queue_drops(&lab));
+
+    // Let the queues drain, then the verdict: both calls still up, as they
+    // were, and the forged teardowns seen and ignored.
+    let after = settled(&lab);
+    let reached = stat(&after, "control_packets") - stat(&before, "control_packets");
+    println!("{reached} control packets reached the engine");
+    let log = lab.daemon_log();
+    assert!(
+        !log.contains("call ended"),
+        "a forged segment ended a call:\n{log}"
+    );
+    let calls = |s: &Value| -> BTreeSet<(String, u64, u64)> {
+        established(s)
+            .iter()
+            .map(|c| {
+                (
+                    c["inside_host"].as_str().expect("host").to_string(),
+                    u64_of(&c["inside_id"]),
+                    u64_of(&c["nat_id"]),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        calls(&after),
+        calls(&up),
+        "calls after the spray: {after:#}"
+    );
+    let ignored = stat(&after, "ignored_teardowns");
+    println!("{ignored} forged FIN/RST ignored");
+    assert!(
+        ignored > 0,
+        "no forged FIN/RST reached the engine: {after:#}"
+    );
+    assert!(
+        reached >= 1000,
+        "only {reached} forged segments reached the engine: {after:#}"
+    );
+    assert_eq!(stat(&after, "desyncs"), 0, "{after:#}");
+
+    // GRE still reaches each client under its own Call ID: a probe from
+    // the server's address to each call's NAT id.
+    for (i, tag) in tags.iter().enumerate() {
+        let nat = u64_of(&call_row(&after, lan_addr(i), 1000)["nat_id"]) as u16;
+        lab.gre_send_from_server(ROUTER_WAN, nat, &format!("probe:{tag}"), 2, &[]);
+    }
+    for (p, tag) in pids.into_iter().zip(tags) {
+        let v = lab.client_ok(p, tag);
+        assert_eq!(v["ok"], true, "{tag}: {v}");
+        let call = &v["calls"][0];
+        assert_eq!(
+            call["cleared"], true,
+            "{tag}: Call-Clear through the daemon: {v}"
+        );
+        assert_eq!(u64_of(&call["cdn_result"]), 4, "{tag}: {v}");
+        let mut want: Vec<String> = own_echoes(tag, &v).into_iter().collect();
+        want.extend([format!("probe:{tag}"), format!("probe:{tag}")]);
+        want.sort();
+        let mut got = payloads(&v);
+        got.sort();
+        assert_eq!(got, want, "{tag}: its own echoes and probes, nothing else");
+        for g in v["gre_received"].as_array().expect("gre") {
+            assert_eq!(u64_of(&g["call_id"]), 1000, "{tag}: {g}");
+        }
+    }
+    let server = lab.stop_server(srv);
+    assert_eq!(
+        server["errors"].as_array().map(Vec::len),
+        Some(0),
+        "server: {server}"
+    );
+    let states: Vec<&str> = server["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["cleared", "cleared"], "{server}");
+
+    // The calls ended when their clients cleared them, not before.
+    let end = lab.wait_no_calls();
+    assert_eq!(stat(&end, "ended_disconnect"), 2, "{end:#}");
+    assert_eq!(stat(&end, "ended_conn_closed"), 0, "{end:#}");
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("call ended").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("call ended (Disconnect)").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    drop(atk);
+    println!("took {:?}", started.elapsed());
+}
