@@ -1,6 +1,6 @@
 //! The engine under attack from outside, with real packets (root only, in
 //! network namespaces; see `e2e/lab.rs`): forged teardowns injected into
-//! live control connections.
+//! live control connections, and a SYN flood at a port-forwarded server.
 //!
 //! The attacker has a namespace of its own behind the WAN namespace, which
 //! routes for it as the Internet would, without source address checks:
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use lab::*;
 use serde_json::Value;
 
+const GRE_COUNT: u64 = 3;
 /// The attacker's own address, on its link to the WAN namespace.
 const ATTACKER: &str = "10.213.9.2";
 /// Where forged SYN flood sources come from (RFC 2544 benchmarking space).
@@ -343,6 +344,107 @@ fn forged_syn_ack_fin_and_rst_spray_ends_no_call() {
         "{}",
         out.stderr
     );
+    drop(atk);
+    println!("took {:?}", started.elapsed());
+}
+
+/// 20,000 forged SYNs from addresses all over 198.18.0.0/15 and random
+/// ports at the router's port forward of tcp/1723 to an inside PPTP server.
+/// The engine remembers handshakes in a bounded list and gives a slot only
+/// to a connection that sends data, so the flood takes none: afterwards two
+/// outside clients with the same Call ID get their calls through, each
+/// translated and each receiving its own GRE.
+///
+/// Before the fix (8cec9fa) every SYN took a slot for `conn_idle_timeout`:
+/// the flood filled all 8,192, and the clients' connections were then not
+/// tracked at all (no call in the table; their messages passed
+/// untranslated).
+#[test]
+fn syn_flood_at_a_port_forwarded_server_takes_no_connection_slot() {
+    if !have_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("synflood", 1, 3);
+    let atk = Attacker::new(&lab);
+    lab.port_forward_to(0);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Lan(0), lan_addr(0), &[]);
+    let before = lab.status();
+    let flood = atk.spray(&[
+        "--to",
+        &ROUTER_WAN.to_string(),
+        "--to-ports",
+        "1723",
+        "--from-net",
+        FLOOD_NET,
+        "--kinds",
+        "syn",
+        "--count",
+        "20000",
+        // Paced so that the flood reaches the engine rather than the
+        // kernel's queue drop counters (the test build of the daemon is
+        // slow); the attack is the number of handshakes, not their rate.
+        "--pps",
+        "8000",
+        "--max-secs",
+        "8",
+    ]);
+    println!("flood: {flood}");
+    println!("queues:\n{}", queue_drops(&lab));
+    let st = settled(&lab);
+    let reached = stat(&st, "control_packets") - stat(&before, "control_packets");
+    println!("{reached} control packets reached the engine (SYNs and the server's SYN-ACKs)");
+    // More than the default table has slots, or the test proves nothing.
+    assert!(reached > 8192, "the flood did not reach the engine: {st:#}");
+    assert_eq!(st["connections"], 0, "a bare handshake took a slot: {st:#}");
+
+    let tags = ["out1", "out2"];
+    let pids: Vec<Pid> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| {
+            lab.client(
+                Host::Wan,
+                ROUTER_WAN,
+                wan_addr(i + 1),
+                tag,
+                &["--call-id", "1000", "--gre-count", "3", "--hold", "2"],
+            )
+        })
+        .collect();
+    let up = lab.wait_established(2);
+    assert_distinct_nat_ids(&up, 2);
+    assert_eq!(up["connections"], 2, "{up:#}");
+    for c in up["calls"].as_array().expect("calls") {
+        assert_eq!(c["inside_host"], lan_addr(0).to_string(), "{c}");
+    }
+    let vs: Vec<Value> = pids
+        .into_iter()
+        .zip(tags)
+        .map(|(p, t)| lab.client_ok(p, t))
+        .collect();
+    for (tag, v) in tags.iter().zip(&vs) {
+        assert_exactly_own_echoes(tag, v, 1, GRE_COUNT);
+    }
+    let server = lab.stop_server(srv);
+    let runs: Vec<ClientRun> = tags
+        .iter()
+        .zip(&vs)
+        .enumerate()
+        .map(|(i, (tag, v))| ClientRun {
+            tag,
+            summary: v,
+            seen_from: wan_addr(i + 1),
+        })
+        .collect();
+    assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
+    let end = lab.wait_no_calls();
+    assert_eq!(stat(&end, "gre_unknown_call"), 0, "{end:#}");
+    assert_eq!(stat(&end, "connection_limit"), 0, "{end:#}");
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("refused"), "{}", out.stderr);
     drop(atk);
     println!("took {:?}", started.elapsed());
 }
