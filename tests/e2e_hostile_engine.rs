@@ -1,6 +1,7 @@
 //! The engine under attack from outside, with real packets (root only, in
 //! network namespaces; see `e2e/lab.rs`): forged teardowns injected into
-//! live control connections, and a SYN flood at a port-forwarded server.
+//! live control connections, a SYN flood at a port-forwarded server, and a
+//! connection table with no room left.
 //!
 //! The attacker has a namespace of its own behind the WAN namespace, which
 //! routes for it as the Internet would, without source address checks:
@@ -446,5 +447,214 @@ fn syn_flood_at_a_port_forwarded_server_takes_no_connection_slot() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.stderr.contains("refused"), "{}", out.stderr);
     drop(atk);
+    println!("took {:?}", started.elapsed());
+}
+
+/// Bytes the server's kernel received on each control connection from the
+/// router's public address, by the router's port (`ss -ti`; a connection
+/// that received nothing shows no `bytes_received`).
+fn server_bytes_received(lab: &Lab) -> Vec<(u16, u64)> {
+    let text = lab.exec(
+        Host::Wan,
+        "ss",
+        &["-Htin", "state", "established", "( sport = :1723 )"],
+    );
+    let prefix = format!("{ROUTER_WAN}:");
+    let mut out: Vec<(u16, u64)> = Vec::new();
+    for w in text.split_whitespace() {
+        if let Some(port) = w.strip_prefix(&prefix).and_then(|p| p.parse().ok()) {
+            out.push((port, 0));
+        } else if let Some(n) = w.strip_prefix("bytes_received:") {
+            if let Some(last) = out.last_mut() {
+                last.1 = n.parse().expect("bytes_received");
+            }
+        }
+    }
+    out
+}
+
+/// With `--max-connections 2` and two inside hosts holding calls (same
+/// Call ID, same server), a third inside host's control connection has no
+/// slot: its segments are dropped, counted as `connection_limit` and
+/// logged, so none of its PPTP bytes reach the server untranslated (where
+/// its Call ID would collide with the first host's NAT id). When the first
+/// host goes away, the third gets through on TCP retransmission, with a NAT
+/// id of its own.
+///
+/// Before the fix (8cec9fa) the third connection passed untranslated: its
+/// messages reached the server as the host sent them.
+#[test]
+fn full_connection_table_refuses_a_new_connection_until_a_slot_frees() {
+    if !have_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new("connlimit", 3, 1);
+    // A closed connection keeps its slot for conn_linger (to translate
+    // retransmissions); 1 s instead of 10 lets the third host's
+    // retransmission find the slot free within a few seconds.
+    let daemon = lab.start_daemon(&["--max-connections", "2", "--conn-linger", "1"]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let call = |lab: &mut Lab, i: usize, tag: &str, extra: &[&str]| {
+        let mut args = vec!["--call-id", "1000", "--gre-count", "3"];
+        args.extend_from_slice(extra);
+        lab.client(Host::Lan(i), SERVER, lan_addr(i), tag, &args)
+    };
+    // One after the other, so that the first keeps its Call ID as NAT id:
+    // the id an untranslated third call (same Call ID) would collide with.
+    let first = call(&mut lab, 0, "first", &["--hold", "30"]);
+    lab.wait_established(1);
+    let second = call(&mut lab, 1, "second", &["--hold", "8"]);
+    let up = lab.wait_established(2);
+    let nat = |s: &Value, i: usize| u64_of(&call_row(s, lan_addr(i), 1000)["nat_id"]);
+    let (nat_first, nat_second) = (nat(&up, 0), nat(&up, 1));
+    assert_eq!(nat_first, 1000, "id policy keep: {up:#}");
+    let held: BTreeSet<u16> = masqueraded_ports(&lab);
+    assert_eq!(held.len(), 2, "{held:?}");
+
+    // The third host's handshake passes (it costs no slot); its first
+    // message does not. It waits for the reply long enough for TCP to
+    // retransmit it after the first host is gone (the lab's clients give
+    // up after 5 s).
+    let srv_addr = SERVER.to_string();
+    let bind = lan_addr(2).to_string();
+    let third = lab.spawn(
+        Host::Lan(2),
+        "pptp-peer client third",
+        PEER,
+        &[
+            "client",
+            "--server",
+            &srv_addr,
+            "--bind",
+            &bind,
+            "--tag",
+            "third",
+            "--call-id",
+            "1000",
+            "--gre-count",
+            "3",
+            "--hold",
+            "1",
+            "--timeout",
+            "20",
+        ],
+    );
+    let line = lab.wait_line(
+        daemon,
+        "refused: every tracked connection has calls",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains(&lan_addr(2).to_string()), "{line}");
+    // Let TCP retransmit it a few times (after 0.2, 0.6, 1.4 s).
+    thread::sleep(Duration::from_millis(1500));
+    let st = lab.status();
+    assert!(stat(&st, "connection_limit") >= 2, "{st:#}");
+    assert_eq!(st["connections"], 2, "{st:#}");
+    assert_eq!(established(&st).len(), 2, "{st:#}");
+    assert!(
+        st["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .all(|c| c["inside_host"] != lan_addr(2).to_string()),
+        "{st:#}"
+    );
+    let bytes = server_bytes_received(&lab);
+    assert_eq!(
+        bytes.len(),
+        3,
+        "the server accepted three connections: {bytes:?}"
+    );
+    for (port, n) in &bytes {
+        if held.contains(port) {
+            assert!(*n > 0, "{bytes:?}");
+        } else {
+            assert_eq!(
+                *n, 0,
+                "the refused connection's bytes reached the server: {bytes:?}"
+            );
+        }
+    }
+
+    // The first host goes away (its socket closed when it is killed): its
+    // call ends, and after conn_linger its slot is free for the third.
+    lab.terminate(first);
+    let _ = lab.finish(first);
+    let gone = Instant::now();
+    let st = lab.wait_status(Duration::from_secs(15), "the third host's call", |s| {
+        established(s)
+            .iter()
+            .any(|c| c["inside_host"] == lan_addr(2).to_string())
+    });
+    println!(
+        "the third call was up {:?} after the first host went away",
+        gone.elapsed()
+    );
+    let nat_third = nat(&st, 2);
+    assert_ne!(
+        nat_third, nat_first,
+        "the first call's id is in quarantine: {st:#}"
+    );
+    assert_ne!(nat_third, nat_second, "{st:#}");
+    let t = lab.client_ok(third, "third");
+    assert_exactly_own_echoes("third", &t, 1, GRE_COUNT);
+    let s = lab.client_ok(second, "second");
+    assert_exactly_own_echoes("second", &s, 1, GRE_COUNT);
+
+    // The server saw three calls from the router, each under its own NAT id,
+    // and each got only its own host's GRE.
+    let server = lab.stop_server(srv);
+    assert_eq!(
+        server["errors"].as_array().map(Vec::len),
+        Some(0),
+        "server: {server}"
+    );
+    assert_eq!(
+        server["unknown_gre"].as_array().map(Vec::len),
+        Some(0),
+        "server: {server}"
+    );
+    let mut seen = BTreeSet::new();
+    for (tag, nat) in [
+        ("first", nat_first),
+        ("second", nat_second),
+        ("third", nat_third),
+    ] {
+        let calls: Vec<&Value> = server["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .filter(|c| c["peer_id"].as_u64() == Some(nat))
+            .collect();
+        assert_eq!(
+            calls.len(),
+            1,
+            "one server call with PNS id {nat}: {server}"
+        );
+        seen.insert(nat);
+        let got: BTreeSet<String> = calls[0]["gre_received"]
+            .as_array()
+            .expect("gre")
+            .iter()
+            .map(|g| g["payload"].as_str().expect("payload").to_string())
+            .collect();
+        let want: BTreeSet<String> = (0..GRE_COUNT)
+            .map(|s| format!("{tag}:call1000:{s}"))
+            .collect();
+        assert_eq!(got, want, "GRE of the server's call with {tag}: {server}");
+    }
+    assert_eq!(
+        server["calls"].as_array().map(Vec::len),
+        Some(3),
+        "{server}"
+    );
+
+    let end = lab.wait_no_calls();
+    assert_eq!(stat(&end, "calls_created"), 3, "{end:#}");
+    assert_eq!(stat(&end, "ended_conn_closed"), 1, "{end:#}");
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
     println!("took {:?}", started.elapsed());
 }
