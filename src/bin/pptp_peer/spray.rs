@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 const SYN: u8 = 0x02;
 const FIN: u8 = 0x01;
 const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
 const ACK: u8 = 0x10;
 
 /// Which segment to forge.
@@ -30,6 +31,8 @@ pub enum Kind {
     Rst,
     /// A reset with ACK.
     RstAck,
+    /// Data (with --payload-hex).
+    PshAck,
 }
 
 impl Kind {
@@ -40,6 +43,7 @@ impl Kind {
             Kind::FinAck => FIN | ACK,
             Kind::Rst => RST,
             Kind::RstAck => RST | ACK,
+            Kind::PshAck => PSH | ACK,
         }
     }
 }
@@ -134,12 +138,30 @@ pub struct SprayOpts {
     /// Seed of the random numbers.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Payload of every segment, in hex (e.g. a forged PPTP message).
+    #[arg(long, value_parser = parse_hex, default_value = "")]
+    pub payload_hex: Hex,
     /// Segments per second at most; 0 for as fast as the kernel takes them.
     #[arg(long, default_value_t = 0)]
     pub pps: u64,
     /// Give up after this many seconds, sent or not.
     #[arg(long, default_value_t = 20.0)]
     pub max_secs: f64,
+}
+
+/// Bytes given in hex.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hex(Vec<u8>);
+
+fn parse_hex(s: &str) -> Result<Hex, String> {
+    if !s.is_ascii() || s.len() % 2 != 0 {
+        return Err(format!("{s:?} is not an even number of hex digits"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("{s:?}: {e}")))
+        .collect::<Result<Vec<u8>, String>>()
+        .map(Hex)
 }
 
 /// splitmix64: reproducible from the seed, no dependency.
@@ -184,12 +206,13 @@ fn sum_words(bytes: &[u8]) -> u32 {
         .sum()
 }
 
-/// IPv4 header plus a 20-byte TCP header without options or payload, both
-/// checksums filled in (the kernel would fill the IP one anyway).
-fn build(s: &Segment) -> [u8; 40] {
-    let mut p = [0u8; 40];
+/// IPv4 header plus a 20-byte TCP header without options, then `payload`,
+/// both checksums filled in (the kernel would fill the IP one anyway).
+fn build(s: &Segment, payload: &[u8]) -> Vec<u8> {
+    let total = 40 + payload.len();
+    let mut p = vec![0u8; total];
     p[0] = 0x45;
-    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     p[6] = 0x40; // DF
     p[8] = 64;
     p[9] = 6;
@@ -206,7 +229,9 @@ fn build(s: &Segment) -> [u8; 40] {
     t[12] = 5 << 4;
     t[13] = s.flags;
     t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let pseudo = sum_words(&s.src.octets()) + sum_words(&s.dst.octets()) + 6 + 20;
+    p[40..].copy_from_slice(payload);
+    let tcp_len = (20 + payload.len()) as u32;
+    let pseudo = sum_words(&s.src.octets()) + sum_words(&s.dst.octets()) + 6 + tcp_len;
     let tcpsum = !fold(pseudo + sum_words(&p[20..]));
     p[36..38].copy_from_slice(&tcpsum.to_be_bytes());
     p
@@ -297,7 +322,7 @@ pub fn run(o: SprayOpts) -> i32 {
             ack: rng.u32(),
             flags: kinds[((i / ports.len() as u64) % kinds.len() as u64) as usize].flags(),
         };
-        let pkt = build(&seg);
+        let pkt = build(&seg, &o.payload_hex.0);
         if o.pps > 0 {
             // On schedule rather than a fixed gap: sleeps overshoot.
             let due = Duration::from_secs_f64(i as f64 / o.pps as f64);
@@ -356,7 +381,7 @@ mod tests {
             ack: 0x0102_0304,
             flags: FIN | ACK,
         };
-        let p = build(&s);
+        let p = build(&s, b"");
         let (ip, rest) = etherparse::Ipv4Header::from_slice(&p).unwrap();
         assert_eq!(ip.header_checksum, ip.calc_header_checksum());
         let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).unwrap();
@@ -372,8 +397,24 @@ mod tests {
             (s.seq, s.ack)
         );
         assert_eq!((tcp.source_port, tcp.destination_port), (1723, 40000));
+        // With an odd-length payload too (padded for the checksum only).
+        let data = build(
+            &Segment {
+                flags: PSH | ACK,
+                ..s
+            },
+            b"pptp!",
+        );
+        let (tcp, payload) = etherparse::TcpHeader::from_slice(&data[20..]).unwrap();
+        assert_eq!(payload, b"pptp!");
+        assert_eq!(u16::from_be_bytes([data[2], data[3]]), 45);
+        assert_eq!(
+            tcp.checksum,
+            tcp.calc_checksum_ipv4_raw(s.src.octets(), s.dst.octets(), payload)
+                .unwrap()
+        );
         // A SYN carries no acknowledgement number.
-        let syn = build(&Segment { flags: SYN, ..s });
+        let syn = build(&Segment { flags: SYN, ..s }, b"");
         let (tcp, _) = etherparse::TcpHeader::from_slice(&syn[20..]).unwrap();
         assert!(tcp.syn && !tcp.ack && tcp.acknowledgment_number == 0);
     }
@@ -389,5 +430,9 @@ mod tests {
             (Ipv4Addr::new(198, 18, 0, 0), 15)
         );
         assert!("1.2.3.4/33".parse::<Net>().is_err());
+        assert_eq!(parse_hex("00ff10"), Ok(Hex(vec![0, 0xff, 0x10])));
+        assert!(parse_hex("abc").is_err());
+        assert!(parse_hex("zz").is_err());
+        assert!(parse_hex("\u{20ac}a").is_err());
     }
 }
