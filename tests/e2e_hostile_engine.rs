@@ -658,3 +658,74 @@ fn full_connection_table_refuses_a_new_connection_until_a_slot_frees() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     println!("took {:?}", started.elapsed());
 }
+
+/// After a restart the engine does not know where the restored control
+/// connections' streams are; it takes the position from the next segment
+/// that starts with a PPTP header, and a forged one will do. 400 forged
+/// 16-byte Echo-Requests with random sequence numbers, from the server's
+/// address and port to the router's ports of two restored connections:
+/// conntrack passes (with their NAT) only those whose sequence number lies
+/// behind the real one, so the first to reach the engine sets a position
+/// behind the server's real stream, and every real segment from the server
+/// is then dropped as out of order, retransmissions included. Here the
+/// clients' Call-Clear-Requests get no Call-Disconnect-Notify back.
+///
+/// Without the forged segments the same run passes.
+#[test]
+#[ignore = "engine bug, not fixed yet: a restored connection's stream position is \
+            taken from any segment that starts with a PPTP header, forged or not"]
+fn forged_data_after_a_restart_leaves_the_control_connections_working() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("inject", 2, 1);
+    let atk = Attacker::new(&lab);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &["--cdn-call-id", "peer"]);
+    let args = ["--call-id", "1000", "--gre-count", "3", "--hold", "6"];
+    let tags = ["a", "b"];
+    let a = lab.client(Host::Lan(0), SERVER, lan_addr(0), tags[0], &args);
+    lab.wait_established(1);
+    let b = lab.client(Host::Lan(1), SERVER, lan_addr(1), tags[1], &args);
+    lab.wait_established(2);
+    let ports: Vec<String> = masqueraded_ports(&lab).iter().map(u16::to_string).collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    lab.start_daemon(&[]);
+    assert_eq!(established(&lab.status()).len(), 2, "restored");
+
+    // PPTP Echo-Request: Length 16, control message, magic cookie, type 5.
+    let echo_request = "001000011a2b3c4d00050000deadbeef";
+    let spray = atk.spray(&[
+        "--to",
+        &ROUTER_WAN.to_string(),
+        "--to-ports",
+        &ports.join(","),
+        "--from",
+        &SERVER.to_string(),
+        "--from-port",
+        "1723",
+        "--kinds",
+        "psh-ack",
+        "--payload-hex",
+        echo_request,
+        "--count",
+        "400",
+    ]);
+    println!("spray: {spray}");
+    let st = settled(&lab);
+    println!("after the spray: {:#}", st["stats"]);
+
+    for (p, tag) in [a, b].into_iter().zip(tags) {
+        let v = lab.client_ok(p, tag);
+        let call = &v["calls"][0];
+        assert_eq!(call["cleared"], true, "{tag}: {v}");
+        assert_eq!(u64_of(&call["cdn_result"]), 4, "{tag}: {v}");
+    }
+    lab.stop_server(srv);
+    let end = lab.wait_no_calls();
+    assert_eq!(stat(&end, "ended_disconnect"), 2, "{end:#}");
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
