@@ -6,6 +6,11 @@
 //! The file is read before the queues are bound and only up to
 //! [`size_limit`]: a start never spends seconds parsing a file this daemon
 //! could not have written while packets wait in the queues.
+//!
+//! The file is a snapshot; what happened since is in the write-ahead
+//! journal (see [`super::journal`]). The snapshot names the first journal
+//! generation that continues it (`journal`), so that a start replays
+//! exactly the records the snapshot does not hold.
 
 use crate::alg::SavedCall;
 use serde::{Deserialize, Serialize};
@@ -24,7 +29,24 @@ struct StateFile {
     version: u32,
     /// Seconds since the Unix epoch when written.
     saved_at: u64,
+    /// The first journal generation written after the calls were taken:
+    /// the records a start replays on top of them. Absent in files of
+    /// daemons without a journal (and in [`save`]'s): nothing to replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journal: Option<u64>,
     calls: Vec<SavedCall>,
+}
+
+/// A state file as read, before the journal is replayed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When it was written (seconds since the Unix epoch).
+    pub saved_at: u64,
+    /// The first journal generation to replay on it, if any.
+    pub journal: Option<u64>,
+    /// Its calls; those in quarantine with the time they have left now
+    /// (the time since `saved_at` taken off), expired ones dropped.
+    pub calls: Vec<SavedCall>,
 }
 
 /// The format this daemon writes: NAT ids in per-connection blocks.
@@ -86,17 +108,26 @@ pub enum StateError {
     },
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes `calls` atomically (temporary file, then rename).
+/// Writes `calls` atomically (temporary file, then rename), with no journal
+/// to replay on them.
 pub fn save(path: &Path, calls: Vec<SavedCall>) -> io::Result<()> {
+    save_snapshot(path, calls, None)
+}
+
+/// Writes `calls` atomically (temporary file, then rename) as a snapshot
+/// continued by journal generations from `journal` on.
+pub fn save_snapshot(path: &Path, calls: Vec<SavedCall>, journal: Option<u64>) -> io::Result<()> {
     let doc = StateFile {
         version: VERSION,
         saved_at: unix_now(),
+        journal,
         calls,
     };
     let tmp = temp_path(path);
@@ -143,10 +174,26 @@ pub fn load(
     max_age: Duration,
     max_calls: usize,
 ) -> Result<Vec<SavedCall>, StateError> {
+    let now = unix_now();
+    Ok(match load_snapshot(path, max_calls, now)? {
+        Some(snap) if now - snap.saved_at <= max_age.as_secs() => snap.calls,
+        _ => Vec::new(),
+    })
+}
+
+/// Reads a state file, refusing files larger than
+/// [`size_limit`]`(max_calls)` unread. `None` when there is none. The age
+/// is not checked: the journal may show the daemon alive later than the
+/// snapshot was written.
+pub fn load_snapshot(
+    path: &Path,
+    max_calls: usize,
+    now: u64,
+) -> Result<Option<Snapshot>, StateError> {
     let limit = size_limit(max_calls);
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let too_large = StateError::TooLarge { limit, max_calls };
@@ -160,13 +207,23 @@ pub fn load(
     if bytes.len() as u64 > limit {
         return Err(too_large);
     }
-    parse(&bytes, unix_now(), max_age)
+    parse_snapshot(&bytes, now).map(Some)
 }
 
 /// The calls of a state file's bytes, given the time now (seconds since
 /// the Unix epoch): none if older than `max_age`, an error if from the
 /// future.
 pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>, StateError> {
+    let snap = parse_snapshot(bytes, now)?;
+    if now - snap.saved_at > max_age.as_secs() {
+        return Ok(Vec::new());
+    }
+    Ok(snap.calls)
+}
+
+/// A state file's bytes as a [`Snapshot`], given the time now (seconds
+/// since the Unix epoch): an error if from the future; `saved_at <= now`.
+pub fn parse_snapshot(bytes: &[u8], now: u64) -> Result<Snapshot, StateError> {
     let doc: StateFile = serde_json::from_slice(bytes)?;
     if doc.version > VERSION {
         return Err(StateError::NewerVersion(doc.version));
@@ -178,9 +235,6 @@ pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>
         });
     }
     let elapsed = now - doc.saved_at;
-    if elapsed > max_age.as_secs() {
-        return Ok(Vec::new());
-    }
     // A quarantine went on while the daemon was down.
     let elapsed = u32::try_from(elapsed).unwrap_or(u32::MAX);
     let mut calls = doc.calls;
@@ -192,7 +246,11 @@ pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>
         }
         None => true,
     });
-    Ok(calls)
+    Ok(Snapshot {
+        saved_at: doc.saved_at,
+        journal: doc.journal,
+        calls,
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +347,7 @@ mod tests {
         let doc = StateFile {
             version: VERSION,
             saved_at: u64::MAX,
+            journal: Some(u64::MAX),
             calls: vec![widest_call(); max_calls],
         };
         let len = serde_json::to_vec(&doc).unwrap().len() as u64;
