@@ -53,6 +53,7 @@ fn state_path(lab: &Lab) -> PathBuf {
 fn kill_soon(lab: &mut Lab, ready: Instant) {
     lab.kill_daemon();
     let after = ready.elapsed();
+    eprintln!("killed {after:?} after the daemon was ready");
     assert!(
         after < KILL_WITHIN,
         "killed {after:?} after the daemon was ready: too late to show the journal"
