@@ -292,10 +292,24 @@ impl Replay {
     }
 }
 
+/// What a start restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The calls, those in quarantine with the time they have left now.
+    pub calls: Vec<SavedCall>,
+    /// Journal records applied.
+    pub applied: usize,
+    /// When the daemon that wrote them was last seen alive (the snapshot
+    /// or its latest record, at most now; now when nothing is restored).
+    /// The snapshot a start writes keeps this time, so that a daemon that
+    /// keeps failing to start does not make old calls look young.
+    pub as_of: u64,
+}
+
 /// The calls a start restores from a snapshot and the journal generations
 /// after it (in order), at `now`: none when the daemon was last seen alive
 /// (the snapshot or the latest record) more than `max_age` ago, as with
-/// the state file alone. Returns the calls and how many records applied.
+/// the state file alone.
 pub fn restore(
     snapshot_calls: Vec<SavedCall>,
     saved_at: u64,
@@ -303,7 +317,7 @@ pub fn restore(
     now: u64,
     max_age: Duration,
     quarantine: Duration,
-) -> (Vec<SavedCall>, usize) {
+) -> Restored {
     let mut replay = Replay::new(snapshot_calls);
     for g in generations {
         for r in &g.records {
@@ -313,10 +327,33 @@ pub fn restore(
     let applied = replay.applied();
     let last_alive = saved_at.max(replay.last_at()).min(now);
     if now - last_alive > max_age.as_secs() {
-        return (Vec::new(), applied);
+        return Restored {
+            calls: Vec::new(),
+            applied,
+            as_of: now,
+        };
     }
     let q = u32::try_from(quarantine.as_secs()).unwrap_or(u32::MAX);
-    (replay.calls(now, q), applied)
+    let calls = replay.calls(now, q);
+    Restored {
+        as_of: if calls.is_empty() { now } else { last_alive },
+        calls,
+        applied,
+    }
+}
+
+/// `calls` taken at `now`, made to read as taken at `as_of` (earlier):
+/// their quarantines had that much more time left then. A start writes
+/// its snapshot so (see [`Restored::as_of`]); the next start takes the
+/// time since `as_of` off again.
+pub fn backdate(mut calls: Vec<SavedCall>, now: u64, as_of: u64) -> Vec<SavedCall> {
+    let back = u32::try_from(now.saturating_sub(as_of)).unwrap_or(u32::MAX);
+    for c in &mut calls {
+        if let Some(left) = &mut c.quarantine_left {
+            *left = left.saturating_add(back);
+        }
+    }
+    calls
 }
 
 // ---- files ------------------------------------------------------------------
@@ -716,7 +753,8 @@ mod tests {
             ),
         ]
         .concat();
-        let (calls, applied) = restore(Vec::new(), 980, &[parse(&bytes)], now, AGE, Q);
+        let Restored { calls, applied, .. } =
+            restore(Vec::new(), 980, &[parse(&bytes)], now, AGE, Q);
         assert_eq!(applied, 4);
         assert_eq!(
             calls,
@@ -729,7 +767,7 @@ mod tests {
             ]
         );
         // Once the quarantine is over the ended call is gone.
-        let (calls, _) = restore(Vec::new(), 980, &[parse(&bytes)], 996 + 60, AGE, Q);
+        let calls = restore(Vec::new(), 980, &[parse(&bytes)], 996 + 60, AGE, Q).calls;
         assert_eq!(calls, vec![saved(2, 1000, 1000, Some(7))]);
     }
 
@@ -756,7 +794,7 @@ mod tests {
             lines(&[Event::CallStarted(info(5, 1000, 1001, None))], 1001),
         ]
         .concat();
-        let (calls, _) = restore(snapshot, 999, &[parse(&bytes)], 1002, AGE, Q);
+        let calls = restore(snapshot, 999, &[parse(&bytes)], 1002, AGE, Q).calls;
         assert_eq!(
             calls,
             vec![
@@ -780,25 +818,25 @@ mod tests {
             )],
             101,
         );
-        let (calls, _) = restore(Vec::new(), 99, &[parse(&g1), parse(&g2)], 102, AGE, Q);
+        let calls = restore(Vec::new(), 99, &[parse(&g1), parse(&g2)], 102, AGE, Q).calls;
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].quarantine_left, Some(59));
         // The other order would leave the call live: order matters.
-        let (calls, _) = restore(Vec::new(), 99, &[parse(&g2), parse(&g1)], 102, AGE, Q);
+        let calls = restore(Vec::new(), 99, &[parse(&g2), parse(&g1)], 102, AGE, Q).calls;
         assert_eq!(calls[0].quarantine_left, None);
         // An answer whose start was not written still brings the call back,
         // and an end without either holds its id.
         let a = lines(&[Event::CallAnswered(info(2, 1000, 1000, Some(7)))], 100);
-        let (calls, _) = restore(Vec::new(), 99, &[parse(&a)], 102, AGE, Q);
+        let calls = restore(Vec::new(), 99, &[parse(&a)], 102, AGE, Q).calls;
         assert_eq!(calls, vec![saved(2, 1000, 1000, Some(7))]);
-        let (calls, _) = restore(Vec::new(), 99, &[parse(&g2)], 102, AGE, Q);
+        let calls = restore(Vec::new(), 99, &[parse(&g2)], 102, AGE, Q).calls;
         assert_eq!(calls[0].quarantine_left, Some(59));
         // An end that names no connection, of a call nobody knows: nothing.
         let mut orphan = info(2, 1000, 1000, None);
         orphan.conn = None;
         let e = lines(&[Event::CallEnded(orphan, EndCause::ConnTimeout)], 100);
         assert!(restore(Vec::new(), 99, &[parse(&e)], 102, AGE, Q)
-            .0
+            .calls
             .is_empty());
     }
 
@@ -806,15 +844,66 @@ mod tests {
     fn age_counts_from_the_last_sign_of_life() {
         let g = lines(&[Event::CallStarted(info(2, 1000, 1000, None))], 2000);
         // The snapshot is old, the journal young: restored.
-        let (calls, _) = restore(Vec::new(), 1000, &[parse(&g)], 2100, AGE, Q);
+        let calls = restore(Vec::new(), 1000, &[parse(&g)], 2100, AGE, Q).calls;
         assert_eq!(calls.len(), 1);
-        // Both old: nothing.
-        let (calls, _) = restore(Vec::new(), 1000, &[parse(&g)], 2301, AGE, Q);
-        assert!(calls.is_empty());
+        assert_eq!(
+            restore(Vec::new(), 1000, &[parse(&g)], 2100, AGE, Q).as_of,
+            2000
+        );
+        // Both old: nothing, as of now.
+        let r = restore(Vec::new(), 1000, &[parse(&g)], 2301, AGE, Q);
+        assert!(r.calls.is_empty());
+        assert_eq!(r.as_of, 2301);
         // A record from the future (the clock went back) is not a reason to
         // wrap around.
-        let (calls, _) = restore(Vec::new(), 1000, &[parse(&g)], 1500, AGE, Q);
+        let calls = restore(Vec::new(), 1000, &[parse(&g)], 1500, AGE, Q).calls;
         assert_eq!(calls.len(), 1);
+    }
+
+    /// A start that writes what it restored as of when the last daemon
+    /// was alive, and a start after it, restore the same calls: a daemon
+    /// failing to start again and again neither makes old calls young nor
+    /// shortens quarantines.
+    #[test]
+    fn a_backdated_snapshot_reads_as_the_original() {
+        let g = [
+            lines(&[Event::CallStarted(info(2, 1000, 1000, None))], 1000),
+            lines(&[Event::CallStarted(info(3, 1000, 1001, None))], 1000),
+            lines(
+                &[Event::CallEnded(
+                    info(3, 1000, 1001, None),
+                    EndCause::Disconnect,
+                )],
+                1010,
+            ),
+        ]
+        .concat();
+        let first = restore(Vec::new(), 990, &[parse(&g)], 1030, AGE, Q);
+        assert_eq!(first.as_of, 1010);
+        assert_eq!(first.calls[1].quarantine_left, Some(40));
+        let snapshot = backdate(first.calls.clone(), 1030, first.as_of);
+        assert_eq!(snapshot[1].quarantine_left, Some(60));
+        // What `state::parse` does with it 20 s later, then the restore.
+        let aged: Vec<SavedCall> = snapshot
+            .into_iter()
+            .filter_map(|mut c| {
+                if let Some(l) = &mut c.quarantine_left {
+                    *l = l.checked_sub(1050 - 1010).filter(|&l| l > 0)?;
+                }
+                Some(c)
+            })
+            .collect();
+        let second = restore(aged, first.as_of, &[], 1050, AGE, Q);
+        assert_eq!(second.as_of, 1010);
+        assert_eq!(second.calls[1].quarantine_left, Some(20));
+        assert_eq!(
+            restore(Vec::new(), 990, &[parse(&g)], 1050, AGE, Q).calls,
+            second.calls
+        );
+        // Once the last sign of life is older than the age limit, nothing.
+        assert!(restore(second.calls, 1010, &[], 1311, AGE, Q)
+            .calls
+            .is_empty());
     }
 
     #[test]

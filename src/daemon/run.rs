@@ -157,7 +157,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let restored = restore_state(cfg, &mut alg, &saved.calls);
     drop(saved.calls);
     let generation = saved.generation;
-    write_snapshot(cfg, alg.saved_calls(), generation);
+    // As of when the last daemon was alive, not now: a daemon that keeps
+    // failing after this point must not make the calls look younger.
+    let now = super::state::unix_now();
+    let calls = journal::backdate(alg.saved_calls(), now, saved.as_of);
+    write_snapshot(cfg, calls, generation, saved.as_of);
 
     match nft::pptp_helper_in_use() {
         Ok(Some(place)) => return Err(DaemonError::HelperInUse(place)),
@@ -466,6 +470,9 @@ struct Loaded {
     calls: Vec<SavedCall>,
     /// The journal generation this run starts with: after every one on disk.
     generation: u64,
+    /// When the daemon that saved them was last alive (see
+    /// [`journal::Restored::as_of`]).
+    as_of: u64,
 }
 
 /// Checks that the state file can be written and reads the calls an
@@ -478,6 +485,7 @@ fn load_state(cfg: &Config) -> Result<Loaded, DaemonError> {
         return Ok(Loaded {
             calls: Vec::new(),
             generation: 1,
+            as_of: super::state::unix_now(),
         });
     }
     super::state::check_writable(path).map_err(|reason| DaemonError::StateFile {
@@ -508,6 +516,7 @@ fn load_state(cfg: &Config) -> Result<Loaded, DaemonError> {
         return Ok(Loaded {
             calls: Vec::new(),
             generation: last_on_disk + 1,
+            as_of: now,
         });
     };
     let generation = last_on_disk.max(snapshot.journal.unwrap_or(0)) + 1;
@@ -544,7 +553,7 @@ fn load_state(cfg: &Config) -> Result<Loaded, DaemonError> {
         }
     }
     let parsed: Vec<journal::Parsed> = read.generations.into_iter().map(|g| g.1).collect();
-    let (calls, applied) = journal::restore(
+    let restored = journal::restore(
         snapshot.calls,
         snapshot.saved_at,
         &parsed,
@@ -552,14 +561,19 @@ fn load_state(cfg: &Config) -> Result<Loaded, DaemonError> {
         Duration::from_secs(cfg.conn_idle_timeout),
         Duration::from_secs(cfg.quarantine),
     );
-    if applied > 0 {
+    if restored.applied > 0 {
         log::info!(
-            "replayed {applied} journal record(s) ({} bytes) on the calls saved in {}",
+            "replayed {} journal record(s) ({} bytes) on the calls saved in {}",
+            restored.applied,
             read.bytes,
             path.display()
         );
     }
-    Ok(Loaded { calls, generation })
+    Ok(Loaded {
+        calls: restored.calls,
+        generation,
+        as_of: restored.as_of,
+    })
 }
 
 /// Takes back the calls [`load_state`] read; returns the events the engine
@@ -578,14 +592,14 @@ fn restore_state(cfg: &Config, alg: &mut Alg, calls: &[SavedCall]) -> Vec<Event>
     std::iter::from_fn(|| alg.poll_event()).collect()
 }
 
-/// Writes a snapshot continued by journal generation `generation`, then
-/// removes the generations before it.
-fn write_snapshot(cfg: &Config, calls: Vec<SavedCall>, generation: u64) {
+/// Writes a snapshot of `calls` as of `saved_at`, continued by journal
+/// generation `generation`, then removes the generations before it.
+fn write_snapshot(cfg: &Config, calls: Vec<SavedCall>, generation: u64, saved_at: u64) {
     let path = &cfg.state_file;
     if path.as_os_str().is_empty() {
         return;
     }
-    if let Err(e) = super::state::save_snapshot(path, calls, Some(generation)) {
+    if let Err(e) = super::state::save_snapshot(path, calls, Some(generation), saved_at) {
         // The journal generations before this one stay, and so does the
         // snapshot they continue: a start still finds every call.
         log::warn!("cannot save live calls to {}: {e}", path.display());
@@ -607,7 +621,7 @@ fn save_state(cfg: &Config, shared: &SharedRef) {
         s.journal_gen += 1;
         (s.alg.saved_calls(), s.journal_gen)
     };
-    write_snapshot(cfg, calls, generation);
+    write_snapshot(cfg, calls, generation, super::state::unix_now());
 }
 
 /// Removes the table we installed when dropped (at stop, and on any error

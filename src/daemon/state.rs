@@ -118,15 +118,21 @@ pub fn unix_now() -> u64 {
 /// Writes `calls` atomically (temporary file, then rename), with no journal
 /// to replay on them.
 pub fn save(path: &Path, calls: Vec<SavedCall>) -> io::Result<()> {
-    save_snapshot(path, calls, None)
+    save_snapshot(path, calls, None, unix_now())
 }
 
-/// Writes `calls` atomically (temporary file, then rename) as a snapshot
+/// Writes `calls`, as they were at `saved_at` (seconds since the Unix
+/// epoch), atomically (temporary file, then rename) as a snapshot
 /// continued by journal generations from `journal` on.
-pub fn save_snapshot(path: &Path, calls: Vec<SavedCall>, journal: Option<u64>) -> io::Result<()> {
+pub fn save_snapshot(
+    path: &Path,
+    calls: Vec<SavedCall>,
+    journal: Option<u64>,
+    saved_at: u64,
+) -> io::Result<()> {
     let doc = StateFile {
         version: VERSION,
-        saved_at: unix_now(),
+        saved_at,
         journal,
         calls,
     };
