@@ -3,8 +3,8 @@
 //! change, so a daemon killed within 2 s of a call's start or end used to
 //! forget it: after the restart another host got the lost call's NAT id and
 //! received its GRE. The journal has each change written before the packet
-//! that carries it leaves. Every test here SIGKILLs the daemon well inside
-//! that window (and checks that it did) and restarts it at once.
+//! that carries it leaves. The crash tests here SIGKILL the daemon well
+//! inside that window (and check that they did) and restart it at once.
 //!
 //! Without root the tests print "skipped: needs root" and pass, unless
 //! `PPTP_ALG_E2E=1` demands that they really run.
@@ -49,14 +49,15 @@ fn state_path(lab: &Lab) -> PathBuf {
 }
 
 /// Kills the daemon and checks that it happened within [`KILL_WITHIN`] of
-/// `ready`, so that the test shows what the journal alone keeps.
-fn kill_soon(lab: &mut Lab, ready: Instant) {
+/// `since` (the daemon's ready line, or its last save of the state file),
+/// so that the test shows what the journal alone keeps.
+fn kill_soon(lab: &mut Lab, since: Instant, what: &str) {
     lab.kill_daemon();
-    let after = ready.elapsed();
-    eprintln!("killed {after:?} after the daemon was ready");
+    let after = since.elapsed();
+    eprintln!("killed {after:?} after {what}");
     assert!(
         after < KILL_WITHIN,
-        "killed {after:?} after the daemon was ready: too late to show the journal"
+        "killed {after:?} after {what}: too late to show the journal"
     );
 }
 
@@ -86,7 +87,7 @@ fn sigkill_right_after_a_call_started_keeps_the_call() {
     let row = call_row(&up, lan_addr(0), 1000).clone();
     let nat = u64_of(&row["nat_id"]) as u16;
     let a_server_id = u64_of(&row["outside_id"]) as u16;
-    kill_soon(&mut lab, ready);
+    kill_soon(&mut lab, ready, "the daemon was ready");
 
     lab.start_daemon(&[]);
     let log = lab.daemon_log();
@@ -156,15 +157,13 @@ fn sigkill_right_after_a_call_ended_keeps_its_quarantine() {
     let a = call(&mut lab, 0, "gone", "0");
     let a = lab.client_ok(a, "gone");
     assert_exactly_own_echoes("gone", &a, 1, GRE_COUNT);
-    let st = lab.wait_status(Duration::from_secs(1), "the call in quarantine", |s| {
+    lab.wait_status(Duration::from_secs(1), "the call in quarantine", |s| {
         s["calls"].as_array().is_some_and(Vec::is_empty) && s["quarantined"] == 1
     });
-    assert_eq!(
-        stat(&st, "journal_records"),
-        3,
-        "start, answer, end: {st:#}"
-    );
-    kill_soon(&mut lab, ready);
+    kill_soon(&mut lab, ready, "the daemon was ready");
+    let files = journal_files(&lab);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].1, 3, "start, answer, end: {files:?}");
     // The id policy `keep` gave the first call its own id.
     let nat = 1000;
 
@@ -216,6 +215,69 @@ fn journal_write_failures_are_counted_and_calls_go_on() {
         1,
         "{log}"
     );
+    lab.stop_server(srv);
+    stop_cleanly(&mut lab);
+}
+
+/// The journal files of the lab's daemon and their lines.
+fn journal_files(lab: &Lab) -> Vec<(String, usize)> {
+    let dir = lab.status_socket();
+    let dir = dir.parent().expect("lab directory");
+    let mut out: Vec<(String, usize)> = std::fs::read_dir(dir)
+        .expect("lab directory")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            name.starts_with("state.json.journal.").then(|| {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                (name, text.lines().count())
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Calls on both sides of a snapshot: the one taken before it comes from
+/// the state file, the one after it from the journal's new generation, each
+/// once (the older generation is gone with the snapshot in place).
+#[test]
+fn sigkill_after_a_snapshot_replays_only_what_followed_it() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("jr_gen", 2, 1);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    lab.start_daemon(&[]);
+    let a = call(&mut lab, 0, "first", "10");
+    lab.wait_established(1);
+    // The periodic snapshot (2 s after the change) takes A's call.
+    let state = state_path(&lab);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let a_host = format!("\"{}:", lan_addr(0));
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&a_host)) {
+        assert!(Instant::now() < deadline, "no snapshot with A's call");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let snapshot = Instant::now();
+    let b = call(&mut lab, 1, "second", "10");
+    lab.wait_established(2);
+    kill_soon(&mut lab, snapshot, "the snapshot");
+    let files = journal_files(&lab);
+    assert_eq!(files.len(), 1, "older generations removed: {files:?}");
+    assert_eq!(files[0].1, 2, "B's start and answer: {files:?}");
+
+    lab.start_daemon(&[]);
+    let log = lab.daemon_log();
+    assert!(log.contains("replayed 2 journal record(s)"), "{log}");
+    assert!(log.contains("restored 2 of 2 live calls"), "{log}");
+    let st = lab.status();
+    assert_eq!(established(&st).len(), 2, "{st:#}");
+    assert_distinct_nat_ids(&st, 2);
+    // The restart wrote its own snapshot and removed the journal.
+    assert!(journal_files(&lab).is_empty(), "{:?}", journal_files(&lab));
+    lab.terminate(a);
+    lab.terminate(b);
     lab.stop_server(srv);
     stop_cleanly(&mut lab);
 }
