@@ -332,7 +332,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let mut thread_done = false;
     let mut ready = false;
     let mut saved_mark = state_mark(&shared);
-    let mut saved_at = Instant::now();
+    // None: not yet in this run. The snapshot written at start is dated
+    // when the last daemon was alive; the first save of a daemon that
+    // serves (2 s after it is ready, if it restored calls) dates it now.
+    let mut saved_at: Option<Instant> = None;
     let refresh = state_refresh_interval(cfg.conn_idle_timeout);
     loop {
         let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
@@ -341,11 +344,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 let mark = state_mark(&shared);
                 // Also while nothing changes, so that a snapshot is never
                 // older than a start accepts (see `state_refresh_interval`).
-                let stale = mark.2 && saved_at.elapsed() >= refresh;
+                let stale = mark.2 && saved_at.is_none_or(|t| t.elapsed() >= refresh);
                 if (mark.0, mark.1) != (saved_mark.0, saved_mark.1) || stale {
                     save_state(cfg, &shared);
                     saved_mark = mark;
-                    saved_at = Instant::now();
+                    saved_at = Some(Instant::now());
                 }
                 continue;
             }
@@ -355,7 +358,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             Msg::Snapshot => {
                 save_state(cfg, &shared);
                 saved_mark = state_mark(&shared);
-                saved_at = Instant::now();
+                saved_at = Some(Instant::now());
             }
             Msg::Started(offload) => {
                 status = match StatusServer::start(&cfg.status_socket, shared.clone()) {
