@@ -384,6 +384,27 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A snapshot names the journal generation that continues it and
+    /// keeps the date it was given; files without one have none.
+    #[test]
+    fn snapshot_keeps_its_journal_generation_and_date() {
+        let dir = temp_dir("snap");
+        let path = dir.join("state.json");
+        let ended = SavedCall {
+            quarantine_left: Some(50),
+            ..widest_call()
+        };
+        save_snapshot(&path, vec![ended], Some(7), 1000).unwrap();
+        let snap = load_snapshot(&path, 10, 1020).unwrap().unwrap();
+        assert_eq!((snap.saved_at, snap.journal), (1000, Some(7)));
+        assert_eq!(snap.calls[0].quarantine_left, Some(30));
+        save(&path, Vec::new()).unwrap();
+        let snap = load_snapshot(&path, 10, unix_now()).unwrap().unwrap();
+        assert_eq!(snap.journal, None);
+        assert_eq!(load_snapshot(&dir.join("none"), 10, 0).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_file_from_the_future_is_refused() {
         let doc = br#"{"saved_at":1000,"calls":[]}"#;
