@@ -436,6 +436,18 @@ mod tests {
         assert!(page.contains("\\-\\-install\\-rules"));
     }
 
+    /// The package's version is the crate's (`pptp-alg --version` must
+    /// name the version dpkg shows): bumping one means a changelog entry.
+    #[test]
+    fn debian_changelog_names_the_crate_version() {
+        let top = include_str!("../debian/changelog").lines().next().unwrap();
+        let want = format!("pptp-alg ({}) ", env!("CARGO_PKG_VERSION"));
+        assert!(
+            top.starts_with(&want),
+            "debian/changelog starts {top:?}, not {want:?}"
+        );
+    }
+
     #[test]
     fn config_page_has_every_key() {
         let page = String::from_utf8(config_page(EXAMPLE_CONFIG)).unwrap();
