@@ -22,6 +22,8 @@ fail() {
 if dpkg-query -W -f='${db:Status-Abbrev}' pptp-alg 2>/dev/null | grep -q '^[ih]'; then
     fail "pptp-alg is installed here; this test installs and purges it"
 fi
+# Purging removes /run/pptp-alg, the unit's runtime directory.
+[ ! -e /run/pptp-alg ] || fail "/run/pptp-alg exists (a pptp-alg running with the default paths?); the purge would remove it"
 
 export DEBIAN_FRONTEND=noninteractive
 need=(debhelper dpkg-dev lintian man-db)
@@ -76,6 +78,19 @@ pptp-alg rules print --backend nft-queue --config "$conf" | grep -q 'table ip pp
     fail "rules print with the installed config"
 
 step "the unit: installed, not enabled, not started"
+# What the maintainer scripts do with systemd running (not the case in CI):
+# removal stops the service, an upgrade restarts it rather than stopping
+# it first, and a fresh installation neither enables nor starts it (the
+# unit is only enabled again if it was, and deb-systemd-invoke starts no
+# disabled unit).
+dpkg-deb -e "$deb" "$work/control"
+grep -q "deb-systemd-invoke stop 'pptp-alg.service'" "$work/control/prerm" || fail "prerm does not stop the service"
+[ ! -e "$work/control/preinst" ] || ! grep -q 'deb-systemd-invoke stop' "$work/control/preinst" ||
+    fail "preinst stops the service before an upgrade"
+grep -q '_dh_action=restart' "$work/control/postinst" || fail "postinst does not restart on upgrade"
+# dh_installsystemd --no-enable's snippet: enable only what was enabled.
+grep -q "deb-systemd-helper debian-installed 'pptp-alg.service'" "$work/control/postinst" ||
+    fail "postinst is not the --no-enable one"
 unit=/lib/systemd/system/pptp-alg.service
 [ -f "$unit" ] || fail "no $unit"
 grep -q '^ExecStart=/usr/sbin/pptp-alg run --install-rules --config /etc/pptp-alg/pptp-alg.toml$' "$unit" ||
@@ -179,7 +194,10 @@ done
 grep -q '^max_calls_per_host = 128$' "$conf" || fail "dpkg -r changed $conf"
 
 step "dpkg -P removes the rest"
+# As the unit leaves it after a stop (RuntimeDirectoryPreserve=yes).
+mkdir -p /run/pptp-alg && echo '{}' >/run/pptp-alg/state.json
 dpkg -P pptp-alg
+[ ! -e /run/pptp-alg ] || fail "dpkg -P left /run/pptp-alg"
 [ ! -e /etc/pptp-alg ] || fail "dpkg -P left $(ls -A /etc/pptp-alg)"
 [ ! -e /etc/systemd/system/multi-user.target.wants/pptp-alg.service ] ||
     fail "dpkg -P left the admin's enable symlink"
