@@ -315,7 +315,9 @@ pub fn config_page(example_text: &str) -> Vec<u8> {
     r.text([roman(
         "The value after each key is its default. The package installs this file \
          with every key at its default as a conffile: an upgrade keeps the administrator's \
-         changes. The commented original is in /usr/share/doc/pptp-alg/examples/pptp-alg.toml.",
+         changes. The commented original stays in \
+         /usr/share/doc/pptp-alg/examples/pptp-alg.toml (from source: \
+         /usr/local/share/pptp-alg/pptp-alg.toml.example).",
     )]);
     r.control("SH", ["KEYS"]);
     for (title, keys) in &ex.sections {
