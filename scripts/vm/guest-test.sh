@@ -5,15 +5,15 @@
 #
 #   c1 10.0.0.2, c2 10.0.0.3   one pptp-linux call each to srv
 #   c3 10.0.0.4                two calls on one control connection (the
-#                              pptp-linux call manager) to srv; pptpd
-#                              keeps only the second (one call per
-#                              control connection), which must ping
+#                              pptp-linux call manager) to srv: the first
+#                              pings before the second starts (pptpd
+#                              serves one call per control connection)
 #   oc 203.0.113.2             outside client, calls pptpd on isrv 10.0.0.10
 #                              behind the router's port forward
 #   rtr                        masquerade, dnat tcp/1723, pptp-alg
 #   srv 203.0.113.1            pptpd
 #
-# Every client pings its server's end of the tunnel. Prints
+# Every client's first call pings its server's end of the tunnel. Prints
 # "PPTP-VM-TEST: PASS" or "PPTP-VM-TEST: FAIL <why>" and powers off.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -127,25 +127,11 @@ client() { # client NS SERVER NAME (pppd in the background)
         noauth noccp novj nobsdcomp nodeflate nodefaultroute mtu 1400 mru 1400 \
         ipparam "$3" linkname "$3" logfile "/tmp/pppd-$3.log" nodetach >/dev/null 2>&1 &
 }
-client c1 203.0.113.1 c1
-client c2 203.0.113.1 c2
-client c3 203.0.113.1 c3a
-client oc 203.0.113.254 oc
-# The second call only once the first is up: two pptp processes starting
-# together race to launch the call manager, and the loser gives up.
-i=0
-until [ -n "$(sed -n 2p /run/ppp-c3a.pid 2>/dev/null)" ]; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || fail "c3a: no ppp link"
-    sleep 0.3
-done
-client c3 203.0.113.1 c3b
-
-# Each client's ppp link comes up and carries a ping to its server.
+# A client's ppp link comes up and carries a ping to its server.
 check() { # check NS LINKNAME SERVER_PPP_IP
     i=0
     while :; do
-        ifname=$(cat "/run/ppp-$2.pid" 2>/dev/null | sed -n 2p)
+        ifname=$(sed -n 2p "/run/ppp-$2.pid" 2>/dev/null)
         [ -n "$ifname" ] && ns "$1" ip -4 addr show "$ifname" 2>/dev/null | grep -q inet && break
         i=$((i + 1))
         [ $i -lt 100 ] || fail "$2: no ppp link"
@@ -154,22 +140,40 @@ check() { # check NS LINKNAME SERVER_PPP_IP
     ns "$1" ping -c 3 -W 2 -I "$ifname" "$3" >/tmp/ping-$2.log 2>&1 || fail "$2: ping $3 through $ifname"
     echo "$2: $ifname $(ns "$1" ip -4 -o addr show "$ifname" | awk '{print $4, $5, $6}'), ping $3 ok"
 }
+
+client c1 203.0.113.1 c1
+client c2 203.0.113.1 c2
+client c3 203.0.113.1 c3a
+client oc 203.0.113.254 oc
+
 check c1 c1 192.168.99.1
 check c2 c2 192.168.99.1
-# c3's two calls share one control connection (pptp-linux's call manager);
-# both must be set up through the daemon. pptpd serves one call per
-# control connection (pptpctrl) and hangs up the first call's PPP when the
-# second arrives, so only the second one can carry a ping.
-check c3 c3b 192.168.99.1
-shared=$(grep -c 'call started: inside 10.0.0.4:.*(control 10.0.0.4:' /tmp/pptp-alg.log || true)
+# c3: a second call on the first one's control connection (pptp-linux's
+# call manager), started once the first is up and has pinged: two pptp
+# processes starting together race to launch the call manager. pptpd
+# serves one call per control connection (pptpctrl): what becomes of the
+# PPP links once the second call arrives differs from run to run (the first
+# is hung up, or the second gets no LCP answer, or the connection closes),
+# so the test asks only what is the daemon's: that it set up both calls on
+# the one connection.
+check c3 c3a 192.168.99.1
+client c3 203.0.113.1 c3b
+i=0
+while :; do
+    shared=$(grep -c 'call started: inside 10.0.0.4:.*(control 10.0.0.4:' /tmp/pptp-alg.log || true)
+    [ "$shared" -lt 2 ] || break
+    i=$((i + 1))
+    [ $i -lt 100 ] || fail "c3: the second call was not set up"
+    sleep 0.3
+done
 conns=$(grep -o 'call started: inside 10.0.0.4:.*(control 10.0.0.4:[0-9]*' /tmp/pptp-alg.log | sed 's/.*control //' | sort -u | wc -l)
-[ "$shared" = 2 ] && [ "$conns" = 1 ] || fail "c3: $shared calls on $conns control connections, not 2 on 1"
+[ "$conns" = 1 ] || fail "c3: its 2 calls on $conns control connections, not 1"
 echo "c3: 2 calls set up on one control connection"
 check oc oc 192.168.98.1
 
 echo "--- pptp-alg status"
 ns rtr pptp-alg status
-calls=$(ns rtr pptp-alg status --json | grep -c '"inside_id"' || true)
-echo "calls in the daemon's table: $calls"
-[ "$calls" -ge 5 ] || fail "the daemon holds $calls calls, not 5"
+created=$(ns rtr pptp-alg status --json | grep -o '"calls_created": *[0-9]*' | grep -o '[0-9]*$')
+echo "calls the daemon set up: $created"
+[ "$created" = 5 ] || fail "the daemon set up $created calls, not 5"
 finish PASS
