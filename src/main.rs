@@ -6,6 +6,8 @@ use pptp_alg::nft::{self, QueueBackend};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod gen_docs;
+
 /// Exit status for configuration and usage errors. The systemd unit lists
 /// it in RestartPreventExitStatus: restarting cannot fix a bad file.
 const EXIT_CONFIG: u8 = 2;
@@ -29,6 +31,13 @@ enum Cmd {
     },
     /// Show the running daemon's calls and counters.
     Status(StatusArgs),
+    /// Write the man pages and shell completions under DIR (build time;
+    /// hidden because the package installs its output).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +100,13 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd_run(args),
         Cmd::Rules { action } => cmd_rules(action),
         Cmd::Status(args) => cmd_status(args),
+        Cmd::GenerateDocs { dir } => match gen_docs::generate(&dir, EXIT_CONFIG) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pptp-alg: generate-docs {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
