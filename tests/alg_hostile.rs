@@ -295,3 +295,35 @@ fn forged_data_after_a_restart_does_not_take_the_stream() {
     assert_eq!(v, Verdict::Accept);
     assert_eq!(sim.alg.stats().ended_by(EndCause::Disconnect), 1);
 }
+
+/// A spoofed SYN-ACK on a connection not tracked yet (after a restart, or
+/// before its first data) says where the inside host's stream starts. If
+/// the engine believed it, the host's real requests would pass as
+/// "retransmissions", untranslated (found by the engine fuzz target).
+#[test]
+fn spoofed_syn_ack_does_not_place_the_inside_stream() {
+    let mut sim = Sim::new(AlgConfig::default());
+    one_call(&mut sim, 1, 40000);
+    let c = Conn::client_inside(host(2), 40000, SERVER);
+    for ack in [c.seq[0].wrapping_add(4000), c.seq[0].wrapping_sub(4000)] {
+        let mut c = c;
+        let synack = Flags {
+            syn: true,
+            ack: Some(ack),
+            ..Default::default()
+        };
+        sim.send_at(&c, IN, 77, synack, &[]);
+        // The host's real stream, from a message start.
+        assert_eq!(sim.send(&mut c, OUT, &simple(SCCRQ)).0, Verdict::Accept);
+        let (v, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
+        assert_eq!(v, Verdict::Modified, "translated, ack {ack}");
+        assert_ne!(u16_at(&out, 12), 0x4000);
+        let fin = Flags {
+            fin: true,
+            ack: Some(c.seq[1]),
+            ..Default::default()
+        };
+        sim.send_at(&c, OUT, c.seq[0], fin, &[]);
+        sim.advance(std::time::Duration::from_secs(11));
+    }
+}

@@ -14,10 +14,14 @@ use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 
-/// Patches kept per direction for identical retransmissions. Each call
-/// produces one or two, so this covers many calls' worth of unacknowledged
-/// data while bounding memory.
-const PATCH_LOG: usize = 64;
+/// Patches kept per direction for identical retransmissions, at most.
+/// Beyond `PATCH_KEEP` they go as soon as the receiver acknowledges their
+/// bytes, so this bounds only unacknowledged rewrites: a client clearing
+/// 250 calls at once has about 500 in flight; 4,096 take 32 KB.
+const PATCH_LOG: usize = 4096;
+/// Patches kept even once acknowledged, so that a spurious retransmission
+/// of recent bytes still leaves identical.
+const PATCH_KEEP: usize = 64;
 
 /// Result code of a successful Outgoing/Incoming-Call-Reply.
 const RESULT_SUCCESS: u8 = 1;
@@ -29,6 +33,31 @@ pub(super) struct Dir {
     /// PPTP header) has been seen.
     parser: Option<Parser>,
     patches: Vec<Patch>,
+}
+
+impl Dir {
+    /// The receiver acknowledged this direction's bytes before `ack`: only
+    /// a spurious retransmission sends them again (and the receiver drops
+    /// it), so their patches can go, but for the newest `PATCH_KEEP`. An
+    /// acknowledgement of bytes not yet sent is forged and changes nothing.
+    fn forget_acked(&mut self, ack: u32) {
+        if self.patches.len() <= PATCH_KEEP {
+            return;
+        }
+        let Some(p) = &self.parser else {
+            return;
+        };
+        if seq_diff(ack, p.next) > 0 {
+            return;
+        }
+        let acked = self
+            .patches
+            .iter()
+            .take(self.patches.len() - PATCH_KEEP)
+            .take_while(|&&(seq, _)| seq_diff(seq, ack) < 0)
+            .count();
+        self.patches.drain(..acked);
+    }
 }
 
 /// A tracked control connection.
@@ -70,6 +99,28 @@ impl Conn {
     }
 }
 
+/// What the segments of a connection not tracked yet told about where its
+/// two streams start (next data sequence number, by direction index).
+#[derive(Debug, Clone, Copy)]
+struct Handshake {
+    starts: [Option<u32>; 2],
+    /// `starts[0]` comes from the inside host's own SYN, not from an
+    /// outside sender's acknowledgement.
+    inside_syn: bool,
+    /// Insertion number, named by `handshake_order`.
+    n: u64,
+}
+
+impl Handshake {
+    fn new(n: u64) -> Self {
+        Handshake {
+            starts: [None; 2],
+            inside_syn: false,
+            n,
+        }
+    }
+}
+
 /// Handshakes remembered at most: a SYN flood evicts old ones, and a
 /// connection whose handshake was evicted is tracked from its first segment
 /// that starts a message instead.
@@ -84,7 +135,7 @@ pub(super) struct Conns {
     by_key: ConnMap,
     /// Stream starts (next data sequence number per direction) from SYN and
     /// SYN-ACK, with the insertion number that `handshake_order` names.
-    handshakes: FxHashMap<ConnKey, ([Option<u32>; 2], u64)>,
+    handshakes: FxHashMap<ConnKey, Handshake>,
     handshake_order: VecDeque<(ConnKey, u64)>,
     handshake_count: u64,
     /// Connections in the order they were tracked, to find an old one
@@ -107,64 +158,75 @@ impl Conns {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
-    /// Records what a segment of a connection not tracked tells about the
-    /// stream starts: `start` is the sender's (its SYN's sequence number
-    /// plus one), `ack` the other side's. Only the inside host vouches for
-    /// where the stream towards it starts (outside senders can forge SYNs
-    /// and acknowledgements with any number), so a segment from outside
-    /// tells only where the inside host's stream starts.
+    /// Records what a segment of a connection not tracked tells about its
+    /// stream starts. Only the inside host vouches for where the stream
+    /// towards it starts (its acknowledgements); outside senders can forge
+    /// SYNs and acknowledgements with any number, so what they tell is
+    /// kept apart from what the inside host's own SYN told.
     fn note_handshake(
         &mut self,
         key: ConnKey,
         dir: Direction,
         syn: bool,
-        start: Option<u32>,
+        seq: u32,
         ack: Option<u32>,
     ) {
-        let (own, other) = match dir {
-            Direction::FromInside => (start, ack),
-            // The rules cannot see an inside client's SYN (masquerade is
-            // set up after the forward hook): the server's SYN-ACK
-            // acknowledging it is where that stream start is learned.
-            Direction::ToInside => (ack, None),
-        };
-        if own.is_none() && other.is_none() && !syn {
+        if !syn && (dir == Direction::ToInside || ack.is_none()) {
             return;
         }
         let n = self.handshake_count;
-        let e = self.handshakes.entry(key).or_insert_with(|| ([None; 2], n));
+        let e = self
+            .handshakes
+            .entry(key)
+            .or_insert_with(|| Handshake::new(n));
         if syn {
             // A new handshake on the tuple: what older segments told is void.
-            e.0 = [None; 2];
+            *e = Handshake::new(e.n);
         }
-        if own.is_some() {
-            e.0[0] = own;
+        match dir {
+            Direction::FromInside => {
+                if syn {
+                    e.starts[0] = Some(seq.wrapping_add(1));
+                    e.inside_syn = true;
+                }
+                if ack.is_some() {
+                    e.starts[1] = ack;
+                }
+            }
+            // The rules cannot see an inside client's SYN (masquerade is
+            // set up after the forward hook): the server's SYN-ACK
+            // acknowledging it is where that stream start is learned.
+            Direction::ToInside => {
+                if !e.inside_syn && ack.is_some() {
+                    e.starts[0] = ack;
+                }
+            }
         }
-        if other.is_some() {
-            e.0[1] = other;
-        }
-        if e.1 == n {
+        if e.n == n {
             self.handshake_count += 1;
             self.handshake_order.push_back((key, n));
         }
         if self.handshake_order.len() > 2 * self.handshakes.len() + 64 {
             let live = &self.handshakes;
             self.handshake_order
-                .retain(|(k, n)| live.get(k).is_some_and(|e| e.1 == *n));
+                .retain(|(k, n)| live.get(k).is_some_and(|e| e.n == *n));
         }
         while self.handshakes.len() > MAX_HANDSHAKES {
             let Some((k, n)) = self.handshake_order.pop_front() else {
                 break;
             };
-            if self.handshakes.get(&k).is_some_and(|e| e.1 == n) {
+            if self.handshakes.get(&k).is_some_and(|e| e.n == n) {
                 self.handshakes.remove(&k);
             }
         }
     }
 
-    /// The stream starts a handshake of `key` told, per direction.
-    fn handshake(&self, key: &ConnKey) -> [Option<u32>; 2] {
-        self.handshakes.get(key).map_or([None; 2], |e| e.0)
+    /// What the handshake of `key` told, if anything.
+    fn handshake(&self, key: &ConnKey) -> Handshake {
+        self.handshakes
+            .get(key)
+            .copied()
+            .unwrap_or(Handshake::new(0))
     }
 
     /// The oldest tracked connection without calls, if any.
@@ -294,21 +356,18 @@ impl Alg {
                 // A handshake costs no connection slot (a SYN flood must
                 // not fill the table): its stream starts wait in a bounded
                 // list until the first byte of data.
-                let start = (syn && dir == Direction::FromInside).then_some(data_seq);
-                self.conns.note_handshake(key, dir, syn, start, ack);
+                self.conns.note_handshake(key, dir, syn, seq, ack);
                 return Verdict::Accept;
             }
             None => {
-                if dir == Direction::FromInside {
-                    self.conns.note_handshake(key, dir, false, None, ack);
-                }
-                let starts = self.conns.handshake(&key);
+                self.conns.note_handshake(key, dir, false, seq, ack);
+                let hs = self.conns.handshake(&key);
                 let header = starts_with_header(tcp.payload());
                 let synced = match dir {
-                    Direction::FromInside => starts[0] == Some(data_seq) || header,
+                    Direction::FromInside => hs.starts[0] == Some(data_seq) || header,
                     // Where the inside host said, or, before it said
                     // anything, at a message start (unconfirmed).
-                    Direction::ToInside => starts[1].map_or(header, |s| s == data_seq),
+                    Direction::ToInside => hs.starts[1].map_or(header, |s| s == data_seq),
                 };
                 if !synced {
                     // Untranslatable: its bytes may hold Call IDs. TCP
@@ -321,11 +380,16 @@ impl Alg {
                     return Verdict::Drop(DropReason::ConnectionLimit);
                 };
                 let conn = self.conns.get_mut(ci);
-                for (d, start) in conn.dirs.iter_mut().zip(starts) {
-                    d.parser = start.map(Parser::new);
-                }
-                if dir == Direction::ToInside && starts[1].is_none() {
-                    conn.dirs[1].parser = Some(Parser::new(data_seq));
+                // This segment's stream starts here; the other one where
+                // the inside host said (an outside sender's word for the
+                // inside host's stream would let it pass as retransmitted).
+                conn.dirs[di].parser = Some(Parser::new(data_seq));
+                let other = match dir {
+                    Direction::FromInside => hs.starts[1],
+                    Direction::ToInside => hs.starts[0].filter(|_| hs.inside_syn),
+                };
+                conn.dirs[1 - di].parser = other.map(Parser::new);
+                if dir == Direction::ToInside && hs.starts[1].is_none() {
                     conn.unconfirmed = Some(data_seq);
                 }
                 ci
@@ -333,8 +397,11 @@ impl Alg {
         };
         let conn = self.conns.get_mut(ci);
         conn.last_seen = now;
-        if let (Direction::FromInside, Some(ack)) = (dir, ack) {
-            self.note_inside_ack(ci, ack);
+        if let Some(ack) = ack {
+            conn.dirs[1 - di].forget_acked(ack);
+            if dir == Direction::FromInside {
+                self.note_inside_ack(ci, ack);
+            }
         }
         let conn = self.conns.get_mut(ci);
 
@@ -483,7 +550,9 @@ impl Alg {
         // Keep what was translated, up to a bad header if there was one.
         conn.dirs[di].parser = Some(parser);
         if patches.len() > PATCH_LOG {
-            patches.drain(..patches.len() - PATCH_LOG);
+            let evicted = patches.len() - PATCH_LOG;
+            self.stats.patches_evicted += evicted as u64;
+            patches.drain(..evicted);
         }
         conn.dirs[di].patches = patches;
         if let Some(error) = desync {

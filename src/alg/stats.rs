@@ -98,6 +98,9 @@ pub struct Stats {
     /// FIN or RST segments not at the tracked stream position (spoofed or
     /// stale): they end nothing.
     pub ignored_teardowns: u64,
+    /// Rewritten bytes forgotten unacknowledged (more than 4,096 in flight
+    /// on one direction): a retransmission of them would leave untranslated.
+    pub patches_evicted: u64,
     /// Streams towards an inside host picked up at a message start that the
     /// host's acknowledgement then showed to be forged, and picked up again.
     pub forged_resyncs: u64,
