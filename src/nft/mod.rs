@@ -308,6 +308,33 @@ fn table_cname(table: &str) -> Result<CString, NftError> {
     CString::new(table).map_err(|_| NftError::InvalidName(table.into()))
 }
 
+/// The parsers of kernel replies, which are private, for the fuzz targets
+/// (fuzz/fuzz_targets/netlink.rs). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use nftnl_sys::libc;
+
+    /// Splits `buf` as a receive buffer and gives every message to each
+    /// parser that may read it in the daemon. Returns how many messages the
+    /// parsers accepted.
+    pub fn parse_replies(buf: &[u8]) -> usize {
+        let mut ok = 0;
+        let (mut keys, mut counters) = (Vec::new(), Vec::new());
+        for msg in super::netlink::messages(buf) {
+            let Ok(msg) = msg else { break };
+            if msg.ty as i32 == libc::NLMSG_ERROR {
+                ok += usize::from(super::netlink::parse_error(&msg).is_ok());
+                continue;
+            }
+            ok += usize::from(super::objects::table_owner(msg.raw).is_ok());
+            ok += usize::from(super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok());
+            ok += usize::from(super::fastpath::parse_counters(msg.raw, &mut counters).is_ok());
+            ok += usize::from(super::detect::pptp_helper_object(msg.raw).is_ok());
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

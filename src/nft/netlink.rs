@@ -231,7 +231,7 @@ impl Netlink {
 unsafe impl Send for Netlink {}
 
 /// Splits a receive buffer into netlink messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
+pub(super) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDR_LEN {
             return None;
@@ -254,7 +254,7 @@ fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
 }
 
 /// Returns (positive errno or 0, sequence number of the message it answers).
-fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
+pub(super) fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
     let p = &msg.raw[NLMSG_HDR_LEN..];
     if p.len() < 4 + NLMSG_HDR_LEN {
         return Err(NftError::Protocol("short NLMSG_ERROR".into()));
