@@ -217,9 +217,10 @@ def netlink():
     ifa = struct.pack("=BBBBI", 2, 24, 0, 0, 2)
     new = nlmsg(RTM_NEWADDR, 2, 1, ifa + rta(1, bytes([192, 0, 2, 1])) + rta(2, bytes([192, 0, 2, 1])))
     dele = nlmsg(RTM_DELADDR, 0, 0, ifa + rta(2, bytes([198, 51, 100, 1])))
-    write("netlink", "addr-dump", new + dele + nlmsg(NLMSG_DONE, 2, 1, struct.pack("=i", 0)))
+    # First byte 0: the rest is a receive buffer as it is.
+    write("netlink", "addr-dump", b"\0" + new + dele + nlmsg(NLMSG_DONE, 2, 1, struct.pack("=i", 0)))
     err = nlmsg(NLMSG_ERROR, 0, 5, struct.pack("=i", -1) + nlmsg(0xa01, 5, 5, b"")[:16])
-    write("netlink", "error", err)
+    write("netlink", "error", b"\0" + err)
     # nf_tables NEWTABLE with name, flags (owner) and owner: nfgenmsg, then
     # NFTA_TABLE_NAME (1), NFTA_TABLE_FLAGS (2, big endian), NFTA_TABLE_OWNER (7).
     nfgen = struct.pack("=BBH", 2, 0, 0)
@@ -231,7 +232,20 @@ def netlink():
     key = rta(1 | 0x8000, rta(1, bytes([203, 0, 113, 10, 0x40, 0x01, 0, 0])))
     elems = rta(3 | 0x8000, rta(1 | 0x8000, key))
     setelem = nlmsg((10 << 8) | 12, 0, 9, nfgen + rta(1, b"pptp_alg\0") + rta(2, b"gre_cid\0") + elems)
-    write("netlink", "nft-table-and-elems", table + setelem + nlmsg(NLMSG_DONE, 2, 9, b"\0" * 4))
+    write("netlink", "nft-table-and-elems", b"\0" + table + setelem + nlmsg(NLMSG_DONE, 2, 9, b"\0" * 4))
+
+
+def netlink_built():
+    # First byte 1: the rest describes nf_tables messages built with correct
+    # attribute framing (fuzz_targets/netlink.rs, build): count - 1, then
+    # per message a kind (0 table, 1 set elements, 2 object, 3 error/done).
+    name = lambda s: bytes([len(s)]) + s
+    table = bytes([0, 0x3f]) + name(b"pptp_alg") + bytes([0, 0, 0, 2]) + bytes([2, 0xab, 0xcd]) + bytes([0, 0, 4, 0xd2])
+    # One element with a key and a counter: sel 1|4|8.
+    elems = bytes([1]) + name(b"pptp_alg") + name(b"gre_cid") + bytes([1, 0x0d, 8]) \
+        + bytes([203, 0, 113, 10, 0x40, 0x01, 0, 0]) + bytes([5, 3])
+    obj = bytes([2]) + name(b"filter") + name(b"helper") + bytes([0x0c])
+    write("netlink", "nft-built", bytes([1, 3]) + table + elems + obj + bytes([3, 1]))
 
 
 if __name__ == "__main__":
@@ -241,3 +255,4 @@ if __name__ == "__main__":
     config()
     state()
     netlink()
+    netlink_built()

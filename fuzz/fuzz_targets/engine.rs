@@ -273,7 +273,7 @@ impl Model {
             let ty = 1 + u16::from(sel % 15);
             let (w12, w14) = (id(r, &live), id(r, &live));
             // Results: mostly success (1), some failures.
-            let result = if r.u8() % 4 == 0 { 2 } else { 1 };
+            let result = if r.u8().is_multiple_of(4) { 2 } else { 1 };
             let m = msg(ty, w12, w14, result);
             let s = &mut self.streams[c][di(d)];
             let at = s.data.len();
@@ -501,7 +501,7 @@ fuzz_target!(|data: &[u8]| {
                 let s = &m.streams[c][di(d)];
                 let a = if back >= 0xf0 {
                     // Out of order: beyond what was sent.
-                    (s.high + usize::from(back - 0xf0) * 7).min(s.data.len())
+                    (s.high + (back - 0xf0) * 7).min(s.data.len())
                 } else {
                     s.high.saturating_sub(back)
                 };

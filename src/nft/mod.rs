@@ -314,10 +314,14 @@ fn table_cname(table: &str) -> Result<CString, NftError> {
 pub mod fuzzing {
     use nftnl_sys::libc;
 
-    /// Splits `buf` as a receive buffer and gives every message to each
-    /// parser that may read it in the daemon. Returns how many messages the
-    /// parsers accepted.
-    pub fn parse_replies(buf: &[u8]) -> usize {
+    /// Splits `buf` as a receive buffer and reads each message as the
+    /// daemon may: errors always, and with `libnftnl` also tables, set
+    /// elements (keys and counters) and ct helper objects. libnftnl exits
+    /// the process ("nf_tables kernel ABI is broken") on an attribute of
+    /// the wrong size: it trusts the kernel, as the daemon does, so callers
+    /// pass only well-formed attributes with `libnftnl`. Returns how many
+    /// parses succeeded.
+    pub fn parse_replies(buf: &[u8], libnftnl: bool) -> usize {
         let mut ok = 0;
         let (mut keys, mut counters) = (Vec::new(), Vec::new());
         for msg in super::netlink::messages(buf) {
@@ -326,10 +330,20 @@ pub mod fuzzing {
                 ok += usize::from(super::netlink::parse_error(&msg).is_ok());
                 continue;
             }
-            ok += usize::from(super::objects::table_owner(msg.raw).is_ok());
-            ok += usize::from(super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok());
-            ok += usize::from(super::fastpath::parse_counters(msg.raw, &mut counters).is_ok());
-            ok += usize::from(super::detect::pptp_helper_object(msg.raw).is_ok());
+            if !libnftnl || msg.ty >> 8 != libc::NFNL_SUBSYS_NFTABLES as u16 {
+                continue;
+            }
+            // Each parser gets the answers to the request it is used for.
+            let parsed = match i32::from(msg.ty & 0xff) {
+                libc::NFT_MSG_NEWTABLE => super::objects::table_owner(msg.raw).is_ok(),
+                libc::NFT_MSG_NEWSETELEM => {
+                    super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok()
+                        && super::fastpath::parse_counters(msg.raw, &mut counters).is_ok()
+                }
+                libc::NFT_MSG_NEWOBJ => super::detect::pptp_helper_object(msg.raw).is_ok(),
+                _ => false,
+            };
+            ok += usize::from(parsed);
         }
         ok
     }
