@@ -144,7 +144,7 @@ pub fn pptp_helper_in_use() -> Result<Option<String>, NftError> {
 }
 
 /// Describes a ct helper object if it uses the "pptp" helper.
-fn pptp_helper_object(raw: &[u8]) -> Result<Option<String>, NftError> {
+pub(super) fn pptp_helper_object(raw: &[u8]) -> Result<Option<String>, NftError> {
     // SAFETY: `raw` is one complete netlink message; the object is ours and freed below; the
     // strings are copied before that.
     unsafe {

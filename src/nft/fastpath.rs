@@ -218,7 +218,7 @@ impl FastPath {
 }
 
 /// Appends the counters of every element in one GETSETELEM dump message.
-fn parse_counters(raw: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), NftError> {
+pub(super) fn parse_counters(raw: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), NftError> {
     for_each_elem(raw, |e| {
         // SAFETY: libnftnl hands over a valid element.
         let Some(k) = (unsafe { elem_key(e) }) else {

@@ -148,7 +148,7 @@ impl LocalAddrSet {
 }
 
 /// Appends the IPv4 keys of one GETSETELEM dump message.
-fn parse_keys(raw: &[u8], out: &mut Vec<Ipv4Addr>) -> Result<(), NftError> {
+pub(super) fn parse_keys(raw: &[u8], out: &mut Vec<Ipv4Addr>) -> Result<(), NftError> {
     for_each_elem(raw, |e| {
         // SAFETY: libnftnl hands over a valid element.
         if let Some(&[a, b, c, d]) = unsafe { elem_key(e) } {

@@ -308,6 +308,47 @@ fn table_cname(table: &str) -> Result<CString, NftError> {
     CString::new(table).map_err(|_| NftError::InvalidName(table.into()))
 }
 
+/// The parsers of kernel replies, which are private, for the fuzz targets
+/// (fuzz/fuzz_targets/netlink.rs). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use nftnl_sys::libc;
+
+    /// Splits `buf` as a receive buffer and reads each message as the
+    /// daemon may: errors always, and with `libnftnl` also tables, set
+    /// elements (keys and counters) and ct helper objects. libnftnl exits
+    /// the process ("nf_tables kernel ABI is broken") on an attribute of
+    /// the wrong size: it trusts the kernel, as the daemon does, so callers
+    /// pass only well-formed attributes with `libnftnl`. Returns how many
+    /// parses succeeded.
+    pub fn parse_replies(buf: &[u8], libnftnl: bool) -> usize {
+        let mut ok = 0;
+        let (mut keys, mut counters) = (Vec::new(), Vec::new());
+        for msg in super::netlink::messages(buf) {
+            let Ok(msg) = msg else { break };
+            if msg.ty as i32 == libc::NLMSG_ERROR {
+                ok += usize::from(super::netlink::parse_error(&msg).is_ok());
+                continue;
+            }
+            if !libnftnl || msg.ty >> 8 != libc::NFNL_SUBSYS_NFTABLES as u16 {
+                continue;
+            }
+            // Each parser gets the answers to the request it is used for.
+            let parsed = match i32::from(msg.ty & 0xff) {
+                libc::NFT_MSG_NEWTABLE => super::objects::table_owner(msg.raw).is_ok(),
+                libc::NFT_MSG_NEWSETELEM => {
+                    super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok()
+                        && super::fastpath::parse_counters(msg.raw, &mut counters).is_ok()
+                }
+                libc::NFT_MSG_NEWOBJ => super::detect::pptp_helper_object(msg.raw).is_ok(),
+                _ => false,
+            };
+            ok += usize::from(parsed);
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

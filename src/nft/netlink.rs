@@ -231,7 +231,7 @@ impl Netlink {
 unsafe impl Send for Netlink {}
 
 /// Splits a receive buffer into netlink messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
+pub(super) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDR_LEN {
             return None;
@@ -254,14 +254,19 @@ fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, NftError>> {
 }
 
 /// Returns (positive errno or 0, sequence number of the message it answers).
-fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
+pub(super) fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
     let p = &msg.raw[NLMSG_HDR_LEN..];
     if p.len() < 4 + NLMSG_HDR_LEN {
         return Err(NftError::Protocol("short NLMSG_ERROR".into()));
     }
     let err = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
     let seq = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
-    Ok((-err, seq))
+    // i32::MIN has no positive errno (negating it overflows); found by the
+    // netlink fuzz target.
+    let errno = err
+        .checked_neg()
+        .ok_or_else(|| NftError::Protocol(format!("NLMSG_ERROR with error code {err}")))?;
+    Ok((errno, seq))
 }
 
 /// A batch under construction that remembers, for every message, what it was about, so that a
@@ -284,5 +289,38 @@ impl Txn {
     pub fn add(&mut self, msg: &impl NlMsg, ty: MsgType, what: impl Into<String>) {
         self.batch.add(msg, ty);
         self.what.push(what.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_msg(code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&7u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        // The header of the request answered: length, type, flags, seq 7, pid.
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&7u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn error_codes() {
+        let parse = |code| {
+            let buf = error_msg(code);
+            let msg = messages(&buf).next().unwrap().unwrap();
+            parse_error(&msg)
+        };
+        assert_eq!(parse(0).unwrap(), (0, 7));
+        assert_eq!(parse(-libc::ENOENT).unwrap(), (libc::ENOENT, 7));
+        // Regression (fuzz target netlink): negating i32::MIN panicked.
+        assert!(matches!(parse(i32::MIN), Err(NftError::Protocol(_))));
     }
 }
