@@ -83,34 +83,6 @@ const IDS: [u16; 8] = [
     0x4000, 0x4001, 0x4002, 0x0000, 0x0001, 0x0100, 0x8000, 0xffff,
 ];
 
-/// The engine's known open bugs (issue 9) that a fuzzer finds in seconds:
-/// with guards on (the default, and in CI) the configurations that reach
-/// them are not generated, so that fuzzing finds anything else. Remove a
-/// guard when its issue is fixed:
-/// - item 4 (panic when ending a call releases a quarantined call created
-///   by the same segment): only with a small `max_calls`; lifted with
-///   PPTP_FUZZ_SMALL_MAX_CALLS=1;
-/// - item 2 (a full connection table passes call requests untranslated,
-///   leaking inside ids that other calls hold as NAT ids): only with
-///   `max_connections` below the 5 connections used here; lifted with
-///   PPTP_FUZZ_SMALL_MAX_CONNECTIONS=1.
-///
-/// PPTP_FUZZ_ENGINE_ALL=1 lifts both.
-fn lifted(var: &str) -> bool {
-    let on = |v: &str| std::env::var_os(v).is_some_and(|x| x == "1");
-    on(var) || on("PPTP_FUZZ_ENGINE_ALL")
-}
-
-fn small_max_calls() -> bool {
-    static G: OnceLock<bool> = OnceLock::new();
-    *G.get_or_init(|| lifted("PPTP_FUZZ_SMALL_MAX_CALLS"))
-}
-
-fn small_max_connections() -> bool {
-    static G: OnceLock<bool> = OnceLock::new();
-    *G.get_or_init(|| lifted("PPTP_FUZZ_SMALL_MAX_CONNECTIONS"))
-}
-
 /// PPTP_FUZZ_TRACE=1 prints every packet, verdict and event (to read a
 /// reproducer).
 fn trace() -> bool {
@@ -140,6 +112,8 @@ struct Stream {
 }
 
 struct Model {
+    /// The engine's `forged_resyncs` when rewrites were last remembered.
+    resyncs_seen: u64,
     alg: Alg,
     cfg: AlgConfig,
     now: Instant,
@@ -420,16 +394,10 @@ impl Model {
 }
 
 fn config(r: &mut Bytes) -> AlgConfig {
-    let max_calls = if small_max_calls() {
-        r.pick(&[1, 2, 3, 8, 64, 16384])
-    } else {
-        r.pick(&[64, 100, 16384])
-    };
-    let max_connections = if small_max_connections() {
-        r.pick(&[1, 2, 5, 8192])
-    } else {
-        r.pick(&[5, 8192])
-    };
+    // Small limits reach the refusal, eviction and quarantine-bound paths
+    // (issue 9 items 2 and 4 were found here; see artifacts-found/).
+    let max_calls = r.pick(&[1, 2, 3, 8, 64, 16384]);
+    let max_connections = r.pick(&[1, 2, 5, 8192]);
     AlgConfig {
         max_calls,
         max_calls_per_host: r.pick(&[1, 2, 64]),
@@ -461,6 +429,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = config(&mut r);
     let now = Instant::now();
     let mut m = Model {
+        resyncs_seen: 0,
         alg: Alg::new(cfg.clone()),
         cfg,
         now,
@@ -513,6 +482,15 @@ fuzz_target!(|data: &[u8]| {
             }
             // Retransmit the last rewritten segment of this direction.
             3 => {
+                // A stream towards the inside host picked up unconfirmed and
+                // undone by the host's acknowledgement (`forged_resyncs`) is
+                // picked up afresh: earlier rewrites of it are void, and its
+                // old bytes are dropped as unsynced, by design.
+                let resyncs = m.alg.stats().forged_resyncs;
+                if resyncs != m.resyncs_seen {
+                    m.resyncs_seen = resyncs;
+                    m.forget_rewritten();
+                }
                 if let Some((pkt, out)) = m.streams[c][di(d)].last_rewritten.clone() {
                     let (v, again) = m.tcp(pkt, d);
                     assert_eq!(v, Verdict::Modified, "retransmission not rewritten");
