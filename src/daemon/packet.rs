@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 
 /// Packets served between checks of timers and the stop flag.
 const BATCH: usize = 256;
+/// GRE packets served between two looks at the control queues. Control
+/// segments come first: under a GRE flood one waits for at most this many
+/// GRE packets (a few microseconds each), not for the flood.
+const GRE_SLICE: usize = 16;
 /// Longest sleep, so the stop flag is seen even if a wake-up is lost.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Sleep between attempts when the queue's descriptor is unknown.
@@ -108,7 +112,12 @@ pub struct JournalConfig {
 /// The packet thread's state.
 pub struct PacketLoop {
     cfg: LoopConfig,
+    /// The control queues (from and to inside hosts) on one socket.
     queue: NfQueue,
+    /// The GRE queue on a socket of its own: when a GRE flood fills that
+    /// socket's buffer or queue, the kernel drops GRE only (fail-closed),
+    /// never a control segment, which shares neither.
+    gre_queue: NfQueue,
     shared: SharedRef,
     stop: Arc<AtomicBool>,
     wake: UnixStream,
@@ -145,6 +154,7 @@ impl std::fmt::Debug for PacketLoop {
         f.debug_struct("PacketLoop")
             .field("cfg", &self.cfg)
             .field("queue", &self.queue)
+            .field("gre_queue", &self.gre_queue)
             .field("fast", &self.fast.is_some())
             .finish_non_exhaustive()
     }
@@ -156,6 +166,7 @@ impl PacketLoop {
     pub fn new(
         cfg: LoopConfig,
         queue: NfQueue,
+        gre_queue: NfQueue,
         shared: SharedRef,
         stop: Arc<AtomicBool>,
         wake: UnixStream,
@@ -175,6 +186,7 @@ impl PacketLoop {
             warn_journal: RateLimit::new(Duration::from_secs(60), 1),
             cfg,
             queue,
+            gre_queue,
             shared,
             stop,
             wake,
@@ -296,23 +308,52 @@ impl PacketLoop {
             }
         }
         self.queue.unbind_all();
+        self.gre_queue.unbind_all();
     }
 
     /// Serves up to `max` packets, all at time `now`; returns how many.
+    /// Control segments first: every waiting one, then at most
+    /// [`GRE_SLICE`] GRE packets, then the control queues again. Returns
+    /// less than `max` only when both sockets were found empty.
     fn serve(&mut self, max: usize, now: Instant) -> io::Result<usize> {
+        let mut n = 0;
+        loop {
+            n += self.serve_queue(false, max - n, now)?;
+            if n >= max || self.fatal.is_some() {
+                return Ok(n);
+            }
+            let g = self.serve_queue(true, GRE_SLICE.min(max - n), now)?;
+            n += g;
+            if g == 0 || n >= max || self.fatal.is_some() {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Serves up to `max` packets of the GRE queue (`gre`) or the control
+    /// queues; returns how many.
+    fn serve_queue(&mut self, gre: bool, max: usize, now: Instant) -> io::Result<usize> {
         for n in 0..max {
-            let pkt = match self.queue.try_recv() {
+            let q = if gre {
+                &mut self.gre_queue
+            } else {
+                &mut self.queue
+            };
+            let pkt = match q.try_recv() {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(n),
                 Err(e) => {
                     lock(&self.shared).recv_errors += 1;
                     if let (true, _) = self.warn_io.allow(now) {
-                        log::warn!("receiving from the queue: {e}");
+                        log::warn!(
+                            "receiving from the {} queue: {e}",
+                            if gre { "GRE" } else { "control" }
+                        );
                     }
                     return Err(e);
                 }
             };
-            self.packet(pkt, now);
+            self.packet(pkt, gre, now);
             if self.fatal.is_some() {
                 return Ok(n + 1);
             }
@@ -324,7 +365,7 @@ impl PacketLoop {
     /// including a panic in the engine (the error then stops the daemon).
     // Inlined so the (large) nfq message is not copied into the call.
     #[inline(always)]
-    fn packet(&mut self, mut pkt: Packet, now: Instant) {
+    fn packet(&mut self, mut pkt: Packet, from_gre_queue: bool, now: Instant) {
         let dir = if pkt.queue() == self.cfg.queue_from_inside {
             Direction::FromInside
         } else {
@@ -347,7 +388,7 @@ impl PacketLoop {
             (engine.handle(now, &mut self.scratch[..len], dir), len)
         };
         let Ok(verdict) = verdict else {
-            let _ = self.queue.verdict(pkt, Action::Accept);
+            let _ = self.queue_of(from_gre_queue).verdict(pkt, Action::Accept);
             self.fatal = Some("the engine panicked (see above)".into());
             return;
         };
@@ -368,11 +409,26 @@ impl PacketLoop {
             }
             Verdict::Modified => Action::AcceptModified(&self.scratch[..len]),
         };
-        if let Err(e) = self.queue.verdict(pkt, action) {
+        // The verdict goes back on the socket the packet came from.
+        let queue = if from_gre_queue {
+            &mut self.gre_queue
+        } else {
+            &mut self.queue
+        };
+        if let Err(e) = queue.verdict(pkt, action) {
             lock(&self.shared).verdict_errors += 1;
             if let (true, _) = self.warn_io.allow(now) {
                 log::warn!("sending a verdict: {e}");
             }
+        }
+    }
+
+    /// The GRE queue's socket or the control queues' one.
+    fn queue_of(&mut self, gre: bool) -> &mut NfQueue {
+        if gre {
+            &mut self.gre_queue
+        } else {
+            &mut self.queue
         }
     }
 
@@ -431,7 +487,8 @@ impl PacketLoop {
     fn wait(&self, until: Instant, now: Instant) -> bool {
         let timeout = until.saturating_duration_since(now);
         let queue_fd: Option<RawFd> = self.queue.poll_fd().map(|fd| fd.as_raw_fd());
-        let timeout = if queue_fd.is_some() {
+        let gre_fd: Option<RawFd> = self.gre_queue.poll_fd().map(|fd| fd.as_raw_fd());
+        let timeout = if queue_fd.is_some() && gre_fd.is_some() {
             timeout
         } else {
             timeout.min(FALLBACK_SLEEP)
@@ -447,6 +504,11 @@ impl PacketLoop {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: gre_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ts = libc::timespec {
             tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
@@ -456,7 +518,7 @@ impl PacketLoop {
         // thread cancellation point (about 60 instructions per wake-up,
         // measured), which this thread never uses. Nanosecond timeout: no
         // rounding, so a timer due in 0.4 ms is not polled for 0 ms in a loop.
-        // SAFETY: `fds` is a valid array of two pollfd and `ts` a valid
+        // SAFETY: `fds` is a valid array of three pollfd and `ts` a valid
         // timespec, both live for the call; no signal mask is passed. A
         // negative fd is ignored; EINTR just returns early.
         unsafe {

@@ -48,8 +48,11 @@ pub struct RulesConfig {
     pub table: String,
     /// Queue for tcp/1723 packets sent by an inside host.
     pub queue_from_inside: u16,
-    /// Queue for tcp/1723 packets going to an inside host, and for GRE from outside.
+    /// Queue for tcp/1723 packets going to an inside host.
     pub queue_to_inside: u16,
+    /// Queue for GRE from outside that the kernel does not translate. Never one of the
+    /// control queues: a GRE flood that overflows it must not drop control segments.
+    pub queue_gre: u16,
     /// Packet mark of translated GRE, set by the fast path (and by the daemon's verdicts), so
     /// a strict forward policy can accept it with `meta mark <mark> accept`.
     pub mark: u32,
@@ -63,6 +66,7 @@ impl Default for RulesConfig {
             table: "pptp_alg".into(),
             queue_from_inside: 1723,
             queue_to_inside: 1724,
+            queue_gre: 1725,
             mark: 0x1723,
             offload: true,
         }

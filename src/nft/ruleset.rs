@@ -345,7 +345,7 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         NotFragment,
         LocalDaddr,
         Notrack,
-        Queue(cfg.queue_to_inside, backend),
+        Queue(cfg.queue_gre, backend),
     ]);
 
     // The server side of a control connection has port 1723: original-direction packets carry
