@@ -148,6 +148,7 @@ table ip pptp_alg {
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs counter packets 0 bytes 0 notrack accept
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1725
 \t}
 

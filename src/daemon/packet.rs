@@ -50,6 +50,8 @@ const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
 /// How often the fast path's per-call counters are read (bounded further
 /// by the idle timeout, so offloaded calls never look idle).
 const OFFLOAD_POLL: Duration = Duration::from_secs(10);
+/// How often adding a call's fast path elements is tried again after it failed.
+const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
 /// How often the daemon checks that its table still exists.
@@ -139,6 +141,13 @@ pub struct PacketLoop {
     /// Last counters read per fast path element, to feed deltas to the engine.
     offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
     next_offload_poll: Instant,
+    /// Calls whose fast path elements could not be added, (outside peer, NAT id) to (inside
+    /// host, inside id). With the fast path on, GRE to the router that matches no element
+    /// stays with the router (it is never queued), so such a call gets no GRE until its
+    /// elements are in place: they are tried again every [`OFFLOAD_RETRY`], and the call is
+    /// logged and counted (`offload_pending`) meanwhile.
+    offload_pending: FxHashMap<(Ipv4Addr, u16), (Ipv4Addr, u16)>,
+    next_offload_retry: Instant,
     next_rules_check: Instant,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
@@ -196,6 +205,8 @@ impl PacketLoop {
             events: Vec::with_capacity(64),
             offload_seen: FxHashMap::default(),
             next_offload_poll: now,
+            offload_pending: FxHashMap::default(),
+            next_offload_retry: now,
             next_rules_check: now + RULES_CHECK,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
@@ -231,7 +242,9 @@ impl PacketLoop {
             }
         }
         let on = self.fast.is_some();
-        lock(&self.shared).offload = on;
+        let mut shared = lock(&self.shared);
+        shared.offload = on;
+        shared.unknown_gre_table = on.then(|| self.cfg.rules.table.clone());
         on
     }
 
@@ -452,6 +465,10 @@ impl PacketLoop {
                 .max(Duration::from_secs(1));
             self.next_offload_poll = now + every;
         }
+        if !self.offload_pending.is_empty() && now >= self.next_offload_retry {
+            self.retry_offload();
+            self.next_offload_retry = now + OFFLOAD_RETRY;
+        }
         if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
             self.check_rules(now);
             self.next_rules_check = now + RULES_CHECK;
@@ -474,6 +491,9 @@ impl PacketLoop {
         }
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
+        }
+        if !self.offload_pending.is_empty() {
+            t = t.min(self.next_offload_retry);
         }
         if self.cfg.reinstall.is_some() {
             t = t.min(self.next_rules_check);
@@ -592,12 +612,22 @@ impl PacketLoop {
                         if let Err(e) =
                             fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
                         {
-                            lock(&self.shared).fastpath_errors += 1;
+                            self.offload_pending
+                                .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
+                            let mut shared = lock(&self.shared);
+                            shared.fastpath_errors += 1;
+                            shared.offload_pending = self.offload_pending.len() as u64;
+                            drop(shared);
                             log::warn!(
-                                "fast path: cannot add call {}:{} (GRE stays in userspace): {e}",
+                                "fast path: cannot add call {}:{} ({e}); its GRE stays with the \
+                                 router until the kernel takes it, tried again every second",
                                 c.outside_peer,
                                 c.nat_id
                             );
+                            self.next_offload_retry = now + OFFLOAD_RETRY;
+                            if self.next_offload_retry < self.next_timer {
+                                self.next_timer = self.next_offload_retry;
+                            }
                         }
                     }
                 }
@@ -639,7 +669,15 @@ impl PacketLoop {
                         c.packets_out,
                     );
                     self.offload_seen.remove(&(c.outside_peer, c.nat_id));
-                    if let Some(fp) = &mut self.fast {
+                    // A call whose elements never made it has none to remove.
+                    let never_added = self
+                        .offload_pending
+                        .remove(&(c.outside_peer, c.nat_id))
+                        .is_some();
+                    if never_added {
+                        lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
+                    }
+                    if let Some(fp) = self.fast.as_mut().filter(|_| !never_added) {
                         if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
                             lock(&self.shared).fastpath_errors += 1;
                             log::warn!(
@@ -742,24 +780,48 @@ impl PacketLoop {
         let calls = lock(&self.shared).alg.calls(now);
         let mut failed = 0;
         if let Some(fp) = &mut self.fast {
+            self.offload_pending.clear();
             for c in &calls {
                 if fp
                     .add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
                     .is_err()
                 {
                     failed += 1;
+                    self.offload_pending
+                        .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
                 }
             }
         }
         self.offload_seen.clear();
-        if failed > 0 {
-            lock(&self.shared).fastpath_errors += failed;
+        {
+            let mut shared = lock(&self.shared);
+            shared.fastpath_errors += failed;
+            shared.offload_pending = self.offload_pending.len() as u64;
         }
         log::warn!(
             "table ip {} vanished (a firewall reload?); reinstalled it with {} call(s) in the fast path",
             self.cfg.rules.table,
             if self.fast.is_some() { calls.len() - failed as usize } else { 0 }
         );
+    }
+
+    /// Tries again to add the elements of calls whose add failed.
+    fn retry_offload(&mut self) {
+        let Some(fp) = &mut self.fast else { return };
+        let before = self.offload_pending.len();
+        self.offload_pending
+            .retain(
+                |&(peer, nat_id), &mut (host, id)| match fp.add_call(peer, nat_id, host, id) {
+                    Ok(()) => {
+                        log::info!("fast path: call {peer}:{nat_id} added at last");
+                        false
+                    }
+                    Err(_) => true,
+                },
+            );
+        if self.offload_pending.len() != before {
+            lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
+        }
     }
 
     /// Reads the fast path's per-call counters and tells the engine what the

@@ -154,7 +154,12 @@ impl StatusReport {
             extra.insert("recv_errors".to_string(), s.recv_errors);
             extra.insert("journal_records".to_string(), s.journal_records);
             extra.insert("journal_errors".to_string(), s.journal_errors);
-            (s.alg.calls(now), (s.alg.stats().clone(), extra), report)
+            extra.insert("offload_pending".to_string(), s.offload_pending);
+            (
+                s.alg.calls(now),
+                (s.alg.stats().clone(), extra, s.unknown_gre_table.clone()),
+                report,
+            )
         };
         report.calls = calls.into_iter().map(CallRow::from).collect();
         report
@@ -162,6 +167,17 @@ impl StatusReport {
             .sort_by_key(|c| (c.inside_host, c.inside_id, c.outside_peer, c.nat_id));
         report.stats = flatten_stats(&stats.0);
         report.stats.extend(stats.1);
+        // Read outside the lock: a netlink round trip, only when someone asks.
+        if let Some(table) = stats.2 {
+            let kernel = crate::nft::unknown_gre_packets(&table).map_or(0, |(p, _)| p);
+            report
+                .stats
+                .insert("gre_unknown_kernel".to_string(), kernel);
+            *report
+                .stats
+                .entry("gre_unknown_call".to_string())
+                .or_default() += kernel;
+        }
         report
     }
 

@@ -6,9 +6,11 @@
 //!   bit set, checksum bit clear) addressed to this router. Calls the daemon handed to the
 //!   kernel are rewritten in place through the maps `gre_daddr` and `gre_cid` (the fast path,
 //!   see [`FastPath`]) when the destination is in the set `local_addrs` of the router's own
-//!   addresses (see [`LocalAddrSet`]); everything else the routing table calls local is
-//!   queued to `queue_to_inside`. Both rules `notrack` what they take: conntrack never sees
-//!   the GRE this daemon translates.
+//!   addresses (see [`LocalAddrSet`]); GRE to those addresses that matches no element is
+//!   counted and left to the router (it belongs to no call: elements are added before a
+//!   call's NAT id leaves), and what the routing table calls local but the set does not hold
+//!   is queued to `queue_gre` (all GRE to the router without the fast path). Every one of
+//!   these rules `notrack`s what it takes: conntrack never sees this GRE.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction.
 //!
@@ -294,6 +296,21 @@ pub fn render(cfg: &RulesConfig, backend: QueueBackend) -> String {
 /// Whether table `ip <table>` exists.
 pub fn table_exists(table: &str) -> Result<bool, NftError> {
     detect::table_exists(table)
+}
+
+/// Packets and bytes of GRE to this router's addresses that matched no call's element and were
+/// left to the router's own stack by the kernel (the counter of that rule in chain `gre_in`).
+/// Zero for a table without the fast path (no such rule: the daemon counts that GRE itself).
+pub fn unknown_gre_packets(table: &str) -> Result<(u64, u64), NftError> {
+    let t = table_cname(table)?;
+    let mut nl = Netlink::open()?;
+    let mut sum = (0, 0);
+    nl.request(
+        &format!("list chain gre_in of table ip {table}"),
+        objects::dump_rules(&t, c"gre_in"),
+        |msg| objects::add_rule_counters(msg.raw, &mut sum),
+    )?;
+    Ok(sum)
 }
 
 /// Whether the kernel's PPTP conntrack helper may be attached to flows, which would fight with
