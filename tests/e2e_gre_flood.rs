@@ -254,6 +254,25 @@ fn control_queues_keep_up_under_a_gre_flood(case: &str, offload: bool) {
             .count();
         assert_eq!(leaked, 0, "LAN host {i} received flood packets: {got:?}");
     }
+    // The status shows each queue's drops as the kernel counts them.
+    let rows = st_after["queues"].as_array().expect("queues in the status");
+    assert_eq!(rows.len(), 3, "{st_after:#}");
+    for (q, want) in control.iter().zip(&after).chain([(&1725, &gre_after)]) {
+        let row = rows
+            .iter()
+            .find(|r| r["queue"] == *q)
+            .unwrap_or_else(|| panic!("no queue {q} in {st_after:#}"));
+        // Read a moment after the file: GRE still in flight may have been dropped since.
+        assert!(
+            u64_of(&row["dropped_socket"]) >= want.user,
+            "{row} {want:?}"
+        );
+        assert!(u64_of(&row["dropped_full"]) >= want.queue, "{row} {want:?}");
+        if *q != 1725 {
+            assert_eq!(u64_of(&row["dropped_socket"]), 0, "{row}");
+            assert_eq!(u64_of(&row["dropped_full"]), 0, "{row}");
+        }
+    }
     if offload {
         // The kernel left every flood packet with the router: none reached the daemon.
         let kernel = stat(&st_after, "gre_unknown_kernel") - stat(&st_before, "gre_unknown_kernel");

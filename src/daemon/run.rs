@@ -271,7 +271,15 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let shared = Shared::new(alg, false, backend);
-    lock(&shared).journal_gen = generation;
+    {
+        let mut s = lock(&shared);
+        s.journal_gen = generation;
+        s.queues = vec![
+            (cfg.queue_from_inside, "control from inside"),
+            (cfg.queue_to_inside, "control to inside"),
+            (cfg.queue_gre, "GRE"),
+        ];
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
         context: "creating the wake-up socket",

@@ -32,6 +32,8 @@ pub struct Shared {
     /// the fast path on): the kernel leaves that GRE to the router, so the daemon never sees
     /// it and reads its count from there.
     pub unknown_gre_table: Option<String>,
+    /// The queues the daemon serves and what each carries, for the status.
+    pub queues: Vec<(u16, &'static str)>,
     /// Packets whose verdict could not be sent.
     pub verdict_errors: u64,
     /// Errors receiving from the queue socket.
@@ -63,6 +65,7 @@ impl Shared {
             fastpath_errors: 0,
             offload_pending: 0,
             unknown_gre_table: None,
+            queues: Vec::new(),
             verdict_errors: 0,
             recv_errors: 0,
             journal_gen: 0,
