@@ -140,6 +140,36 @@ fn flood(ns: &str, to: std::net::Ipv4Addr, secs: Duration, stop: &AtomicBool) ->
     sent
 }
 
+/// Starts a client on LAN host 1 that places 20 calls on one control connection, waiting at
+/// most 2 s for each reply (`Lab::client` would give it 5 s).
+fn twenty_calls(lab: &mut Lab, tag: &str, call_id: &str) -> Pid {
+    let (server, bind) = (SERVER.to_string(), lan_addr(1).to_string());
+    lab.spawn(
+        Host::Lan(1),
+        &format!("pptp-peer client {tag}"),
+        PEER,
+        &[
+            "client",
+            "--server",
+            &server,
+            "--bind",
+            &bind,
+            "--tag",
+            tag,
+            "--call-id",
+            call_id,
+            "--calls",
+            "20",
+            "--gre-count",
+            "1",
+            "--hold",
+            "0.2",
+            "--timeout",
+            "2",
+        ],
+    )
+}
+
 fn control_queues_keep_up_under_a_gre_flood(case: &str, offload: bool) {
     let daemon_flags: &[&str] = if offload { &[] } else { &["--no-offload"] };
     let mut lab = Lab::new(case, 2, 1);
@@ -169,6 +199,13 @@ fn control_queues_keep_up_under_a_gre_flood(case: &str, offload: bool) {
         .map(|i| lab.gre_recv(Host::Lan(i), None, secs))
         .collect();
 
+    // The same 20 calls without a flood, for comparison (printed, not asserted: timings on
+    // a shared machine vary too much).
+    let t = Instant::now();
+    let idle = twenty_calls(&mut lab, "idle", "3000");
+    lab.client_ok(idle, "idle");
+    let idle_time = t.elapsed();
+
     let control = [1723u16, 1724];
     let before: Vec<QueueDrops> = control.iter().map(|&q| queue_drops(&lab, q)).collect();
     let gre_before = queue_drops(&lab, 1725);
@@ -182,32 +219,7 @@ fn control_queues_keep_up_under_a_gre_flood(case: &str, offload: bool) {
     // Let the flood build up before the calls.
     thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    // `Lab::client` would give it a 5 s reply timeout; this one must do with 2 s.
-    let (server, bind) = (SERVER.to_string(), lan_addr(1).to_string());
-    let during = lab.spawn(
-        Host::Lan(1),
-        "pptp-peer client during",
-        PEER,
-        &[
-            "client",
-            "--server",
-            &server,
-            "--bind",
-            &bind,
-            "--tag",
-            "during",
-            "--call-id",
-            "2000",
-            "--calls",
-            "20",
-            "--gre-count",
-            "1",
-            "--hold",
-            "0.2",
-            "--timeout",
-            "2",
-        ],
-    );
+    let during = twenty_calls(&mut lab, "during", "2000");
     let out = lab.finish(during);
     let setup_time = t.elapsed();
     let flood_left = FLOOD.saturating_sub(started.elapsed());
@@ -218,7 +230,7 @@ fn control_queues_keep_up_under_a_gre_flood(case: &str, offload: bool) {
     let st_after = lab.status();
     eprintln!(
         "{case}: flood {sent} packets in {FLOOD:?} ({} pps); 20 calls on one connection took \
-         {setup_time:?} (the flood still ran {flood_left:?} after they were done); control \
+         {setup_time:?} ({idle_time:?} without the flood; the flood still ran {flood_left:?} after they were done); control \
          queue drops before {before:?} after {after:?}; GRE queue 1725 drops before \
          {gre_before:?} after {gre_after:?}",
         sent / FLOOD.as_secs()
