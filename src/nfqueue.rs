@@ -254,3 +254,75 @@ fn sockopt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
     };
     (r == 0).then_some(val)
 }
+
+/// One queue's line of `/proc/net/netfilter/nfnetlink_queue` (this
+/// network namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelQueueStats {
+    /// The queue number.
+    pub queue: u16,
+    /// Packets waiting for a verdict.
+    pub waiting: u64,
+    /// Packets dropped because the queue held `queue_max_len`.
+    pub dropped_full: u64,
+    /// Packets dropped because the socket's receive buffer was full.
+    pub dropped_socket: u64,
+}
+
+/// The kernel's numbers of every bound queue in this network namespace.
+pub fn kernel_stats() -> io::Result<Vec<KernelQueueStats>> {
+    let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")?;
+    Ok(parse_kernel_stats(&text))
+}
+
+/// Parses the lines of `/proc/net/netfilter/nfnetlink_queue`: queue number,
+/// peer port id, waiting, copy mode, copy range, queue dropped, user
+/// dropped, last id, 1.
+fn parse_kernel_stats(text: &str) -> Vec<KernelQueueStats> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .map(|w| w.parse().ok())
+                .collect::<Option<_>>()?;
+            if f.len() < 7 {
+                return None;
+            }
+            Some(KernelQueueStats {
+                queue: u16::try_from(f[0]).ok()?,
+                waiting: f[2],
+                dropped_full: f[5],
+                dropped_socket: f[6],
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_stats_lines() {
+        let text = " 1723  12345     0 2 65535     0     0       17  1\n\
+                    1725  12346    31 2 65535     4 84691   900000  1\n";
+        assert_eq!(
+            parse_kernel_stats(text),
+            vec![
+                KernelQueueStats {
+                    queue: 1723,
+                    waiting: 0,
+                    dropped_full: 0,
+                    dropped_socket: 0
+                },
+                KernelQueueStats {
+                    queue: 1725,
+                    waiting: 31,
+                    dropped_full: 4,
+                    dropped_socket: 84691
+                },
+            ]
+        );
+        assert!(parse_kernel_stats("garbage\n").is_empty());
+    }
+}

@@ -43,6 +43,7 @@ fn run_has_a_flag_for_every_config_key() {
     let keys = [
         "queue_from_inside",
         "queue_to_inside",
+        "queue_gre",
         "queue_max_len",
         "mark",
         "offload",

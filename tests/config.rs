@@ -29,6 +29,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(c, Config::default());
     assert_eq!(c.queue_from_inside, 1723);
     assert_eq!(c.queue_to_inside, 1724);
+    assert_eq!(c.queue_gre, 1725);
     assert_eq!(c.queue_max_len, 4096);
     assert_eq!(c.mark, 0x1723);
     assert!(c.offload);
@@ -63,6 +64,7 @@ fn every_key_parses() {
         r#"
         queue_from_inside = 10
         queue_to_inside = 11
+        queue_gre = 12
         queue_max_len = 100
         mark = 0xff
         offload = false
@@ -84,6 +86,7 @@ fn every_key_parses() {
     .unwrap();
     assert_eq!(c.queue_from_inside, 10);
     assert_eq!(c.queue_to_inside, 11);
+    assert_eq!(c.queue_gre, 12);
     assert_eq!(c.queue_max_len, 100);
     assert_eq!(c.mark, 0xff);
     assert!(!c.offload);
@@ -110,6 +113,7 @@ fn every_key_parses() {
             table: "my_alg".into(),
             queue_from_inside: 10,
             queue_to_inside: 11,
+            queue_gre: 12,
             mark: 0xff,
             offload: false,
         }
@@ -152,6 +156,13 @@ fn invalid_values_name_the_key() {
     assert_eq!(
         err_key("queue_from_inside = 5\nqueue_to_inside = 5"),
         "queue_to_inside"
+    );
+    // GRE never shares a queue with control segments (a GRE flood would drop them).
+    assert_eq!(err_key("queue_gre = 1723"), "queue_gre");
+    assert_eq!(err_key("queue_gre = 1724"), "queue_gre");
+    assert_eq!(
+        err_key("queue_to_inside = 1725\nqueue_gre = 1725"),
+        "queue_gre"
     );
     assert_eq!(err_key("max_calls = 0"), "max_calls");
     assert_eq!(err_key("max_calls_per_host = 0"), "max_calls_per_host");

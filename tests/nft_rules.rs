@@ -148,7 +148,8 @@ table ip pptp_alg {
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
-\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1724
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs counter packets 0 bytes 0 notrack accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1725
 \t}
 
 \tchain ctl {
@@ -168,7 +169,7 @@ table ip pptp_alg {
 fn render_xt_shows_target_and_comment() {
     let text = nft::render(&RulesConfig::default(), QueueBackend::XtNfqueue);
     assert!(text.contains(
-        "fib daddr type local notrack xt target \"NFQUEUE\" comment \"xt NFQUEUE num 1724 bypass\"\n"
+        "fib daddr type local notrack xt target \"NFQUEUE\" comment \"xt NFQUEUE num 1725 bypass\"\n"
     ));
     assert!(text.contains(
         "tcp dport 1723 ct direction original ct status snat xt target \"NFQUEUE\" \
@@ -183,6 +184,7 @@ fn render_follows_config() {
         table: "alg2".into(),
         queue_from_inside: 7,
         queue_to_inside: 8,
+        queue_gre: 9,
         mark: 0xabc,
         offload: false,
     };
@@ -196,7 +198,10 @@ fn render_follows_config() {
     assert!(!text.contains("@local_addrs"));
     assert!(!text.contains("meta mark set"));
     assert_eq!(text.matches("queue flags bypass to 7\n").count(), 2);
-    assert_eq!(text.matches("queue flags bypass to 8\n").count(), 3);
+    // GRE on its own queue, never on a control queue.
+    assert_eq!(text.matches("queue flags bypass to 8\n").count(), 2);
+    assert_eq!(text.matches("queue flags bypass to 9\n").count(), 1);
+    assert!(text.contains("fib daddr type local notrack queue flags bypass to 9\n"));
     let cfg = RulesConfig {
         offload: true,
         ..cfg
@@ -682,7 +687,7 @@ fn nft_file_loads_with_nft() {
         let mut file = std::fs::read_to_string(NFT_FILE).unwrap();
         let mut rendered = nft::render(&RulesConfig::default(), QueueBackend::NftQueue);
         if backend_by_nft_tool() == QueueBackend::XtNfqueue {
-            for q in [1723, 1724] {
+            for q in [1723, 1724, 1725] {
                 let from = format!("queue flags bypass to {q}");
                 file = file.replace(&from, "counter");
                 rendered = rendered.replace(&from, "counter");

@@ -81,6 +81,7 @@ fn build_report() -> StatusReport {
         backend: None,
         offload: true,
         offloaded_counters: Vec::new(),
+        queues: Vec::new(),
     }
 }
 

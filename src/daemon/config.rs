@@ -64,8 +64,10 @@ impl LogLevel {
 pub struct Config {
     /// NFQUEUE number for tcp/1723 sent by inside hosts.
     pub queue_from_inside: u16,
-    /// NFQUEUE number for tcp/1723 to inside hosts and GRE from outside.
+    /// NFQUEUE number for tcp/1723 to inside hosts.
     pub queue_to_inside: u16,
+    /// NFQUEUE number for GRE from outside that the kernel does not translate.
+    pub queue_gre: u16,
     /// Packets the kernel holds per queue before failing open.
     pub queue_max_len: u32,
     /// Packet mark set on translated GRE towards inside hosts.
@@ -111,6 +113,7 @@ impl Default for Config {
         Config {
             queue_from_inside: rules.queue_from_inside,
             queue_to_inside: rules.queue_to_inside,
+            queue_gre: rules.queue_gre,
             queue_max_len: 4096,
             mark: rules.mark,
             offload: rules.offload,
@@ -246,6 +249,20 @@ impl Config {
                 ),
             );
         }
+        // GRE on a queue of its own: a flood of it must never crowd out control segments.
+        for (key, other) in [
+            ("queue_from_inside", self.queue_from_inside),
+            ("queue_to_inside", self.queue_to_inside),
+        ] {
+            if self.queue_gre == other {
+                return bad(
+                    "queue_gre",
+                    format!(
+                        "must differ from `{key}` (both are {other}): GRE has a queue of its own so that no GRE flood can delay control segments"
+                    ),
+                );
+            }
+        }
         if self.queue_max_len == 0 {
             return bad("queue_max_len", "must be at least 1".into());
         }
@@ -321,6 +338,7 @@ impl Config {
         }
         set(&mut self.queue_from_inside, &o.queue_from_inside);
         set(&mut self.queue_to_inside, &o.queue_to_inside);
+        set(&mut self.queue_gre, &o.queue_gre);
         set(&mut self.queue_max_len, &o.queue_max_len);
         set(&mut self.mark, &o.mark);
         set(&mut self.table, &o.table);
@@ -377,6 +395,7 @@ impl Config {
             table: self.table.clone(),
             queue_from_inside: self.queue_from_inside,
             queue_to_inside: self.queue_to_inside,
+            queue_gre: self.queue_gre,
             mark: self.mark,
             offload: self.offload,
         }
@@ -460,9 +479,12 @@ pub struct Overrides {
     /// NFQUEUE number for tcp/1723 sent by inside hosts [default: 1723].
     #[arg(long, value_name = "N")]
     pub queue_from_inside: Option<u16>,
-    /// NFQUEUE number for traffic to inside hosts [default: 1724].
+    /// NFQUEUE number for tcp/1723 to inside hosts [default: 1724].
     #[arg(long, value_name = "N")]
     pub queue_to_inside: Option<u16>,
+    /// NFQUEUE number for GRE from outside the kernel does not translate [default: 1725].
+    #[arg(long, value_name = "N")]
+    pub queue_gre: Option<u16>,
     /// Kernel queue length before failing open [default: 4096].
     #[arg(long, value_name = "N")]
     pub queue_max_len: Option<u32>,

@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 
 /// Packets served between checks of timers and the stop flag.
 const BATCH: usize = 256;
+/// GRE packets served between two looks at the control queues. Control
+/// segments come first: under a GRE flood one waits for at most this many
+/// GRE packets (a few microseconds each), not for the flood.
+const GRE_SLICE: usize = 16;
 /// Longest sleep, so the stop flag is seen even if a wake-up is lost.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Sleep between attempts when the queue's descriptor is unknown.
@@ -46,6 +50,8 @@ const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
 /// How often the fast path's per-call counters are read (bounded further
 /// by the idle timeout, so offloaded calls never look idle).
 const OFFLOAD_POLL: Duration = Duration::from_secs(10);
+/// How often adding a call's fast path elements is tried again after it failed.
+const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
 /// How often the daemon checks that its table still exists.
@@ -108,7 +114,12 @@ pub struct JournalConfig {
 /// The packet thread's state.
 pub struct PacketLoop {
     cfg: LoopConfig,
+    /// The control queues (from and to inside hosts) on one socket.
     queue: NfQueue,
+    /// The GRE queue on a socket of its own: when a GRE flood fills that
+    /// socket's buffer or queue, the kernel drops GRE only (fail-closed),
+    /// never a control segment, which shares neither.
+    gre_queue: NfQueue,
     shared: SharedRef,
     stop: Arc<AtomicBool>,
     wake: UnixStream,
@@ -130,6 +141,13 @@ pub struct PacketLoop {
     /// Last counters read per fast path element, to feed deltas to the engine.
     offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
     next_offload_poll: Instant,
+    /// Calls whose fast path elements could not be added, (outside peer, NAT id) to (inside
+    /// host, inside id). With the fast path on, GRE to the router that matches no element
+    /// stays with the router (it is never queued), so such a call gets no GRE until its
+    /// elements are in place: they are tried again every [`OFFLOAD_RETRY`], and the call is
+    /// logged and counted (`offload_pending`) meanwhile.
+    offload_pending: FxHashMap<(Ipv4Addr, u16), (Ipv4Addr, u16)>,
+    next_offload_retry: Instant,
     next_rules_check: Instant,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
@@ -145,6 +163,7 @@ impl std::fmt::Debug for PacketLoop {
         f.debug_struct("PacketLoop")
             .field("cfg", &self.cfg)
             .field("queue", &self.queue)
+            .field("gre_queue", &self.gre_queue)
             .field("fast", &self.fast.is_some())
             .finish_non_exhaustive()
     }
@@ -156,6 +175,7 @@ impl PacketLoop {
     pub fn new(
         cfg: LoopConfig,
         queue: NfQueue,
+        gre_queue: NfQueue,
         shared: SharedRef,
         stop: Arc<AtomicBool>,
         wake: UnixStream,
@@ -175,6 +195,7 @@ impl PacketLoop {
             warn_journal: RateLimit::new(Duration::from_secs(60), 1),
             cfg,
             queue,
+            gre_queue,
             shared,
             stop,
             wake,
@@ -184,6 +205,8 @@ impl PacketLoop {
             events: Vec::with_capacity(64),
             offload_seen: FxHashMap::default(),
             next_offload_poll: now,
+            offload_pending: FxHashMap::default(),
+            next_offload_retry: now,
             next_rules_check: now + RULES_CHECK,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
@@ -219,7 +242,9 @@ impl PacketLoop {
             }
         }
         let on = self.fast.is_some();
-        lock(&self.shared).offload = on;
+        let mut shared = lock(&self.shared);
+        shared.offload = on;
+        shared.unknown_gre_table = on.then(|| self.cfg.rules.table.clone());
         on
     }
 
@@ -296,23 +321,52 @@ impl PacketLoop {
             }
         }
         self.queue.unbind_all();
+        self.gre_queue.unbind_all();
     }
 
     /// Serves up to `max` packets, all at time `now`; returns how many.
+    /// Control segments first: every waiting one, then at most
+    /// [`GRE_SLICE`] GRE packets, then the control queues again. Returns
+    /// less than `max` only when both sockets were found empty.
     fn serve(&mut self, max: usize, now: Instant) -> io::Result<usize> {
+        let mut n = 0;
+        loop {
+            n += self.serve_queue(false, max - n, now)?;
+            if n >= max || self.fatal.is_some() {
+                return Ok(n);
+            }
+            let g = self.serve_queue(true, GRE_SLICE.min(max - n), now)?;
+            n += g;
+            if g == 0 || n >= max || self.fatal.is_some() {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Serves up to `max` packets of the GRE queue (`gre`) or the control
+    /// queues; returns how many.
+    fn serve_queue(&mut self, gre: bool, max: usize, now: Instant) -> io::Result<usize> {
         for n in 0..max {
-            let pkt = match self.queue.try_recv() {
+            let q = if gre {
+                &mut self.gre_queue
+            } else {
+                &mut self.queue
+            };
+            let pkt = match q.try_recv() {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(n),
                 Err(e) => {
                     lock(&self.shared).recv_errors += 1;
                     if let (true, _) = self.warn_io.allow(now) {
-                        log::warn!("receiving from the queue: {e}");
+                        log::warn!(
+                            "receiving from the {} queue: {e}",
+                            if gre { "GRE" } else { "control" }
+                        );
                     }
                     return Err(e);
                 }
             };
-            self.packet(pkt, now);
+            self.packet(pkt, gre, now);
             if self.fatal.is_some() {
                 return Ok(n + 1);
             }
@@ -324,7 +378,7 @@ impl PacketLoop {
     /// including a panic in the engine (the error then stops the daemon).
     // Inlined so the (large) nfq message is not copied into the call.
     #[inline(always)]
-    fn packet(&mut self, mut pkt: Packet, now: Instant) {
+    fn packet(&mut self, mut pkt: Packet, from_gre_queue: bool, now: Instant) {
         let dir = if pkt.queue() == self.cfg.queue_from_inside {
             Direction::FromInside
         } else {
@@ -347,7 +401,7 @@ impl PacketLoop {
             (engine.handle(now, &mut self.scratch[..len], dir), len)
         };
         let Ok(verdict) = verdict else {
-            let _ = self.queue.verdict(pkt, Action::Accept);
+            let _ = self.queue_of(from_gre_queue).verdict(pkt, Action::Accept);
             self.fatal = Some("the engine panicked (see above)".into());
             return;
         };
@@ -368,11 +422,26 @@ impl PacketLoop {
             }
             Verdict::Modified => Action::AcceptModified(&self.scratch[..len]),
         };
-        if let Err(e) = self.queue.verdict(pkt, action) {
+        // The verdict goes back on the socket the packet came from.
+        let queue = if from_gre_queue {
+            &mut self.gre_queue
+        } else {
+            &mut self.queue
+        };
+        if let Err(e) = queue.verdict(pkt, action) {
             lock(&self.shared).verdict_errors += 1;
             if let (true, _) = self.warn_io.allow(now) {
                 log::warn!("sending a verdict: {e}");
             }
+        }
+    }
+
+    /// The GRE queue's socket or the control queues' one.
+    fn queue_of(&mut self, gre: bool) -> &mut NfQueue {
+        if gre {
+            &mut self.gre_queue
+        } else {
+            &mut self.queue
         }
     }
 
@@ -395,6 +464,10 @@ impl PacketLoop {
                 .min(self.cfg.call_idle_timeout / 3)
                 .max(Duration::from_secs(1));
             self.next_offload_poll = now + every;
+        }
+        if !self.offload_pending.is_empty() && now >= self.next_offload_retry {
+            self.retry_offload();
+            self.next_offload_retry = now + OFFLOAD_RETRY;
         }
         if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
             self.check_rules(now);
@@ -419,6 +492,9 @@ impl PacketLoop {
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
         }
+        if !self.offload_pending.is_empty() {
+            t = t.min(self.next_offload_retry);
+        }
         if self.cfg.reinstall.is_some() {
             t = t.min(self.next_rules_check);
         }
@@ -431,7 +507,8 @@ impl PacketLoop {
     fn wait(&self, until: Instant, now: Instant) -> bool {
         let timeout = until.saturating_duration_since(now);
         let queue_fd: Option<RawFd> = self.queue.poll_fd().map(|fd| fd.as_raw_fd());
-        let timeout = if queue_fd.is_some() {
+        let gre_fd: Option<RawFd> = self.gre_queue.poll_fd().map(|fd| fd.as_raw_fd());
+        let timeout = if queue_fd.is_some() && gre_fd.is_some() {
             timeout
         } else {
             timeout.min(FALLBACK_SLEEP)
@@ -447,6 +524,11 @@ impl PacketLoop {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: gre_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ts = libc::timespec {
             tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
@@ -456,7 +538,7 @@ impl PacketLoop {
         // thread cancellation point (about 60 instructions per wake-up,
         // measured), which this thread never uses. Nanosecond timeout: no
         // rounding, so a timer due in 0.4 ms is not polled for 0 ms in a loop.
-        // SAFETY: `fds` is a valid array of two pollfd and `ts` a valid
+        // SAFETY: `fds` is a valid array of three pollfd and `ts` a valid
         // timespec, both live for the call; no signal mask is passed. A
         // negative fd is ignored; EINTR just returns early.
         unsafe {
@@ -530,12 +612,22 @@ impl PacketLoop {
                         if let Err(e) =
                             fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
                         {
-                            lock(&self.shared).fastpath_errors += 1;
+                            self.offload_pending
+                                .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
+                            let mut shared = lock(&self.shared);
+                            shared.fastpath_errors += 1;
+                            shared.offload_pending = self.offload_pending.len() as u64;
+                            drop(shared);
                             log::warn!(
-                                "fast path: cannot add call {}:{} (GRE stays in userspace): {e}",
+                                "fast path: cannot add call {}:{} ({e}); its GRE stays with the \
+                                 router until the kernel takes it, tried again every second",
                                 c.outside_peer,
                                 c.nat_id
                             );
+                            self.next_offload_retry = now + OFFLOAD_RETRY;
+                            if self.next_offload_retry < self.next_timer {
+                                self.next_timer = self.next_offload_retry;
+                            }
                         }
                     }
                 }
@@ -577,7 +669,15 @@ impl PacketLoop {
                         c.packets_out,
                     );
                     self.offload_seen.remove(&(c.outside_peer, c.nat_id));
-                    if let Some(fp) = &mut self.fast {
+                    // A call whose elements never made it has none to remove.
+                    let never_added = self
+                        .offload_pending
+                        .remove(&(c.outside_peer, c.nat_id))
+                        .is_some();
+                    if never_added {
+                        lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
+                    }
+                    if let Some(fp) = self.fast.as_mut().filter(|_| !never_added) {
                         if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
                             lock(&self.shared).fastpath_errors += 1;
                             log::warn!(
@@ -680,24 +780,48 @@ impl PacketLoop {
         let calls = lock(&self.shared).alg.calls(now);
         let mut failed = 0;
         if let Some(fp) = &mut self.fast {
+            self.offload_pending.clear();
             for c in &calls {
                 if fp
                     .add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
                     .is_err()
                 {
                     failed += 1;
+                    self.offload_pending
+                        .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
                 }
             }
         }
         self.offload_seen.clear();
-        if failed > 0 {
-            lock(&self.shared).fastpath_errors += failed;
+        {
+            let mut shared = lock(&self.shared);
+            shared.fastpath_errors += failed;
+            shared.offload_pending = self.offload_pending.len() as u64;
         }
         log::warn!(
             "table ip {} vanished (a firewall reload?); reinstalled it with {} call(s) in the fast path",
             self.cfg.rules.table,
             if self.fast.is_some() { calls.len() - failed as usize } else { 0 }
         );
+    }
+
+    /// Tries again to add the elements of calls whose add failed.
+    fn retry_offload(&mut self) {
+        let Some(fp) = &mut self.fast else { return };
+        let before = self.offload_pending.len();
+        self.offload_pending
+            .retain(
+                |&(peer, nat_id), &mut (host, id)| match fp.add_call(peer, nat_id, host, id) {
+                    Ok(()) => {
+                        log::info!("fast path: call {peer}:{nat_id} added at last");
+                        false
+                    }
+                    Err(_) => true,
+                },
+            );
+        if self.offload_pending.len() != before {
+            lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
+        }
     }
 
     /// Reads the fast path's per-call counters and tells the engine what the

@@ -207,13 +207,20 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         &[cfg.queue_from_inside, cfg.queue_to_inside],
         cfg.queue_max_len,
     )?;
+    // GRE on its own socket, not just its own queue number: a socket whose
+    // receive buffer a GRE flood fills drops whatever queue the next packet
+    // belongs to. So a flood costs GRE only, and control segments never
+    // wait behind it (the packet thread serves them first).
+    let gre_queue = NfQueue::open(&[cfg.queue_gre], cfg.queue_max_len)?;
     log::info!(
-        "bound queues {} (from inside) and {} (to inside), {} packets each, fail-closed",
+        "bound queues {} (control from inside), {} (control to inside) and {} (GRE, its own \
+         socket), {} packets each, fail-closed",
         cfg.queue_from_inside,
         cfg.queue_to_inside,
+        cfg.queue_gre,
         cfg.queue_max_len
     );
-    if queue.poll_fd().is_none() {
+    if queue.poll_fd().is_none() || gre_queue.poll_fd().is_none() {
         log::warn!("queue socket descriptor not found; polling every millisecond instead");
     }
 
@@ -264,7 +271,15 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let shared = Shared::new(alg, false, backend);
-    lock(&shared).journal_gen = generation;
+    {
+        let mut s = lock(&shared);
+        s.journal_gen = generation;
+        s.queues = vec![
+            (cfg.queue_from_inside, "control from inside"),
+            (cfg.queue_to_inside, "control to inside"),
+            (cfg.queue_gre, "GRE"),
+        ];
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
         context: "creating the wake-up socket",
@@ -314,7 +329,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                     result: None,
                 };
                 // Built here, on the thread that runs it.
-                let mut pl = PacketLoop::new(loop_cfg, queue, shared, stop, wake_rx);
+                let mut pl = PacketLoop::new(loop_cfg, queue, gre_queue, shared, stop, wake_rx);
                 let offload = pl.start_fast_path();
                 let _ = tx.send(Msg::Started(offload));
                 let r = pl.run();
@@ -372,9 +387,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                     }
                 };
                 let text = format!(
-                    "serving queues {}/{}, fast path {}",
+                    "serving queues {}/{}/{}, fast path {}",
                     cfg.queue_from_inside,
                     cfg.queue_to_inside,
+                    cfg.queue_gre,
                     if offload { "on" } else { "off" }
                 );
                 let _ = sd_notify::notify(&[

@@ -23,8 +23,17 @@ pub struct Shared {
     pub offload: bool,
     /// When the daemon started.
     pub started: Instant,
-    /// Fast path updates that failed (a call then stays in userspace).
+    /// Fast path updates that failed.
     pub fastpath_errors: u64,
+    /// Calls whose fast path elements could not be added yet (retried every second; their
+    /// GRE is left to the router meanwhile).
+    pub offload_pending: u64,
+    /// The table whose rule counts GRE to the router that matched no call's element (with
+    /// the fast path on): the kernel leaves that GRE to the router, so the daemon never sees
+    /// it and reads its count from there.
+    pub unknown_gre_table: Option<String>,
+    /// The queues the daemon serves and what each carries, for the status.
+    pub queues: Vec<(u16, &'static str)>,
     /// Packets whose verdict could not be sent.
     pub verdict_errors: u64,
     /// Errors receiving from the queue socket.
@@ -54,6 +63,9 @@ impl Shared {
             offload,
             started: Instant::now(),
             fastpath_errors: 0,
+            offload_pending: 0,
+            unknown_gre_table: None,
+            queues: Vec::new(),
             verdict_errors: 0,
             recv_errors: 0,
             journal_gen: 0,

@@ -47,6 +47,24 @@ pub struct StatusReport {
     pub offload: bool,
     /// Per-call counters of the kernel fast path, as last read.
     pub offloaded_counters: Vec<OffloadRow>,
+    /// The kernel's numbers of each queue, read at the request.
+    #[serde(default)]
+    pub queues: Vec<QueueRow>,
+}
+
+/// One NFQUEUE the daemon serves, as the kernel counts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRow {
+    /// The queue number.
+    pub queue: u16,
+    /// What it carries.
+    pub carries: String,
+    /// Packets waiting for a verdict.
+    pub waiting: u64,
+    /// Packets dropped because the queue was full (fail-closed).
+    pub dropped_full: u64,
+    /// Packets dropped because the daemon's socket buffer was full (fail-closed).
+    pub dropped_socket: u64,
 }
 
 /// One control connection, inside and outside ends.
@@ -147,6 +165,17 @@ impl StatusReport {
                         bytes: e.bytes,
                     })
                     .collect(),
+                queues: s
+                    .queues
+                    .iter()
+                    .map(|&(queue, carries)| QueueRow {
+                        queue,
+                        carries: carries.to_string(),
+                        waiting: 0,
+                        dropped_full: 0,
+                        dropped_socket: 0,
+                    })
+                    .collect(),
             };
             let mut extra = BTreeMap::new();
             extra.insert("fastpath_errors".to_string(), s.fastpath_errors);
@@ -154,7 +183,12 @@ impl StatusReport {
             extra.insert("recv_errors".to_string(), s.recv_errors);
             extra.insert("journal_records".to_string(), s.journal_records);
             extra.insert("journal_errors".to_string(), s.journal_errors);
-            (s.alg.calls(now), (s.alg.stats().clone(), extra), report)
+            extra.insert("offload_pending".to_string(), s.offload_pending);
+            (
+                s.alg.calls(now),
+                (s.alg.stats().clone(), extra, s.unknown_gre_table.clone()),
+                report,
+            )
         };
         report.calls = calls.into_iter().map(CallRow::from).collect();
         report
@@ -162,6 +196,26 @@ impl StatusReport {
             .sort_by_key(|c| (c.inside_host, c.inside_id, c.outside_peer, c.nat_id));
         report.stats = flatten_stats(&stats.0);
         report.stats.extend(stats.1);
+        // Read outside the lock, only when someone asks.
+        if let Ok(kernel) = crate::nfqueue::kernel_stats() {
+            for row in &mut report.queues {
+                if let Some(k) = kernel.iter().find(|k| k.queue == row.queue) {
+                    row.waiting = k.waiting;
+                    row.dropped_full = k.dropped_full;
+                    row.dropped_socket = k.dropped_socket;
+                }
+            }
+        }
+        if let Some(table) = stats.2 {
+            let kernel = crate::nft::unknown_gre_packets(&table).map_or(0, |(p, _)| p);
+            report
+                .stats
+                .insert("gre_unknown_kernel".to_string(), kernel);
+            *report
+                .stats
+                .entry("gre_unknown_call".to_string())
+                .or_default() += kernel;
+        }
         report
     }
 
@@ -215,6 +269,30 @@ impl StatusReport {
             // Numbers read best right-aligned.
             let right = [false, false, true, false, false, true, true, true];
             write_table(&mut out, &header, &rows, &right);
+        }
+        if !self.queues.is_empty() {
+            out.push_str("\nQUEUES\n");
+            let header = [
+                "QUEUE",
+                "CARRIES",
+                "WAITING",
+                "DROPPED FULL",
+                "DROPPED SOCKET",
+            ];
+            let rows: Vec<[String; 5]> = self
+                .queues
+                .iter()
+                .map(|q| {
+                    [
+                        q.queue.to_string(),
+                        q.carries.clone(),
+                        q.waiting.to_string(),
+                        q.dropped_full.to_string(),
+                        q.dropped_socket.to_string(),
+                    ]
+                })
+                .collect();
+            write_table(&mut out, &header, &rows, &[true, false, true, true, true]);
         }
         out.push_str("\nCOUNTERS\n");
         let width = self.stats.keys().map(String::len).max().unwrap_or(0);

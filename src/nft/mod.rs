@@ -6,9 +6,11 @@
 //!   bit set, checksum bit clear) addressed to this router. Calls the daemon handed to the
 //!   kernel are rewritten in place through the maps `gre_daddr` and `gre_cid` (the fast path,
 //!   see [`FastPath`]) when the destination is in the set `local_addrs` of the router's own
-//!   addresses (see [`LocalAddrSet`]); everything else the routing table calls local is
-//!   queued to `queue_to_inside`. Both rules `notrack` what they take: conntrack never sees
-//!   the GRE this daemon translates.
+//!   addresses (see [`LocalAddrSet`]); GRE to those addresses that matches no element is
+//!   counted and left to the router (it belongs to no call: elements are added before a
+//!   call's NAT id leaves), and what the routing table calls local but the set does not hold
+//!   is queued to `queue_gre` (all GRE to the router without the fast path). Every one of
+//!   these rules `notrack`s what it takes: conntrack never sees this GRE.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction.
 //!
@@ -48,8 +50,11 @@ pub struct RulesConfig {
     pub table: String,
     /// Queue for tcp/1723 packets sent by an inside host.
     pub queue_from_inside: u16,
-    /// Queue for tcp/1723 packets going to an inside host, and for GRE from outside.
+    /// Queue for tcp/1723 packets going to an inside host.
     pub queue_to_inside: u16,
+    /// Queue for GRE from outside that the kernel does not translate. Never one of the
+    /// control queues: a GRE flood that overflows it must not drop control segments.
+    pub queue_gre: u16,
     /// Packet mark of translated GRE, set by the fast path (and by the daemon's verdicts), so
     /// a strict forward policy can accept it with `meta mark <mark> accept`.
     pub mark: u32,
@@ -63,6 +68,7 @@ impl Default for RulesConfig {
             table: "pptp_alg".into(),
             queue_from_inside: 1723,
             queue_to_inside: 1724,
+            queue_gre: 1725,
             mark: 0x1723,
             offload: true,
         }
@@ -290,6 +296,21 @@ pub fn render(cfg: &RulesConfig, backend: QueueBackend) -> String {
 /// Whether table `ip <table>` exists.
 pub fn table_exists(table: &str) -> Result<bool, NftError> {
     detect::table_exists(table)
+}
+
+/// Packets and bytes of GRE to this router's addresses that matched no call's element and were
+/// left to the router's own stack by the kernel (the counter of that rule in chain `gre_in`).
+/// Zero for a table without the fast path (no such rule: the daemon counts that GRE itself).
+pub fn unknown_gre_packets(table: &str) -> Result<(u64, u64), NftError> {
+    let t = table_cname(table)?;
+    let mut nl = Netlink::open()?;
+    let mut sum = (0, 0);
+    nl.request(
+        &format!("list chain gre_in of table ip {table}"),
+        objects::dump_rules(&t, c"gre_in"),
+        |msg| objects::add_rule_counters(msg.raw, &mut sum),
+    )?;
+    Ok(sum)
 }
 
 /// Whether the kernel's PPTP conntrack helper may be attached to flows, which would fight with

@@ -436,3 +436,53 @@ impl Udata {
         self.0
     }
 }
+
+/// Builds a dump request for the rules of one chain of our family.
+pub fn dump_rules<'a>(table: &'a CStr, chain: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
+    move |buf, seq| {
+        // SAFETY: as in get_table; the rule object is ours and freed here.
+        unsafe {
+            let r = alloc(sys::nftnl_rule_alloc()).as_ptr();
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, table.as_ptr());
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, chain.as_ptr());
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETRULE as u16,
+                FAMILY_IP,
+                libc::NLM_F_DUMP as u16,
+                seq,
+            );
+            sys::nftnl_rule_nlmsg_build_payload(h, r);
+            sys::nftnl_rule_free(r);
+        }
+    }
+}
+
+/// Adds the packets and bytes of every `counter` expression of the rule in one GETRULE answer
+/// to `sum`.
+pub fn add_rule_counters(raw: &[u8], sum: &mut (u64, u64)) -> Result<(), NftError> {
+    unsafe extern "C" fn cb(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+        // SAFETY: called by libnftnl with a valid expression and the pointer we passed.
+        unsafe {
+            let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
+            if !name.is_null() && CStr::from_ptr(name) == c"counter" {
+                let s = &mut *data.cast::<(u64, u64)>();
+                s.0 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+                s.1 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+            }
+        }
+        0
+    }
+    // SAFETY: `raw` is one complete netlink message; the rule object is ours and freed here;
+    // `sum` outlives the foreach.
+    unsafe {
+        let r = alloc(sys::nftnl_rule_alloc()).as_ptr();
+        if sys::nftnl_rule_nlmsg_parse(raw.as_ptr().cast(), r) < 0 {
+            sys::nftnl_rule_free(r);
+            return Err(NftError::Protocol("cannot parse a rule".into()));
+        }
+        sys::nftnl_expr_foreach(r, Some(cb), (sum as *mut (u64, u64)).cast());
+        sys::nftnl_rule_free(r);
+    }
+    Ok(())
+}

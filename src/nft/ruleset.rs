@@ -82,6 +82,8 @@ pub enum Stmt {
     RewriteGre,
     /// The packet skips connection tracking.
     Notrack,
+    /// Counts the packets and bytes that reach it (read back by [`super::unknown_gre_packets`]).
+    Counter,
     /// Sets the packet mark.
     SetMark(u32),
     /// Accept verdict.
@@ -125,6 +127,8 @@ impl Stmt {
                 name(GRE_CID)
             ),
             Stmt::Notrack => "notrack".into(),
+            // What `nft list` shows for a fresh rule; the kernel fills in the numbers.
+            Stmt::Counter => "counter packets 0 bytes 0".into(),
             Stmt::SetMark(m) => format!("meta mark set {m:#010x}"),
             Stmt::Accept => "accept".into(),
             Stmt::Queue(n, QueueBackend::NftQueue) => format!("queue flags bypass to {n}"),
@@ -211,6 +215,7 @@ impl Stmt {
                 v
             }
             Stmt::Notrack => vec![expr::notrack()],
+            Stmt::Counter => vec![expr::counter()],
             Stmt::SetMark(m) => vec![
                 expr::immediate(&m.to_ne_bytes()),
                 expr::meta_set(libc::NFT_META_MARK),
@@ -337,15 +342,32 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             SetMark(cfg.mark),
             Accept,
         ]);
+        // GRE to one of our addresses that matches no element is of no call the daemon
+        // knows: every call's elements are added before the packet that gives its NAT id to
+        // the peer leaves (the packet thread acts on a call's events before its verdict), so
+        // no GRE of a call can arrive before them. It stays with the router's own stack, as
+        // the daemon's verdict left it before, without the trip to userspace: a flood of
+        // it costs one more rule here, never the daemon. `notrack`: conntrack stays flat
+        // under such a flood, and with no conntrack entry no NAT can send it inside. The
+        // router may itself be a PPTP endpoint: its own calls' GRE is delivered.
+        gre_rules.push(vec![
+            GreV1,
+            NotFragment,
+            InLocalAddrs,
+            Counter,
+            Notrack,
+            Accept,
+        ]);
     }
     // The routing table decides here, so GRE to an address the set does not hold (yet) still
-    // reaches the daemon, which translates known calls itself.
+    // reaches the daemon, which translates known calls itself. With the fast path, that is
+    // all that is left of GRE to the router; without it, all of it.
     gre_rules.push(vec![
         GreV1,
         NotFragment,
         LocalDaddr,
         Notrack,
-        Queue(cfg.queue_to_inside, backend),
+        Queue(cfg.queue_gre, backend),
     ]);
 
     // The server side of a control connection has port 1723: original-direction packets carry
@@ -662,9 +684,16 @@ mod tests {
     fn only_the_fast_path_rule_uses_the_set() {
         let cfg = RulesConfig::default();
         let gre = &chains(&cfg, QueueBackend::NftQueue)[0];
-        assert_eq!(gre.rules.len(), 2);
+        assert_eq!(gre.rules.len(), 3);
         let fast = rule_text(&gre.rules[0]);
-        let queue = rule_text(&gre.rules[1]);
+        let unknown = rule_text(&gre.rules[1]);
+        let queue = rule_text(&gre.rules[2]);
+        // GRE to our addresses that no element matches stays with the router, untracked and
+        // counted, and never reaches the queue.
+        assert!(
+            unknown.ends_with(" ip daddr @local_addrs counter packets 0 bytes 0 notrack accept"),
+            "{unknown}"
+        );
         assert!(
             fast.contains(" ip daddr @local_addrs ip daddr set "),
             "{fast}"
