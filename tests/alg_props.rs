@@ -16,25 +16,24 @@ use Direction::{FromInside as OUT, ToInside as IN};
 fn conversation() -> Vec<(Direction, Vec<Vec<u8>>)> {
     vec![
         (OUT, vec![ocrq(0x4000), ocrq(0x4105)]),
-        (
-            IN,
-            vec![
-                ocrp(0x0777, 0x4001, 1),
-                sli(0x4001),
-                ocrp(0x0778, 0x4106, 1),
-            ],
-        ),
+        (IN, vec![ocrp(0x0777, N1, 1), sli(N1), ocrp(0x0778, N2, 1)]),
         (OUT, vec![sli(0x0777), simple(ECHORQ), ccrq(0x4105)]),
-        (
-            IN,
-            vec![simple(ECHORP), icrq(0x0aaa), wen(0x4001), cdn(0x0778)],
-        ),
+        (IN, vec![simple(ECHORP), icrq(0x0aaa), wen(N1), cdn(0x0778)]),
         (OUT, vec![icrp(0x4000 + 0x20, 0x0aaa, 1)]),
-        (IN, vec![iccn(0x4021), sli(0x4021), cdn(0x4001)]),
+        (IN, vec![iccn(N3), sli(N3), cdn(N1)]),
         (OUT, vec![cdn(0x4020), simple(STOPRQ)]),
         (IN, vec![simple(STOPRP)]),
     ]
 }
+
+/// The NAT ids of the conversation's calls. The other host holds blocks
+/// 0x40 and 0x41 (its ids 0x4000 and 0x4105 are free there), so this
+/// connection's first call with high byte 0x40 takes the next empty block,
+/// 0x42, and its first with 0x41 the one after, 0x43; the slot is the
+/// inside id's low byte. Every Call ID's first byte changes.
+const N1: u16 = 0x4200;
+const N2: u16 = 0x4305;
+const N3: u16 = 0x4220;
 
 /// Runs the conversation with segment boundaries given per phase, and
 /// retransmissions of earlier segments; returns each direction's output
@@ -111,14 +110,19 @@ fn reference() -> [Vec<u8>; 2] {
 fn reference_translation_is_as_specified() {
     let [up, down] = reference();
     // Both outgoing requests collide with the other host's calls.
-    assert_eq!(u16_at(&up, 12), 0x4001);
-    assert_eq!(u16_at(&up, 168 + 12), 0x4106);
+    assert_eq!(u16_at(&up, 12), N1);
+    assert_eq!(u16_at(&up, 168 + 12), N2);
     // The server's reply names the inside id again.
     assert_eq!(u16_at(&down, 14), 0x4000);
     assert_eq!(u16_at(&down, 32 + 12), 0x4000);
     assert_eq!(u16_at(&down, 32 + 24 + 14), 0x4105);
     // Clear-request of the second call (third message of phase 3).
-    assert_eq!(u16_at(&up, 2 * 168 + 24 + 16 + 12), 0x4106);
+    assert_eq!(u16_at(&up, 2 * 168 + 24 + 16 + 12), N2);
+    // The incoming call's reply and the server's messages naming it.
+    let icrp_at = 2 * 168 + 24 + 16 + 16;
+    assert_eq!(u16_at(&up, icrp_at + 12), N3);
+    let iccn_at = 32 + 24 + 32 + 20 + 220 + 40 + 148;
+    assert_eq!(u16_at(&down, iccn_at + 12), 0x4020);
 }
 
 proptest! {

@@ -34,13 +34,14 @@ fn check(sim: &Sim) {
 }
 
 /// A refused segment that created a call and ended it again before the
-/// refusal: the ended call cannot be unmade (its end was announced), so it
-/// stays in quarantine like any ended call. Rolling it back as if live used
-/// to corrupt the counts and the quarantine queue (a panic in debug builds).
+/// refusal: nothing of the segment left, so the call is unmade like the
+/// live ones, with both its events (announcing its end without its start
+/// left a fast-path element behind for good). Rolling it back as if live
+/// used to corrupt the counts and the quarantine queue.
 #[test]
 fn refused_segment_that_ended_its_own_new_call() {
     let cfg = AlgConfig {
-        max_calls_per_host: 1,
+        max_calls_per_host: 2,
         quarantine: Duration::from_secs(5),
         ..AlgConfig::default()
     };
@@ -55,13 +56,29 @@ fn refused_segment_that_ended_its_own_new_call() {
     check(&sim);
     let st = sim.alg.stats();
     assert_eq!(st.calls_active, 0, "call 2 is rolled back");
-    assert_eq!(sim.alg.quarantined(), 1, "call 1 ended and stays ended");
-    assert_eq!(st.calls_created, st.ended.iter().sum::<u64>());
-    // The retransmission gives call 1 a new NAT id (the old one is in
-    // quarantine) and call 2 its place.
+    assert_eq!(sim.alg.quarantined(), 0, "call 1 is rolled back");
+    assert_eq!((st.calls_created, st.ended.iter().sum::<u64>()), (0, 0));
+    assert!(
+        sim.events
+            .iter()
+            .all(|e| matches!(e, Event::CallRefused { .. })),
+        "{:?}",
+        sim.events
+    );
+    // The retransmission: call 1 starts and ends, in that order, call 2
+    // starts; their ids are their own (nothing holds them).
     let (v, out) = sim.send(&mut c, OUT, &[ocrq(1), cdn(1), ocrq(2)].concat());
-    assert_eq!(v, Verdict::Modified);
-    assert_eq!(u16_at(&out, 12), 0x0002);
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x0001));
+    let order: Vec<_> = sim
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallStarted(c) => Some(("start", c.inside_id)),
+            Event::CallEnded(c, _) => Some(("end", c.inside_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [("start", 1), ("end", 1), ("start", 2)]);
     check(&sim);
     sim.advance(Duration::from_secs(6));
     assert_eq!(sim.alg.quarantined(), 0, "the quarantine still expires");
@@ -225,7 +242,8 @@ enum Op {
     },
     Fin(usize, bool),
     Rst(usize, bool),
-    /// The tuple is reused by a new connection (new sequence numbers).
+    /// The connection closes and its tuple is reused by a new one (new
+    /// sequence numbers).
     Reopen(usize),
     Advance(u64),
     Snapshot,
@@ -330,7 +348,12 @@ proptest! {
                     sim.send_at(&c, d, c.seq[i], flags, &[]);
                 }
                 Op::Reopen(conn) => {
+                    // The old connection ends (at its position: a SYN alone
+                    // ends nothing), then the tuple carries a new one.
                     let c = &mut conns[*conn];
+                    let fin = Flags { fin: true, ..Default::default() };
+                    sim.send_at(c, OUT, c.seq[0], fin, &[]);
+                    sim.send_at(c, IN, c.seq[1], fin, &[]);
                     c.seq = [c.seq[0].wrapping_add(100_000), c.seq[1].wrapping_add(100_000)];
                     sim.start_control(c);
                 }

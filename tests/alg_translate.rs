@@ -13,7 +13,9 @@ use Direction::{FromInside as OUT, ToInside as IN};
 const SRV_ID: u16 = 0x0777;
 
 /// Two inside clients each open a call with id 0x4000 to the same server.
-/// Returns the sim and host 2's connection, whose call got NAT id 0x4001.
+/// Returns the sim and host 2's connection, whose call got NAT id 0x4100
+/// (block 0x40 holds host 1's call, so host 2's first call takes the next
+/// empty block).
 fn two_clients() -> (Sim, Conn) {
     two_clients_with(AlgConfig::default())
 }
@@ -33,12 +35,12 @@ fn two_clients_with(cfg: AlgConfig) -> (Sim, Conn) {
     let (v, out) = sim.send(&mut b, OUT, &ocrq(0x4000));
     assert_eq!(
         (v, u16_at(&out, 12)),
-        (Verdict::Modified, 0x4001),
+        (Verdict::Modified, 0x4100),
         "second caller gets another id"
     );
     let (_, out) = sim.send(&mut a, IN, &ocrp(0x0666, 0x4000, 1));
     assert_eq!(u16_at(&out, 14), 0x4000);
-    let (v, out) = sim.send(&mut b, IN, &ocrp(SRV_ID, 0x4001, 1));
+    let (v, out) = sim.send(&mut b, IN, &ocrp(SRV_ID, 0x4100, 1));
     assert_eq!((v, u16_at(&out, 14)), (Verdict::Modified, 0x4000));
     (sim, b)
 }
@@ -54,24 +56,24 @@ fn expect(input: &[u8], off: usize, want: u16) -> Vec<u8> {
 fn every_call_id_field_client_inside() {
     // (message, direction, field offset, value on the wire after translation)
     let rows: Vec<(&str, Vec<u8>, Direction, usize, u16)> = vec![
-        ("CCRQ own", ccrq(0x4000), OUT, 12, 0x4001),
-        ("CDN own (RFC meaning)", cdn(0x4000), OUT, 12, 0x4001),
+        ("CCRQ own", ccrq(0x4000), OUT, 12, 0x4100),
+        ("CDN own (RFC meaning)", cdn(0x4000), OUT, 12, 0x4100),
         ("SLI peer, to server", sli(SRV_ID), OUT, 12, SRV_ID),
         ("WEN peer, to server", wen(SRV_ID), OUT, 12, SRV_ID),
         ("ICCN peer, to server", iccn(SRV_ID), OUT, 12, SRV_ID),
         (
             "OCRP peer, from server (own id unchanged)",
-            ocrp(SRV_ID, 0x4001, 1),
+            ocrp(SRV_ID, 0x4100, 1),
             IN,
             14,
             0x4000,
         ),
-        ("SLI peer, from server", sli(0x4001), IN, 12, 0x4000),
-        ("WEN peer, from server", wen(0x4001), IN, 12, 0x4000),
-        ("ICCN peer, from server", iccn(0x4001), IN, 12, 0x4000),
+        ("SLI peer, from server", sli(0x4100), IN, 12, 0x4000),
+        ("WEN peer, from server", wen(0x4100), IN, 12, 0x4000),
+        ("ICCN peer, from server", iccn(0x4100), IN, 12, 0x4000),
         (
             "ICRP peer, from server",
-            icrp(0x0999, 0x4001, 1),
+            icrp(0x0999, 0x4100, 1),
             IN,
             14,
             0x4000,
@@ -79,7 +81,7 @@ fn every_call_id_field_client_inside() {
         ("CDN server's own id", cdn(SRV_ID), IN, 12, SRV_ID),
         (
             "CDN naming our NAT id (Linux meaning)",
-            cdn(0x4001),
+            cdn(0x4100),
             IN,
             12,
             0x4000,
@@ -129,23 +131,23 @@ fn every_call_id_field_server_inside() {
         let (v, out) = sim.send(&mut b, OUT, &ocrp(0x0100, 7, 1));
         assert_eq!(
             (v, u16_at(&out, 12), u16_at(&out, 14)),
-            (Verdict::Modified, 0x0101, 7)
+            (Verdict::Modified, 0x0200, 7)
         );
         (sim, b)
     };
     let rows: Vec<(&str, Vec<u8>, Direction, usize, u16)> = vec![
         (
             "SLI from client names server's call",
-            sli(0x0101),
+            sli(0x0200),
             IN,
             12,
             0x0100,
         ),
-        ("WEN from client", wen(0x0101), IN, 12, 0x0100),
+        ("WEN from client", wen(0x0200), IN, 12, 0x0100),
         ("CCRQ from client, own id", ccrq(7), IN, 12, 7),
         ("CDN from client, own id", cdn(7), IN, 12, 7),
         ("SLI from server names client's call", sli(7), OUT, 12, 7),
-        ("CDN from server, own id", cdn(0x0100), OUT, 12, 0x0101),
+        ("CDN from server, own id", cdn(0x0100), OUT, 12, 0x0200),
         (
             "CDN from server, client's id (Linux meaning)",
             cdn(7),
@@ -158,7 +160,7 @@ fn every_call_id_field_server_inside() {
             icrq(0x0200),
             OUT,
             12,
-            0x0200,
+            0x0300,
         ),
     ];
     for (name, m, d, off, want) in rows {
@@ -169,7 +171,7 @@ fn every_call_id_field_server_inside() {
     }
     // GRE from the client to the router reaches the right call of the server.
     let (mut sim, _) = setup();
-    let (v, pkt) = sim.gre_in(SERVER, 0x0101, b"to-second");
+    let (v, pkt) = sim.gre_in(SERVER, 0x0200, b"to-second");
     assert_eq!(v, Verdict::Modified);
     assert_eq!(gre_dst_and_id(&pkt), (host(5), 0x0100));
 }
@@ -186,7 +188,7 @@ fn three_clients_same_id_get_their_own_gre() {
         nat.push(u16_at(&out, 12));
         conns.push(c);
     }
-    assert_eq!(nat, vec![0x4000, 0x4001, 0x4002]);
+    assert_eq!(nat, vec![0x4000, 0x4100, 0x4200]);
     for (i, c) in conns.iter_mut().enumerate() {
         let (_, out) = sim.send(c, IN, &ocrp(0x10 + i as u16, nat[i], 1));
         assert_eq!(u16_at(&out, 14), 0x4000);
@@ -213,11 +215,11 @@ fn three_clients_same_id_get_their_own_gre() {
 fn several_calls_on_one_connection_and_incoming_calls() {
     let (mut sim, mut b) = two_clients();
     // A second and third call on the same connection.
-    let (_, out) = sim.send(&mut b, OUT, &ocrq(0x4001));
+    let (_, out) = sim.send(&mut b, OUT, &ocrq(0x4100));
     let second = u16_at(&out, 12);
     assert_ne!(
-        second, 0x4001,
-        "0x4001 is taken by this connection's first call"
+        second, 0x4100,
+        "0x4100 is taken by this connection's first call"
     );
     // An incoming call: the server (PAC) asks, the inside client answers.
     let (v, _) = sim.send(&mut b, IN, &icrq(0x0aaa));
@@ -274,7 +276,7 @@ fn teardown_by_each_cause() {
         ),
         (
             "CDN from server, Linux meaning",
-            |s, c| drop(s.send(c, IN, &cdn(0x4001))),
+            |s, c| drop(s.send(c, IN, &cdn(0x4100))),
             EndCause::Disconnect,
         ),
         (
@@ -341,9 +343,9 @@ fn teardown_by_each_cause() {
         let (mut sim, mut b) = two_clients_with(cfg);
         sim.events.clear();
         step(&mut sim, &mut b);
-        assert_eq!(ended(&sim), vec![(0x4001, cause)], "{name}");
+        assert_eq!(ended(&sim), vec![(0x4100, cause)], "{name}");
         assert_eq!(
-            sim.gre_in(SERVER, 0x4001, b"late").0,
+            sim.gre_in(SERVER, 0x4100, b"late").0,
             Verdict::UnknownCall,
             "{name}"
         );
@@ -377,7 +379,7 @@ fn idle_connection_times_out_and_is_forgotten() {
     assert_eq!(sim.alg.connections(), 2);
     sim.advance(Duration::from_secs(299));
     // GRE keeps calls alive but not the control connection.
-    sim.gre_in(SERVER, 0x4001, b"x");
+    sim.gre_in(SERVER, 0x4100, b"x");
     sim.advance(Duration::from_secs(2));
     assert_eq!(sim.alg.connections(), 0);
     assert!(ended(&sim).iter().all(|&(_, c)| c == EndCause::ConnTimeout));
@@ -388,22 +390,21 @@ fn idle_connection_times_out_and_is_forgotten() {
 fn quarantine_keeps_ended_ids_out_of_use() {
     let (mut sim, mut b) = two_clients();
     sim.send(&mut b, OUT, &cdn(0x4000));
-    // Host 3 asks for 0x4001: in quarantine, so it gets 0x4002.
+    assert_eq!(sim.gre_in(SERVER, 0x4100, b"late").0, Verdict::UnknownCall);
+    // Block 0x41 still holds the ended call's 0x4100: host 3 gets 0x4200.
     let mut c = Conn::client_inside(host(3), 40000, SERVER);
     sim.start_control(&mut c);
-    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4001));
-    assert_eq!(u16_at(&out, 12), 0x4002);
+    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4200);
     sim.advance(Duration::from_secs(61));
-    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4003));
-    assert_eq!(u16_at(&out, 12), 0x4003);
     let mut d = Conn::client_inside(host(4), 40000, SERVER);
     sim.start_control(&mut d);
-    let (_, out) = sim.send(&mut d, OUT, &ocrq(0x4001));
-    assert_eq!(u16_at(&out, 12), 0x4001, "released after the quarantine");
+    let (_, out) = sim.send(&mut d, OUT, &ocrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4100, "released after the quarantine");
 }
 
 #[test]
-fn exhausted_id_space_refuses_visibly_and_never_duplicates() {
+fn full_block_refuses_visibly_and_never_duplicates() {
     let cfg = AlgConfig {
         max_calls_per_host: 1000,
         ..AlgConfig::default()
@@ -411,30 +412,39 @@ fn exhausted_id_space_refuses_visibly_and_never_duplicates() {
     let mut sim = Sim::new(cfg);
     let mut c = Conn::client_inside(host(1), 40000, SERVER);
     sim.start_control(&mut c);
-    // 256 ids share the high byte 0x12: all can be used...
+    // One connection's 256 ids with high byte 0x12 fill its block...
     let mut seen = std::collections::HashSet::new();
     for low in 0..=255u16 {
         let (v, out) = sim.send(&mut c, OUT, &ocrq(0x1200 | low));
-        assert_ne!(v, Verdict::Drop(DropReason::CallRefused));
+        assert_eq!(v, Verdict::Accept, "the block is the inside id's own");
         assert!(seen.insert(u16_at(&out, 12)));
     }
-    // ...then a call from another host with the same high byte is refused.
-    let mut d = Conn::client_inside(host(2), 40000, SERVER);
-    sim.start_control(&mut d);
-    let (v, _) = sim.send(&mut d, OUT, &ocrq(0x1234));
+    // ...so its next call with that high byte is refused (its first byte
+    // must go out as the block's before the second byte is known) once
+    // the first is in quarantine.
+    sim.send(&mut c, OUT, &cdn(0x1234));
+    let (v, _) = sim.send(&mut c, OUT, &ocrq(0x1234));
     assert_eq!(v, Verdict::Drop(DropReason::CallRefused));
     assert_eq!(sim.alg.stats().alloc_failures, 1);
     assert!(sim.events.iter().any(|e| matches!(
         e,
         Event::CallRefused {
-            reason: RefuseReason::IdSpaceExhausted,
+            reason: RefuseReason::BlockFull,
+            live_ids: 255,
+            quarantined_ids: 1,
             ..
         }
     )));
-    // The dropped segment left no trace: a different high byte still works
-    // once the TCP sender retransmits something else.
-    let (v, out) = sim.send(&mut d, OUT, &ocrq(0x1300));
-    assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x1300));
+    // Another host with the same ids takes another block.
+    let mut d = Conn::client_inside(host(2), 40000, SERVER);
+    sim.start_control(&mut d);
+    let (v, out) = sim.send(&mut d, OUT, &ocrq(0x1234));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x1334));
+    assert!(seen.insert(0x1334));
+    // The dropped segment left no trace: another high byte still works on
+    // the full connection once the TCP sender retransmits something else.
+    let (v, out) = sim.send(&mut c, OUT, &ocrq(0x1300));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x1400));
     // A different server has its own id space.
     let mut e = Conn::client_inside(host(2), 40001, common::ROUTER);
     sim.start_control(&mut e);
@@ -468,7 +478,14 @@ fn limits_per_host_and_total() {
     assert_eq!(sim.alg.stats().refused_total_limit, 1);
     // Ending a call frees room.
     sim.send(&mut c, OUT, &cdn(1));
-    assert_eq!(sim.send(&mut d, OUT, &ocrq(5)).0, Verdict::Accept);
+    assert_eq!(sim.send(&mut d, OUT, &ocrq(5)).0, Verdict::Modified);
+    sim.send(&mut d, OUT, &cdn(1));
+    // Host 1's ended call is in quarantine and counts against host 1 only.
+    assert_eq!(
+        sim.send(&mut c, OUT, &ocrq(3)).0,
+        Verdict::Drop(DropReason::CallRefused)
+    );
+    assert_eq!(sim.alg.stats().refused_host_limit, 2);
 }
 
 #[test]
@@ -498,7 +515,7 @@ fn refused_segment_is_rolled_back_whole() {
 }
 
 #[test]
-fn random_policy_keeps_the_high_byte() {
+fn random_policy_spreads_slots() {
     let cfg = AlgConfig {
         id_policy: IdPolicy::Random,
         seed: 42,
@@ -511,12 +528,13 @@ fn random_policy_keeps_the_high_byte() {
         sim.start_control(&mut c);
         let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
         let id = u16_at(&out, 12);
-        assert_eq!(id >> 8, 0x40);
+        // Each connection's first call takes the next empty block.
+        assert_eq!(id >> 8, 0x40 + u16::from(n) - 1);
         assert!(ids.insert(id));
     }
     assert!(
-        ids.iter().any(|&i| i != 0x4000 + ids.len() as u16),
-        "not sequential"
+        ids.iter().filter(|&&i| i & 0xff == 0).count() < 3,
+        "random slots"
     );
 }
 
@@ -530,21 +548,21 @@ fn out_of_order_segment_is_dropped_then_retransmission_works() {
     assert_eq!(v, Verdict::Drop(DropReason::OutOfOrder));
     sim.send(&mut b, OUT, &m1);
     let (v, out) = sim.send(&mut b, OUT, &m2);
-    assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x4001));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x4100));
 }
 
 #[test]
 fn desync_stops_translation_but_passes_packets() {
     let (mut sim, mut b) = two_clients();
-    let mut bad = sli(0x4001);
+    let mut bad = sli(0x4100);
     bad[4] = 0xde; // bad magic cookie
     let (v, out) = sim.send(&mut b, IN, &bad);
     assert_eq!((v, out.clone()), (Verdict::Accept, bad));
     assert_eq!(sim.alg.stats().desyncs, 1);
-    let (v, out) = sim.send(&mut b, IN, &sli(0x4001));
+    let (v, out) = sim.send(&mut b, IN, &sli(0x4100));
     assert_eq!(
         (v, u16_at(&out, 12)),
-        (Verdict::Accept, 0x4001),
+        (Verdict::Accept, 0x4100),
         "no longer translated"
     );
     // Logged once: one event.
@@ -555,7 +573,7 @@ fn desync_stops_translation_but_passes_packets() {
         .count();
     assert_eq!(n, 1);
     // GRE of its calls still flows.
-    assert_eq!(sim.gre_in(SERVER, 0x4001, b"x").0, Verdict::Modified);
+    assert_eq!(sim.gre_in(SERVER, 0x4100, b"x").0, Verdict::Modified);
 }
 
 #[test]
@@ -607,17 +625,17 @@ fn malformed_inputs_get_defined_verdicts() {
     long[3] = long[3].wrapping_add(10);
     assert_eq!(sim.packet(long, OUT).0, Verdict::Accept);
     // Non-first fragment.
-    let mut frag = gre_packet(SERVER, ROUTER, 0x4001, None, None, b"frag");
+    let mut frag = gre_packet(SERVER, ROUTER, 0x4100, None, None, b"frag");
     frag[6] = 0x00;
     frag[7] = 0x10;
     assert_eq!(sim.packet(frag, IN).0, Verdict::Accept);
     // GRE version 0 and truncated GRE are not touched.
-    let mut v0 = gre_packet(SERVER, ROUTER, 0x4001, None, None, b"v0");
+    let mut v0 = gre_packet(SERVER, ROUTER, 0x4100, None, None, b"v0");
     v0[21] = 0x00;
     let (v, out) = sim.packet(v0.clone(), IN);
     assert_eq!((v, out), (Verdict::UnknownCall, v0));
     // The S flag announces a sequence number the packet does not hold.
-    let mut short = gre_packet(SERVER, ROUTER, 0x4001, None, None, b"");
+    let mut short = gre_packet(SERVER, ROUTER, 0x4100, None, None, b"");
     short[20] |= 0x10;
     assert_eq!(sim.packet(short, IN).0, Verdict::UnknownCall);
     let s = sim.alg.stats();
@@ -629,7 +647,7 @@ fn ip_and_tcp_options_are_handled() {
     let (mut sim, b) = two_clients();
     // Build a packet with a 4-byte IP option (NOP x4) and 12 bytes of TCP
     // options by hand, then fix checksums with the wire helpers.
-    let payload = sli(0x4001);
+    let payload = sli(0x4100);
     let mut tcp = vec![0u8; 32];
     tcp[0..2].copy_from_slice(&1723u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&40001u16.to_be_bytes());
@@ -677,8 +695,8 @@ fn a_new_connection_on_a_reused_tuple_starts_afresh() {
     let (v, out) = sim.send(&mut b, OUT, &ocrq(0x4000));
     assert_eq!(
         (v, u16_at(&out, 12)),
-        (Verdict::Modified, 0x4002),
-        "0x4001 is in quarantine"
+        (Verdict::Modified, 0x4200),
+        "0x4100 is in quarantine"
     );
     sim.advance(Duration::from_secs(11));
     assert_eq!(
@@ -686,7 +704,7 @@ fn a_new_connection_on_a_reused_tuple_starts_afresh() {
         2,
         "the new connection is not forgotten with the old one"
     );
-    let (_, out) = sim.send(&mut b, IN, &sli(0x4002));
+    let (_, out) = sim.send(&mut b, IN, &sli(0x4200));
     assert_eq!(u16_at(&out, 12), 0x4000);
 }
 
@@ -714,8 +732,8 @@ fn inside_stream_starts_from_the_syn_ack_when_the_syn_is_unseen() {
     }
     assert_eq!(
         u16_at(&out, 156 + 12),
-        0x4002,
-        "0x4000 and 0x4001 are taken"
+        0x4200,
+        "0x4000 and 0x4100 are taken"
     );
     assert_eq!(sim.alg.stats().unsynced_segments, 0);
 }
@@ -740,7 +758,8 @@ fn unknown_message_types_are_skipped_by_their_length() {
             out.extend(o);
         }
         let mut want = stream.clone();
-        want[32 + 13] = 0x01; // the Call-Clear-Request's id: 0x4000 -> 0x4001
+        // The Call-Clear-Request's id: 0x4000 -> 0x4100.
+        want[32 + 12] = 0x41;
         assert_eq!(out, want, "chunks of {chunk}");
         let s = sim.alg.stats();
         assert_eq!((s.unknown_messages, s.desyncs), (2, 0), "chunks of {chunk}");
@@ -766,22 +785,22 @@ fn saved_calls_survive_a_restart() {
         .filter(|e| matches!(e, Event::CallStarted(_)))
         .count();
     assert_eq!(started, 2, "the fast path learns the restored calls");
-    let (v, pkt) = sim.gre_in(SERVER, 0x4001, b"after restart");
+    let (v, pkt) = sim.gre_in(SERVER, 0x4100, b"after restart");
     assert_eq!(
         (v, gre_dst_and_id(&pkt)),
         (Verdict::Modified, (host(2), 0x4000))
     );
     // The control connection resumes mid-stream at a message boundary.
-    let (v, out) = sim.send(&mut b, IN, &sli(0x4001));
+    let (v, out) = sim.send(&mut b, IN, &sli(0x4100));
     assert_eq!((v, u16_at(&out, 12)), (Verdict::Modified, 0x4000));
     // Another host asking for 0x4000 does not get a restored NAT id.
     let mut c = Conn::client_inside(host(3), 40000, SERVER);
     sim.start_control(&mut c);
     let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
-    assert_eq!(u16_at(&out, 12), 0x4002);
+    assert_eq!(u16_at(&out, 12), 0x4200);
     // Restoring twice, or a call whose id is taken, adds nothing.
     assert_eq!(sim.alg.restore_calls(sim.now, &saved), 0);
     // The call still ends normally.
     sim.send(&mut b, OUT, &cdn(0x4000));
-    assert_eq!(sim.gre_in(SERVER, 0x4001, b"late").0, Verdict::UnknownCall);
+    assert_eq!(sim.gre_in(SERVER, 0x4100, b"late").0, Verdict::UnknownCall);
 }

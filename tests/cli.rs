@@ -166,6 +166,54 @@ fn missing_config_file_is_an_error() {
 }
 
 #[test]
+fn endless_config_file_fails_fast() {
+    for cmd in [&["run"][..], &["rules", "print"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--config", "/dev/zero"]);
+        let t = std::time::Instant::now();
+        let o = run(&args);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("config file /dev/zero is larger than 65536 bytes"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Found at start, before any queue or rule exists (so also without root),
+/// not at the first save when the calls it should keep are lost.
+#[test]
+fn state_file_in_a_missing_directory_stops_the_start() {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("missing/state.json");
+    let sock = dir.join("missing-state.sock");
+    let o = run(&[
+        "run",
+        "--state-file",
+        state.to_str().unwrap(),
+        "--status-socket",
+        sock.to_str().unwrap(),
+        "--table",
+        "pptp_alg_never_installed",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "state_file {}: directory {} does not exist",
+            state.display(),
+            dir.join("missing").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("bound queues"), "{err}");
+    assert!(!sock.exists());
+}
+
+#[test]
 fn status_without_daemon_fails_clearly() {
     let o = run(&["status", "--socket", "/nonexistent/status.sock"]);
     assert!(!o.status.success());

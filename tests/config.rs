@@ -206,3 +206,72 @@ fn missing_file_is_an_error() {
     .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/pptp-alg.toml"), "{e}");
 }
+
+#[test]
+fn duplicated_keys_name_the_key_and_line() {
+    let e = parse("max_calls = 5\ntable = \"x\"\nmax_calls = 7\n").unwrap_err();
+    assert_eq!(e.key(), Some("max_calls"), "{e}");
+    assert!(e.to_string().contains("line 3"), "{e}");
+    assert!(e.to_string().contains("duplicate key"), "{e}");
+    assert_eq!(err_key("[extra]\nx = 1\n[extra]\ny = 2\n"), "extra");
+}
+
+#[test]
+fn out_of_range_numbers_name_the_key() {
+    // Too large for any integer type toml knows: the whole document fails.
+    let e = parse("offload = true\nmax_connections = 99999999999999999999\n").unwrap_err();
+    assert_eq!(e.key(), Some("max_connections"), "{e}");
+    assert!(e.to_string().contains("line 2"), "{e}");
+    // Fits the type, but no router holds that many calls or connections.
+    for key in ["max_calls", "max_calls_per_host", "max_connections"] {
+        assert_eq!(err_key(&format!("{key} = 1000000000000")), key);
+        assert_eq!(err_key(&format!("{key} = 1048577")), key);
+        parse(&format!("{key} = 1048576")).unwrap();
+    }
+}
+
+/// A file in a directory of its own: tests run in parallel, and
+/// `overrides_beat_the_file` removes its directory when done.
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-cfg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn remove_temp(path: &Path) {
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn oversized_files_are_refused_unread() {
+    let limit = pptp_alg::daemon::config::MAX_CONFIG_BYTES as usize;
+    // Comments up to the limit are still a configuration.
+    let path = temp_path("at-limit.toml");
+    let mut text = "max_calls = 10\n".to_string();
+    text.push_str(&"#".repeat(limit - text.len()));
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(Config::load(&path).unwrap().max_calls, 10);
+    text.push('#');
+    std::fs::write(&path, &text).unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("larger than 65536 bytes"), "{e}");
+    assert!(e.to_string().contains("at-limit.toml"), "{e}");
+    remove_temp(&path);
+
+    // Endless: read up to the limit, then refused, at once.
+    let t = std::time::Instant::now();
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[test]
+fn binary_files_are_refused_clearly() {
+    let path = temp_path("binary.toml");
+    std::fs::write(&path, b"max_calls = 1\n\xff\xfe\n").unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+    assert!(e.to_string().contains("binary.toml"), "{e}");
+    remove_temp(&path);
+}

@@ -132,7 +132,7 @@ fn views_read_all_fifteen_types() {
     }
 }
 
-/// Host 2's call 0x4000 is NAT id 0x4001 (host 1 holds 0x4000); the
+/// Host 2's call 0x4000 is NAT id 0x4100 (host 1 holds block 0x40); the
 /// server's id is 0x0777. Each message in each direction, first 16 bytes
 /// in and out.
 #[test]
@@ -141,12 +141,12 @@ fn engine_output_bytes() {
         (
             Direction::FromInside,
             "00a8 0001 1a2b3c4d 0007 0000 4000 0042",
-            "00a8 0001 1a2b3c4d 0007 0000 4001 0042",
+            "00a8 0001 1a2b3c4d 0007 0000 4100 0042",
         ),
         (
             Direction::FromInside,
             "0010 0001 1a2b3c4d 000c 0000 4000 0000",
-            "0010 0001 1a2b3c4d 000c 0000 4001 0000",
+            "0010 0001 1a2b3c4d 000c 0000 4100 0000",
         ),
         (
             Direction::FromInside,
@@ -156,26 +156,26 @@ fn engine_output_bytes() {
         (
             Direction::FromInside,
             "0094 0001 1a2b3c4d 000d 0000 4000 0300",
-            "0094 0001 1a2b3c4d 000d 0000 4001 0300",
+            "0094 0001 1a2b3c4d 000d 0000 4100 0300",
         ),
         (
             Direction::ToInside,
-            "0020 0001 1a2b3c4d 0008 0000 0777 4001",
+            "0020 0001 1a2b3c4d 0008 0000 0777 4100",
             "0020 0001 1a2b3c4d 0008 0000 0777 4000",
         ),
         (
             Direction::ToInside,
-            "0018 0001 1a2b3c4d 000f 0000 4001 0000",
+            "0018 0001 1a2b3c4d 000f 0000 4100 0000",
             "0018 0001 1a2b3c4d 000f 0000 4000 0000",
         ),
         (
             Direction::ToInside,
-            "0028 0001 1a2b3c4d 000e 0000 4001 0000",
+            "0028 0001 1a2b3c4d 000e 0000 4100 0000",
             "0028 0001 1a2b3c4d 000e 0000 4000 0000",
         ),
         (
             Direction::ToInside,
-            "001c 0001 1a2b3c4d 000b 0000 4001 0000",
+            "001c 0001 1a2b3c4d 000b 0000 4100 0000",
             "001c 0001 1a2b3c4d 000b 0000 4000 0000",
         ),
         (
@@ -185,7 +185,7 @@ fn engine_output_bytes() {
         ),
         (
             Direction::ToInside,
-            "0094 0001 1a2b3c4d 000d 0000 4001 0300",
+            "0094 0001 1a2b3c4d 000d 0000 4100 0300",
             "0094 0001 1a2b3c4d 000d 0000 4000 0300",
         ),
     ];
@@ -210,7 +210,7 @@ fn engine_output_bytes() {
             Direction::FromInside,
             &golden("00a8 0001 1a2b3c4d 0007 0000 4000 0042"),
         );
-        let mut reply = golden("0020 0001 1a2b3c4d 0008 0000 0777 4001");
+        let mut reply = golden("0020 0001 1a2b3c4d 0008 0000 0777 4100");
         reply[16] = 1;
         sim.send(&mut b, Direction::ToInside, &reply);
         let (_, out) = sim.send(&mut b, d, &golden(input));
@@ -222,11 +222,11 @@ fn engine_output_bytes() {
 fn gre_with_and_without_sequence_and_ack() {
     let cases = [
         // flags, version byte, header length, seq, ack
-        ("2001 880b 0004 4001", 8, None, None),
-        ("3001 880b 0004 4001 00000007", 12, Some(7), None),
-        ("2081 880b 0004 4001 00000009", 12, None, Some(9)),
+        ("2001 880b 0004 4100", 8, None, None),
+        ("3001 880b 0004 4100 00000007", 12, Some(7), None),
+        ("2081 880b 0004 4100 00000009", 12, None, Some(9)),
         (
-            "3081 880b 0004 4001 00000007 00000009",
+            "3081 880b 0004 4100 00000007 00000009",
             16,
             Some(7),
             Some(9),
@@ -238,7 +238,7 @@ fn gre_with_and_without_sequence_and_ack() {
         let v = GrePacket::new_checked(&g[..]).unwrap();
         assert_eq!(
             (v.header_len(), v.seq(), v.ack(), v.call_id(), v.payload()),
-            (hl, seq, ack, 0x4001, &b"ppp!"[..])
+            (hl, seq, ack, 0x4100, &b"ppp!"[..])
         );
         assert!(GrePacket::new_checked(&g[..hl - 1]).is_err());
 

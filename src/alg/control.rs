@@ -4,12 +4,14 @@
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
 use super::table::{Call, CallIdx, CallState, ConnIdx, OutsideMatch, DETACHED};
 use super::{
-    secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, RefuseReason, SavedCall,
-    Stamp, Verdict, PPTP_PORT,
+    secs, Alg, ConnKey, ConnMap, Direction, DropReason, EndCause, Event, IdPolicy, RefuseReason,
+    SavedCall, Stamp, Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
 use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 
 /// Patches kept per direction for identical retransmissions. Each call
@@ -58,12 +60,28 @@ impl Conn {
     }
 }
 
-/// All tracked connections.
+/// Handshakes remembered at most: a SYN flood evicts old ones, and a
+/// connection whose handshake was evicted is tracked from its first segment
+/// that starts a message instead.
+const MAX_HANDSHAKES: usize = 4096;
+
+/// All tracked connections, and the handshakes of connections that have
+/// not sent data yet.
 #[derive(Debug, Default)]
 pub(super) struct Conns {
     slots: Vec<Option<Conn>>,
     free: Vec<ConnIdx>,
     by_key: ConnMap,
+    /// Stream starts (next data sequence number per direction) from SYN and
+    /// SYN-ACK, with the insertion number that `handshake_order` names.
+    handshakes: FxHashMap<ConnKey, ([Option<u32>; 2], u64)>,
+    handshake_order: VecDeque<(ConnKey, u64)>,
+    handshake_count: u64,
+    /// Connections in the order they were tracked, to find an old one
+    /// without calls when the table is full. Entries of connections with
+    /// calls are skipped lazily; a slot reused by a newer connection may
+    /// be found early, which only matters to which call-less one goes.
+    callless: VecDeque<ConnIdx>,
 }
 
 impl Conns {
@@ -79,8 +97,57 @@ impl Conns {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+    /// Records a SYN (`ack` None) or SYN-ACK of a connection not tracked.
+    fn note_handshake(&mut self, key: ConnKey, di: usize, data_seq: u32, ack: Option<u32>) {
+        let n = self.handshake_count;
+        let e = self.handshakes.entry(key).or_insert_with(|| ([None; 2], n));
+        e.0[di] = Some(data_seq);
+        if let Some(ack) = ack {
+            // The SYN-ACK acknowledges the other side's stream start. The
+            // rules cannot see an inside client's SYN (masquerade is set up
+            // after the forward hook), so this is where it is learned.
+            e.0[1 - di] = Some(ack);
+        }
+        if e.1 == n {
+            self.handshake_count += 1;
+            self.handshake_order.push_back((key, n));
+        }
+        if self.handshake_order.len() > 2 * self.handshakes.len() + 64 {
+            let live = &self.handshakes;
+            self.handshake_order
+                .retain(|(k, n)| live.get(k).is_some_and(|e| e.1 == *n));
+        }
+        while self.handshakes.len() > MAX_HANDSHAKES {
+            let Some((k, n)) = self.handshake_order.pop_front() else {
+                break;
+            };
+            if self.handshakes.get(&k).is_some_and(|e| e.1 == n) {
+                self.handshakes.remove(&k);
+            }
+        }
+    }
+
+    /// The stream starts a handshake of `key` told, per direction.
+    fn handshake(&self, key: &ConnKey) -> [Option<u32>; 2] {
+        self.handshakes.get(key).map_or([None; 2], |e| e.0)
+    }
+
+    /// The oldest tracked connection without calls, if any.
+    fn oldest_callless(&mut self) -> Option<ConnIdx> {
+        while let Some(i) = self.callless.pop_front() {
+            if self.slots[i as usize]
+                .as_ref()
+                .is_some_and(|c| c.calls.is_empty())
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     fn insert(&mut self, c: Conn) -> ConnIdx {
         let key = c.key;
+        self.handshakes.remove(&key);
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(c);
@@ -92,6 +159,15 @@ impl Conns {
             }
         };
         self.by_key.insert(key, i);
+        self.callless.push_back(i);
+        if self.callless.len() > 2 * self.by_key.len() + 64 {
+            let slots = &self.slots;
+            self.callless.retain(|&i| {
+                slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.calls.is_empty())
+            });
+        }
         i
     }
     fn remove(&mut self, i: ConnIdx) -> Conn {
@@ -110,6 +186,15 @@ fn dir_index(d: Direction) -> usize {
         Direction::FromInside => 0,
         Direction::ToInside => 1,
     }
+}
+
+/// Message types whose sender's own Call ID names a new call.
+fn creates_call(ty: ControlType) -> bool {
+    use ControlType::*;
+    matches!(
+        ty,
+        OutgoingCallRequest | IncomingCallRequest | OutgoingCallReply | IncomingCallReply
+    )
 }
 
 fn starts_with_header(payload: &[u8]) -> bool {
@@ -151,52 +236,63 @@ impl Alg {
         };
         let flags = tcp.flags();
         let seq = tcp.seq();
-        let data_seq = if flags & SYN != 0 {
-            seq.wrapping_add(1)
-        } else {
-            seq
-        };
+        let syn = flags & SYN != 0;
+        let data_seq = if syn { seq.wrapping_add(1) } else { seq };
         let payload_len = tcp.payload().len();
+        let di = dir_index(dir);
 
-        if flags & SYN != 0 {
-            self.forget_if_reused(&key, dir, data_seq, now);
+        let mut known = self.conns.by_key.get(&key).copied();
+        if let Some(ci) = known {
+            // A SYN on a closed connection's tuple starts a new connection.
+            // On a live one it changes nothing: a blind attacker can send
+            // one with any sequence number, and a real new connection on
+            // the tuple comes only after the old one's FIN or RST.
+            if syn && self.conns.get(ci).closing.is_some() {
+                self.forget_conn(ci);
+                known = None;
+            }
         }
-        let ci = match self.conns.by_key.get(&key) {
-            Some(&ci) => ci,
+        let ci = match known {
+            Some(ci) => ci,
+            None if syn => {
+                // A handshake costs no connection slot (a SYN flood must
+                // not fill the table): its stream starts wait in a bounded
+                // list until the first byte of data.
+                let ack = (flags & ACK != 0).then(|| tcp.ack());
+                self.conns.note_handshake(key, di, data_seq, ack);
+                return Verdict::Accept;
+            }
+            None if payload_len == 0 => return Verdict::Accept,
             None => {
-                if flags & SYN == 0 && !starts_with_header(tcp.payload()) {
-                    if payload_len > 0 {
-                        self.stats.unsynced_segments += 1;
-                    }
-                    return Verdict::Accept;
+                let starts = self.conns.handshake(&key);
+                let synced = starts[di] == Some(data_seq) || starts_with_header(tcp.payload());
+                if !synced {
+                    // Untranslatable: its bytes may hold Call IDs. TCP
+                    // retransmits it; PPTP peers send each message in its
+                    // own segment, so a retransmission starts a message.
+                    self.stats.unsynced_segments += 1;
+                    return Verdict::Drop(DropReason::Unsynced);
                 }
-                if self.conns.len() >= self.cfg.max_connections {
-                    self.stats.connection_limit += 1;
-                    return Verdict::Accept;
+                let Some(ci) = self.admit(key, now) else {
+                    return Verdict::Drop(DropReason::ConnectionLimit);
+                };
+                let conn = self.conns.get_mut(ci);
+                for (d, start) in conn.dirs.iter_mut().zip(starts) {
+                    d.parser = start.map(Parser::new);
                 }
-                self.conns.insert(Conn::new(key, now))
+                ci
             }
         };
-        let di = dir_index(dir);
         let conn = self.conns.get_mut(ci);
         conn.last_seen = now;
-        if flags & SYN != 0 && conn.dirs[di].parser.is_none() {
-            conn.dirs[di].parser = Some(Parser::new(data_seq));
-        }
-        // The SYN-ACK acknowledges the other side's stream start. The rules
-        // cannot see an inside client's SYN (masquerade is set up after the
-        // forward hook), so this is where that direction gets its start.
-        if flags & (SYN | ACK) == SYN | ACK && conn.dirs[1 - di].parser.is_none() {
-            conn.dirs[1 - di].parser = Some(Parser::new(tcp.ack()));
-        }
 
         if payload_len > 0 {
             if conn.dirs[di].parser.is_none() {
-                if starts_with_header(tcp.payload()) {
-                    conn.dirs[di].parser = Some(Parser::new(data_seq));
-                } else {
+                if !starts_with_header(tcp.payload()) {
                     self.stats.unsynced_segments += 1;
+                    return Verdict::Drop(DropReason::Unsynced);
                 }
+                conn.dirs[di].parser = Some(Parser::new(data_seq));
             }
             if let Some(v) = self.feed_segment(now, ci, dir, data_seq, tcp.payload()) {
                 return v;
@@ -213,14 +309,43 @@ impl Alg {
             }
         }
 
-        if flags & (FIN | RST) != 0 {
+        // FIN and RST count only at the stream position reached: off-path
+        // senders cannot know it, and ending the calls on a spoofed one
+        // would cut GRE while both peers keep their connection.
+        let next = conn.dirs[di].parser.as_ref().map(|p| p.next);
+        let at_rst = next == Some(data_seq);
+        let at_fin = next == Some(data_seq.wrapping_add(payload_len as u32));
+        if (flags & RST != 0 && at_rst) || (flags & FIN != 0 && at_fin) {
             self.close_conn(ci, now);
+        } else if flags & (RST | FIN) != 0 {
+            self.stats.ignored_teardowns += 1;
         }
         if modified {
             Verdict::Modified
         } else {
             Verdict::Accept
         }
+    }
+
+    /// A slot for a new connection: a free one, or the one of the oldest
+    /// connection without calls (it loses nothing it cannot get back: it is
+    /// tracked again from its next message). `None` when every slot holds
+    /// calls.
+    fn admit(&mut self, key: ConnKey, now: Stamp) -> Option<ConnIdx> {
+        if self.conns.len() >= self.cfg.max_connections {
+            match self.conns.oldest_callless() {
+                Some(old) => {
+                    self.stats.connections_evicted += 1;
+                    self.forget_conn(old);
+                }
+                None => {
+                    self.stats.connection_limit += 1;
+                    self.push_event(Event::ConnectionRefused { conn: key });
+                    return None;
+                }
+            }
+        }
+        Some(self.conns.insert(Conn::new(key, now)))
     }
 
     /// Parses the new bytes of a segment. Returns a verdict only when the
@@ -235,10 +360,8 @@ impl Alg {
     ) -> Option<Verdict> {
         let di = dir_index(dir);
         let conn = self.conns.get_mut(ci);
-        if conn.desynced {
-            return None;
-        }
-        let parser = conn.dirs[di].parser.as_ref()?;
+        let desynced = conn.desynced;
+        let parser = conn.dirs[di].parser.as_mut()?;
         let ahead = seq_diff(data_seq, parser.next);
         if ahead > 0 {
             self.stats.dropped_out_of_order += 1;
@@ -248,11 +371,17 @@ impl Alg {
         if skip >= payload.len() {
             return None; // a pure retransmission: patches cover it
         }
+        if desynced {
+            // Not parsed any more, but the position still counts for FIN.
+            parser.next = data_seq.wrapping_add(payload.len() as u32);
+            return None;
+        }
         // Work on a copy so that a refused segment leaves no trace.
         let mut parser = parser.clone();
         let mut patches = std::mem::take(&mut conn.dirs[di].patches);
         let patches_before = patches.len();
         self.created.clear();
+        let events_before = self.events.len();
         let res = parser.feed(&payload[skip..], &mut patches, |item| {
             self.on_item(now, ci, dir, item)
         });
@@ -263,27 +392,7 @@ impl Alg {
             Err(FeedError::Handler(Refused)) => {
                 patches.truncate(patches_before);
                 conn.dirs[di].patches = patches;
-                for idx in std::mem::take(&mut self.created) {
-                    if !self.calls.get(idx).is_live() {
-                        // Created and ended by this very segment: its end
-                        // was announced and it sits in the quarantine queue,
-                        // so it cannot be unmade; it stays like any ended
-                        // call (never announced as started, counted as
-                        // created so that created = ended + active).
-                        self.stats.calls_created += 1;
-                        continue;
-                    }
-                    let calls = &mut self.conns.get_mut(ci).calls;
-                    calls.retain(|&c| c != idx);
-                    let id = self.calls.get(idx).inside_id;
-                    let older = calls
-                        .iter()
-                        .rev()
-                        .copied()
-                        .find(|&i| self.calls.get(i).inside_id == id);
-                    self.calls.forget_live(idx, older);
-                }
-                self.stats.calls_active = self.calls.live() as u64;
+                self.roll_back_created(ci, events_before);
                 self.stats.dropped_call_refused += 1;
                 return Some(Verdict::Drop(DropReason::CallRefused));
             }
@@ -296,6 +405,10 @@ impl Alg {
         conn.dirs[di].patches = patches;
         if let Some(error) = desync {
             conn.desynced = true;
+            // Not parsed any more, but the position still counts for FIN.
+            if let Some(p) = conn.dirs[di].parser.as_mut() {
+                p.next = data_seq.wrapping_add(payload.len() as u32);
+            }
             let key = conn.key;
             self.stats.desyncs += 1;
             self.push_event(Event::Desync {
@@ -304,15 +417,47 @@ impl Alg {
                 error,
             });
         }
+        self.stats.calls_active = self.calls.live() as u64;
+        None
+    }
+
+    /// Unmakes the calls a refused segment created, newest first, live or
+    /// already ended by the same segment: none of their bytes left, so no
+    /// one may know them. Their events (from `events_before` on) go too.
+    fn roll_back_created(&mut self, ci: ConnIdx, events_before: usize) {
         let created = std::mem::take(&mut self.created);
-        for &idx in &created {
-            self.stats.calls_created += 1;
-            let info = self.info(idx, now);
-            self.push_event(Event::CallStarted(info));
+        let mut gone = Vec::with_capacity(created.len());
+        for &idx in created.iter().rev() {
+            let c = self.calls.get(idx);
+            gone.push((c.outside_peer, c.nat_id));
+            if let CallState::Ended(cause) = c.state {
+                self.stats.ended[cause as usize] -= 1;
+            }
+            let id = c.inside_id;
+            let calls = &mut self.conns.get_mut(ci).calls;
+            calls.retain(|&c| c != idx);
+            let older = calls
+                .iter()
+                .rev()
+                .copied()
+                .find(|&i| self.calls.get(i).inside_id == id);
+            self.calls.forget(idx, older);
+            self.stats.calls_created -= 1;
+        }
+        let mut i = events_before;
+        while i < self.events.len() {
+            let call = match &self.events[i] {
+                Event::CallStarted(c) | Event::CallEnded(c, _) => Some((c.outside_peer, c.nat_id)),
+                _ => None,
+            };
+            if call.is_some_and(|k| gone.contains(&k)) {
+                self.events.remove(i);
+            } else {
+                i += 1;
+            }
         }
         self.created = created;
         self.stats.calls_active = self.calls.live() as u64;
-        None
     }
 
     fn on_item(
@@ -321,34 +466,17 @@ impl Alg {
         ci: ConnIdx,
         dir: Direction,
         item: Item<'_>,
-    ) -> Result<Option<u16>, Refused> {
-        use ControlType::*;
+    ) -> Result<Option<u8>, Refused> {
         match item {
-            Item::Field { ty, offset, value } => {
-                let own = ty.call_id_fields().own == Some(offset);
-                Ok(match (dir, own) {
-                    (Direction::FromInside, true) => match ty {
-                        OutgoingCallRequest | IncomingCallRequest | OutgoingCallReply
-                        | IncomingCallReply => {
-                            let idx = self.call_for_inside(now, ci, value)?;
-                            Some(self.calls.get(idx).nat_id)
-                        }
-                        _ => self
-                            .find_by_inside(ci, value)
-                            .map(|i| self.calls.get(i).nat_id),
-                    },
-                    // The outside peer's own ids pass unchanged, except a
-                    // Call-Disconnect-Notify that names our NAT id (the
-                    // Linux/pptp-linux reading of its field).
-                    (Direction::ToInside, true) if ty == CallDisconnectNotify => self
-                        .find_by_nat(ci, value)
-                        .map(|i| self.calls.get(i).inside_id),
-                    (Direction::ToInside, false) => self
-                        .find_by_nat(ci, value)
-                        .map(|i| self.calls.get(i).inside_id),
-                    _ => None,
-                })
+            Item::FieldHigh { ty, offset, high } => {
+                Ok(self.translate_high(ci, dir, ty, offset, high))
             }
+            Item::FieldLow {
+                ty,
+                offset,
+                value,
+                high_out,
+            } => self.translate_low(now, ci, dir, ty, offset, value, high_out),
             Item::Skipped { .. } => {
                 self.stats.unknown_messages += 1;
                 Ok(None)
@@ -359,6 +487,84 @@ impl Alg {
                 Ok(None)
             }
         }
+    }
+
+    /// The first byte of a Call-ID field on the wire. It depends on the
+    /// connection's high-byte map and that byte only (the second may be in
+    /// the next segment).
+    fn translate_high(
+        &mut self,
+        ci: ConnIdx,
+        dir: Direction,
+        ty: ControlType,
+        offset: usize,
+        high: u8,
+    ) -> Option<u8> {
+        let own = ty.call_id_fields().own == Some(offset);
+        let ids = &self.calls.ids;
+        // A Call-Disconnect-Notify names the sender's own call (RFC 2637)
+        // or the receiver's (Linux, pptp-linux): where a byte could start
+        // an id of either, the sender's meaning wins and the byte stays.
+        let cdn = ty == ControlType::CallDisconnectNotify;
+        match (dir, own) {
+            (Direction::FromInside, true) => match ids.block_of(ci, high) {
+                Some(_) if cdn && ids.outside_high_live(ci, high) => None,
+                Some(block) => Some(block),
+                None if creates_call(ty) => {
+                    let peer = *self.conns.get(ci).key.outside.ip();
+                    ids.pick_block(peer, ci, high)
+                }
+                None => None,
+            },
+            (Direction::FromInside, false) => None,
+            (Direction::ToInside, true) if !cdn => None,
+            (Direction::ToInside, _) => {
+                if own && ids.outside_high_live(ci, high) {
+                    return None;
+                }
+                ids.high_of(ci, high)
+            }
+        }
+    }
+
+    /// The second byte of a Call-ID field on the wire, given the whole
+    /// field and its first byte as it went out. A call request from inside
+    /// creates its call here.
+    #[allow(clippy::too_many_arguments)]
+    fn translate_low(
+        &mut self,
+        now: Stamp,
+        ci: ConnIdx,
+        dir: Direction,
+        ty: ControlType,
+        offset: usize,
+        value: u16,
+        high_out: u8,
+    ) -> Result<Option<u8>, Refused> {
+        let own = ty.call_id_fields().own == Some(offset);
+        // Only an id whose first byte went out as this one's can be written:
+        // anything else would name another call.
+        let low_if = |id: u16| ((id >> 8) as u8 == high_out).then_some(id as u8);
+        Ok(match (dir, own) {
+            (Direction::FromInside, true) => {
+                let idx = if creates_call(ty) {
+                    Some(self.call_for_inside(now, ci, value, high_out)?)
+                } else {
+                    self.find_by_inside(ci, value)
+                };
+                idx.and_then(|i| low_if(self.calls.get(i).nat_id))
+            }
+            (Direction::FromInside, false) => None,
+            (Direction::ToInside, true) if ty != ControlType::CallDisconnectNotify => None,
+            (Direction::ToInside, _) => {
+                if own && self.live_by_outside(ci, value).is_some() {
+                    None
+                } else {
+                    self.find_by_nat(ci, value)
+                        .and_then(|i| low_if(self.calls.get(i).inside_id))
+                }
+            }
+        })
     }
 
     fn on_message(
@@ -403,10 +609,12 @@ impl Alg {
                     Direction::FromInside => self
                         .live_by_inside(ci, id)
                         .or_else(|| self.live_by_outside(ci, id)),
-                    Direction::ToInside => self
-                        .find_by_nat(ci, id)
-                        .filter(|&i| self.calls.get(i).is_live())
-                        .or_else(|| self.live_by_outside(ci, id)),
+                    // The peer's own id first: that is what the field
+                    // means when both fit (RFC 2637).
+                    Direction::ToInside => self.live_by_outside(ci, id).or_else(|| {
+                        self.find_by_nat(ci, id)
+                            .filter(|&i| self.calls.get(i).is_live())
+                    }),
                 };
                 if let Some(idx) = idx {
                     self.end_call(idx, EndCause::Disconnect, now);
@@ -416,39 +624,64 @@ impl Alg {
         }
     }
 
-    /// The live call of `inside_id` on this connection, or a new one.
+    /// The live call of `inside_id` on this connection, or a new one whose
+    /// NAT id is in `block` (the first byte already on the wire).
     fn call_for_inside(
         &mut self,
         now: Stamp,
         ci: ConnIdx,
         inside_id: u16,
+        block: u8,
     ) -> Result<CallIdx, Refused> {
         if let Some(idx) = self.live_by_inside(ci, inside_id) {
             return Ok(idx);
         }
         let key = self.conns.get(ci).key;
         let (host, peer) = (*key.inside.ip(), *key.outside.ip());
-        let refuse = |this: &mut Self, reason: RefuseReason| {
-            match reason {
-                RefuseReason::IdSpaceExhausted => this.stats.alloc_failures += 1,
-                RefuseReason::TotalLimit => this.stats.refused_total_limit += 1,
-                RefuseReason::HostLimit => this.stats.refused_host_limit += 1,
-            }
-            this.push_event(Event::CallRefused {
-                conn: key,
-                inside_id,
-                reason,
-            });
-            Err(Refused)
+        let high = (inside_id >> 8) as u8;
+        let nat_id = if self.calls.live() >= self.cfg.max_calls {
+            Err(RefuseReason::TotalLimit)
+        } else if self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host {
+            Err(RefuseReason::HostLimit)
+        } else {
+            let start = match self.cfg.id_policy {
+                IdPolicy::Keep => inside_id as u8,
+                IdPolicy::Random => self.random_byte(),
+            };
+            let ids = &self.calls.ids;
+            ids.can_map(ci, high, block)
+                .then(|| ids.free_in_block(peer, block, start))
+                .flatten()
+                .ok_or_else(|| {
+                    let (live, quarantined) = ids.peer_counts(peer);
+                    if live + quarantined >= 1 << 16 {
+                        RefuseReason::IdSpaceExhausted
+                    } else {
+                        RefuseReason::BlockFull
+                    }
+                })
         };
-        if self.calls.live() >= self.cfg.max_calls {
-            return refuse(self, RefuseReason::TotalLimit);
-        }
-        if self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host {
-            return refuse(self, RefuseReason::HostLimit);
-        }
-        let Some(nat_id) = self.calls.pick_id(peer, inside_id, self.cfg.id_policy) else {
-            return refuse(self, RefuseReason::IdSpaceExhausted);
+        let nat_id = match nat_id {
+            Ok(id) => id,
+            Err(reason) => {
+                match reason {
+                    RefuseReason::IdSpaceExhausted | RefuseReason::BlockFull => {
+                        self.stats.alloc_failures += 1
+                    }
+                    RefuseReason::TotalLimit => self.stats.refused_total_limit += 1,
+                    RefuseReason::HostLimit => self.stats.refused_host_limit += 1,
+                }
+                let (live_ids, quarantined_ids) = self.calls.ids.peer_counts(peer);
+                self.push_event(Event::CallRefused {
+                    conn: key,
+                    inside_id,
+                    reason,
+                    host_calls: self.calls.host_calls(host),
+                    live_ids,
+                    quarantined_ids,
+                });
+                return Err(Refused);
+            }
         };
         let idx = self.calls.insert(Call::new(
             ci,
@@ -460,6 +693,10 @@ impl Alg {
         ));
         self.conns.get_mut(ci).calls.push(idx);
         self.created.push(idx);
+        // Announced now, so that an end in the same segment comes after.
+        self.stats.calls_created += 1;
+        let info = self.info(idx, now);
+        self.push_event(Event::CallStarted(info));
         Ok(idx)
     }
 
@@ -535,8 +772,7 @@ impl Alg {
     /// Restores one saved call (see [`Alg::restore_calls`]).
     pub(super) fn restore_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
         let (host, peer) = (*sc.conn.inside.ip(), *sc.conn.outside.ip());
-        if sc.nat_id >> 8 != sc.inside_id >> 8
-            || self.calls.by_nat(peer, sc.nat_id).is_some()
+        if self.calls.ids.is_held(peer, sc.nat_id)
             || self.calls.live() >= self.cfg.max_calls
             || self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host
         {
@@ -547,7 +783,10 @@ impl Alg {
             None if self.conns.len() >= self.cfg.max_connections => return false,
             None => self.conns.insert(Conn::new(sc.conn, now)),
         };
-        if self.live_by_inside(ci, sc.inside_id).is_some() {
+        let (high, block) = ((sc.inside_id >> 8) as u8, (sc.nat_id >> 8) as u8);
+        if self.live_by_inside(ci, sc.inside_id).is_some()
+            || !self.calls.ids.can_map(ci, high, block)
+        {
             return false;
         }
         let state = if sc.established {
@@ -571,24 +810,6 @@ impl Alg {
         let info = self.info(idx, now);
         self.push_event(Event::CallStarted(info));
         true
-    }
-
-    /// A SYN that does not match the tracked stream start (or arrives after
-    /// FIN/RST) means the 4-tuple now carries a new connection: the old one
-    /// is over.
-    fn forget_if_reused(&mut self, key: &ConnKey, dir: Direction, data_seq: u32, now: Stamp) {
-        let Some(&ci) = self.conns.by_key.get(key) else {
-            return;
-        };
-        let c = self.conns.get(ci);
-        let other_start = c.dirs[dir_index(dir)]
-            .parser
-            .as_ref()
-            .is_some_and(|p| p.next != data_seq);
-        if c.closing.is_some() || other_start {
-            self.close_conn(ci, now);
-            self.forget_conn(ci);
-        }
     }
 
     fn forget_conn(&mut self, ci: ConnIdx) {

@@ -10,6 +10,7 @@
 
 pub mod config;
 mod control;
+pub mod ids;
 pub mod stats;
 pub mod stream;
 pub mod table;
@@ -140,6 +141,18 @@ pub enum Event {
         inside_id: u16,
         /// Why.
         reason: RefuseReason,
+        /// Calls the inside host holds, live and in quarantine.
+        host_calls: u32,
+        /// NAT ids towards the outside peer held by live calls.
+        live_ids: u32,
+        /// NAT ids towards the outside peer in quarantine.
+        quarantined_ids: u32,
+    },
+    /// A new control connection found the connection table full of
+    /// connections with calls; its segment was dropped (TCP retransmits).
+    ConnectionRefused {
+        /// The connection.
+        conn: ConnKey,
     },
     /// A control connection lost PPTP framing and is no longer translated.
     Desync {
@@ -169,13 +182,16 @@ pub struct Alg {
     stamp_cache: Option<(Stamp, Instant, Instant)>,
     /// Scratch list of calls created by the segment being processed.
     created: Vec<CallIdx>,
+    /// State of the random id policy (xorshift64).
+    rng: u64,
 }
 
 impl Alg {
     /// A new engine.
     pub fn new(cfg: AlgConfig) -> Self {
         Alg {
-            calls: CallTable::new(cfg.seed),
+            calls: CallTable::new(),
+            rng: cfg.seed | 1,
             cfg,
             stats: Stats::default(),
             conns: control::Conns::default(),
@@ -195,6 +211,15 @@ impl Alg {
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// A byte from the random id policy's generator: cheap, seedable, good
+    /// enough to spread ids.
+    fn random_byte(&mut self) -> u8 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng as u8
     }
 
     #[inline]
@@ -242,6 +267,7 @@ impl Alg {
         if verdict == Verdict::Modified {
             self.stats.rewritten += 1;
         }
+        self.bound_quarantine();
         verdict
     }
 
@@ -380,6 +406,7 @@ impl Alg {
             }
             self.release_quarantined(idx);
         }
+        self.bound_quarantine();
         let idle = self.calls.live() == 0 && self.calls.quarantined() == 0 && self.conns.is_empty();
         self.next_sweep = (!idle).then(|| instant + SWEEP_INTERVAL);
     }
@@ -399,12 +426,17 @@ impl Alg {
             self.stats.calls_active = self.calls.live() as u64;
             let info = self.info(idx, now);
             self.push_event(Event::CallEnded(info, cause));
-            // Bound the quarantine: never hold more ended calls than live
-            // ones may exist, whatever the input.
-            if self.calls.quarantined() > self.cfg.max_calls {
-                if let Some(old) = self.calls.oldest_ended_before(None) {
-                    self.release_quarantined(old);
-                }
+        }
+    }
+
+    /// Never holds more ended calls than live ones may exist, whatever the
+    /// input. Runs between packets, never within one: a segment being
+    /// processed may still roll back calls it created and ended.
+    fn bound_quarantine(&mut self) {
+        while self.calls.quarantined() > self.cfg.max_calls {
+            match self.calls.oldest_ended_before(None) {
+                Some(old) => self.release_quarantined(old),
+                None => break,
             }
         }
     }
@@ -462,7 +494,8 @@ impl Alg {
     /// [`Event::CallStarted`] for each. Their connections are tracked again
     /// from the next segment that starts with a PPTP header (PPTP peers
     /// send each message in its own segment). A saved call whose NAT id is
-    /// taken, that breaks the high-byte rule or exceeds a limit is skipped.
+    /// taken, that breaks its connection's high-byte map (see
+    /// [`ids`]) or exceeds a limit is skipped.
     /// Returns how many calls were restored.
     pub fn restore_calls(&mut self, now: Instant, saved: &[SavedCall]) -> usize {
         let now = self.stamp(now);

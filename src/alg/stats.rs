@@ -47,6 +47,13 @@ pub enum DropReason {
     /// bytes have not been seen, so it cannot be translated. TCP
     /// retransmits it.
     OutOfOrder,
+    /// Data of a control connection whose stream position is unknown (no
+    /// handshake seen, and the segment does not start a message): it may
+    /// hold Call IDs that cannot be translated. TCP retransmits it.
+    Unsynced,
+    /// A new control connection while every tracked one has calls
+    /// (`max_connections`). TCP retransmits it.
+    ConnectionLimit,
 }
 
 /// Counters, all monotonic except `calls_active`.
@@ -80,15 +87,23 @@ pub struct Stats {
     pub unknown_messages: u64,
     /// Control connections that lost PPTP framing.
     pub desyncs: u64,
-    /// Segments of connections whose stream start was not seen.
+    /// Segments dropped because their connection's stream position is
+    /// unknown.
     pub unsynced_segments: u64,
-    /// Control connections not tracked because of `max_connections`.
+    /// Segments of new control connections dropped because every tracked
+    /// connection has calls (`max_connections`).
     pub connection_limit: u64,
+    /// Connections without calls forgotten to make room for a new one.
+    pub connections_evicted: u64,
+    /// FIN or RST segments not at the tracked stream position (spoofed or
+    /// stale): they end nothing.
+    pub ignored_teardowns: u64,
     /// Calls created.
     pub calls_created: u64,
     /// Calls currently live.
     pub calls_active: u64,
-    /// Calls refused for lack of a free NAT id.
+    /// Calls refused for lack of a free NAT id (in the connection's block
+    /// or towards the peer at all).
     pub alloc_failures: u64,
     /// Calls refused by `max_calls`.
     pub refused_total_limit: u64,

@@ -4,24 +4,38 @@
 //!
 //! Fields are reported before the message completes because a segment that
 //! ends inside a message must already leave with its Call IDs translated.
-//! Translation only ever changes the low byte of a Call ID (the allocator
-//! keeps the high byte), so a segment that ends between the two bytes of a
-//! field can leave before the field's value is known.
+//! Each field is reported in two steps, its first byte as soon as that byte
+//! is seen and its second byte with the whole value, so that a segment that
+//! ends between the two bytes leaves with its byte translated without
+//! waiting for the next segment. Both steps happen whether or not the field
+//! is split, so the bytes on the wire never depend on where a segment ends.
 
 use crate::wire::pptp::{parse_header, ControlType, HeaderError, HEADER_LEN, MAX_MESSAGE_LEN};
 
 /// What the parser reports to its handler.
 #[derive(Debug)]
 pub enum Item<'a> {
-    /// A Call-ID field is complete. The handler answers the value to put on
-    /// the wire (same high byte), or `None` to leave it.
-    Field {
+    /// The first (high) byte of a Call-ID field has been seen. The handler
+    /// answers the byte to put on the wire, or `None` to leave it.
+    FieldHigh {
+        /// Message type.
+        ty: ControlType,
+        /// Offset of the field in the message.
+        offset: usize,
+        /// The byte as sent.
+        high: u8,
+    },
+    /// A Call-ID field is complete. The handler answers the second (low)
+    /// byte to put on the wire, or `None` to leave it.
+    FieldLow {
         /// Message type.
         ty: ControlType,
         /// Offset of the field in the message.
         offset: usize,
         /// The value as sent.
         value: u16,
+        /// The first byte as it went on the wire.
+        high_out: u8,
     },
     /// A message of a type RFC 2637 does not define was skipped by its
     /// Length: its framing is intact, and peers ignore such messages.
@@ -63,6 +77,9 @@ pub struct Parser {
     ty: Option<ControlType>,
     /// Bytes of an unknown message still to skip.
     skip: u32,
+    /// The first byte of a Call-ID field as it went on the wire, while the
+    /// message is split between that byte and the next.
+    high_out: Option<u8>,
 }
 
 /// Longest unknown message skipped by its Length; longer ones count as
@@ -84,6 +101,7 @@ impl Parser {
             have: 0,
             ty: None,
             skip: 0,
+            high_out: None,
         }
     }
 
@@ -93,7 +111,7 @@ impl Parser {
         &mut self,
         mut data: &[u8],
         patches: &mut Vec<Patch>,
-        mut on: impl FnMut(Item<'_>) -> Result<Option<u16>, E>,
+        mut on: impl FnMut(Item<'_>) -> Result<Option<u8>, E>,
     ) -> Result<(), FeedError<E>> {
         while !data.is_empty() {
             if self.skip > 0 {
@@ -117,7 +135,16 @@ impl Parser {
                 let len = ty.length();
                 if data.len() >= len {
                     // The common case: a whole message in this segment.
-                    emit(ty, &data[..len], 0, self.next, patches, &mut on)?;
+                    let mut high_out = None;
+                    emit(
+                        ty,
+                        &data[..len],
+                        0,
+                        self.next,
+                        &mut high_out,
+                        patches,
+                        &mut on,
+                    )?;
                     self.next = self.next.wrapping_add(len as u32);
                     data = &data[len..];
                     continue;
@@ -151,7 +178,15 @@ impl Parser {
                     }
                 },
             };
-            emit(ty, &buf[..self.have], before, msg_seq, patches, &mut on)?;
+            emit(
+                ty,
+                &buf[..self.have],
+                before,
+                msg_seq,
+                &mut self.high_out,
+                patches,
+                &mut on,
+            )?;
             if self.have == ty.length() {
                 self.have = 0;
                 self.ty = None;
@@ -180,33 +215,44 @@ fn header(h: &[u8]) -> Result<Header, HeaderError> {
     }
 }
 
-/// Reports the Call-ID fields whose second byte lies in `msg[before..]`
-/// (each field exactly once, when it becomes complete), and the message
-/// when `msg` holds all of it.
+/// Reports the Call-ID field bytes that lie in `msg[before..]` (each step
+/// of each field exactly once, when its byte is seen), and the message when
+/// `msg` holds all of it. `high_out` carries a field's translated first
+/// byte from one call to the next when the message is split between them.
 fn emit<E>(
     ty: ControlType,
     msg: &[u8],
     before: usize,
     msg_seq: u32,
+    high_out: &mut Option<u8>,
     patches: &mut Vec<Patch>,
-    on: &mut impl FnMut(Item<'_>) -> Result<Option<u16>, E>,
+    on: &mut impl FnMut(Item<'_>) -> Result<Option<u8>, E>,
 ) -> Result<(), FeedError<E>> {
     let have = msg.len();
     let fields = ty.call_id_fields();
-    for off in [fields.own, fields.peer].into_iter().flatten() {
-        if before < off + 2 && off + 2 <= have {
-            let value = u16::from_be_bytes([msg[off], msg[off + 1]]);
-            let item = Item::Field {
-                ty,
-                offset: off,
-                value,
-            };
-            if let Some(new) = on(item).map_err(FeedError::Handler)? {
-                debug_assert_eq!(new >> 8, value >> 8, "allocator must keep the high byte");
-                if new != value {
-                    patches.push((msg_seq.wrapping_add(off as u32 + 1), new as u8));
-                }
+    for offset in [fields.own, fields.peer].into_iter().flatten() {
+        let mut patch = |at: usize, old: u8, new: Option<u8>| {
+            let new = new.unwrap_or(old);
+            if new != old {
+                patches.push((msg_seq.wrapping_add(at as u32), new));
             }
+            new
+        };
+        if (before..have).contains(&offset) {
+            let high = msg[offset];
+            let new = on(Item::FieldHigh { ty, offset, high }).map_err(FeedError::Handler)?;
+            *high_out = Some(patch(offset, high, new));
+        }
+        if (before..have).contains(&(offset + 1)) {
+            let value = u16::from_be_bytes([msg[offset], msg[offset + 1]]);
+            let item = Item::FieldLow {
+                ty,
+                offset,
+                value,
+                high_out: high_out.take().unwrap_or(msg[offset]),
+            };
+            let new = on(item).map_err(FeedError::Handler)?;
+            patch(offset + 1, value as u8, new);
         }
     }
     if have == ty.length() {

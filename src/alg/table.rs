@@ -1,11 +1,11 @@
 //! The call table: every call the gateway knows, indexed for O(1) lookups
-//! by the keys packets carry, and the NAT Call-ID allocator.
+//! by the keys packets carry, with the NAT ids they hold (`ids`).
 //!
 //! Ended calls stay in the table, still holding their NAT id, until their
 //! quarantine expires: that is the quarantine, and it also lets late or
 //! retransmitted control messages of an ended call translate identically.
 
-use super::config::IdPolicy;
+use super::ids::Ids;
 use super::stats::EndCause;
 use super::Stamp;
 use rustc_hash::FxHashMap;
@@ -41,8 +41,9 @@ pub struct Call {
     pub nat_id: u16,
     pub state: CallState,
     pub created: Stamp,
+    /// The last packet or message of a live call; when it ended, for an
+    /// ended one (activity no longer matters then, and a call stays small).
     pub last_activity: Stamp,
-    pub ended_at: Option<Stamp>,
     pub packets_in: u64,
     pub packets_out: u64,
     pub bytes_in: u64,
@@ -70,7 +71,6 @@ impl Call {
             state,
             created: now,
             last_activity: now,
-            ended_at: None,
             packets_in: 0,
             packets_out: 0,
             bytes_in: 0,
@@ -99,12 +99,17 @@ fn outside_key(inside: Ipv4Addr, outside: Ipv4Addr, id: u16) -> (u64, u16) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefuseReason {
-    /// Every NAT id with the inside id's high byte is in use or in
-    /// quarantine for this outside peer.
+    /// Every NAT id towards the outside peer is held by a live call or one
+    /// in quarantine.
     IdSpaceExhausted,
+    /// The block of NAT ids the connection uses for the inside id's high
+    /// byte is full (by the connection's own calls, or shared with others
+    /// when ids towards the peer run short).
+    BlockFull,
     /// `max_calls` live calls exist.
     TotalLimit,
-    /// The inside host has `max_calls_per_host` live calls.
+    /// The inside host holds `max_calls_per_host` calls, live or in
+    /// quarantine.
     HostLimit,
 }
 
@@ -143,21 +148,21 @@ pub struct CallTable {
     /// id is always the newest: one entry answers both "the live call" and
     /// "the call a late message of an ended call names", in O(1).
     by_conn_inside: FxHashMap<(ConnIdx, u16), CallIdx>,
+    /// Calls of each inside host, live and in quarantine: a host's
+    /// quarantine counts against its own limit.
     per_host: FxHashMap<Ipv4Addr, u32>,
+    /// NAT ids held towards each peer, and each connection's high-byte map.
+    pub ids: Ids,
     /// Ended calls in the order they ended (the quarantine is one fixed
     /// duration, so this is also expiry order).
     ended: VecDeque<CallIdx>,
     live: usize,
-    rng: u64,
 }
 
 impl CallTable {
-    /// An empty table; `seed` drives the random id policy.
-    pub fn new(seed: u64) -> Self {
-        CallTable {
-            rng: seed | 1,
-            ..Default::default()
-        }
+    /// An empty table.
+    pub fn new() -> Self {
+        CallTable::default()
     }
 
     /// Live calls.
@@ -170,7 +175,7 @@ impl CallTable {
         self.ended.len()
     }
 
-    /// Live calls of one inside host.
+    /// Calls of one inside host, live and in quarantine.
     pub fn host_calls(&self, host: Ipv4Addr) -> u32 {
         self.per_host.get(&host).copied().unwrap_or(0)
     }
@@ -228,34 +233,21 @@ impl CallTable {
         }
     }
 
-    /// Picks a free NAT id towards `peer` with the high byte of `inside_id`.
-    /// Keeping the high byte lets a segment that ends between the two bytes
-    /// of a Call-ID field leave before the second byte is known.
-    pub fn pick_id(&mut self, peer: Ipv4Addr, inside_id: u16, policy: IdPolicy) -> Option<u16> {
-        let high = inside_id & 0xff00;
-        let start = match policy {
-            IdPolicy::Keep => inside_id & 0xff,
-            IdPolicy::Random => {
-                // xorshift64: cheap, seedable, good enough to spread ids.
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                (self.rng & 0xff) as u16
-            }
-        };
-        (0..256u16)
-            .map(|i| high | ((start + i) & 0xff))
-            .find(|&id| !self.by_nat.contains_key(&nat_key(peer, id)))
-    }
-
-    /// Inserts a new live call. Its connection must have no live call with
-    /// the same inside id.
+    /// Inserts a new live call. Its NAT id must be free, its connection
+    /// must have no live call with the same inside id, and its block must
+    /// fit the connection's map ([`Ids::can_map`]).
     pub fn insert(&mut self, call: Call) -> CallIdx {
         debug_assert!(call.is_live() && call.conn != DETACHED);
         let key = nat_key(call.outside_peer, call.nat_id);
         let inside = (call.conn, call.inside_id);
         *self.per_host.entry(call.inside_host).or_insert(0) += 1;
         self.live += 1;
+        self.ids.hold(call.outside_peer, call.nat_id);
+        self.ids.map_call(
+            call.conn,
+            (call.inside_id >> 8) as u8,
+            (call.nat_id >> 8) as u8,
+        );
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(call);
@@ -279,11 +271,17 @@ impl CallTable {
             return;
         }
         let old = c.outside_id.replace(id);
-        let (inside, outside) = (c.inside_host, c.outside_peer);
+        let (inside, outside, conn) = (c.inside_host, c.outside_peer, c.conn);
         if let Some(old) = old {
             let k = outside_key(inside, outside, old);
             self.by_outside.remove(&k);
             self.leave_shared(k);
+            if conn != DETACHED {
+                self.ids.count_outside(conn, (old >> 8) as u8, false);
+            }
+        }
+        if conn != DETACHED {
+            self.ids.count_outside(conn, (id >> 8) as u8, true);
         }
         let k = outside_key(inside, outside, id);
         if let Some(n) = self.shared_outside.get_mut(&k) {
@@ -313,40 +311,53 @@ impl CallTable {
             return false;
         }
         c.state = CallState::Ended(cause);
-        c.ended_at = Some(now);
-        let (host, outside, oid) = (c.inside_host, c.outside_peer, c.outside_id);
+        c.last_activity = now;
+        let (host, outside, oid, conn) = (c.inside_host, c.outside_peer, c.outside_id, c.conn);
         if let Some(oid) = oid {
             let k = outside_key(host, outside, oid);
             if self.by_outside.get(&k) == Some(&idx) {
                 self.by_outside.remove(&k);
             }
             self.leave_shared(k);
+            if conn != DETACHED {
+                self.ids.count_outside(conn, (oid >> 8) as u8, false);
+            }
         }
-        self.dec_host(host);
+        self.live -= 1;
+        self.ids.quarantine(outside);
         self.ended.push_back(idx);
         true
     }
 
-    /// Removes a live call as if it never existed (a refused segment rolls
-    /// back the calls it created). `older` is the newest remaining call of
-    /// its connection with the same inside id, which becomes the newest
-    /// again; the table cannot find it without the connection's call list.
-    pub fn forget_live(&mut self, idx: CallIdx, older: Option<CallIdx>) {
+    /// Removes a call as if it never existed (a refused segment rolls back
+    /// the calls it created, live or already ended). `older` is the newest
+    /// remaining call of its connection with the same inside id, which
+    /// becomes the newest again; the table cannot find it without the
+    /// connection's call list.
+    pub fn forget(&mut self, idx: CallIdx, older: Option<CallIdx>) {
         let c = self.slots[idx as usize].take().expect("valid call index");
-        debug_assert!(c.is_live());
         self.by_nat.remove(&nat_key(c.outside_peer, c.nat_id));
-        if let Some(oid) = c.outside_id {
-            let k = outside_key(c.inside_host, c.outside_peer, oid);
-            self.by_outside.remove(&k);
-            self.leave_shared(k);
+        if c.is_live() {
+            if let Some(oid) = c.outside_id {
+                let k = outside_key(c.inside_host, c.outside_peer, oid);
+                self.by_outside.remove(&k);
+                self.leave_shared(k);
+                self.ids.count_outside(c.conn, (oid >> 8) as u8, false);
+            }
+            self.live -= 1;
+        } else if let Some(pos) = self.ended.iter().rposition(|&i| i == idx) {
+            // It ended in the segment being rolled back: near the back.
+            self.ended.remove(pos);
         }
         let inside = (c.conn, c.inside_id);
-        // A live call is the newest with its inside id.
+        // Calls are rolled back newest first, so this one is the newest.
         debug_assert_eq!(self.by_conn_inside.get(&inside), Some(&idx));
         match older {
             Some(o) => self.by_conn_inside.insert(inside, o),
             None => self.by_conn_inside.remove(&inside),
         };
+        self.ids.release(c.outside_peer, c.nat_id, c.is_live());
+        self.ids.unmap_call(c.conn, (c.inside_id >> 8) as u8);
         self.dec_host(c.inside_host);
         self.free.push(idx);
     }
@@ -359,13 +370,17 @@ impl CallTable {
     pub fn detach(&mut self, idx: CallIdx) {
         let c = self.get_mut(idx);
         let inside = (std::mem::replace(&mut c.conn, DETACHED), c.inside_id);
+        let (live, oid) = (c.is_live(), c.outside_id);
         if self.by_conn_inside.get(&inside) == Some(&idx) {
             self.by_conn_inside.remove(&inside);
+        }
+        self.ids.unmap_call(inside.0, (inside.1 >> 8) as u8);
+        if let (true, Some(oid)) = (live, oid) {
+            self.ids.count_outside(inside.0, (oid >> 8) as u8, false);
         }
     }
 
     fn dec_host(&mut self, host: Ipv4Addr) {
-        self.live -= 1;
         if let Some(n) = self.per_host.get_mut(&host) {
             *n -= 1;
             if *n == 0 {
@@ -377,7 +392,11 @@ impl CallTable {
     /// The oldest ended call, if its quarantine started at or before `cutoff`.
     pub fn oldest_ended_before(&self, cutoff: Option<Stamp>) -> Option<CallIdx> {
         let &idx = self.ended.front()?;
-        let at = self.get(idx).ended_at?;
+        let c = self.get(idx);
+        if c.is_live() {
+            return None;
+        }
+        let at = c.last_activity;
         match cutoff {
             Some(c) if at > c => None,
             _ => Some(idx),
@@ -397,9 +416,14 @@ impl CallTable {
         // the order calls ended: this is the oldest with its inside id, so
         // if it is also the newest, it was the only one.
         let inside = (c.conn, c.inside_id);
-        if c.conn != DETACHED && self.by_conn_inside.get(&inside) == Some(&idx) {
-            self.by_conn_inside.remove(&inside);
+        if c.conn != DETACHED {
+            if self.by_conn_inside.get(&inside) == Some(&idx) {
+                self.by_conn_inside.remove(&inside);
+            }
+            self.ids.unmap_call(c.conn, (c.inside_id >> 8) as u8);
         }
+        self.ids.release(c.outside_peer, c.nat_id, false);
+        self.dec_host(c.inside_host);
         self.free.push(idx);
         Some(c)
     }
@@ -452,6 +476,16 @@ impl CallTable {
                 c => return Err(format!("by_conn_inside ({conn}, {id:#x}) -> {i}: {c:?}")),
             }
         }
-        Ok(())
+        let mut hosts: FxHashMap<Ipv4Addr, u32> = FxHashMap::default();
+        for (_, c) in self.iter() {
+            *hosts.entry(c.inside_host).or_insert(0) += 1;
+        }
+        if hosts != self.per_host {
+            return Err(format!("per_host {:?}, counted {hosts:?}", self.per_host));
+        }
+        self.ids.check(self.iter().map(|(_, c)| {
+            let conn = (c.conn != DETACHED).then_some((c.conn, c.inside_id, c.outside_id));
+            (c.outside_peer, c.nat_id, c.is_live(), conn)
+        }))
     }
 }

@@ -18,6 +18,15 @@ pub const DEFAULT_STATUS_SOCKET: &str = "/run/pptp-alg/status.sock";
 /// Default file keeping live calls across restarts (in the RuntimeDirectory,
 /// which the unit preserves across restarts).
 pub const DEFAULT_STATE_FILE: &str = "/run/pptp-alg/state.json";
+/// The largest config file read. The example with every key and its
+/// comments is under 4 KiB; a limit keeps a wrong path (`/dev/zero`, a log
+/// file) from being read until memory runs out.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+/// Upper bound of `max_calls`, `max_calls_per_host` and `max_connections`:
+/// 16 outside peers' whole 16-bit Call-ID space, and about 225 MB of calls
+/// (340 MB of connections) in the engine. It also bounds the state file a
+/// start will read (see [`crate::daemon::state::size_limit`]).
+pub const MAX_TABLE_SIZE: usize = 1 << 20;
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,6 +135,11 @@ impl Default for Config {
 /// A configuration problem, naming the key when there is one.
 #[derive(Debug)]
 pub enum ConfigError {
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read.
     Io {
         /// The file.
@@ -155,6 +169,12 @@ impl fmt::Display for ConfigError {
             ConfigError::Io { path, source } => {
                 write!(f, "cannot read config file {}: {source}", path.display())
             }
+            ConfigError::TooLarge { path } => write!(
+                f,
+                "config file {} is larger than {MAX_CONFIG_BYTES} bytes: not a pptp-alg \
+                 configuration (is the path right?)",
+                path.display()
+            ),
             ConfigError::Parse {
                 key: Some(key),
                 detail,
@@ -173,7 +193,7 @@ impl ConfigError {
     /// The key the error is about, if any.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Io { .. } => None,
+            ConfigError::Io { .. } | ConfigError::TooLarge { .. } => None,
             ConfigError::Parse { key, .. } => key.as_deref(),
             ConfigError::Invalid { key, .. } => Some(key),
         }
@@ -183,17 +203,33 @@ impl ConfigError {
 impl Config {
     /// Parses a TOML document (no validation; see [`Config::validate`]).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            key: offending_key(text),
+        toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
+            key: offending_key(text).or_else(|| key_at(text, e.span())),
             detail: e.to_string(),
         })
     }
 
-    /// Reads and parses a file (no validation).
+    /// Reads (at most [`MAX_CONFIG_BYTES`]) and parses a file (no validation).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        use std::io::Read;
+        let io_err = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text ({e})"),
+            ))
         })?;
         Config::from_toml(&text)
     }
@@ -245,6 +281,9 @@ impl Config {
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1".into());
+            }
+            if v > MAX_TABLE_SIZE {
+                return bad(key, format!("must be at most {MAX_TABLE_SIZE}"));
             }
         }
         for (key, v) in [
@@ -365,6 +404,24 @@ fn offending_key(text: &str) -> Option<String> {
             .is_err()
             .then_some(key)
     })
+}
+
+/// The key on the line where toml found an error it reports for the whole
+/// document (a duplicated key or table, an integer too large for any type):
+/// the text before `=`, or the name of a `[table]` header.
+fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
+    let start = span?.start;
+    let line_start = text.get(..start)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim();
+    let name = match line.strip_prefix('[') {
+        Some(header) => header.trim_start_matches('[').split(']').next()?,
+        // A line without `=` is inside a multi-line value: no key to name.
+        None => line.split_once('=')?.0,
+    };
+    let name = name.trim().trim_matches(|c| c == '"' || c == '\'');
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    (!name.is_empty() && name.chars().all(bare)).then(|| name.to_string())
 }
 
 /// [`IdPolicy`] as a command-line value.

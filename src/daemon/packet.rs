@@ -508,6 +508,9 @@ impl PacketLoop {
                     conn,
                     inside_id,
                     reason,
+                    host_calls,
+                    live_ids,
+                    quarantined_ids,
                 } => {
                     let (ok, suppressed) = self.warn_refused.allow(now);
                     if suppressed > 0 {
@@ -515,7 +518,23 @@ impl PacketLoop {
                     }
                     if ok {
                         log::warn!(
-                            "call refused ({reason:?}): inside id {inside_id} on control {conn}"
+                            "call refused ({reason:?}): inside id {inside_id:#06x} on control {conn}; \
+                             host {} holds {host_calls} calls; NAT ids towards {}: {live_ids} live, \
+                             {quarantined_ids} in quarantine",
+                            conn.inside.ip(),
+                            conn.outside.ip(),
+                        );
+                    }
+                }
+                Event::ConnectionRefused { conn } => {
+                    let (ok, suppressed) = self.warn_refused.allow(now);
+                    if suppressed > 0 {
+                        log::warn!("{suppressed} more refused calls or connections not logged");
+                    }
+                    if ok {
+                        log::warn!(
+                            "control connection {conn} refused: every tracked connection has calls \
+                             (max_connections); its segments are dropped until one ends"
                         );
                     }
                 }

@@ -23,9 +23,10 @@ use super::packet::{LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
 use crate::alg::Alg;
+use crate::alg::SavedCall;
 use crate::nfqueue::{NfQueue, QueueError};
 use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -67,6 +68,25 @@ pub enum DaemonError {
     /// The packet thread stopped with an error.
     #[error("packet thread: {0}")]
     PacketThread(String),
+    /// The state file could not be written; found at start rather than
+    /// at the first save, when the calls it should keep are already lost.
+    #[error(
+        "state_file {path}: {reason}; fix it or set state_file = \"\" (--state-file '') \
+         to keep no calls across restarts"
+    )]
+    StateFile {
+        /// The configured file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl DaemonError {
+    /// Whether a restart cannot help (a configuration problem).
+    pub fn is_config(&self) -> bool {
+        matches!(self, DaemonError::StateFile { .. })
+    }
 }
 
 enum Msg {
@@ -99,8 +119,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Signals first, so a stop request during start-up is not lost: it is
     // acted on once the main loop runs, with everything set up to undo.
     let (tx, rx) = mpsc::channel::<Msg>();
+    // SIGHUP's default action would end the daemon without a clean stop
+    // (no state saved, a stale status socket), and systemd would not
+    // restart it; until reloading exists it is logged and ignored.
     let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|source| DaemonError::Io {
+        Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]).map_err(|source| DaemonError::Io {
             context: "installing signal handlers",
             source,
         })?;
@@ -120,6 +143,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 source,
             })?;
     }
+
+    // Before anything is bound: a state file that cannot be written would
+    // otherwise show only at the first save, and reading the saved calls
+    // here keeps its parsing out of the time packets wait in the queues.
+    let saved = load_state(cfg)?;
 
     match nft::pptp_helper_in_use() {
         Ok(Some(place)) => return Err(DaemonError::HelperInUse(place)),
@@ -222,7 +250,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
-    restore_state(cfg, &shared);
+    restore_state(cfg, &shared, &saved);
+    drop(saved);
     let stop = Arc::new(AtomicBool::new(false));
     let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
         context: "creating the wake-up socket",
@@ -320,6 +349,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 log::info!("SIGUSR1: live calls and counters follow");
                 log_report(&shared);
             }
+            Msg::Signal(SIGHUP) => log::info!(
+                "SIGHUP received: reloading is not supported yet; still running with the \
+                 configuration read at start (restart to apply changes)"
+            ),
             Msg::Signal(sig) => {
                 log::info!(
                     "{}: stopping",
@@ -381,24 +414,40 @@ fn state_mark(shared: &SharedRef) -> (u64, u64) {
     (st.calls_created, st.ended.iter().sum())
 }
 
-/// Takes back the calls an earlier run saved (see [`super::state`]).
-fn restore_state(cfg: &Config, shared: &SharedRef) {
+/// Checks that the state file can be written and reads the calls an
+/// earlier run saved in it (see [`super::state`]). Saved calls that cannot
+/// be used are logged and skipped; only an unwritable file is an error.
+fn load_state(cfg: &Config) -> Result<Vec<SavedCall>, DaemonError> {
     if cfg.state_file.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    super::state::check_writable(&cfg.state_file).map_err(|reason| DaemonError::StateFile {
+        path: cfg.state_file.display().to_string(),
+        reason,
+    })?;
+    let max_age = Duration::from_secs(cfg.conn_idle_timeout);
+    Ok(
+        match super::state::load(&cfg.state_file, max_age, cfg.max_calls) {
+            Ok(calls) => calls,
+            Err(e) => {
+                log::warn!("ignoring saved calls in {}: {e}", cfg.state_file.display());
+                Vec::new()
+            }
+        },
+    )
+}
+
+/// Takes back the calls [`load_state`] read.
+fn restore_state(cfg: &Config, shared: &SharedRef, calls: &[SavedCall]) {
+    if calls.is_empty() {
         return;
     }
-    let max_age = Duration::from_secs(cfg.conn_idle_timeout);
-    match super::state::load(&cfg.state_file, max_age) {
-        Ok(calls) if calls.is_empty() => {}
-        Ok(calls) => {
-            let n = lock(shared).alg.restore_calls(Instant::now(), &calls);
-            log::info!(
-                "restored {n} of {} live calls saved in {}",
-                calls.len(),
-                cfg.state_file.display()
-            );
-        }
-        Err(e) => log::warn!("ignoring saved calls in {}: {e}", cfg.state_file.display()),
-    }
+    let n = lock(shared).alg.restore_calls(Instant::now(), calls);
+    log::info!(
+        "restored {n} of {} live calls saved in {}",
+        calls.len(),
+        cfg.state_file.display()
+    );
 }
 
 fn save_state(cfg: &Config, shared: &SharedRef) {

@@ -2,18 +2,87 @@
 //! change, read at start. Without it, a restarted daemon would not know
 //! which NAT ids the calls that are up hold, and could give one of them to
 //! a new call of another host, which would then receive the old call's GRE.
+//!
+//! The file is read before the queues are bound and only up to
+//! [`size_limit`]: a start never spends seconds parsing a file this daemon
+//! could not have written while packets wait in the queues.
 
 use crate::alg::SavedCall;
 use serde::{Deserialize, Serialize};
-use std::io;
-use std::path::Path;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
+    /// Format version. Files without one are version 1 (NAT ids that keep
+    /// the inside id's high byte): valid version 2 files too, so they are
+    /// read as they are. A daemon of version 1 reading a version 2 file
+    /// drops the calls whose NAT id changed the high byte (it checks the
+    /// rule per call) instead of misreading them.
+    #[serde(default = "version_1")]
+    version: u32,
     /// Seconds since the Unix epoch when written.
     saved_at: u64,
     calls: Vec<SavedCall>,
+}
+
+/// The format this daemon writes: NAT ids in per-connection blocks.
+const VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
+}
+
+/// Bytes allowed per saved call. The longest call this daemon writes (every
+/// address and port at its widest) takes about 150 bytes of JSON (checked by
+/// a test below); the rest is headroom for fields a later version adds.
+pub const BYTES_PER_CALL: u64 = 256;
+/// Bytes allowed besides the calls (`saved_at` and the brackets).
+const BYTES_FIXED: u64 = 4096;
+
+/// The largest state file a daemon with `max_calls` reads: it never saves
+/// more than `max_calls` calls. 4 MiB with the default 16,384; a file saved
+/// with a `max_calls` more than about 1.7 times larger than today's can be
+/// refused, losing its calls.
+pub fn size_limit(max_calls: usize) -> u64 {
+    BYTES_FIXED + BYTES_PER_CALL.saturating_mul(max_calls as u64)
+}
+
+/// Why saved calls are not taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Larger than [`size_limit`]: not read at all.
+    #[error(
+        "the file is larger than {limit} bytes, more than {max_calls} saved calls \
+         (max_calls) can take at {BYTES_PER_CALL} bytes each: refused unread"
+    )]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+        /// The `max_calls` it was derived from.
+        max_calls: usize,
+    },
+    /// Not the JSON this daemon writes.
+    #[error("not a pptp-alg state file: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer daemon in a format this one does not know.
+    #[error("state file version {0} is newer than this daemon's ({VERSION}): its calls are not restored")]
+    NewerVersion(u32),
+    /// Written "later" than now: the age check cannot be trusted.
+    #[error(
+        "saved_at {saved_at} is {ahead} s ahead of this clock (the clock went back since, \
+         or the file is not this daemon's): its calls are not restored"
+    )]
+    FromTheFuture {
+        /// The file's timestamp (seconds since the Unix epoch).
+        saved_at: u64,
+        /// How far ahead of now, in seconds.
+        ahead: u64,
+    },
 }
 
 fn unix_now() -> u64 {
@@ -25,24 +94,89 @@ fn unix_now() -> u64 {
 /// Writes `calls` atomically (temporary file, then rename).
 pub fn save(path: &Path, calls: Vec<SavedCall>) -> io::Result<()> {
     let doc = StateFile {
+        version: VERSION,
         saved_at: unix_now(),
         calls,
     };
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
     std::fs::write(&tmp, serde_json::to_vec(&doc).map_err(io::Error::other)?)?;
     std::fs::rename(&tmp, path)
 }
 
-/// Reads saved calls no older than `max_age` (older ones would have timed
-/// out anyway). A missing file is no calls.
-pub fn load(path: &Path, max_age: Duration) -> io::Result<Vec<SavedCall>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
+}
+
+/// Checks at start that [`save`] will be able to write `path`: its
+/// directory exists and takes a new file (created and removed here). The
+/// error names what is wrong, for the operator.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let doc: StateFile = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
-    if unix_now().saturating_sub(doc.saved_at) > max_age.as_secs() {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("directory {} does not exist", dir.display()))
+        }
+        Err(e) => return Err(format!("directory {}: {e}", dir.display())),
+    }
+    if path.is_dir() {
+        return Err(format!("{} is a directory", path.display()));
+    }
+    // Permissions, read-only mounts, a sandbox: only a write tells.
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, b"")
+        .map_err(|e| format!("cannot write in directory {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// Reads saved calls no older than `max_age` (older ones would have timed
+/// out anyway), refusing files larger than [`size_limit`]`(max_calls)`.
+/// A missing file is no calls.
+pub fn load(
+    path: &Path,
+    max_age: Duration,
+    max_calls: usize,
+) -> Result<Vec<SavedCall>, StateError> {
+    let limit = size_limit(max_calls);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let too_large = StateError::TooLarge { limit, max_calls };
+    // The size first, so a huge file is not even read; `take` for what
+    // has no size (a device, a pipe).
+    if file.metadata()?.len() > limit {
+        return Err(too_large);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large);
+    }
+    parse(&bytes, unix_now(), max_age)
+}
+
+/// The calls of a state file's bytes, given the time now (seconds since
+/// the Unix epoch): none if older than `max_age`, an error if from the
+/// future.
+pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>, StateError> {
+    let doc: StateFile = serde_json::from_slice(bytes)?;
+    if doc.version > VERSION {
+        return Err(StateError::NewerVersion(doc.version));
+    }
+    if doc.saved_at > now {
+        return Err(StateError::FromTheFuture {
+            saved_at: doc.saved_at,
+            ahead: doc.saved_at - now,
+        });
+    }
+    if now - doc.saved_at > max_age.as_secs() {
         return Ok(Vec::new());
     }
     Ok(doc.calls)
@@ -53,12 +187,33 @@ mod tests {
     use super::*;
     use crate::alg::ConnKey;
 
+    fn temp_dir(case: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pptp-alg-state-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn widest_call() -> SavedCall {
+        SavedCall {
+            conn: ConnKey {
+                inside: "255.255.255.255:65535".parse().unwrap(),
+                outside: "255.255.255.255:65535".parse().unwrap(),
+            },
+            inside_id: 65535,
+            outside_id: Some(65535),
+            nat_id: 65535,
+            established: false,
+        }
+    }
+
     #[test]
     fn round_trip_and_age_limit() {
-        let dir = std::env::temp_dir().join(format!("pptp-alg-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("rt");
         let path = dir.join("state.json");
-        assert!(load(&path, Duration::from_secs(60)).unwrap().is_empty());
+        let load = |p: &Path| load(p, Duration::from_secs(60), 100);
+        assert!(load(&path).unwrap().is_empty());
         let call = SavedCall {
             conn: ConnKey {
                 inside: "10.0.0.2:40000".parse().unwrap(),
@@ -70,11 +225,103 @@ mod tests {
             established: true,
         };
         save(&path, vec![call.clone()]).unwrap();
-        assert_eq!(load(&path, Duration::from_secs(60)).unwrap(), vec![call]);
+        assert_eq!(load(&path).unwrap(), vec![call.clone()]);
+        // A version 1 file (no version field) is read; a newer one is not.
+        let v1 = format!(
+            r#"{{"saved_at":{},"calls":[{}]}}"#,
+            unix_now(),
+            serde_json::to_string(&call).unwrap()
+        );
+        assert_eq!(
+            parse(v1.as_bytes(), unix_now(), Duration::from_secs(60))
+                .unwrap()
+                .len(),
+            1
+        );
+        let v3 = format!(r#"{{"version":3,"saved_at":{},"calls":[]}}"#, unix_now());
+        assert!(matches!(
+            parse(v3.as_bytes(), unix_now(), Duration::from_secs(60)),
+            Err(StateError::NewerVersion(3))
+        ));
         std::fs::write(&path, br#"{"saved_at":1,"calls":[]}"#).unwrap();
-        assert!(load(&path, Duration::from_secs(60)).unwrap().is_empty());
+        assert!(load(&path).unwrap().is_empty());
         std::fs::write(&path, b"not json").unwrap();
-        assert!(load(&path, Duration::from_secs(60)).is_err());
+        assert!(matches!(load(&path), Err(StateError::Malformed(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The size limit assumes [`BYTES_PER_CALL`] per call: a full table of
+    /// the widest calls must fit, with room to spare for new fields.
+    #[test]
+    fn a_full_table_fits_the_size_limit() {
+        let one = serde_json::to_vec(&widest_call()).unwrap().len() as u64 + 1;
+        assert!(one * 3 / 2 <= BYTES_PER_CALL, "{one} bytes per call");
+        let max_calls = 1000;
+        let doc = StateFile {
+            version: VERSION,
+            saved_at: u64::MAX,
+            calls: vec![widest_call(); max_calls],
+        };
+        let len = serde_json::to_vec(&doc).unwrap().len() as u64;
+        assert!(len <= size_limit(max_calls), "{len}");
+    }
+
+    #[test]
+    fn a_file_above_the_limit_is_refused_unread() {
+        let dir = temp_dir("big");
+        let path = dir.join("state.json");
+        let max_calls = 10;
+        let saved = vec![widest_call(); max_calls];
+        save(&path, saved.clone()).unwrap();
+        assert_eq!(
+            load(&path, Duration::from_secs(60), max_calls).unwrap(),
+            saved
+        );
+        // Valid JSON, padded beyond the limit: refused by its size alone.
+        let mut text = std::fs::read(&path).unwrap();
+        text.resize(size_limit(max_calls) as usize + 1, b' ');
+        std::fs::write(&path, &text).unwrap();
+        let e = load(&path, Duration::from_secs(60), max_calls).unwrap_err();
+        assert!(matches!(e, StateError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("max_calls"), "{e}");
+        // No size to check first: the read stops at the limit.
+        let e = load(Path::new("/dev/zero"), Duration::from_secs(60), max_calls).unwrap_err();
+        assert!(matches!(e, StateError::TooLarge { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_the_future_is_refused() {
+        let doc = br#"{"saved_at":1000,"calls":[]}"#;
+        let age = Duration::from_secs(300);
+        assert!(parse(doc, 1000, age).unwrap().is_empty());
+        let e = parse(doc, 999, age).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StateError::FromTheFuture {
+                    saved_at: 1000,
+                    ahead: 1
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not restored"), "{e}");
+    }
+
+    #[test]
+    fn writability_is_checked_with_a_clear_message() {
+        let dir = temp_dir("w");
+        assert_eq!(check_writable(&dir.join("state.json")), Ok(()));
+        assert!(!dir.join("state.tmp").exists(), "probe file left behind");
+        let missing = dir.join("nope/state.json");
+        let e = check_writable(&missing).unwrap_err();
+        assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
+        let e = check_writable(&dir).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        std::fs::write(dir.join("file"), b"").unwrap();
+        let e = check_writable(&dir.join("file/state.json")).unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! document per connection on a unix socket, and printed by
 //! `pptp-alg status` as a table or as the JSON itself.
 
+use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{CallInfo, EndCause};
 use serde::{Deserialize, Serialize};
@@ -12,11 +13,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A client that does not read its document within this long is dropped,
-/// so one stuck client cannot block the others.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that has not read its whole document this long after its turn
+/// came is dropped (logged and counted as `status_clients_dropped`): one
+/// that never reads holds its slot no longer than this.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Clients served at once, each on its own thread with its own copy of the
+/// document (about 330 bytes per call: 5 MB with 16,000 calls), so memory
+/// stays bounded. Further clients wait in the socket's backlog for a slot.
+pub const MAX_CLIENTS: usize = 8;
 
 /// Everything `pptp-alg status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,12 +321,29 @@ pub struct StatusServer {
 
 impl StatusServer {
     /// Binds `path` (creating its directory) and serves snapshots of
-    /// `shared` on a thread of its own.
+    /// `shared`.
     ///
     /// A socket file left by a dead daemon is replaced; one that a live
     /// daemon answers on is an error (two daemons would fight over the
     /// queues anyway).
     pub fn start(path: &Path, shared: SharedRef) -> io::Result<StatusServer> {
+        StatusServer::start_with(path, move |dropped| {
+            let mut report = StatusReport::snapshot(&shared);
+            report
+                .stats
+                .insert("status_clients_dropped".into(), dropped);
+            report
+        })
+    }
+
+    /// Like [`StatusServer::start`], serving what `report` returns; it is
+    /// given the number of clients dropped so far. Connections are accepted
+    /// on a thread of their own and each is served on another, at most
+    /// [`MAX_CLIENTS`] at once, within [`CLIENT_TIMEOUT`].
+    pub fn start_with<F>(path: &Path, report: F) -> io::Result<StatusServer>
+    where
+        F: Fn(u64) -> StatusReport + Send + Sync + 'static,
+    {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -339,7 +364,7 @@ impl StatusServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         std::thread::Builder::new()
             .name("status".into())
-            .spawn(move || serve(listener, shared))?;
+            .spawn(move || serve(listener, Arc::new(report)))?;
         Ok(StatusServer {
             path: path.to_owned(),
         })
@@ -357,10 +382,60 @@ impl Drop for StatusServer {
     }
 }
 
-fn serve(listener: UnixListener, shared: SharedRef) {
-    for conn in listener.incoming() {
-        let mut conn = match conn {
-            Ok(c) => c,
+/// Client slots in use, and a signal when one frees.
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn acquire(self: &Arc<Self>) -> Slot {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy >= MAX_CLIENTS {
+            busy = self
+                .freed
+                .wait(busy)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *busy += 1;
+        Slot(self.clone())
+    }
+}
+
+/// A client slot, given back when dropped (also if the client's thread
+/// cannot be started or panics).
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = self.0.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        *busy -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// What the client threads share.
+struct Served<F> {
+    report: Arc<F>,
+    dropped: Arc<AtomicU64>,
+    /// A local script stuck in a loop must not fill the journal.
+    log_limit: Arc<Mutex<RateLimit>>,
+}
+
+fn serve<F>(listener: UnixListener, report: Arc<F>)
+where
+    F: Fn(u64) -> StatusReport + Send + Sync + 'static,
+{
+    let slots = Arc::new(Slots::default());
+    let dropped = Arc::new(AtomicU64::new(0));
+    let log_limit = Arc::new(Mutex::new(RateLimit::new(Duration::from_secs(60), 5)));
+    loop {
+        // A slot before accepting: excess clients wait in the backlog
+        // rather than in memory.
+        let slot = slots.acquire();
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
             Err(e) => {
                 log::debug!("status socket: accept: {e}");
                 // Avoid spinning on a persistent error such as EMFILE.
@@ -368,21 +443,101 @@ fn serve(listener: UnixListener, shared: SharedRef) {
                 continue;
             }
         };
-        let report = StatusReport::snapshot(&shared);
-        let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
-        let mut doc = match serde_json::to_vec(&report) {
-            Ok(d) => d,
-            Err(e) => {
-                log::warn!("status socket: cannot encode the report: {e}");
-                continue;
-            }
+        let served = Served {
+            report: report.clone(),
+            dropped: dropped.clone(),
+            log_limit: log_limit.clone(),
         };
-        doc.push(b'\n');
-        if let Err(e) = conn.write_all(&doc) {
-            log::debug!("status socket: write: {e}");
+        let spawned = std::thread::Builder::new()
+            .name("status-client".into())
+            .spawn(move || {
+                let _slot = slot;
+                serve_client(conn, &served);
+            });
+        if let Err(e) = spawned {
+            log::warn!("status socket: cannot start a thread for a client: {e}");
         }
     }
 }
+
+fn serve_client<F: Fn(u64) -> StatusReport>(mut conn: UnixStream, served: &Served<F>) {
+    let report = (served.report)(served.dropped.load(Ordering::Relaxed));
+    let mut doc = match serde_json::to_vec(&report) {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("status socket: cannot encode the report: {e}");
+            return;
+        }
+    };
+    drop(report);
+    doc.push(b'\n');
+    match write_within(&mut conn, &doc, CLIENT_TIMEOUT) {
+        Ok(()) => {}
+        Err(Stalled::Timeout(sent)) => {
+            let n = served.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let (allow, suppressed) = served
+                .log_limit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allow(Instant::now());
+            if allow {
+                let also = if suppressed > 0 {
+                    format!("; {suppressed} more not logged")
+                } else {
+                    String::new()
+                };
+                log::warn!(
+                    "status socket: dropped a client that read {sent} of {} bytes in {}s \
+                     ({n} dropped since start{also})",
+                    doc.len(),
+                    CLIENT_TIMEOUT.as_secs()
+                );
+            }
+        }
+        Err(Stalled::Io(e)) => log::debug!("status socket: write: {e}"),
+    }
+}
+
+enum Stalled {
+    /// The deadline passed with this many bytes sent.
+    Timeout(usize),
+    Io(io::Error),
+}
+
+/// Writes all of `doc` before `timeout` has passed, or gives up. A total
+/// deadline, not one per write: a client reading a byte now and then must
+/// not hold its slot for ever.
+fn write_within(conn: &mut UnixStream, doc: &[u8], timeout: Duration) -> Result<(), Stalled> {
+    let deadline = Instant::now() + timeout;
+    let mut sent = 0;
+    while sent < doc.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SO_SNDTIMEO of zero would mean "block for ever".
+        if left < Duration::from_millis(1) {
+            return Err(Stalled::Timeout(sent));
+        }
+        conn.set_write_timeout(Some(left)).map_err(Stalled::Io)?;
+        match conn.write(&doc[sent..]) {
+            Ok(0) => return Err(Stalled::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Stalled::Timeout(sent))
+            }
+            Err(e) => return Err(Stalled::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// How long `pptp-alg status` waits for data: longer than a client waits
+/// for a slot when every slot is held by a stalled client.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Asks the daemon at `path` for its report.
 pub fn fetch(path: &Path) -> io::Result<StatusReport> {
@@ -395,9 +550,25 @@ pub fn fetch(path: &Path) -> io::Result<StatusReport> {
             ),
         )
     })?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_read_timeout(Some(FETCH_TIMEOUT))?;
     let mut text = String::new();
-    conn.read_to_string(&mut text)?;
+    conn.read_to_string(&mut text).map_err(|e| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no complete answer from {} within {}s (is the daemon stuck?)",
+                    path.display(),
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     serde_json::from_str(&text).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
