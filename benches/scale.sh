@@ -9,9 +9,10 @@
 #   server 10.213.1.2 --s0==r1-- router (masquerade oifname r1) --r2==c0-- client 10.213.2.2
 #                                10.213.1.1 (public)  10.213.2.1
 #
-# and lets the client namespace play every inside host: a local route for 10.214.0.0/16
-# lets its tools bind to any of those addresses, and the router routes them to it. The
-# server is one address; everything reaches it through the one public address.
+# and lets the client namespace play every inside host: a local route for 10.128.0.0/10
+# lets its tools bind to any of those addresses, and the router routes them to it. Every
+# set of calls uses a fresh /16 of it for its hosts (see calls_up). The server is one
+# address; everything reaches it through the one public address.
 #
 # Distributions (every inside host uses the same ids):
 #   one  N hosts with one call each, all Call ID 0x4000: one control connection per call
@@ -21,10 +22,10 @@
 #   a  masquerade alone (no PPTP translation: the calls come up, their GRE could not be
 #      told apart): the ceiling of the tools, the lab and conntrack for the setup figures
 #   b  the kernel PPTP helper (nf_conntrack_pptp: ct helper "pptp" on tcp/1723)
-#   c  pptp-alg run --install-rules --no-offload      (setup and memory only)
+#   c  pptp-alg run --install-rules --no-offload (setup and memory only; SETUP_CFGS)
 #   d  pptp-alg run --install-rules (kernel fast path)
 # Measurements per repetition:
-#   setup  SETUP_SIZES (default "10000 60000") x {one, blk} x {a, b, c, d}: calls up, setups per
+#   setup  SETUP_SIZES (default "10000 60000") x {one, blk} x SETUP_CFGS: calls up, setups per
 #          second (first connect to last reply, 16 client threads, each through its share of
 #          connections one at a time, 32 requests in flight on a connection), teardowns per
 #          second, daemon VmRSS before the calls and with them up
@@ -33,7 +34,7 @@
 #          the sender cycling over every call's NAT id, and how many calls got packets in a
 #          warm-up of two packets per call at 5,000 pps
 # Results: a table on stdout (benches/scale_report.py); raw data in DIR.
-# Environment: SETUP_SIZES, GRE_SIZES, SETUP_CFGS (default "a b c d"), DISTS (default "one blk").
+# Environment: SETUP_SIZES, GRE_SIZES, SETUP_CFGS (default "a b d"; add c), DISTS (default "one blk").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +61,7 @@ else
     SETUP_SIZES=${SETUP_SIZES-10000 60000}
     GRE_SIZES=${GRE_SIZES-1 100 1000 10000}
 fi
-SETUP_CFGS=${SETUP_CFGS:-a b c d}
+SETUP_CFGS=${SETUP_CFGS:-a b d}
 DISTS=${DISTS:-one blk}
 TRIAL=0.5          # seconds per search trial
 MAXDUR=1           # seconds at full offered load
@@ -73,7 +74,7 @@ OTHER_CPUS=0-$((NCPU > 1 ? NCPU - 2 : 0))
 P=psc$$
 NS_S=$P-srv NS_R=$P-rtr NS_C=$P-cli
 SRV=10.213.1.2 PUB=10.213.1.1 RLAN=10.213.2.1 CLI=10.213.2.2
-HOSTS_NET=10.214.0.0/16
+HOSTS_NET=10.128.0.0/10
 WORK=${OUT:-$(mktemp -d /tmp/pptp-scale.XXXX)}
 mkdir -p "$WORK"
 RES=$WORK/results.jsonl
@@ -165,6 +166,19 @@ stop_daemon() {
     DAEMON_PID=
 }
 
+# Where SYNs were lost (diagnostics for the raw data): the server's listen queue, the
+# router's conntrack (insertion failures, drops) and the daemon's queues (packets the kernel
+# could not hand to the daemon: its socket buffer was full).
+drop_counters() {
+    local lo ld ins dr ud
+    lo=$(in_s nstat -az TcpExtListenOverflows 2>/dev/null | awk '$1 ~ /ListenOverflows/ {print $2}')
+    ld=$(in_s nstat -az TcpExtListenDrops 2>/dev/null | awk '$1 ~ /ListenDrops/ {print $2}')
+    ins=$(in_r conntrack -S 2>/dev/null | grep -o 'insert_failed=[0-9]*' | cut -d= -f2 | paste -sd+ | bc)
+    dr=$(in_r conntrack -S 2>/dev/null | grep -o ' drop=[0-9]*' | cut -d= -f2 | paste -sd+ | bc)
+    ud=$(in_r awk '{s += $7} END {print s + 0}' /proc/net/netfilter/nfnetlink_queue 2>/dev/null)
+    echo "{\"listen_overflows\":${lo:-0},\"listen_drops\":${ld:-0},\"ct_insert_failed\":${ins:-0},\"ct_drop\":${dr:-0},\"nfq_user_dropped\":${ud:-0}}"
+}
+
 # SYNs the clients sent again (no SYN-ACK within the timeout: lost or dropped on the way).
 syn_retrans() {
     in_c nstat -az TcpExtTCPSynRetrans 2>/dev/null | awk '$1 == "TcpExtTCPSynRetrans" {print $2; f=1} END {if (!f) print 0}'
@@ -198,7 +212,30 @@ cfg_up() { # CFG
     esac
 }
 
+# Waits until the server namespace holds no connection but its listeners and TIME-WAIT
+# (at most 5 s), then destroys what is left. A connection still closing when the router's conntrack is
+# flushed never gets its last ACK through (the flush loses its NAT mapping), so the server
+# keeps it in LAST-ACK for minutes; with 60,000 of them most of the public ports are taken
+# on the server's side, and the next configuration's SYNs to those ports go unanswered
+# (measured: masquerade alone after pptp-alg, 6,900 SYN retransmissions instead of 200).
+drain_server() {
+    local i n
+    for i in $(seq 1 25); do
+        n=$(in_s ss -Htan state all '( sport = :1723 )' 2>/dev/null |
+            awk '$1 != "LISTEN" && $1 != "TIME-WAIT"' | wc -l)
+        [ "$n" -eq 0 ] && break
+        sleep 0.2
+    done
+    [ "$n" -eq 0 ] || log "  $n server connections still closing after 5 s"
+    # What is left (TIME-WAIT: the server closed first when the client's FIN was still on its
+    # way) would answer a reused port's SYN oddly; destroy it.
+    in_s ss -K -tan state all '( sport = :1723 )' >/dev/null 2>&1 || true
+    n=$(in_s ss -Htan state all '( sport = :1723 )' 2>/dev/null | awk '$1 != "LISTEN"' | wc -l)
+    [ "$n" -eq 0 ] || log "  $n server connections left ($(in_s ss -Htan state all '( sport = :1723 )' | awk '$1 != "LISTEN" {print $1}' | sort | uniq -c | xargs))"
+}
+
 cfg_down() { # CFG
+    drain_server
     case "$1" in
         b) in_r nft delete table ip labhelper ;;
         c | d) stop_daemon ;;
@@ -246,6 +283,7 @@ PY
 PNS_PIDS=()
 PAC_PIDS=()
 NPNS=0
+RUN_N=0
 
 # calls_up CFG DIST N: the server and N calls of the distribution; returns once they are up
 # (or given up on). The servers write every call's peer Call ID, as they see it, to ids;
@@ -261,6 +299,12 @@ calls_up() {
             # (a: like pptp-alg, the yardstick for its connection layout)
             ;;
     esac
+    # Fresh inside addresses for every set of calls: the helper keeps state for an inside
+    # host's earlier calls beyond their teardown and a conntrack flush (measured: after
+    # 250 calls were set up and cleared, 17 of the next 250 calls from the same hosts got
+    # no GRE), which would count against it in every later configuration.
+    RUN_N=$((RUN_N + 1))
+    local base=10.$((128 + RUN_N % 64)).0.1
     local total=$((hosts * conns))
     local npac=$(((total + PER_PROC * 8 / 10 - 1) / (PER_PROC * 8 / 10)))
     NPNS=$(((total + PER_PROC - 1) / PER_PROC))
@@ -281,6 +325,7 @@ calls_up() {
         local off=$((k * hpp)) cnt=$hpp
         [ $((off + cnt)) -le "$hosts" ] || cnt=$((hosts - off))
         bg "$WORK/pns.$k.out" "$NS_C" "$GL" pns --server $SRV --hosts "$cnt" --host-offset "$off" \
+            --host-base "$base" \
             --conns "$conns" --calls "$calls" --call-id "$id" --window "$window" \
             --threads "$threads" --timeout 3 --max-failures 200 --ready-file "$WORK/pns.$k.ready"
         PNS_PIDS+=("$LAST_PID")
@@ -336,9 +381,13 @@ trial() {
     emit "{\"cfg\":\"$cfg\",\"dist\":\"one\",\"calls\":$n,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
 }
 
+# A trial passes when at most 0.5% of what was sent is lost and the generator kept 95% of
+# its schedule; the rate it carried is what the generator achieved. (throughput.sh asks for
+# 99% and reports the target: on this shared machine the generator often ran 1-2% late at
+# every rate, and the search then halved its way down to a tenth of what passed.)
 ok_loss() {
     [ $((T_RECV * 1000)) -ge $((T_SENT * 995)) ] &&
-        awk -v a="$T_ACH" -v r="$T_RATE" 'BEGIN{exit !(a >= 0.99 * r)}'
+        awk -v a="$T_ACH" -v r="$T_RATE" 'BEGIN{exit !(a >= 0.95 * r)}'
 }
 
 # gre_search CFG N REP: warm-up (every call gets packets: the helper creates its GRE
@@ -357,7 +406,9 @@ gre_search() {
     for i in $(seq 1 $((SEARCH_STEPS + 2))); do
         trial "$cfg" "$n" "$rep" search "$mid" "$TRIAL"
         if ok_loss; then
-            best=$mid
+            local got=${T_ACH%.*}
+            [ "$got" -le "$mid" ] || got=$mid
+            [ "$got" -le "$best" ] || best=$got
             lo=$mid
         else
             hi=$mid
@@ -396,8 +447,11 @@ for rep in $(seq 1 "$REPS"); do
                 rss0=0
                 [ -n "$DAEMON_PID" ] && rss0=$(daemon_rss)
                 syn0=$(syn_retrans)
+                drops0=$(drop_counters)
                 if calls_up "$cfg" "$dist" "$n"; then
                     syn=$(($(syn_retrans) - syn0))
+                    drops=$(drop_counters)
+                    emit "{\"cfg\":\"$cfg\",\"dist\":\"$dist\",\"calls\":$n,\"rep\":$rep,\"kind\":\"drops\",\"before\":$drops0,\"after\":$drops}"
                     rss1=0
                     [ -n "$DAEMON_PID" ] && rss1=$(daemon_rss)
                     calls_down
