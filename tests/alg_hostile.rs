@@ -156,16 +156,8 @@ fn call_created_and_ended_in_one_segment_is_announced_in_order() {
     sim.start_control(&mut s);
     sim.send(&mut s, IN, &ocrq(7));
     sim.send(&mut s, OUT, &ocrp(0x0100, 7, 2));
-    let order: Vec<_> = sim
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::CallStarted(c) => Some(("start", c.nat_id)),
-            Event::CallEnded(c, EndCause::ReplyFailure) => Some(("end", c.nat_id)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(order, [("start", 0x0100), ("end", 0x0100)]);
+    assert_eq!(lifecycle(&sim), [("start", 0x0100), ("end", 0x0100)]);
+    assert_eq!(sim.alg.stats().ended_by(EndCause::ReplyFailure), 1);
     // A segment of requests each cleared at once, from an inside host.
     let mut c = Conn::client_inside(host(1), 40000, SERVER);
     sim.start_control(&mut c);
@@ -235,4 +227,71 @@ fn call_disconnect_notify_prefers_the_senders_own_id() {
         })
         .collect();
     assert_eq!(gone, [0x4001]);
+}
+
+/// A restart keeps ended calls' NAT ids in quarantine for the time they had
+/// left: another host's new call right after the restart never gets one
+/// (it used to, and received the old call's late GRE).
+#[test]
+fn restart_keeps_the_quarantine() {
+    let mut sim = Sim::new(AlgConfig::default());
+    let mut a = one_call(&mut sim, 1, 40000);
+    sim.send(&mut a, OUT, &cdn(0x4000));
+    sim.advance(std::time::Duration::from_secs(20));
+    let saved = sim.alg.saved_calls();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].quarantine_left, Some(40));
+    sim.alg = pptp_alg::alg::Alg::new(AlgConfig::default());
+    assert_eq!(sim.alg.restore_calls(sim.now, &saved), 1);
+    assert_eq!(sim.alg.quarantined(), 1);
+    assert_eq!(sim.alg.stats().calls_active, 0);
+    assert_eq!(sim.gre_in(SERVER, 0x4000, b"late").0, Verdict::UnknownCall);
+    let mut b = Conn::client_inside(host(2), 40000, SERVER);
+    sim.start_control(&mut b);
+    let (_, out) = sim.send(&mut b, OUT, &ocrq(0x4000));
+    assert_ne!(u16_at(&out, 12), 0x4000, "in quarantine");
+    sim.advance(std::time::Duration::from_secs(41));
+    assert_eq!(sim.alg.quarantined(), 0, "for the time it had left");
+    let mut c = Conn::client_inside(host(3), 40000, SERVER);
+    sim.start_control(&mut c);
+    let (_, out) = sim.send(&mut c, OUT, &ocrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+}
+
+/// After a restart a connection's stream positions are unknown. A forged
+/// segment that starts with a PPTP header must not set the position of the
+/// stream towards the inside host (the real segments would then all be
+/// "ahead" and dropped for good): only the inside host's acknowledgement
+/// says where that stream goes on.
+#[test]
+fn forged_data_after_a_restart_does_not_take_the_stream() {
+    let mut sim = Sim::new(AlgConfig::default());
+    let mut c = one_call(&mut sim, 1, 40000);
+    let saved = sim.alg.saved_calls();
+    sim.alg = pptp_alg::alg::Alg::new(AlgConfig::default());
+    sim.alg.restore_calls(sim.now, &saved);
+    // Before the inside host said anything: a forged Echo-Request behind
+    // the real stream is picked up, unconfirmed...
+    let forged = c.seq[1].wrapping_sub(5000);
+    let (v, _) = sim.send_at(&c, IN, forged, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Accept);
+    // ...until the inside host's next segment acknowledges where the
+    // stream really is: the pick-up is undone.
+    sim.send(&mut c, OUT, &simple(ECHORQ));
+    assert_eq!(sim.alg.stats().forged_resyncs, 1);
+    // The server's real message is translated.
+    let (v, out) = sim.send(&mut c, IN, &sli(0x4000));
+    assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x4000));
+    let (_, out) = sim.send(&mut c, OUT, &ccrq(0x4000));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+    // Once the host's position is known, a forged message elsewhere is
+    // dropped, and the real stream goes on.
+    let (v, _) = sim.send_at(&c, IN, forged, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Accept, "behind the stream: a retransmission");
+    let ahead = c.seq[1].wrapping_add(7000);
+    let (v, _) = sim.send_at(&c, IN, ahead, Flags::default(), &simple(ECHORQ));
+    assert_eq!(v, Verdict::Drop(DropReason::OutOfOrder));
+    let (v, _) = sim.send(&mut c, IN, &cdn(0x0700));
+    assert_eq!(v, Verdict::Accept);
+    assert_eq!(sim.alg.stats().ended_by(EndCause::Disconnect), 1);
 }

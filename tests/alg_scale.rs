@@ -69,16 +69,7 @@ fn refused_segment_that_ended_its_own_new_call() {
     // starts; their ids are their own (nothing holds them).
     let (v, out) = sim.send(&mut c, OUT, &[ocrq(1), cdn(1), ocrq(2)].concat());
     assert_eq!((v, u16_at(&out, 12)), (Verdict::Accept, 0x0001));
-    let order: Vec<_> = sim
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::CallStarted(c) => Some(("start", c.inside_id)),
-            Event::CallEnded(c, _) => Some(("end", c.inside_id)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(order, [("start", 1), ("end", 1), ("start", 2)]);
+    assert_eq!(lifecycle(&sim), [("start", 1), ("end", 1), ("start", 2)]);
     check(&sim);
     sim.advance(Duration::from_secs(6));
     assert_eq!(sim.alg.quarantined(), 0, "the quarantine still expires");
@@ -344,16 +335,17 @@ proptest! {
                     let (d, i) = di(*inside);
                     let c = conns[*conn];
                     let fin = matches!(op, Op::Fin(..));
-                    let flags = Flags { fin, rst: !fin, ..Default::default() };
+                    let ack = Some(c.seq[1 - i]);
+                    let flags = Flags { fin, rst: !fin, ack, ..Default::default() };
                     sim.send_at(&c, d, c.seq[i], flags, &[]);
                 }
                 Op::Reopen(conn) => {
                     // The old connection ends (at its position: a SYN alone
                     // ends nothing), then the tuple carries a new one.
                     let c = &mut conns[*conn];
-                    let fin = Flags { fin: true, ..Default::default() };
-                    sim.send_at(c, OUT, c.seq[0], fin, &[]);
-                    sim.send_at(c, IN, c.seq[1], fin, &[]);
+                    let fin = |ack| Flags { fin: true, ack: Some(ack), ..Default::default() };
+                    sim.send_at(c, OUT, c.seq[0], fin(c.seq[1]), &[]);
+                    sim.send_at(c, IN, c.seq[1], fin(c.seq[0]), &[]);
                     c.seq = [c.seq[0].wrapping_add(100_000), c.seq[1].wrapping_add(100_000)];
                     sim.start_control(c);
                 }

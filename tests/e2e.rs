@@ -1101,10 +1101,16 @@ fn local_addrs_follow_the_routers_addresses() {
     });
     println!("address removed: out of the set after {took:?}");
     assert_eq!(lab.local_addrs(), lab.router_addrs());
+    // The daemon logs a change just after making it: give the line time.
+    let removed = "local address 10.213.2.100 removed from set local_addrs";
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !lab.daemon_log().contains(removed) && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     let log = lab.daemon_log();
     for line in [
         "local address 10.213.2.100 added to set local_addrs",
-        "local address 10.213.2.100 removed from set local_addrs",
+        removed,
     ] {
         assert_eq!(log.matches(line).count(), 1, "{line:?} once in:\n{log}");
     }

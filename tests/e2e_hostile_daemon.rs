@@ -106,10 +106,11 @@ fn huge_state_file_is_refused_unread() {
     let started = t.elapsed();
     let log = lab.daemon_log();
     let want = format!(
-        "ignoring saved calls in {}: the file is larger than {} bytes, more than 1000 saved \
-         calls (max_calls) can take at 256 bytes each: refused unread",
+        "ignoring saved calls in {}: the file is larger than {} bytes, more than 1000 live and \
+         as many quarantined saved calls (max_calls) can take at {} bytes each: refused unread",
         path.display(),
-        4096 + 1000 * 256
+        pptp_alg::daemon::state::size_limit(1000),
+        pptp_alg::daemon::state::BYTES_PER_CALL,
     );
     assert!(log.contains(&want), "{log}");
     // The refusal comes before the queues exist, so nothing waits on it.

@@ -6,11 +6,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdPolicy {
-    /// Keep the inside host's id when it is free for the outside peer (as
-    /// Linux keeps source ports), otherwise take the next free one.
+    /// Keep the inside id's low byte when that slot of the connection's
+    /// block is free, otherwise take the next free one (see
+    /// [`crate::alg::ids`]; the block is the inside id's own high byte
+    /// while no other call towards the peer uses it).
     #[default]
     Keep,
-    /// Start the search at a random id.
+    /// Start the search in the block at a random slot.
     Random,
 }
 
@@ -18,11 +20,13 @@ pub enum IdPolicy {
 /// defaults; each is justified at its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlgConfig {
-    /// Live calls in total. A call costs about 215 bytes, a control
-    /// connection about 325 (tests/alg_memory.rs).
+    /// Live calls in total. A call costs about 213 bytes, a control
+    /// connection about 380 (tests/alg_memory.rs).
     pub max_calls: usize,
-    /// Live calls per inside host. 64 covers a PPTP server behind the NAT
-    /// serving many clients only if raised; a client needs one or two.
+    /// Calls per inside host, live and in quarantine (a host's ended calls
+    /// count against it, not against the others). 64 covers a PPTP server
+    /// behind the NAT serving many clients only if raised; a client needs
+    /// one or two.
     pub max_calls_per_host: usize,
     /// Tracked control connections in total.
     pub max_connections: usize,

@@ -8,7 +8,7 @@ use super::{
     SavedCall, Stamp, Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::pptp::{parse_header, ControlType, HEADER_LEN, REPLY_RESULT_OFFSET};
+use crate::wire::pptp::{parse_header, ControlMessage, ControlType, HEADER_LEN};
 use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -44,6 +44,14 @@ pub(super) struct Conn {
     last_seen: Stamp,
     closing: Option<Stamp>,
     desynced: bool,
+    /// The inside host's latest acknowledgement number: where the stream
+    /// towards it goes on. Outside senders cannot forge it.
+    inside_ack: Option<u32>,
+    /// Where the stream towards the inside host was picked up at a message
+    /// start that nothing vouched for yet (after a restart, before the
+    /// inside host acknowledged anything): the host's next ACK confirms it
+    /// or shows it was forged.
+    unconfirmed: Option<u32>,
 }
 
 impl Conn {
@@ -56,6 +64,8 @@ impl Conn {
             last_seen: now,
             closing: None,
             desynced: false,
+            inside_ack: None,
+            unconfirmed: None,
         }
     }
 }
@@ -97,16 +107,41 @@ impl Conns {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
-    /// Records a SYN (`ack` None) or SYN-ACK of a connection not tracked.
-    fn note_handshake(&mut self, key: ConnKey, di: usize, data_seq: u32, ack: Option<u32>) {
+    /// Records what a segment of a connection not tracked tells about the
+    /// stream starts: `start` is the sender's (its SYN's sequence number
+    /// plus one), `ack` the other side's. Only the inside host vouches for
+    /// where the stream towards it starts (outside senders can forge SYNs
+    /// and acknowledgements with any number), so a segment from outside
+    /// tells only where the inside host's stream starts.
+    fn note_handshake(
+        &mut self,
+        key: ConnKey,
+        dir: Direction,
+        syn: bool,
+        start: Option<u32>,
+        ack: Option<u32>,
+    ) {
+        let (own, other) = match dir {
+            Direction::FromInside => (start, ack),
+            // The rules cannot see an inside client's SYN (masquerade is
+            // set up after the forward hook): the server's SYN-ACK
+            // acknowledging it is where that stream start is learned.
+            Direction::ToInside => (ack, None),
+        };
+        if own.is_none() && other.is_none() && !syn {
+            return;
+        }
         let n = self.handshake_count;
         let e = self.handshakes.entry(key).or_insert_with(|| ([None; 2], n));
-        e.0[di] = Some(data_seq);
-        if let Some(ack) = ack {
-            // The SYN-ACK acknowledges the other side's stream start. The
-            // rules cannot see an inside client's SYN (masquerade is set up
-            // after the forward hook), so this is where it is learned.
-            e.0[1 - di] = Some(ack);
+        if syn {
+            // A new handshake on the tuple: what older segments told is void.
+            e.0 = [None; 2];
+        }
+        if own.is_some() {
+            e.0[0] = own;
+        }
+        if other.is_some() {
+            e.0[1] = other;
         }
         if e.1 == n {
             self.handshake_count += 1;
@@ -252,20 +287,29 @@ impl Alg {
                 known = None;
             }
         }
+        let ack = (flags & ACK != 0).then(|| tcp.ack());
         let ci = match known {
             Some(ci) => ci,
-            None if syn => {
+            None if syn || payload_len == 0 => {
                 // A handshake costs no connection slot (a SYN flood must
                 // not fill the table): its stream starts wait in a bounded
                 // list until the first byte of data.
-                let ack = (flags & ACK != 0).then(|| tcp.ack());
-                self.conns.note_handshake(key, di, data_seq, ack);
+                let start = (syn && dir == Direction::FromInside).then_some(data_seq);
+                self.conns.note_handshake(key, dir, syn, start, ack);
                 return Verdict::Accept;
             }
-            None if payload_len == 0 => return Verdict::Accept,
             None => {
+                if dir == Direction::FromInside {
+                    self.conns.note_handshake(key, dir, false, None, ack);
+                }
                 let starts = self.conns.handshake(&key);
-                let synced = starts[di] == Some(data_seq) || starts_with_header(tcp.payload());
+                let header = starts_with_header(tcp.payload());
+                let synced = match dir {
+                    Direction::FromInside => starts[0] == Some(data_seq) || header,
+                    // Where the inside host said, or, before it said
+                    // anything, at a message start (unconfirmed).
+                    Direction::ToInside => starts[1].map_or(header, |s| s == data_seq),
+                };
                 if !synced {
                     // Untranslatable: its bytes may hold Call IDs. TCP
                     // retransmits it; PPTP peers send each message in its
@@ -280,19 +324,36 @@ impl Alg {
                 for (d, start) in conn.dirs.iter_mut().zip(starts) {
                     d.parser = start.map(Parser::new);
                 }
+                if dir == Direction::ToInside && starts[1].is_none() {
+                    conn.dirs[1].parser = Some(Parser::new(data_seq));
+                    conn.unconfirmed = Some(data_seq);
+                }
                 ci
             }
         };
         let conn = self.conns.get_mut(ci);
         conn.last_seen = now;
+        if let (Direction::FromInside, Some(ack)) = (dir, ack) {
+            self.note_inside_ack(ci, ack);
+        }
+        let conn = self.conns.get_mut(ci);
 
         if payload_len > 0 {
             if conn.dirs[di].parser.is_none() {
-                if !starts_with_header(tcp.payload()) {
+                let header = starts_with_header(tcp.payload());
+                let synced = match (dir, conn.inside_ack) {
+                    (Direction::FromInside, _) => header,
+                    (Direction::ToInside, Some(ack)) => header && ack == data_seq,
+                    (Direction::ToInside, None) => header,
+                };
+                if !synced {
                     self.stats.unsynced_segments += 1;
                     return Verdict::Drop(DropReason::Unsynced);
                 }
                 conn.dirs[di].parser = Some(Parser::new(data_seq));
+                if dir == Direction::ToInside && conn.inside_ack.is_none() {
+                    conn.unconfirmed = Some(data_seq);
+                }
             }
             if let Some(v) = self.feed_segment(now, ci, dir, data_seq, tcp.payload()) {
                 return v;
@@ -324,6 +385,28 @@ impl Alg {
             Verdict::Modified
         } else {
             Verdict::Accept
+        }
+    }
+
+    /// The inside host acknowledged up to `ack`. A stream towards it that
+    /// was picked up unconfirmed is confirmed when the host acknowledges
+    /// within what it was sent since; anything else shows the pick-up point
+    /// was forged (the host never got those bytes as new), and the stream
+    /// is picked up again where the host says.
+    fn note_inside_ack(&mut self, ci: ConnIdx, ack: u32) {
+        let conn = self.conns.get_mut(ci);
+        conn.inside_ack = Some(ack);
+        let Some(start) = conn.unconfirmed.take() else {
+            return;
+        };
+        let d = &mut conn.dirs[1];
+        let Some(p) = d.parser.as_ref() else {
+            return;
+        };
+        if seq_diff(ack, start) < 0 || seq_diff(ack, p.next) > 0 {
+            d.parser = None;
+            d.patches.clear();
+            self.stats.forged_resyncs += 1;
         }
     }
 
@@ -447,7 +530,9 @@ impl Alg {
         let mut i = events_before;
         while i < self.events.len() {
             let call = match &self.events[i] {
-                Event::CallStarted(c) | Event::CallEnded(c, _) => Some((c.outside_peer, c.nat_id)),
+                Event::CallStarted(c) | Event::CallAnswered(c) | Event::CallEnded(c, _) => {
+                    Some((c.outside_peer, c.nat_id))
+                }
                 _ => None,
             };
             if call.is_some_and(|k| gone.contains(&k)) {
@@ -576,13 +661,19 @@ impl Alg {
         bytes: &[u8],
     ) {
         use ControlType::*;
-        let at = |o: usize| u16::from_be_bytes([bytes[o], bytes[o + 1]]);
+        // The parser hands over whole messages with a valid header only.
+        let Ok(msg) = ControlMessage::new_checked(bytes) else {
+            return;
+        };
+        let (own, peer) = (msg.own_call_id(), msg.peer_call_id());
         match ty {
             StopCtrlConnRequest | StopCtrlConnReply => {
                 self.end_conn_calls(ci, EndCause::StopControl, now)
             }
             OutgoingCallReply | IncomingCallReply => {
-                let (own, peer) = (at(12), at(14));
+                let (Some(own), Some(peer)) = (own, peer) else {
+                    return;
+                };
                 let call = match dir {
                     Direction::FromInside => self.live_by_inside(ci, own).map(|i| (i, peer)),
                     Direction::ToInside => self
@@ -592,17 +683,21 @@ impl Alg {
                 };
                 if let Some((idx, outside_id)) = call {
                     self.calls.set_outside_id(idx, outside_id);
-                    if bytes[REPLY_RESULT_OFFSET] == RESULT_SUCCESS {
+                    if msg.reply_result() == Some(RESULT_SUCCESS) {
                         let c = self.calls.get_mut(idx);
                         c.state = CallState::Established;
                         c.last_activity = now;
+                        let info = self.info(idx, now);
+                        self.push_event(Event::CallAnswered(info));
                     } else {
                         self.end_call(idx, EndCause::ReplyFailure, now);
                     }
                 }
             }
             CallDisconnectNotify => {
-                let id = at(12);
+                let Some(id) = own else {
+                    return;
+                };
                 // Either meaning of the field: the sender's own call, or the
                 // receiver's (as the Linux helper reads it).
                 let idx = match dir {
@@ -772,8 +867,12 @@ impl Alg {
     /// Restores one saved call (see [`Alg::restore_calls`]).
     pub(super) fn restore_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
         let (host, peer) = (*sc.conn.inside.ip(), *sc.conn.outside.ip());
+        let limit = match sc.quarantine_left {
+            None => self.calls.live(),
+            Some(_) => self.calls.quarantined(),
+        };
         if self.calls.ids.is_held(peer, sc.nat_id)
-            || self.calls.live() >= self.cfg.max_calls
+            || limit >= self.cfg.max_calls
             || self.calls.host_calls(host) as usize >= self.cfg.max_calls_per_host
         {
             return false;
@@ -806,6 +905,14 @@ impl Alg {
             self.calls.set_outside_id(idx, oid);
         }
         self.conns.get_mut(ci).calls.push(idx);
+        if let Some(left) = sc.quarantine_left {
+            // Ended as long ago as leaves it `left` seconds; not counted
+            // as created or ended again, and nothing to announce.
+            let quarantine = secs(self.cfg.quarantine);
+            let ended = now.saturating_sub(quarantine.saturating_sub(left));
+            self.calls.end(idx, EndCause::ConnTimeout, ended);
+            return true;
+        }
         self.stats.calls_created += 1;
         let info = self.info(idx, now);
         self.push_event(Event::CallStarted(info));

@@ -123,6 +123,12 @@ pub struct SavedCall {
     pub nat_id: u16,
     /// Whether the call had been answered with success.
     pub established: bool,
+    /// For a call that had ended: the seconds its NAT id still had to stay
+    /// in quarantine. Without it, a restart would hand the ids of calls
+    /// that just ended to other hosts at once, and late GRE of the old
+    /// calls would reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_left: Option<u32>,
 }
 
 /// Something the caller should know or do.
@@ -131,6 +137,10 @@ pub enum Event {
     /// A call was mapped: GRE from `outside_peer` carrying `nat_id` belongs
     /// to `inside_id` at `inside_host`.
     CallStarted(CallInfo),
+    /// A call was answered with success: it is established and its
+    /// outside peer's own id is known. For callers that keep the call
+    /// table elsewhere (a journal, a standby); the mapping is unchanged.
+    CallAnswered(CallInfo),
     /// A call ended; its mapping is gone (its NAT id is in quarantine).
     CallEnded(CallInfo, EndCause),
     /// A call request was refused and its segment dropped.
@@ -229,7 +239,12 @@ impl Alg {
                 return stamp;
             }
         }
-        let epoch = *self.epoch.get_or_insert(now);
+        // Backdated by a quarantine, so that a call restored in quarantine
+        // can have ended before the engine's first input.
+        let backdate = self.cfg.quarantine;
+        let epoch = *self
+            .epoch
+            .get_or_insert_with(|| now.checked_sub(backdate).unwrap_or(now));
         let stamp = secs(now.saturating_duration_since(epoch));
         if now >= epoch {
             let from = epoch + Duration::from_secs(u64::from(stamp));
@@ -476,31 +491,45 @@ impl Alg {
     }
 
     /// Every live call, in a form that [`Alg::restore_calls`] takes back.
+    ///
+    /// Calls in quarantine come too, with the time they have left as of
+    /// the engine's last input, first (see [`restore_order`]).
     pub fn saved_calls(&self) -> Vec<SavedCall> {
-        self.calls
+        let now = self.stamp_cache.map_or(0, |(s, _, _)| s);
+        let quarantine = secs(self.cfg.quarantine);
+        let mut saved: Vec<SavedCall> = self
+            .calls
             .iter()
-            .filter(|(_, c)| c.is_live() && c.conn != DETACHED)
+            .filter(|(_, c)| c.conn != DETACHED)
             .map(|(_, c)| SavedCall {
                 conn: self.conns.get(c.conn).key,
                 inside_id: c.inside_id,
                 outside_id: c.outside_id,
                 nat_id: c.nat_id,
                 established: c.state == CallState::Established,
+                quarantine_left: (!c.is_live())
+                    .then(|| quarantine.saturating_sub(now.saturating_sub(c.last_activity))),
             })
-            .collect()
+            .collect();
+        saved.sort_by_key(restore_order);
+        saved
     }
 
     /// Takes back calls saved by an earlier run, emitting
     /// [`Event::CallStarted`] for each. Their connections are tracked again
     /// from the next segment that starts with a PPTP header (PPTP peers
-    /// send each message in its own segment). A saved call whose NAT id is
+    /// send each message in its own segment). Calls saved in quarantine
+    /// come back in quarantine for the time they had left, without an
+    /// event. A saved call whose NAT id is
     /// taken, that breaks its connection's high-byte map (see
     /// [`ids`]) or exceeds a limit is skipped.
     /// Returns how many calls were restored.
     pub fn restore_calls(&mut self, now: Instant, saved: &[SavedCall]) -> usize {
         let now = self.stamp(now);
         let mut n = 0;
-        for sc in saved {
+        let mut order: Vec<&SavedCall> = saved.iter().collect();
+        order.sort_by_key(|c| restore_order(c));
+        for sc in order {
             if self.restore_call(now, sc) {
                 n += 1;
             }
@@ -521,6 +550,14 @@ impl Alg {
     pub fn quarantined(&self) -> usize {
         self.calls.quarantined()
     }
+}
+
+/// The order saved calls are restored in: those in quarantine first, in the
+/// order they ended (soonest to expire first), then the live ones. A live
+/// call may have replaced an ended one with the same inside id on its
+/// connection, so it must come after it to be the newest with that id.
+fn restore_order(c: &SavedCall) -> (bool, u32) {
+    (c.quarantine_left.is_none(), c.quarantine_left.unwrap_or(0))
 }
 
 /// Timestamps kept per call and connection: whole seconds since the
@@ -546,8 +583,11 @@ mod tests {
     fn cached_stamp_equals_computed() {
         let t0 = Instant::now();
         let epoch = t0 + Duration::from_secs(5);
-        let mut alg = Alg::new(AlgConfig::default());
-        // The first input sets the epoch.
+        let mut alg = Alg::new(AlgConfig {
+            quarantine: Duration::ZERO,
+            ..AlgConfig::default()
+        });
+        // The first input sets the epoch (backdated by no quarantine).
         assert_eq!(alg.stamp(epoch), 0);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {

@@ -98,6 +98,9 @@ pub struct Stats {
     /// FIN or RST segments not at the tracked stream position (spoofed or
     /// stale): they end nothing.
     pub ignored_teardowns: u64,
+    /// Streams towards an inside host picked up at a message start that the
+    /// host's acknowledgement then showed to be forged, and picked up again.
+    pub forged_resyncs: u64,
     /// Calls created.
     pub calls_created: u64,
     /// Calls currently live.

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[path = "pptp_peer/mod.rs"]
 mod peer;
 
-use peer::{client, raw, server};
+use peer::{client, raw, server, spray};
 
 /// Scripted PPTP peers for testing a PPTP NAT ALG.
 #[derive(Parser, Debug)]
@@ -30,6 +30,8 @@ enum Cmd {
     GreSend(raw::SendOpts),
     /// Print every GRE packet received, one JSON object per line.
     GreRecv(raw::RecvOpts),
+    /// Send forged TCP segments (SYN floods, blind SYN-ACK/FIN/RST injection).
+    Spray(spray::SprayOpts),
 }
 
 fn main() {
@@ -41,6 +43,7 @@ fn main() {
         Cmd::Client(o) => client::run(o),
         Cmd::GreSend(o) => raw::send(o),
         Cmd::GreRecv(o) => raw::recv(o),
+        Cmd::Spray(o) => spray::run(o),
     };
     std::process::exit(code);
 }

@@ -84,7 +84,7 @@ pub struct Config {
     pub id_policy: IdPolicy,
     /// Live calls in total.
     pub max_calls: usize,
-    /// Live calls per inside host.
+    /// Calls per inside host, live and in quarantine.
     pub max_calls_per_host: usize,
     /// Tracked control connections.
     pub max_connections: usize,
@@ -490,7 +490,7 @@ pub struct Overrides {
     /// Live calls in total [default: 16384].
     #[arg(long, value_name = "N")]
     pub max_calls: Option<usize>,
-    /// Live calls per inside host [default: 64].
+    /// Calls per inside host, live and in quarantine [default: 64].
     #[arg(long, value_name = "N")]
     pub max_calls_per_host: Option<usize>,
     /// Tracked control connections [default: 8192].

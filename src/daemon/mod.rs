@@ -7,11 +7,13 @@
 //! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
 //! - [`shared`]: the state shared between the packet thread and readers.
 //! - [`state`]: live calls saved across restarts.
+//! - [`journal`]: the write-ahead journal of call changes between snapshots.
 //! - [`status`]: the status report, its socket and its table format.
 //! - [`logging`]: stderr/journald logging and rate limits.
 
 pub mod addrs;
 pub mod config;
+pub mod journal;
 pub mod logging;
 pub mod packet;
 pub mod run;

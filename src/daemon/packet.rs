@@ -20,6 +20,7 @@
 //! and rewrites GRE in the receive buffer instead of a copy.
 
 use super::addrs::ResyncHandle;
+use super::journal;
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
@@ -83,6 +84,25 @@ pub struct LoopConfig {
     /// Asks the thread that keeps the set of local addresses filled to fill it again (a
     /// reinstalled table starts with an empty set).
     pub local_addrs: Option<ResyncHandle>,
+    /// The write-ahead journal of call changes; `None` without a state file.
+    pub journal: Option<JournalConfig>,
+    /// The events of the calls restored at start: acted on (fast path,
+    /// log) before the first packet, but not journaled, since the snapshot
+    /// written at start holds those calls.
+    pub restored: Vec<Event>,
+}
+
+/// Where and how the packet thread journals call changes.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The state file the journal continues.
+    pub state_file: std::path::PathBuf,
+    /// The generation of the snapshot written at start.
+    pub generation: u64,
+    /// Bounds the journal (see [`journal::size_limit`]).
+    pub max_calls: usize,
+    /// Asks the main thread for a snapshot when a generation grows large.
+    pub ask_snapshot: journal::SnapshotRequest,
 }
 
 /// The packet thread's state.
@@ -103,6 +123,10 @@ pub struct PacketLoop {
     /// rules check).
     next_timer: Instant,
     events: Vec<Event>,
+    /// The journal generation `events` were drained in.
+    events_gen: u64,
+    journal: Option<journal::Writer>,
+    warn_journal: RateLimit,
     /// Last counters read per fast path element, to feed deltas to the engine.
     offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
     next_offload_poll: Instant,
@@ -137,7 +161,18 @@ impl PacketLoop {
         wake: UnixStream,
     ) -> Self {
         let now = Instant::now();
+        let journal = cfg.journal.as_ref().map(|j| {
+            journal::Writer::new(
+                j.state_file.clone(),
+                j.generation,
+                j.max_calls,
+                j.ask_snapshot.clone(),
+            )
+        });
         PacketLoop {
+            journal,
+            events_gen: 0,
+            warn_journal: RateLimit::new(Duration::from_secs(60), 1),
             cfg,
             queue,
             shared,
@@ -191,6 +226,11 @@ impl PacketLoop {
     /// Serves packets until the stop flag is set, then drains the queue.
     /// Returns an error when the thread cannot go on.
     pub fn run(&mut self) -> Result<(), String> {
+        // After the fast path was flushed, before any packet.
+        if !self.cfg.restored.is_empty() {
+            self.events = std::mem::take(&mut self.cfg.restored);
+            self.handle_events(Instant::now(), false);
+        }
         let mut recv_errors = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
@@ -294,6 +334,7 @@ impl PacketLoop {
         let mut engine = Engine {
             shared: &self.shared,
             events: &mut self.events,
+            events_gen: &mut self.events_gen,
             next_timer: &mut self.next_timer,
         };
         let (verdict, len) = if gre {
@@ -310,10 +351,11 @@ impl PacketLoop {
             self.fatal = Some("the engine panicked (see above)".into());
             return;
         };
-        // Events before the verdict: a call's fast path element is in
-        // place before the reply that starts its GRE leaves.
+        // Events before the verdict: a call's journal record is written
+        // and its fast path element in place before the message that
+        // carries its NAT id (or starts its GRE) leaves.
         if !self.events.is_empty() {
-            self.handle_events(now);
+            self.handle_events(now, true);
         }
         let action = match verdict {
             Verdict::Accept | Verdict::UnknownCall => Action::Accept,
@@ -340,12 +382,13 @@ impl PacketLoop {
             if shared.alg.poll_timeout().is_some_and(|t| t <= now) {
                 shared.alg.handle_timeout(now);
             }
-            // Also events raised outside a packet (restored calls).
+            // Also events raised outside a packet (timeouts).
             while let Some(ev) = shared.alg.poll_event() {
                 self.events.push(ev);
             }
+            self.events_gen = shared.journal_gen;
         }
-        self.handle_events(now);
+        self.handle_events(now, true);
         if self.fast.is_some() && now >= self.next_offload_poll {
             self.poll_offload(now);
             let every = OFFLOAD_POLL
@@ -434,8 +477,41 @@ impl PacketLoop {
         while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
     }
 
-    /// Logs events and keeps the fast path in step with the call table.
-    fn handle_events(&mut self, now: Instant) {
+    /// Appends the call changes among the events to the journal, in one
+    /// write. A failure is counted and logged (once a minute) and changes
+    /// nothing else: the packet still gets its verdict, and the next
+    /// snapshot holds the call.
+    fn journal_events(&mut self, now: Instant) {
+        let Some(w) = &mut self.journal else { return };
+        match w.append(self.events_gen, &self.events, super::state::unix_now()) {
+            Ok(0) => {}
+            // One more lock, only for packets that change calls.
+            Ok(n) => lock(&self.shared).journal_records += n as u64,
+            Err(e) => {
+                lock(&self.shared).journal_errors += 1;
+                let (ok, suppressed) = self.warn_journal.allow(now);
+                if ok {
+                    log::warn!(
+                        "journal: cannot write call changes ({e}); calls that start or end \
+                         now are lost if the daemon dies before the next snapshot \
+                         (counted as journal_errors){}",
+                        if suppressed > 0 {
+                            format!("; {suppressed} more failures not logged")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    /// Journals the call changes (if `journal`), logs events and keeps the
+    /// fast path in step with the call table.
+    fn handle_events(&mut self, now: Instant, journal: bool) {
+        if journal && !self.events.is_empty() {
+            self.journal_events(now);
+        }
         for ev in self.events.drain(..) {
             match ev {
                 Event::CallStarted(c) => {
@@ -463,6 +539,14 @@ impl PacketLoop {
                         }
                     }
                 }
+                Event::CallAnswered(c) => log::debug!(
+                    "call answered: inside {}:{} <-> outside {}:{} NAT id {}",
+                    c.inside_host,
+                    c.inside_id,
+                    c.outside_peer,
+                    c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
+                    c.nat_id,
+                ),
                 Event::CallEnded(c, cause) => {
                     // What the kernel translated since the last counter poll,
                     // read before its element goes, so the line is complete.
@@ -667,6 +751,8 @@ fn offload_delta(seen: &FxHashMap<(Ipv4Addr, u16), (u64, u64)>, e: &ElementCount
 struct Engine<'a> {
     shared: &'a SharedRef,
     events: &'a mut Vec<Event>,
+    /// Set to the journal generation the events were drained in.
+    events_gen: &'a mut u64,
     next_timer: &'a mut Instant,
 }
 
@@ -680,6 +766,7 @@ impl Engine<'_> {
         while let Some(ev) = shared.alg.poll_event() {
             self.events.push(ev);
         }
+        *self.events_gen = shared.journal_gen;
         // The first packet of a call arms the engine's sweep timer.
         if let Some(t) = shared.alg.poll_timeout() {
             if t < *self.next_timer {

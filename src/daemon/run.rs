@@ -19,11 +19,11 @@
 
 use super::addrs::AddrWatcher;
 use super::config::Config;
-use super::packet::{LoopConfig, PacketLoop};
+use super::journal;
+use super::packet::{JournalConfig, LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
-use crate::alg::Alg;
-use crate::alg::SavedCall;
+use crate::alg::{Alg, Event, SavedCall};
 use crate::nfqueue::{NfQueue, QueueError};
 use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -95,6 +95,8 @@ enum Msg {
     Started(bool),
     /// The packet thread ended (with its error, if any).
     Exited(Result<(), String>),
+    /// The journal's generation grows large: take a snapshot now.
+    Snapshot,
 }
 
 /// Sends `Exited` even when the packet thread unwinds from a panic, so the
@@ -148,6 +150,18 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // otherwise show only at the first save, and reading the saved calls
     // here keeps its parsing out of the time packets wait in the queues.
     let saved = load_state(cfg)?;
+    // The calls go back into the engine and are written as the snapshot
+    // that the journal of this run continues, also before anything is
+    // bound: from here on the state file and journal describe this run.
+    let mut alg = Alg::new(cfg.alg_config(random_seed()));
+    let restored = restore_state(cfg, &mut alg, &saved.calls);
+    drop(saved.calls);
+    let generation = saved.generation;
+    // As of when the last daemon was alive, not now: a daemon that keeps
+    // failing after this point must not make the calls look younger.
+    let now = super::state::unix_now();
+    let calls = journal::backdate(alg.saved_calls(), now, saved.as_of);
+    write_snapshot(cfg, calls, generation, saved.as_of);
 
     match nft::pptp_helper_in_use() {
         Ok(Some(place)) => return Err(DaemonError::HelperInUse(place)),
@@ -249,9 +263,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         None
     };
 
-    let shared = Shared::new(Alg::new(cfg.alg_config(random_seed())), false, backend);
-    restore_state(cfg, &shared, &saved);
-    drop(saved);
+    let shared = Shared::new(alg, false, backend);
+    lock(&shared).journal_gen = generation;
     let stop = Arc::new(AtomicBool::new(false));
     let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
         context: "creating the wake-up socket",
@@ -271,6 +284,18 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             .map(|(b, _)| (b, rules_guard.wanted.clone())),
         table_socket,
         local_addrs: addr_watcher.as_ref().map(AddrWatcher::resync_handle),
+        journal: (!cfg.state_file.as_os_str().is_empty()).then(|| {
+            let tx = tx.clone();
+            JournalConfig {
+                state_file: cfg.state_file.clone(),
+                generation,
+                max_calls: cfg.max_calls,
+                ask_snapshot: journal::SnapshotRequest(Arc::new(move || {
+                    let _ = tx.send(Msg::Snapshot);
+                })),
+            }
+        }),
+        restored,
     };
     wake_rx
         .set_nonblocking(true)
@@ -307,20 +332,34 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let mut thread_done = false;
     let mut ready = false;
     let mut saved_mark = state_mark(&shared);
+    // None: not yet in this run. The snapshot written at start is dated
+    // when the last daemon was alive; the first save of a daemon that
+    // serves (2 s after it is ready, if it restored calls) dates it now.
+    let mut saved_at: Option<Instant> = None;
+    let refresh = state_refresh_interval(cfg.conn_idle_timeout);
     loop {
         let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let mark = state_mark(&shared);
-                if mark != saved_mark {
+                // Also while nothing changes, so that a snapshot is never
+                // older than a start accepts (see `state_refresh_interval`).
+                let stale = mark.2 && saved_at.is_none_or(|t| t.elapsed() >= refresh);
+                if (mark.0, mark.1) != (saved_mark.0, saved_mark.1) || stale {
                     save_state(cfg, &shared);
                     saved_mark = mark;
+                    saved_at = Some(Instant::now());
                 }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         match msg {
+            Msg::Snapshot => {
+                save_state(cfg, &shared);
+                saved_mark = state_mark(&shared);
+                saved_at = Some(Instant::now());
+            }
             Msg::Started(offload) => {
                 status = match StatusServer::start(&cfg.status_socket, shared.clone()) {
                     Ok(s) => Some(s),
@@ -403,64 +442,189 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     exit
 }
 
-/// How often the live calls are saved while they change, so that even a
-/// crash loses at most this much of the call table.
+/// How often the live calls are saved while they change. The journal
+/// holds what happened since (see [`super::journal`]), so a crash loses
+/// nothing in between; the snapshot keeps the journal short and a start's
+/// replay quick.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Changes whenever calls start or end.
-fn state_mark(shared: &SharedRef) -> (u64, u64) {
+/// How often the snapshot is written while calls are up but nothing
+/// changes. A start restores nothing when the daemon was last seen alive
+/// (the snapshot, the latest journal record) more than `conn_idle_timeout`
+/// ago, taking that for downtime; without this, steady calls would be lost
+/// to a crash once their last change is that old. A quarter of it, at most
+/// a minute, at least the save interval.
+fn state_refresh_interval(conn_idle_timeout: u64) -> Duration {
+    Duration::from_secs((conn_idle_timeout / 4).clamp(2, 60))
+}
+
+/// Calls created and ended (changes whenever calls start or end), and
+/// whether any call is live or in quarantine.
+fn state_mark(shared: &SharedRef) -> (u64, u64, bool) {
     let s = lock(shared);
     let st = s.alg.stats();
-    (st.calls_created, st.ended.iter().sum())
+    let any = st.calls_active > 0 || s.alg.quarantined() > 0;
+    (st.calls_created, st.ended.iter().sum(), any)
+}
+
+/// What [`load_state`] found.
+struct Loaded {
+    /// The calls to restore.
+    calls: Vec<SavedCall>,
+    /// The journal generation this run starts with: after every one on disk.
+    generation: u64,
+    /// When the daemon that saved them was last alive (see
+    /// [`journal::Restored::as_of`]).
+    as_of: u64,
 }
 
 /// Checks that the state file can be written and reads the calls an
-/// earlier run saved in it (see [`super::state`]). Saved calls that cannot
-/// be used are logged and skipped; only an unwritable file is an error.
-fn load_state(cfg: &Config) -> Result<Vec<SavedCall>, DaemonError> {
-    if cfg.state_file.as_os_str().is_empty() {
-        return Ok(Vec::new());
+/// earlier run saved in it (see [`super::state`]) and journaled after it
+/// (see [`super::journal`]). Saved calls that cannot be used are logged
+/// and skipped; only an unwritable file is an error.
+fn load_state(cfg: &Config) -> Result<Loaded, DaemonError> {
+    let path = &cfg.state_file;
+    if path.as_os_str().is_empty() {
+        return Ok(Loaded {
+            calls: Vec::new(),
+            generation: 1,
+            as_of: super::state::unix_now(),
+        });
     }
-    super::state::check_writable(&cfg.state_file).map_err(|reason| DaemonError::StateFile {
-        path: cfg.state_file.display().to_string(),
+    super::state::check_writable(path).map_err(|reason| DaemonError::StateFile {
+        path: path.display().to_string(),
         reason,
     })?;
-    let max_age = Duration::from_secs(cfg.conn_idle_timeout);
-    Ok(
-        match super::state::load(&cfg.state_file, max_age, cfg.max_calls) {
-            Ok(calls) => calls,
-            Err(e) => {
-                log::warn!("ignoring saved calls in {}: {e}", cfg.state_file.display());
-                Vec::new()
-            }
-        },
-    )
+    let now = super::state::unix_now();
+    let snapshot = match super::state::load_snapshot(path, cfg.max_calls, now) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("ignoring saved calls in {}: {e}", path.display());
+            None
+        }
+    };
+    let on_disk = journal::list(path).unwrap_or_else(|e| {
+        log::warn!("cannot list the journal files of {}: {e}", path.display());
+        Vec::new()
+    });
+    let last_on_disk = on_disk.last().map_or(0, |g| g.0);
+    let Some(snapshot) = snapshot else {
+        if !on_disk.is_empty() {
+            log::warn!(
+                "ignoring {} journal file(s) of {}: no state file they continue",
+                on_disk.len(),
+                path.display()
+            );
+        }
+        return Ok(Loaded {
+            calls: Vec::new(),
+            generation: last_on_disk + 1,
+            as_of: now,
+        });
+    };
+    let generation = last_on_disk.max(snapshot.journal.unwrap_or(0)) + 1;
+    let read = match snapshot.journal {
+        Some(first) => journal::read_from(path, first, journal::size_limit(cfg.max_calls))
+            .unwrap_or_else(|e| {
+                log::warn!(
+                    "ignoring the journal of {} (the calls of the last seconds before the                      daemon stopped may be missing): {e}",
+                    path.display()
+                );
+                journal::Generations::default()
+            }),
+        None => journal::Generations::default(),
+    };
+    if let Some((_, why)) = &read.refused {
+        log::warn!("journal: {why}");
+    }
+    for (gen, p) in &read.generations {
+        let file = journal::gen_path(path, *gen);
+        if let Some((line, e)) = &p.first_bad {
+            log::warn!(
+                "journal {}: {} unreadable line(s) skipped, the first at line {line}: {e}",
+                file.display(),
+                p.bad_lines
+            );
+        }
+        if p.torn_tail > 0 {
+            log::info!(
+                "journal {}: ignored an incomplete last record ({} bytes; written when the \
+                 daemon died, its packet never left)",
+                file.display(),
+                p.torn_tail
+            );
+        }
+    }
+    let parsed: Vec<journal::Parsed> = read.generations.into_iter().map(|g| g.1).collect();
+    let restored = journal::restore(
+        snapshot.calls,
+        snapshot.saved_at,
+        &parsed,
+        now,
+        Duration::from_secs(cfg.conn_idle_timeout),
+        Duration::from_secs(cfg.quarantine),
+    );
+    if restored.applied > 0 {
+        log::info!(
+            "replayed {} journal record(s) ({} bytes) on the calls saved in {}",
+            restored.applied,
+            read.bytes,
+            path.display()
+        );
+    }
+    Ok(Loaded {
+        calls: restored.calls,
+        generation,
+        as_of: restored.as_of,
+    })
 }
 
-/// Takes back the calls [`load_state`] read.
-fn restore_state(cfg: &Config, shared: &SharedRef, calls: &[SavedCall]) {
+/// Takes back the calls [`load_state`] read; returns the events the engine
+/// announced them with (for the fast path, not for the journal).
+fn restore_state(cfg: &Config, alg: &mut Alg, calls: &[SavedCall]) -> Vec<Event> {
     if calls.is_empty() {
+        return Vec::new();
+    }
+    let n = alg.restore_calls(Instant::now(), calls);
+    log::info!(
+        "restored {n} of {} live calls saved in {} ({} of them in quarantine)",
+        calls.len(),
+        cfg.state_file.display(),
+        alg.quarantined(),
+    );
+    std::iter::from_fn(|| alg.poll_event()).collect()
+}
+
+/// Writes a snapshot of `calls` as of `saved_at`, continued by journal
+/// generation `generation`, then removes the generations before it.
+fn write_snapshot(cfg: &Config, calls: Vec<SavedCall>, generation: u64, saved_at: u64) {
+    let path = &cfg.state_file;
+    if path.as_os_str().is_empty() {
         return;
     }
-    let n = lock(shared).alg.restore_calls(Instant::now(), calls);
-    log::info!(
-        "restored {n} of {} live calls saved in {}",
-        calls.len(),
-        cfg.state_file.display()
-    );
+    if let Err(e) = super::state::save_snapshot(path, calls, Some(generation), saved_at) {
+        // The journal generations before this one stay, and so does the
+        // snapshot they continue: a start still finds every call.
+        log::warn!("cannot save live calls to {}: {e}", path.display());
+        return;
+    }
+    if let Err(e) = journal::remove_before(path, generation) {
+        log::warn!("cannot remove old journal files of {}: {e}", path.display());
+    }
 }
 
+/// Takes a snapshot: the calls and a new journal generation under one
+/// lock, so that every call change is in exactly one of them.
 fn save_state(cfg: &Config, shared: &SharedRef) {
     if cfg.state_file.as_os_str().is_empty() {
         return;
     }
-    let calls = lock(shared).alg.saved_calls();
-    if let Err(e) = super::state::save(&cfg.state_file, calls) {
-        log::warn!(
-            "cannot save live calls to {}: {e}",
-            cfg.state_file.display()
-        );
-    }
+    let (calls, generation) = {
+        let mut s = lock(shared);
+        s.journal_gen += 1;
+        (s.alg.saved_calls(), s.journal_gen)
+    };
+    write_snapshot(cfg, calls, generation, super::state::unix_now());
 }
 
 /// Removes the table we installed when dropped (at stop, and on any error

@@ -29,6 +29,16 @@ pub struct Shared {
     pub verdict_errors: u64,
     /// Errors receiving from the queue socket.
     pub recv_errors: u64,
+    /// The journal generation that call events drained from the engine now
+    /// belong to (see [`super::journal`]). A snapshot takes the calls and
+    /// increments it under this lock, so every event is either in the
+    /// snapshot or in a generation after it.
+    pub journal_gen: u64,
+    /// Journal records written.
+    pub journal_records: u64,
+    /// Journal writes that failed (disk full, EIO, a generation at its
+    /// bound): their calls are safe only once the next snapshot is written.
+    pub journal_errors: u64,
 }
 
 /// A handle on the shared state.
@@ -46,6 +56,9 @@ impl Shared {
             fastpath_errors: 0,
             verdict_errors: 0,
             recv_errors: 0,
+            journal_gen: 0,
+            journal_records: 0,
+            journal_errors: 0,
         }))
     }
 }

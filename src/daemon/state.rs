@@ -6,6 +6,11 @@
 //! The file is read before the queues are bound and only up to
 //! [`size_limit`]: a start never spends seconds parsing a file this daemon
 //! could not have written while packets wait in the queues.
+//!
+//! The file is a snapshot; what happened since is in the write-ahead
+//! journal (see [`super::journal`]). The snapshot names the first journal
+//! generation that continues it (`journal`), so that a start replays
+//! exactly the records the snapshot does not hold.
 
 use crate::alg::SavedCall;
 use serde::{Deserialize, Serialize};
@@ -24,7 +29,24 @@ struct StateFile {
     version: u32,
     /// Seconds since the Unix epoch when written.
     saved_at: u64,
+    /// The first journal generation written after the calls were taken:
+    /// the records a start replays on top of them. Absent in files of
+    /// daemons without a journal (and in [`save`]'s): nothing to replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journal: Option<u64>,
     calls: Vec<SavedCall>,
+}
+
+/// A state file as read, before the journal is replayed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When it was written (seconds since the Unix epoch).
+    pub saved_at: u64,
+    /// The first journal generation to replay on it, if any.
+    pub journal: Option<u64>,
+    /// Its calls; those in quarantine with the time they have left now
+    /// (the time since `saved_at` taken off), expired ones dropped.
+    pub calls: Vec<SavedCall>,
 }
 
 /// The format this daemon writes: NAT ids in per-connection blocks.
@@ -36,17 +58,17 @@ fn version_1() -> u32 {
 
 /// Bytes allowed per saved call. The longest call this daemon writes (every
 /// address and port at its widest) takes about 150 bytes of JSON (checked by
-/// a test below); the rest is headroom for fields a later version adds.
-pub const BYTES_PER_CALL: u64 = 256;
+/// a test below), 180 in quarantine; the rest is headroom for later fields.
+pub const BYTES_PER_CALL: u64 = 288;
 /// Bytes allowed besides the calls (`saved_at` and the brackets).
 const BYTES_FIXED: u64 = 4096;
 
 /// The largest state file a daemon with `max_calls` reads: it never saves
-/// more than `max_calls` calls. 4 MiB with the default 16,384; a file saved
-/// with a `max_calls` more than about 1.7 times larger than today's can be
-/// refused, losing its calls.
+/// more than `max_calls` live calls and as many in quarantine. 9 MiB with
+/// the default 16,384; a file saved with a `max_calls` more than about 1.5
+/// times larger than today's can be refused, losing its calls.
 pub fn size_limit(max_calls: usize) -> u64 {
-    BYTES_FIXED + BYTES_PER_CALL.saturating_mul(max_calls as u64)
+    BYTES_FIXED + BYTES_PER_CALL.saturating_mul(2 * max_calls as u64)
 }
 
 /// Why saved calls are not taken back.
@@ -57,8 +79,9 @@ pub enum StateError {
     Io(#[from] io::Error),
     /// Larger than [`size_limit`]: not read at all.
     #[error(
-        "the file is larger than {limit} bytes, more than {max_calls} saved calls \
-         (max_calls) can take at {BYTES_PER_CALL} bytes each: refused unread"
+        "the file is larger than {limit} bytes, more than {max_calls} live and as many \
+         quarantined saved calls (max_calls) can take at {BYTES_PER_CALL} bytes each: \
+         refused unread"
     )]
     TooLarge {
         /// The limit.
@@ -85,17 +108,32 @@ pub enum StateError {
     },
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes `calls` atomically (temporary file, then rename).
+/// Writes `calls` atomically (temporary file, then rename), with no journal
+/// to replay on them.
 pub fn save(path: &Path, calls: Vec<SavedCall>) -> io::Result<()> {
+    save_snapshot(path, calls, None, unix_now())
+}
+
+/// Writes `calls`, as they were at `saved_at` (seconds since the Unix
+/// epoch), atomically (temporary file, then rename) as a snapshot
+/// continued by journal generations from `journal` on.
+pub fn save_snapshot(
+    path: &Path,
+    calls: Vec<SavedCall>,
+    journal: Option<u64>,
+    saved_at: u64,
+) -> io::Result<()> {
     let doc = StateFile {
         version: VERSION,
-        saved_at: unix_now(),
+        saved_at,
+        journal,
         calls,
     };
     let tmp = temp_path(path);
@@ -142,10 +180,26 @@ pub fn load(
     max_age: Duration,
     max_calls: usize,
 ) -> Result<Vec<SavedCall>, StateError> {
+    let now = unix_now();
+    Ok(match load_snapshot(path, max_calls, now)? {
+        Some(snap) if now - snap.saved_at <= max_age.as_secs() => snap.calls,
+        _ => Vec::new(),
+    })
+}
+
+/// Reads a state file, refusing files larger than
+/// [`size_limit`]`(max_calls)` unread. `None` when there is none. The age
+/// is not checked: the journal may show the daemon alive later than the
+/// snapshot was written.
+pub fn load_snapshot(
+    path: &Path,
+    max_calls: usize,
+    now: u64,
+) -> Result<Option<Snapshot>, StateError> {
     let limit = size_limit(max_calls);
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let too_large = StateError::TooLarge { limit, max_calls };
@@ -159,13 +213,23 @@ pub fn load(
     if bytes.len() as u64 > limit {
         return Err(too_large);
     }
-    parse(&bytes, unix_now(), max_age)
+    parse_snapshot(&bytes, now).map(Some)
 }
 
 /// The calls of a state file's bytes, given the time now (seconds since
 /// the Unix epoch): none if older than `max_age`, an error if from the
 /// future.
 pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>, StateError> {
+    let snap = parse_snapshot(bytes, now)?;
+    if now - snap.saved_at > max_age.as_secs() {
+        return Ok(Vec::new());
+    }
+    Ok(snap.calls)
+}
+
+/// A state file's bytes as a [`Snapshot`], given the time now (seconds
+/// since the Unix epoch): an error if from the future; `saved_at <= now`.
+pub fn parse_snapshot(bytes: &[u8], now: u64) -> Result<Snapshot, StateError> {
     let doc: StateFile = serde_json::from_slice(bytes)?;
     if doc.version > VERSION {
         return Err(StateError::NewerVersion(doc.version));
@@ -176,10 +240,23 @@ pub fn parse(bytes: &[u8], now: u64, max_age: Duration) -> Result<Vec<SavedCall>
             ahead: doc.saved_at - now,
         });
     }
-    if now - doc.saved_at > max_age.as_secs() {
-        return Ok(Vec::new());
-    }
-    Ok(doc.calls)
+    let elapsed = now - doc.saved_at;
+    // A quarantine went on while the daemon was down.
+    let elapsed = u32::try_from(elapsed).unwrap_or(u32::MAX);
+    let mut calls = doc.calls;
+    calls.retain_mut(|c| match &mut c.quarantine_left {
+        Some(left) if *left <= elapsed => false,
+        Some(left) => {
+            *left -= elapsed;
+            true
+        }
+        None => true,
+    });
+    Ok(Snapshot {
+        saved_at: doc.saved_at,
+        journal: doc.journal,
+        calls,
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +282,7 @@ mod tests {
             outside_id: Some(65535),
             nat_id: 65535,
             established: false,
+            quarantine_left: Some(u32::MAX),
         }
     }
 
@@ -223,9 +301,24 @@ mod tests {
             outside_id: Some(7),
             nat_id: 0x4001,
             established: true,
+            quarantine_left: None,
         };
         save(&path, vec![call.clone()]).unwrap();
         assert_eq!(load(&path).unwrap(), vec![call.clone()]);
+        // The quarantine of a saved ended call went on while nothing ran.
+        let ended = SavedCall {
+            quarantine_left: Some(30),
+            ..call.clone()
+        };
+        let doc = format!(
+            r#"{{"version":2,"saved_at":1000000,"calls":[{}]}}"#,
+            serde_json::to_string(&ended).unwrap()
+        );
+        let left = parse(doc.as_bytes(), 1_000_020, Duration::from_secs(60)).unwrap();
+        assert_eq!(left[0].quarantine_left, Some(10));
+        assert!(parse(doc.as_bytes(), 1_000_030, Duration::from_secs(60))
+            .unwrap()
+            .is_empty());
         // A version 1 file (no version field) is read; a newer one is not.
         let v1 = format!(
             r#"{{"saved_at":{},"calls":[{}]}}"#,
@@ -260,6 +353,7 @@ mod tests {
         let doc = StateFile {
             version: VERSION,
             saved_at: u64::MAX,
+            journal: Some(u64::MAX),
             calls: vec![widest_call(); max_calls],
         };
         let len = serde_json::to_vec(&doc).unwrap().len() as u64;
@@ -287,6 +381,27 @@ mod tests {
         // No size to check first: the read stops at the limit.
         let e = load(Path::new("/dev/zero"), Duration::from_secs(60), max_calls).unwrap_err();
         assert!(matches!(e, StateError::TooLarge { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A snapshot names the journal generation that continues it and
+    /// keeps the date it was given; files without one have none.
+    #[test]
+    fn snapshot_keeps_its_journal_generation_and_date() {
+        let dir = temp_dir("snap");
+        let path = dir.join("state.json");
+        let ended = SavedCall {
+            quarantine_left: Some(50),
+            ..widest_call()
+        };
+        save_snapshot(&path, vec![ended], Some(7), 1000).unwrap();
+        let snap = load_snapshot(&path, 10, 1020).unwrap().unwrap();
+        assert_eq!((snap.saved_at, snap.journal), (1000, Some(7)));
+        assert_eq!(snap.calls[0].quarantine_left, Some(30));
+        save(&path, Vec::new()).unwrap();
+        let snap = load_snapshot(&path, 10, unix_now()).unwrap().unwrap();
+        assert_eq!(snap.journal, None);
+        assert_eq!(load_snapshot(&dir.join("none"), 10, 0).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

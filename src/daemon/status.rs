@@ -152,6 +152,8 @@ impl StatusReport {
             extra.insert("fastpath_errors".to_string(), s.fastpath_errors);
             extra.insert("verdict_errors".to_string(), s.verdict_errors);
             extra.insert("recv_errors".to_string(), s.recv_errors);
+            extra.insert("journal_records".to_string(), s.journal_records);
+            extra.insert("journal_errors".to_string(), s.journal_errors);
             (s.alg.calls(now), (s.alg.stats().clone(), extra), report)
         };
         report.calls = calls.into_iter().map(CallRow::from).collect();

@@ -271,12 +271,17 @@ impl Sim {
         (v, pkt)
     }
 
-    /// Opens a connection: SYN from the initiator side of `c`.
+    /// Opens a connection: SYN from the initiator side of `c` (the outside
+    /// end when the inside end listens on 1723), SYN-ACK from the other.
     pub fn open(&mut self, c: &mut Conn) {
-        for d in [Direction::FromInside, Direction::ToInside] {
+        let order = if c.inside.1 == 1723 {
+            [Direction::ToInside, Direction::FromInside]
+        } else {
+            [Direction::FromInside, Direction::ToInside]
+        };
+        for (k, d) in order.into_iter().enumerate() {
             let (src, dst) = ends(c, d);
-            // SYN from the inside end, SYN-ACK from the outside end.
-            let ack = (d == Direction::ToInside).then(|| c.seq[0]);
+            let ack = (k == 1).then(|| c.seq[1 - di(d)]);
             let pkt = tcp_packet(
                 src,
                 dst,
@@ -298,7 +303,12 @@ impl Sim {
     /// and the translated payload (checksums verified).
     pub fn send(&mut self, c: &mut Conn, d: Direction, payload: &[u8]) -> (Verdict, Vec<u8>) {
         let (src, dst) = ends(c, d);
-        let pkt = tcp_packet(src, dst, c.seq[di(d)], Flags::default(), payload);
+        // Acknowledging all the other side sent, as a TCP stack does.
+        let flags = Flags {
+            ack: Some(c.seq[1 - di(d)]),
+            ..Default::default()
+        };
+        let pkt = tcp_packet(src, dst, c.seq[di(d)], flags, payload);
         let (v, out) = self.packet(pkt, d);
         if !matches!(v, Verdict::Drop(_)) {
             c.seq[di(d)] = c.seq[di(d)].wrapping_add(payload.len() as u32);
@@ -349,6 +359,19 @@ pub fn ends(c: &Conn, d: Direction) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
         Direction::FromInside => (c.inside, c.outside),
         Direction::ToInside => (c.outside, c.inside),
     }
+}
+
+/// The starts and ends of calls among the events so far, in order, by
+/// inside id.
+pub fn lifecycle(sim: &Sim) -> Vec<(&'static str, u16)> {
+    sim.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallStarted(c) => Some(("start", c.inside_id)),
+            Event::CallEnded(c, _) => Some(("end", c.inside_id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Destination address and Call ID of a GRE packet.

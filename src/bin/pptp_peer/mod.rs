@@ -6,6 +6,7 @@ pub mod gre;
 pub mod msg;
 pub mod raw;
 pub mod server;
+pub mod spray;
 
 /// Parses a u16 given in decimal or with a `0x` prefix in hex (Call IDs are
 /// usually written in hex in captures, in decimal elsewhere).
