@@ -4,7 +4,7 @@
 //! and the cost of setting up 10,000 calls on one control connection, which
 //! shows whether per-connection call lookups grow with the connection.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use pptp_alg::alg::{Alg, AlgConfig, Direction, Verdict};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -206,5 +206,170 @@ fn bench_setup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_setup);
+// ---- colliding Call IDs at scale (issue 15) ----------------------------------
+
+/// A host of the colliding benchmarks: 10.(3..).x.y, one per index.
+fn colliding_host(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 3, 0, 1)) + i)
+}
+
+/// The segments that set up `calls` calls to one server when every inside
+/// host uses the same Call IDs: `per_host` calls per host on one control
+/// connection, with ids `first`, `first + 1`, ... (so every host collides
+/// with every other on every id). Per host: SYN both ways, then per call an
+/// Outgoing-Call-Request and the server's successful reply.
+fn colliding_setup(calls: u32, per_host: u16, first: u16) -> Vec<(Vec<u8>, Direction)> {
+    let per = u32::from(per_host);
+    assert_eq!(calls % per, 0);
+    let mut pkts = Vec::with_capacity(calls as usize * 2 + 2 * (calls / per) as usize);
+    for h in 0..calls / per {
+        let (inside, outside) = ((colliding_host(h), 40000), (SERVER, 1723));
+        pkts.push((tcp(inside, outside, 1000, true, &[]), Direction::FromInside));
+        pkts.push((tcp(outside, inside, 4999, true, &[]), Direction::ToInside));
+        let (mut up, mut down) = (1001u32, 5000u32);
+        for k in 0..per_host {
+            let id = first + k;
+            let rq = msg(7, 168, id);
+            pkts.push((tcp(inside, outside, up, false, &rq), Direction::FromInside));
+            up += rq.len() as u32;
+            // The server's own id, unique on the connection, and success.
+            // The reply's second id (the NAT id the server saw) is filled in
+            // as the setup runs.
+            let mut rp = msg(8, 32, 0x8000 | k);
+            rp[16] = 1;
+            pkts.push((tcp(outside, inside, down, false, &rp), Direction::ToInside));
+            down += rp.len() as u32;
+        }
+    }
+    pkts
+}
+
+/// Offset of the PPTP message in the segments built here (IPv4 and TCP
+/// headers without options).
+const MSG_AT: usize = 40;
+
+/// Runs a colliding setup: each reply names the NAT id its request went out
+/// with, read back from the translated request, as a server would. Returns
+/// the engine with every call established.
+fn run_colliding_setup(cfg: &AlgConfig, pkts: &mut [(Vec<u8>, Direction)], calls: u32) -> Alg {
+    let mut alg = Alg::new(cfg.clone());
+    let now = Instant::now();
+    let mut nat_id = 0u16;
+    for (p, dir) in pkts.iter_mut() {
+        let ty = p
+            .get(MSG_AT + 8..MSG_AT + 10)
+            .map(|t| u16::from_be_bytes([t[0], t[1]]));
+        if *dir == Direction::ToInside && ty == Some(8) {
+            // Peer's Call ID at offset 14 of the reply; the TCP checksum
+            // (offset 16 of the TCP header) follows the change (RFC 1624).
+            let at = MSG_AT + 14;
+            let old = u16::from_be_bytes([p[at], p[at + 1]]);
+            p[at..at + 2].copy_from_slice(&nat_id.to_be_bytes());
+            let ck = u16::from_be_bytes([p[36], p[37]]);
+            let ck = pptp_alg::wire::checksum::update_word(ck, old, nat_id);
+            p[36..38].copy_from_slice(&ck.to_be_bytes());
+        }
+        let v = alg.handle(now, black_box(p), *dir);
+        debug_assert!(matches!(v, Verdict::Accept | Verdict::Modified), "{v:?}");
+        if *dir == Direction::FromInside && ty == Some(7) {
+            nat_id = u16::from_be_bytes([p[MSG_AT + 12], p[MSG_AT + 13]]);
+        }
+        while alg.poll_event().is_some() {}
+    }
+    assert_eq!(
+        alg.stats().calls_active,
+        u64::from(calls),
+        "every colliding call is set up"
+    );
+    alg
+}
+
+/// Checks once, outside the measurement, that a colliding setup did what it
+/// says: every call established, and each with its own NAT id.
+fn check_colliding(alg: &Alg, calls: u32) {
+    let infos = alg.calls(Instant::now());
+    assert_eq!(infos.len(), calls as usize);
+    assert!(
+        infos.iter().all(|c| c.state == "established"),
+        "all established"
+    );
+    let ids: std::collections::HashSet<u16> = infos.iter().map(|c| c.nat_id).collect();
+    assert_eq!(ids.len(), calls as usize, "distinct NAT ids");
+}
+
+fn colliding_cfg(calls: u32) -> AlgConfig {
+    AlgConfig {
+        max_calls: calls as usize + 1,
+        max_connections: calls as usize + 1,
+        max_calls_per_host: 250,
+        ..AlgConfig::default()
+    }
+}
+
+/// Call setup with colliding ids: 10,000 and 60,000 calls to one server, as
+/// many hosts with one call each, all 0x4000, and as hosts with 250 calls
+/// each, all 0x0100..0x01f9. Per-call time flat from 10,000 to 60,000 says
+/// allocation stays O(1) as the NAT id space fills.
+fn bench_colliding_setup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("setup_colliding");
+    // One iteration is 20,000 to 240,000 control segments.
+    g.sample_size(10);
+    for calls in [10_000u32, 60_000] {
+        for (name, per_host, first) in [
+            ("one_call_per_host", 1u16, 0x4000u16),
+            ("250_per_host", 250, 0x0100),
+        ] {
+            let pkts = colliding_setup(calls, per_host, first);
+            let cfg = colliding_cfg(calls);
+            check_colliding(&run_colliding_setup(&cfg, &mut pkts.clone(), calls), calls);
+            g.throughput(Throughput::Elements(u64::from(calls)));
+            g.bench_function(BenchmarkId::new(name, calls), |b| {
+                b.iter_batched(
+                    || pkts.clone(),
+                    |mut pkts| run_colliding_setup(&cfg, &mut pkts, calls),
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The GRE path from outside with 60,000 colliding calls up (hosts with 250
+/// calls each, all 0x0100..0x01f9): the lookup by NAT id in a full id space.
+fn bench_colliding_gre(c: &mut Criterion) {
+    const N: u32 = 60_000;
+    let mut pkts = colliding_setup(N, 250, 0x0100);
+    let mut alg = run_colliding_setup(&colliding_cfg(N), &mut pkts, N);
+    let now = Instant::now();
+    let grams: Vec<Vec<u8>> = alg
+        .calls(now)
+        .iter()
+        .step_by(97)
+        .map(|c| gre(c.outside_peer, c.nat_id))
+        .collect();
+    let mut i = 0;
+    c.bench_function("gre_from_outside_60k_colliding_calls", |b| {
+        b.iter_batched_ref(
+            || {
+                i = (i + 1) % grams.len();
+                grams[i].clone()
+            },
+            |p| {
+                let v = alg.handle(now, black_box(p), Direction::ToInside);
+                debug_assert_eq!(v, Verdict::Modified);
+                v
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_setup,
+    bench_colliding_setup,
+    bench_colliding_gre
+);
 criterion_main!(benches);

@@ -16,12 +16,12 @@
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Marks our payloads ("GLD1").
@@ -119,6 +119,10 @@ struct RecvArgs {
     /// A file created once the socket is open (for scripts).
     #[arg(long)]
     ready_file: Option<String>,
+    /// Also count distinct (destination address, Call ID) pairs: with many inside hosts
+    /// using the same ids, that is the number of calls that got traffic.
+    #[arg(long)]
+    flows: bool,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +141,15 @@ struct PacArgs {
     /// Microseconds between probes (busy-wait).
     #[arg(long, default_value_t = 10)]
     probe_gap_us: u64,
+    /// The server's first own Call ID (decimal or 0x-hex). Several servers sharing one
+    /// listening port (--reuseport) each get their own range, as one real server's calls
+    /// would have distinct ids.
+    #[arg(long, default_value = "0x100", value_parser = parse_u16)]
+    first_id: u16,
+    /// Listen with SO_REUSEPORT, so that several processes share the port (a process may
+    /// hold only so many descriptors: 60,000 connections need several).
+    #[arg(long)]
+    reuseport: bool,
 }
 
 #[derive(clap::Args)]
@@ -146,15 +159,36 @@ struct PnsArgs {
     server: Ipv4Addr,
     #[arg(long, default_value_t = 1723)]
     port: u16,
-    /// Control connections.
+    /// Control connections (per host with --hosts).
     #[arg(long, default_value_t = 1)]
     conns: u32,
     /// Calls per connection.
     #[arg(long, default_value_t = 1)]
     calls: u32,
-    /// First Call ID; call i (over all connections) uses N+i.
+    /// First Call ID; call i (over all connections) uses N+i; with --hosts, call i of
+    /// each host, so every host uses the same ids.
     #[arg(long, default_value = "0x100", value_parser = parse_u16)]
     call_id: u16,
+    /// Inside hosts: host h binds its connections to --host-base + h (the client
+    /// namespace needs a local route covering them, e.g. `ip route add local 10.214.0.0/16
+    /// dev lo`). Without it, connections use the namespace's own address.
+    #[arg(long)]
+    hosts: Option<u32>,
+    /// First inside host address (with --hosts).
+    #[arg(long, default_value = "10.214.0.1")]
+    host_base: Ipv4Addr,
+    /// Skip this many hosts from --host-base: several processes share out the hosts (a
+    /// process may hold only so many descriptors).
+    #[arg(long, default_value_t = 0)]
+    host_offset: u32,
+    /// Threads setting up (and tearing down) connections in parallel; each works through
+    /// its share of the connections one at a time.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Stop opening connections after this many failed calls (no reply in time, refused
+    /// or connection errors): where a NAT stops, without waiting out every later timeout.
+    #[arg(long, default_value_t = 100)]
+    max_failures: u64,
     /// Outstanding requests per connection (pipelining).
     #[arg(long, default_value_t = 1)]
     window: u32,
@@ -510,6 +544,7 @@ fn recv(a: RecvArgs) -> Result<(), String> {
     let (mut received, mut other, mut max_seq) = (0u64, 0u64, 0u64);
     let mut neg = 0u64;
     let mut per_call: HashMap<u16, u64> = HashMap::new();
+    let mut flows: HashSet<(u32, u16)> = HashSet::new();
     let (mut first, mut last) = (0u64, 0u64);
     let t_start = mono_ns();
     let deadline = t_start + (a.timeout * 1e9) as u64;
@@ -562,6 +597,9 @@ fn recv(a: RecvArgs) -> Result<(), String> {
             last = now_mono;
             max_seq = max_seq.max(seq);
             *per_call.entry(call_id).or_default() += 1;
+            if a.flows && b.len() >= 20 {
+                flows.insert((u32::from_be_bytes([b[16], b[17], b[18], b[19]]), call_id));
+            }
             if lat_kernel.len() < MAX_SAMPLES {
                 match k_real.checked_sub(s_real) {
                     Some(d) => lat_kernel.push(d),
@@ -583,6 +621,7 @@ fn recv(a: RecvArgs) -> Result<(), String> {
         "other_packets": other,
         "max_seq": max_seq,
         "call_ids": per_call.len(),
+        "flows": flows.len(),
         "span_s": span,
         "rate": if span > 0.0 { received as f64 / span } else { 0.0 },
         "negative_latency": neg,
@@ -720,8 +759,8 @@ struct PacConn {
 fn pac(a: PacArgs) -> Result<(), String> {
     install_signals();
     raise_nofile();
-    let listener =
-        TcpListener::bind(SocketAddrV4::new(a.bind, a.port)).map_err(|e| format!("listen: {e}"))?;
+    let listener = listen(SocketAddrV4::new(a.bind, a.port), a.reuseport)
+        .map_err(|e| format!("listen: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let raw = if a.probes > 0 {
         Some(Raw::open(None).map_err(|e| format!("raw socket: {e}"))?)
@@ -755,7 +794,7 @@ fn pac(a: PacArgs) -> Result<(), String> {
     add(listener.as_raw_fd(), LISTENER);
     let mut conns: HashMap<u64, PacConn> = HashMap::new();
     let mut next_token = 0u64;
-    let mut next_own: u16 = 0x100;
+    let mut next_own: u16 = a.first_id;
     let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut calls = 0u64;
     while !STOP.load(Ordering::Relaxed) {
@@ -830,7 +869,8 @@ fn pac(a: PacArgs) -> Result<(), String> {
                         next_own = next_own.wrapping_add(1).max(0x100);
                         calls += 1;
                         if let Some(f) = &mut ids_out {
-                            let _ = writeln!(f, "{peer_id}");
+                            // One write per line: other servers append to the same file.
+                            let _ = f.write_all(format!("{peer_id}\n").as_bytes());
                         }
                         (ocrp(own, peer_id), Some(peer_id))
                     }
@@ -860,6 +900,52 @@ fn pac(a: PacArgs) -> Result<(), String> {
     }
     eprintln!("gre-load pac: {calls} calls served");
     Ok(())
+}
+
+/// A listening socket with a backlog for thousands of connects in flight, optionally
+/// shared with other processes (SO_REUSEPORT).
+fn listen(addr: SocketAddrV4, reuseport: bool) -> io::Result<TcpListener> {
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpListener right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let mut opts = vec![libc::SO_REUSEADDR];
+    if reuseport {
+        opts.push(libc::SO_REUSEPORT);
+    }
+    for opt in opts {
+        // SAFETY: setsockopt with a pointer to a local int.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sa = sockaddr(*addr.ip(), addr.port());
+    // SAFETY: a valid sockaddr_in of the given length.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    // SAFETY: listen on our bound socket.
+    if r != 0 || unsafe { libc::listen(fd, 4096) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
 }
 
 fn write_all_nb(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
@@ -897,13 +983,24 @@ fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_re
     }
 }
 
+/// Raises the descriptor limit as far as allowed: to the hard limit, or beyond it with
+/// CAP_SYS_RESOURCE. (Containers often lack that capability; scale.sh then runs several
+/// processes.)
 fn raise_nofile() {
-    let lim = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
+    let want = libc::rlimit {
+        rlim_cur: 262_144,
+        rlim_max: 262_144,
     };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    // SAFETY: setrlimit/getrlimit with valid structs.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            let mut cur: libc::rlimit = mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) == 0 {
+                cur.rlim_cur = cur.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &cur);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- pns
@@ -911,7 +1008,10 @@ fn raise_nofile() {
 struct PnsConn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Calls the server accepted.
     ids: Vec<u16>,
+    /// A request got no reply: nothing more is sent.
+    broken: bool,
 }
 
 impl PnsConn {
@@ -949,79 +1049,279 @@ impl PnsConn {
 }
 
 /// Sends `reqs` with at most `window` outstanding, reading one `reply_ty` per request.
-/// Returns the replies.
+/// Returns the replies received, and the error that stopped it early if any.
 fn pipeline(
     c: &mut PnsConn,
     reqs: &[Vec<u8>],
     reply_ty: u16,
     window: usize,
     gap: f64,
-) -> Result<Vec<Vec<u8>>, String> {
+) -> (Vec<Vec<u8>>, Option<String>) {
     let mut replies = Vec::with_capacity(reqs.len());
     let mut sent = 0;
     while replies.len() < reqs.len() {
         while sent < reqs.len() && sent - replies.len() < window.max(1) {
-            c.send(&reqs[sent])?;
+            if let Err(e) = c.send(&reqs[sent]) {
+                return (replies, Some(e));
+            }
             sent += 1;
         }
-        replies.push(c.expect(reply_ty)?);
+        match c.expect(reply_ty) {
+            Ok(r) => replies.push(r),
+            Err(e) => return (replies, Some(e)),
+        }
         if gap > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(gap));
         }
     }
-    Ok(replies)
+    (replies, None)
 }
 
-fn pns(a: PnsArgs) -> Result<(), String> {
-    install_signals();
-    raise_nofile();
+/// One planned control connection: its source address (None: the namespace's own) and
+/// the Call IDs of its calls.
+struct Plan {
+    bind: Option<Ipv4Addr>,
+    ids: Vec<u16>,
+}
+
+fn plan(a: &PnsArgs) -> Result<Vec<Plan>, String> {
+    let mut out = Vec::new();
+    match a.hosts {
+        None => {
+            let mut next = a.call_id;
+            for _ in 0..a.conns {
+                let ids = (0..a.calls)
+                    .map(|_| {
+                        let id = next;
+                        next = next.wrapping_add(1);
+                        id
+                    })
+                    .collect();
+                out.push(Plan { bind: None, ids });
+            }
+        }
+        Some(hosts) => {
+            let base = u32::from(a.host_base);
+            for h in 0..hosts {
+                let addr = base
+                    .checked_add(a.host_offset)
+                    .and_then(|b| b.checked_add(h))
+                    .map(Ipv4Addr::from)
+                    .ok_or("--host-base + --hosts overflows")?;
+                let mut next = a.call_id;
+                for _ in 0..a.conns {
+                    let ids = (0..a.calls)
+                        .map(|_| {
+                            let id = next;
+                            next = next.wrapping_add(1);
+                            id
+                        })
+                        .collect();
+                    out.push(Plan {
+                        bind: Some(addr),
+                        ids,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Connects from `bind` (std cannot bind before connecting; Linux bounds a blocking
+/// connect by the send timeout).
+fn connect_from(
+    bind: Option<Ipv4Addr>,
+    server: SocketAddrV4,
+    to: Duration,
+) -> io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect_timeout(&server.into(), to);
+    };
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    s.set_write_timeout(Some(to))?;
+    // Pick the source port at connect time, as a host that does not bind would: binding to
+    // port 0 picks it at bind time, searching the ports' bind buckets, which grow with
+    // every socket (tens of thousands here) and made the tool the bottleneck.
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a local int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let (l, r) = (sockaddr(local, 0), sockaddr(*server.ip(), server.port()));
+    let len = mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: valid sockaddr_in values of the given length.
+    if unsafe { libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, (&r as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+/// What one setup thread did.
+#[derive(Default)]
+struct SetupResult {
+    conns: Vec<PnsConn>,
+    calls: u64,
+    refused: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+/// Opens the planned connections one after another and sets up their calls; stops early
+/// once `failures` (shared by all threads) reaches `a.max_failures`.
+fn setup_share(a: &PnsArgs, share: &[&Plan], failures: &AtomicU64) -> SetupResult {
     let to = Duration::from_secs_f64(a.timeout);
-    let t0 = mono_ns();
-    let mut conns = Vec::with_capacity(a.conns as usize);
-    for _ in 0..a.conns {
-        let s = TcpStream::connect_timeout(&SocketAddrV4::new(a.server, a.port).into(), to)
-            .map_err(|e| format!("connect: {e}"))?;
+    let server = SocketAddrV4::new(a.server, a.port);
+    let mut r = SetupResult::default();
+    let mut serial = 0u16;
+    for p in share {
+        if STOP.load(Ordering::Relaxed) || failures.load(Ordering::Relaxed) >= a.max_failures {
+            break;
+        }
+        let fail = |r: &mut SetupResult, n: u64, e: String| {
+            r.failed += n;
+            failures.fetch_add(n, Ordering::Relaxed);
+            r.first_error.get_or_insert(e);
+        };
+        let s = match connect_from(p.bind, server, to) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(
+                    &mut r,
+                    p.ids.len() as u64,
+                    format!("connect from {:?}: {e}", p.bind),
+                );
+                continue;
+            }
+        };
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(to));
         let mut c = PnsConn {
             stream: s,
             buf: Vec::new(),
             ids: Vec::new(),
+            broken: false,
         };
-        c.send(&sccrq(false))?;
-        c.expect(2)?;
-        conns.push(c);
-    }
-    let t_connected = mono_ns();
-    let mut next = a.call_id;
-    let mut serial = 0u16;
-    let mut calls = 0u64;
-    let mut failed = 0u64;
-    for c in &mut conns {
-        let mut reqs = Vec::new();
-        for _ in 0..a.calls {
-            c.ids.push(next);
-            reqs.push(ocrq(next, serial));
-            next = next.wrapping_add(1);
-            serial = serial.wrapping_add(1);
+        if let Err(e) = c.send(&sccrq(false)).and_then(|()| c.expect(2).map(|_| ())) {
+            fail(
+                &mut r,
+                p.ids.len() as u64,
+                format!("SCCRQ from {:?}: {e}", p.bind),
+            );
+            continue;
         }
-        for r in pipeline(c, &reqs, 8, a.window as usize, a.gap)? {
-            if r[16] == 1 {
-                calls += 1;
+        let reqs: Vec<Vec<u8>> = p
+            .ids
+            .iter()
+            .map(|&id| {
+                serial = serial.wrapping_add(1);
+                ocrq(id, serial)
+            })
+            .collect();
+        let (replies, err) = pipeline(&mut c, &reqs, 8, a.window as usize, a.gap);
+        for (rp, &id) in replies.iter().zip(&p.ids) {
+            if rp[16] == 1 {
+                r.calls += 1;
+                c.ids.push(id);
             } else {
-                failed += 1;
+                r.refused += 1;
+                failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if let Some(e) = err {
+            // The calls that got no reply failed; those that did stay up. Nothing more
+            // is sent on the connection: a request stuck in it (dropped by a NAT that
+            // refused it) holds back everything behind it.
+            c.broken = true;
+            let n = (p.ids.len() - replies.len()) as u64;
+            fail(&mut r, n, format!("OCRQ from {:?}: {e}", p.bind));
+        }
+        r.conns.push(c);
     }
+    r
+}
+
+/// Clears the calls of `conns` and stops their control connections; returns the calls
+/// cleared.
+fn teardown_share(a: &PnsArgs, conns: &mut [PnsConn]) -> u64 {
+    let mut cleared = 0u64;
+    for c in conns.iter_mut().filter(|c| !c.broken) {
+        let reqs: Vec<Vec<u8>> = c.ids.iter().map(|&id| id_msg(12, 16, id)).collect();
+        cleared += pipeline(c, &reqs, 13, a.window as usize, 0.0).0.len() as u64;
+    }
+    for c in conns.iter_mut().filter(|c| !c.broken) {
+        let mut stop = ctl_msg(3, 16);
+        stop[12] = 1;
+        let _ = c.send(&stop);
+        let _ = c.expect(4);
+    }
+    cleared
+}
+
+fn pns(a: PnsArgs) -> Result<(), String> {
+    install_signals();
+    raise_nofile();
+    let plans = plan(&a)?;
+    let threads = a.threads.max(1) as usize;
+    // Round-robin shares, so every thread meets early and late hosts alike.
+    let shares: Vec<Vec<&Plan>> = (0..threads)
+        .map(|t| plans.iter().skip(t).step_by(threads).collect())
+        .collect();
+    let failures = AtomicU64::new(0);
+    // CLOCK_REALTIME stamps as well, so a script can combine several processes' reports.
+    let t0_real = real_ns();
+    let t0 = mono_ns();
+    let results: Vec<SetupResult> = std::thread::scope(|sc| {
+        let hs: Vec<_> = shares
+            .iter()
+            .map(|sh| {
+                let (a, f) = (&a, &failures);
+                sc.spawn(move || setup_share(a, sh, f))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
     let t_up = mono_ns();
-    let setup_s = (t_up - t_connected) as f64 / 1e9;
+    let t_up_real = real_ns();
+    let calls: u64 = results.iter().map(|r| r.calls).sum();
+    let refused: u64 = results.iter().map(|r| r.refused).sum();
+    let failed: u64 = results.iter().map(|r| r.failed).sum();
+    let open: usize = results.iter().map(|r| r.conns.len()).sum();
+    let first_error = results.iter().find_map(|r| r.first_error.clone());
+    let setup_s = (t_up - t0) as f64 / 1e9;
+    let planned: usize = plans.iter().map(|p| p.ids.len()).sum();
     let ready = json!({
-        "conns": a.conns,
+        "conns": open,
+        "planned_conns": plans.len(),
+        "planned_calls": planned,
         "calls": calls,
-        "refused": failed,
-        "connect_s": (t_connected - t0) as f64 / 1e9,
+        "refused": refused,
+        "failed": failed,
+        "first_error": first_error,
+        "threads": threads,
+        // From the first connect to the last reply: connections and calls.
         "setup_s": setup_s,
         "setups_per_s": calls as f64 / setup_s,
+        "t0_real_ns": t0_real,
+        "t_up_real_ns": t_up_real,
     });
     if let Some(f) = &a.ready_file {
         std::fs::write(f, format!("{ready}\n")).map_err(|e| format!("{f}: {e}"))?;
@@ -1031,22 +1331,24 @@ fn pns(a: PnsArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let t_down0 = mono_ns();
-    let mut cleared = 0u64;
-    for c in &mut conns {
-        let reqs: Vec<Vec<u8>> = c.ids.iter().map(|&id| id_msg(12, 16, id)).collect();
-        cleared += pipeline(c, &reqs, 13, a.window as usize, 0.0)?.len() as u64;
-    }
-    let t_down = mono_ns();
-    for c in &mut conns {
-        let mut stop = ctl_msg(3, 16);
-        stop[12] = 1;
-        let _ = c.send(&stop);
-        let _ = c.expect(4);
-    }
-    let teardown_s = (t_down - t_down0) as f64 / 1e9;
+    let t_down0_real = real_ns();
+    let mut conns: Vec<Vec<PnsConn>> = results.into_iter().map(|r| r.conns).collect();
+    let cleared: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = conns
+            .iter_mut()
+            .map(|cs| {
+                let a = &a;
+                sc.spawn(move || teardown_share(a, cs))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let teardown_s = (mono_ns() - t_down0) as f64 / 1e9;
     let out = json!({
         "setup": ready,
         "cleared": cleared,
+        "t_down0_real_ns": t_down0_real,
+        "t_down_real_ns": real_ns(),
         "teardown_s": teardown_s,
         "teardowns_per_s": cleared as f64 / teardown_s,
     });

@@ -1168,3 +1168,54 @@ pub fn assert_distinct_nat_ids(status: &Value, n: usize) {
         .collect();
     assert_eq!(ids.len(), n, "NAT ids must be distinct: {status:#}");
 }
+
+// ---- many calls (tests/e2e_scale.rs) ----------------------------------------
+
+impl Lab {
+    /// Sends `sig` to a process we started (e.g. SIGUSR1 to a client holding
+    /// its calls with `--until-signal`).
+    pub fn signal(&mut self, p: Pid, sig: libc::c_int) {
+        if self.is_running(p) {
+            let pid = self.procs[p.0].child.id() as libc::pid_t;
+            // SAFETY: plain syscall on a child we started and have not reaped.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Waits until every process in `ps` has written a stderr line containing
+    /// `needle`. Returns the processes that ended without writing it (empty if
+    /// all wrote it); panics after `timeout`.
+    pub fn wait_line_all(&mut self, ps: &[Pid], needle: &str, timeout: Duration) -> Vec<Pid> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending: Vec<Pid> = ps
+                .iter()
+                .copied()
+                .filter(|&p| !self.stderr_so_far(p).contains(needle))
+                .collect();
+            if pending.is_empty() {
+                return pending;
+            }
+            let ended: Vec<Pid> = pending
+                .iter()
+                .copied()
+                .filter(|&p| !self.is_running(p))
+                .collect();
+            if !ended.is_empty() {
+                return ended;
+            }
+            if Instant::now() > deadline {
+                let mut msg = String::new();
+                for p in pending {
+                    msg.push_str(&format!(
+                        "{}:\n{}\n",
+                        self.procs[p.0].what,
+                        self.stderr_so_far(p)
+                    ));
+                }
+                panic!("no line with {needle:?} within {timeout:?} from:\n{msg}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -53,9 +53,18 @@ pub struct ClientOpts {
     /// Number of calls on this control connection.
     #[arg(long, default_value_t = 1)]
     pub calls: u16,
+    /// Outgoing-Call-Requests in flight before the first reply is awaited
+    /// (1: one at a time). Hundreds of calls one round trip each through a
+    /// queueing ALG take seconds; a window lets a test open them in a fraction.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub window: u16,
     /// GRE packets sent per call.
     #[arg(long, default_value_t = 3)]
     pub gre_count: u32,
+    /// Milliseconds between GRE packets (spread so a queueing ALG sees them
+    /// one by one; lower it for many calls).
+    #[arg(long, default_value_t = 5.0)]
+    pub gre_gap_ms: f64,
     /// Name put in GRE payloads ("<tag>:call<N>:<seq>"); default "pid<PID>".
     #[arg(long)]
     pub tag: Option<String>,
@@ -68,6 +77,12 @@ pub struct ClientOpts {
     /// Seconds to keep collecting GRE after sending.
     #[arg(long, default_value_t = 1.0)]
     pub hold: f64,
+    /// After the hold, log "holding calls until SIGUSR1" and keep the calls
+    /// (answering the server) until SIGUSR1 arrives, at most this many
+    /// seconds: lets a test read the router's state while every call of
+    /// several clients is up, however long their setups took.
+    #[arg(long)]
+    pub until_signal: Option<f64>,
     /// How to end the calls and the connection.
     #[arg(long, value_enum, default_value = "clear")]
     pub close: Close,
@@ -330,6 +345,9 @@ impl Client<'_> {
 
         self.send_gre(raw);
         self.idle(Instant::now() + Duration::from_secs_f64(self.o.hold.max(0.0)))?;
+        if let Some(max) = self.o.until_signal {
+            self.hold_until_signal(Duration::from_secs_f64(max.max(0.0)))?;
+        }
         self.close()
     }
 
@@ -381,8 +399,15 @@ impl Client<'_> {
                 self.await_ocrp(id)?;
             }
         } else {
-            for &id in &ids {
-                self.send(&[msg::ocrq(id, id, phone)])?;
+            // Replies are awaited in request order; one arriving early waits
+            // in the backlog.
+            let window = usize::from(self.o.window);
+            let mut sent = 0;
+            for (done, &id) in ids.iter().enumerate() {
+                while sent < ids.len() && sent - done < window {
+                    self.send(&[msg::ocrq(ids[sent], ids[sent], phone)])?;
+                    sent += 1;
+                }
                 self.await_ocrp(id)?;
             }
         }
@@ -453,9 +478,28 @@ impl Client<'_> {
                         .push(format!("call {own}: GRE send failed: {e}")),
                 }
                 // Spread packets a little so a queueing ALG sees them one by one.
-                thread::sleep(Duration::from_millis(5));
+                thread::sleep(Duration::from_secs_f64(self.o.gre_gap_ms.max(0.0) / 1000.0));
             }
         }
+    }
+
+    /// Holds the calls until SIGUSR1 or `max` has passed; `max` passing is an
+    /// error, since whoever asked for the signal did not send it.
+    fn hold_until_signal(&mut self, max: Duration) -> Result<(), String> {
+        let usr1 = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+            .map_err(|e| format!("cannot install SIGUSR1 handler: {e}"))?;
+        let up = self.calls.iter().filter(|c| c.peer_id.is_some()).count();
+        // Printed unconditionally (not through the logger): tests wait for this line.
+        eprintln!("pptp-peer client: {up} calls up; holding calls until SIGUSR1");
+        let deadline = Instant::now() + max;
+        while !usr1.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return Err(format!("no SIGUSR1 within {max:?}"));
+            }
+            self.idle(Instant::now() + Duration::from_millis(50))?;
+        }
+        Ok(())
     }
 
     /// Answers whatever the server sends until `until`.

@@ -193,6 +193,21 @@ impl RawGre {
         }
         // SAFETY: raw is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Every GRE packet to the namespace is queued on every raw socket in
+        // it; with hundreds of calls a burst of echoes overflows the default
+        // buffer (~200 packets) before the reader runs, and a lost echo reads
+        // as a misrouted call. Best effort: SO_RCVBUFFORCE needs CAP_NET_ADMIN.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: size is a valid c_int and its size is passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const libc::c_int as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         if let Some(addr) = bind {
             let sa = sockaddr(addr);
             // SAFETY: sa is a valid sockaddr_in and its size is passed.
