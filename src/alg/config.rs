@@ -21,7 +21,7 @@ pub enum IdPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlgConfig {
     /// Live calls in total. A call costs about 213 bytes, a control
-    /// connection about 380 (tests/alg_memory.rs).
+    /// connection about 400 (tests/alg_memory.rs).
     pub max_calls: usize,
     /// Calls per inside host, live and in quarantine (a host's ended calls
     /// count against it, not against the others). 64 covers a PPTP server
