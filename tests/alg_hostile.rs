@@ -327,3 +327,16 @@ fn spoofed_syn_ack_does_not_place_the_inside_stream() {
         sim.advance(std::time::Duration::from_secs(11));
     }
 }
+
+/// A segment exactly 2^31 bytes away from the stream position (found by the
+/// engine fuzz target: negating the distance overflowed, a panic in debug
+/// builds) is a retransmission as far as the engine can tell.
+#[test]
+fn a_segment_half_the_sequence_space_away_does_not_panic() {
+    let mut sim = Sim::new(AlgConfig::default());
+    let c = one_call(&mut sim, 1, 40000);
+    let far = c.seq[0].wrapping_add(1 << 31);
+    let (v, _) = sim.send_at(&c, OUT, far, Flags::default(), &ocrq(0x4000));
+    assert!(matches!(v, Verdict::Accept | Verdict::Drop(_)));
+    sim.alg.check_call_indexes().unwrap();
+}

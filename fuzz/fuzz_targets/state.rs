@@ -25,7 +25,7 @@ fn path() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let p = path();
     std::fs::write(p, data).expect("write state file");
-    let calls = match state::load(p, Duration::from_secs(u64::MAX)) {
+    let calls = match state::load(p, Duration::from_secs(u64::MAX), 1 << 20) {
         Ok(c) => c,
         Err(e) => {
             assert!(!e.to_string().is_empty());
@@ -46,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
     alg.check_call_indexes().expect("indexes after restore");
     let saved = alg.saved_calls();
     assert_eq!(saved.len(), n);
-    assert_eq!(alg.calls(now).len(), n);
+    // Calls saved in quarantine come back in quarantine, not live.
+    let live = saved.iter().filter(|c| c.quarantine_left.is_none()).count();
+    assert_eq!(alg.calls(now).len(), live);
     // What one engine saved, another restores whole.
     let mut again = Alg::new(cfg);
     assert_eq!(again.restore_calls(now, &saved), n);
@@ -60,6 +62,10 @@ fuzz_target!(|data: &[u8]| {
     b.sort_by_key(key);
     assert_eq!(a, b);
     state::save(p, saved.clone()).expect("save");
-    let back = state::load(p, Duration::from_secs(60)).expect("load what was saved");
-    assert_eq!(back, saved);
+    let back = state::load(p, Duration::from_secs(60), 8).expect("load what was saved");
+    // The live calls come back as saved; a quarantine may have lost a
+    // second to the clock between saving and loading.
+    let is_live = |c: &&pptp_alg::alg::SavedCall| c.quarantine_left.is_none();
+    assert!(back.iter().filter(is_live).eq(saved.iter().filter(is_live)));
+    assert!(back.len() <= saved.len());
 });

@@ -37,9 +37,24 @@ fn input(data: &[u8]) -> Option<Input<'_>> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Owned {
-    Field { ty: u16, offset: usize, value: u16 },
-    Skipped { ctrl_type: u16 },
-    Message { ty: u16, bytes: Vec<u8> },
+    FieldHigh {
+        ty: u16,
+        offset: usize,
+        high: u8,
+    },
+    FieldLow {
+        ty: u16,
+        offset: usize,
+        value: u16,
+        high_out: u8,
+    },
+    Skipped {
+        ctrl_type: u16,
+    },
+    Message {
+        ty: u16,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,16 +74,33 @@ fn run(input: &Input, segments: &[&[u8]]) -> Run {
     for seg in segments {
         let res = p.feed::<()>(seg, &mut patches, |item| {
             Ok(match item {
-                Item::Field { ty, offset, value } => {
-                    items.push(Owned::Field {
+                // Each step of each field is reported once whatever the
+                // cuts, so the n-th answer goes to the same step every time.
+                Item::FieldHigh { ty, offset, high } => {
+                    items.push(Owned::FieldHigh {
+                        ty: ty as u16,
+                        offset,
+                        high,
+                    });
+                    let answer = input.answers.get(n % input.answers.len().max(1)).copied();
+                    n += 1;
+                    answer
+                }
+                Item::FieldLow {
+                    ty,
+                    offset,
+                    value,
+                    high_out,
+                } => {
+                    items.push(Owned::FieldLow {
                         ty: ty as u16,
                         offset,
                         value,
+                        high_out,
                     });
-                    // Keep the high byte: the parser patches low bytes only.
-                    let low = input.answers.get(n % input.answers.len().max(1)).copied();
+                    let answer = input.answers.get(n % input.answers.len().max(1)).copied();
                     n += 1;
-                    low.map(|l| (value & 0xff00) | u16::from(l))
+                    answer
                 }
                 Item::Skipped { ctrl_type } => {
                     items.push(Owned::Skipped { ctrl_type });

@@ -517,7 +517,7 @@ impl Alg {
             self.stats.dropped_out_of_order += 1;
             return Some(Verdict::Drop(DropReason::OutOfOrder));
         }
-        let skip = (-ahead) as usize;
+        let skip = ahead.unsigned_abs() as usize;
         if skip >= payload.len() {
             return None; // a pure retransmission: patches cover it
         }
