@@ -340,3 +340,34 @@ fn a_segment_half_the_sequence_space_away_does_not_panic() {
     assert!(matches!(v, Verdict::Accept | Verdict::Drop(_)));
     sim.alg.check_call_indexes().unwrap();
 }
+
+/// The inside host's own SYN places its stream; a spoofed SYN-ACK that
+/// follows it on the same tuple must not move it (a stream placed there
+/// would let the host's first bytes, cut before a whole header, pass as
+/// already seen).
+#[test]
+fn spoofed_syn_ack_after_the_inside_syn_changes_nothing() {
+    let mut sim = Sim::new(AlgConfig::default());
+    one_call(&mut sim, 1, 40000);
+    let mut c = Conn::client_inside(host(2), 40000, SERVER);
+    let syn = Flags {
+        syn: true,
+        ..Default::default()
+    };
+    sim.send_at(&c, OUT, c.seq[0], syn, &[]);
+    c.seq[0] = c.seq[0].wrapping_add(1);
+    let spoofed = Flags {
+        syn: true,
+        ack: Some(c.seq[0].wrapping_add(4000)),
+        ..Default::default()
+    };
+    sim.send_at(&c, IN, 4242, spoofed, &[]);
+    // The host's first bytes, cut before a whole header, are tracked from
+    // its SYN, so its request is translated.
+    let stream = [simple(SCCRQ), ocrq(0x4000)].concat();
+    let (v, _) = sim.send(&mut c, OUT, &stream[..5]);
+    assert_eq!(v, Verdict::Accept);
+    let (v, out) = sim.send(&mut c, OUT, &stream[5..]);
+    assert_eq!(v, Verdict::Modified);
+    assert_ne!(u16_at(&out, 156 - 5 + 12), 0x4000);
+}

@@ -179,8 +179,10 @@ impl Conns {
             .handshakes
             .entry(key)
             .or_insert_with(|| Handshake::new(n));
-        if syn {
+        if syn && ack.is_none() {
             // A new handshake on the tuple: what older segments told is void.
+            // (A SYN-ACK answers the current one: it must not void what the
+            // inside host's own SYN told.)
             *e = Handshake::new(e.n);
         }
         match dir {
@@ -409,9 +411,8 @@ impl Alg {
             if conn.dirs[di].parser.is_none() {
                 let header = starts_with_header(tcp.payload());
                 let synced = match (dir, conn.inside_ack) {
-                    (Direction::FromInside, _) => header,
                     (Direction::ToInside, Some(ack)) => header && ack == data_seq,
-                    (Direction::ToInside, None) => header,
+                    _ => header,
                 };
                 if !synced {
                     self.stats.unsynced_segments += 1;
