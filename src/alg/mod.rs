@@ -493,12 +493,11 @@ impl Alg {
     /// Every live call, in a form that [`Alg::restore_calls`] takes back.
     ///
     /// Calls in quarantine come too, with the time they have left as of
-    /// the engine's last input, first (see [`restore_order`]).
+    /// the engine's last input.
     pub fn saved_calls(&self) -> Vec<SavedCall> {
         let now = self.stamp_cache.map_or(0, |(s, _, _)| s);
         let quarantine = secs(self.cfg.quarantine);
-        let mut saved: Vec<SavedCall> = self
-            .calls
+        self.calls
             .iter()
             .filter(|(_, c)| c.conn != DETACHED)
             .map(|(_, c)| SavedCall {
@@ -510,9 +509,7 @@ impl Alg {
                 quarantine_left: (!c.is_live())
                     .then(|| quarantine.saturating_sub(now.saturating_sub(c.last_activity))),
             })
-            .collect();
-        saved.sort_by_key(restore_order);
-        saved
+            .collect()
     }
 
     /// Takes back calls saved by an earlier run, emitting

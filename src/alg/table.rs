@@ -293,6 +293,25 @@ impl CallTable {
         self.by_outside.insert(k, idx);
     }
 
+    /// Live call `idx` of connection `conn` stops holding its outside id
+    /// (it ends or is rolled back): out of the index unless another call
+    /// holds the entry, and out of the shared and per-connection counts.
+    fn drop_outside_id(
+        &mut self,
+        idx: CallIdx,
+        (host, outside, oid): (Ipv4Addr, Ipv4Addr, u16),
+        conn: ConnIdx,
+    ) {
+        let k = outside_key(host, outside, oid);
+        if self.by_outside.get(&k) == Some(&idx) {
+            self.by_outside.remove(&k);
+        }
+        self.leave_shared(k);
+        if conn != DETACHED {
+            self.ids.count_outside(conn, (oid >> 8) as u8, false);
+        }
+    }
+
     /// A live call stops holding outside id key `k`.
     fn leave_shared(&mut self, k: (u64, u16)) {
         if let Some(n) = self.shared_outside.get_mut(&k) {
@@ -314,14 +333,7 @@ impl CallTable {
         c.last_activity = now;
         let (host, outside, oid, conn) = (c.inside_host, c.outside_peer, c.outside_id, c.conn);
         if let Some(oid) = oid {
-            let k = outside_key(host, outside, oid);
-            if self.by_outside.get(&k) == Some(&idx) {
-                self.by_outside.remove(&k);
-            }
-            self.leave_shared(k);
-            if conn != DETACHED {
-                self.ids.count_outside(conn, (oid >> 8) as u8, false);
-            }
+            self.drop_outside_id(idx, (host, outside, oid), conn);
         }
         self.live -= 1;
         self.ids.quarantine(outside);
@@ -339,10 +351,7 @@ impl CallTable {
         self.by_nat.remove(&nat_key(c.outside_peer, c.nat_id));
         if c.is_live() {
             if let Some(oid) = c.outside_id {
-                let k = outside_key(c.inside_host, c.outside_peer, oid);
-                self.by_outside.remove(&k);
-                self.leave_shared(k);
-                self.ids.count_outside(c.conn, (oid >> 8) as u8, false);
+                self.drop_outside_id(idx, (c.inside_host, c.outside_peer, oid), c.conn);
             }
             self.live -= 1;
         } else if let Some(pos) = self.ended.iter().rposition(|&i| i == idx) {
