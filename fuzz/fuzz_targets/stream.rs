@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pptp_alg::alg::stream::{FeedError, Item, Parser, Patch};
-use pptp_alg::wire::pptp::HeaderError;
+use pptp_alg::wire::pptp::{HeaderError, Role};
 
 /// The input: 4 bytes of start sequence number, a count `n`, `n` segment
 /// lengths, `n` low bytes the handler answers for fields (so that patches
@@ -39,12 +39,12 @@ fn input(data: &[u8]) -> Option<Input<'_>> {
 enum Owned {
     FieldHigh {
         ty: u16,
-        offset: usize,
+        role: Role,
         high: u8,
     },
     FieldLow {
         ty: u16,
-        offset: usize,
+        role: Role,
         value: u16,
         high_out: u8,
     },
@@ -76,10 +76,10 @@ fn run(input: &Input, segments: &[&[u8]]) -> Run {
             Ok(match item {
                 // Each step of each field is reported once whatever the
                 // cuts, so the n-th answer goes to the same step every time.
-                Item::FieldHigh { ty, offset, high } => {
+                Item::FieldHigh { ty, role, high } => {
                     items.push(Owned::FieldHigh {
                         ty: ty as u16,
-                        offset,
+                        role,
                         high,
                     });
                     let answer = input.answers.get(n % input.answers.len().max(1)).copied();
@@ -88,13 +88,13 @@ fn run(input: &Input, segments: &[&[u8]]) -> Run {
                 }
                 Item::FieldLow {
                     ty,
-                    offset,
+                    role,
                     value,
                     high_out,
                 } => {
                     items.push(Owned::FieldLow {
                         ty: ty as u16,
-                        offset,
+                        role,
                         value,
                         high_out,
                     });

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use pptp_alg::wire::checksum;
 use pptp_alg::wire::gre::{self, GrePacket};
 use pptp_alg::wire::ipv4::{Ipv4Packet, PROTO_TCP};
-use pptp_alg::wire::pptp::{parse_header, ControlMessage, ControlType, HEADER_LEN};
+use pptp_alg::wire::pptp::{parse_header, ControlMessage, ControlRepr, ControlType, HEADER_LEN};
 use pptp_alg::wire::tcp::TcpSegment;
 use std::net::Ipv4Addr;
 
@@ -202,11 +202,15 @@ fn pptp(bytes: &[u8]) {
     assert_eq!(usize::from(m.length()), ty.length());
     assert_eq!(ControlType::from_u16(ty as u16), Some(ty));
     let f = ty.call_id_fields();
-    assert_eq!(m.own_call_id(), f.own.map(|o| be16(bytes, o)));
-    assert_eq!(m.peer_call_id(), f.peer.map(|o| be16(bytes, o)));
-    for o in [f.own, f.peer].into_iter().flatten() {
-        assert!(o + 2 <= ty.length());
+    assert_eq!(m.own_call_id(), f.own.clone().map(|o| be16(bytes, o.start)));
+    assert_eq!(m.peer_call_id(), f.peer.clone().map(|o| be16(bytes, o.start)));
+    for (_, o) in f.iter() {
+        assert!(o.len() == 2 && o.end <= ty.length());
     }
+    // The Repr keeps every byte: emitting what it parsed gives the message.
+    let repr = ControlRepr::parse(&m);
+    assert_eq!(repr.control_type(), ty);
+    assert_eq!(repr.to_bytes(), &bytes[..ty.length()]);
     assert_eq!(
         m.reply_result().is_some(),
         matches!(

@@ -8,7 +8,7 @@ use super::{
     SavedCall, Stamp, Verdict, PPTP_PORT,
 };
 use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::pptp::{parse_header, ControlMessage, ControlType, HEADER_LEN};
+use crate::wire::pptp::{parse_header, ControlMessage, ControlType, Role, HEADER_LEN};
 use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -297,8 +297,9 @@ fn creates_call(ty: ControlType) -> bool {
 }
 
 fn starts_with_header(payload: &[u8]) -> bool {
-    payload.len() >= HEADER_LEN
-        && parse_header(payload[..HEADER_LEN].try_into().expect("12 bytes")).is_ok()
+    payload
+        .first_chunk::<HEADER_LEN>()
+        .is_some_and(|h| parse_header(h).is_ok())
 }
 
 /// A call request that cannot be granted.
@@ -623,15 +624,13 @@ impl Alg {
         item: Item<'_>,
     ) -> Result<Option<u8>, Refused> {
         match item {
-            Item::FieldHigh { ty, offset, high } => {
-                Ok(self.translate_high(ci, dir, ty, offset, high))
-            }
+            Item::FieldHigh { ty, role, high } => Ok(self.translate_high(ci, dir, ty, role, high)),
             Item::FieldLow {
                 ty,
-                offset,
+                role,
                 value,
                 high_out,
-            } => self.translate_low(now, ci, dir, ty, offset, value, high_out),
+            } => self.translate_low(now, ci, dir, ty, role, value, high_out),
             Item::Skipped { .. } => {
                 self.stats.unknown_messages += 1;
                 Ok(None)
@@ -652,10 +651,10 @@ impl Alg {
         ci: ConnIdx,
         dir: Direction,
         ty: ControlType,
-        offset: usize,
+        role: Role,
         high: u8,
     ) -> Option<u8> {
-        let own = ty.call_id_fields().own == Some(offset);
+        let own = role == Role::Own;
         let ids = &self.calls.ids;
         // A Call-Disconnect-Notify names the sender's own call (RFC 2637)
         // or the receiver's (Linux, pptp-linux): where a byte could start
@@ -692,11 +691,11 @@ impl Alg {
         ci: ConnIdx,
         dir: Direction,
         ty: ControlType,
-        offset: usize,
+        role: Role,
         value: u16,
         high_out: u8,
     ) -> Result<Option<u8>, Refused> {
-        let own = ty.call_id_fields().own == Some(offset);
+        let own = role == Role::Own;
         // Only an id whose first byte went out as this one's can be written:
         // anything else would name another call.
         let low_if = |id: u16| ((id >> 8) as u8 == high_out).then_some(id as u8);

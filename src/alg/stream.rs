@@ -10,7 +10,10 @@
 //! waiting for the next segment. Both steps happen whether or not the field
 //! is split, so the bytes on the wire never depend on where a segment ends.
 
-use crate::wire::pptp::{parse_header, ControlType, HeaderError, HEADER_LEN, MAX_MESSAGE_LEN};
+use crate::wire::get_u16;
+use crate::wire::pptp::{
+    declared_length, parse_header, ControlType, HeaderError, Role, HEADER_LEN, MAX_MESSAGE_LEN,
+};
 
 /// What the parser reports to its handler.
 #[derive(Debug)]
@@ -20,8 +23,8 @@ pub enum Item<'a> {
     FieldHigh {
         /// Message type.
         ty: ControlType,
-        /// Offset of the field in the message.
-        offset: usize,
+        /// Which call the field names.
+        role: Role,
         /// The byte as sent.
         high: u8,
     },
@@ -30,8 +33,8 @@ pub enum Item<'a> {
     FieldLow {
         /// Message type.
         ty: ControlType,
-        /// Offset of the field in the message.
-        offset: usize,
+        /// Which call the field names.
+        role: Role,
         /// The value as sent.
         value: u16,
         /// The first byte as it went on the wire.
@@ -198,10 +201,11 @@ impl Parser {
 }
 
 fn header(h: &[u8]) -> Result<Header, HeaderError> {
-    match parse_header(h.try_into().expect("caller passes HEADER_LEN bytes")) {
+    let h = h.try_into().expect("caller passes HEADER_LEN bytes");
+    match parse_header(h) {
         Ok(ty) => Ok(Header::Known(ty)),
         Err(HeaderError::UnknownType(ctrl_type)) => {
-            let length = usize::from(u16::from_be_bytes([h[0], h[1]]));
+            let length = declared_length(h);
             if (HEADER_LEN..=MAX_UNKNOWN_LEN).contains(&length) {
                 Ok(Header::Unknown { ctrl_type, length })
             } else {
@@ -229,8 +233,9 @@ fn emit<E>(
     on: &mut impl FnMut(Item<'_>) -> Result<Option<u8>, E>,
 ) -> Result<(), FeedError<E>> {
     let have = msg.len();
-    let fields = ty.call_id_fields();
-    for offset in [fields.own, fields.peer].into_iter().flatten() {
+    for (role, field) in ty.call_id_fields().iter() {
+        // The field's two bytes (big-endian), each reported when it is seen.
+        let (hi, lo) = (field.start, field.end - 1);
         let mut patch = |at: usize, old: u8, new: Option<u8>| {
             let new = new.unwrap_or(old);
             if new != old {
@@ -238,21 +243,21 @@ fn emit<E>(
             }
             new
         };
-        if (before..have).contains(&offset) {
-            let high = msg[offset];
-            let new = on(Item::FieldHigh { ty, offset, high }).map_err(FeedError::Handler)?;
-            *high_out = Some(patch(offset, high, new));
+        if (before..have).contains(&hi) {
+            let high = msg[hi];
+            let new = on(Item::FieldHigh { ty, role, high }).map_err(FeedError::Handler)?;
+            *high_out = Some(patch(hi, high, new));
         }
-        if (before..have).contains(&(offset + 1)) {
-            let value = u16::from_be_bytes([msg[offset], msg[offset + 1]]);
+        if (before..have).contains(&lo) {
+            let value = get_u16(msg, field);
             let item = Item::FieldLow {
                 ty,
-                offset,
+                role,
                 value,
-                high_out: high_out.take().unwrap_or(msg[offset]),
+                high_out: high_out.take().unwrap_or(msg[hi]),
             };
             let new = on(item).map_err(FeedError::Handler)?;
-            patch(offset + 1, value as u8, new);
+            patch(lo, value as u8, new);
         }
     }
     if have == ty.length() {
