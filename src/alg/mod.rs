@@ -293,9 +293,11 @@ impl Alg {
         dir: Direction,
     ) -> Verdict {
         let (src, dst) = (ip.src(), ip.dst());
-        let len = ip.payload().len() as u64;
-        let call_id = match GrePacket::new_checked(ip.payload()) {
-            Ok(g) => g.call_id(),
+        let payload = ip.payload_mut();
+        let len = payload.len() as u64;
+        // Parsed once: the view that finds the Call ID also rewrites it.
+        let mut gre = match GrePacket::new_checked(payload) {
+            Ok(g) => g,
             Err(_) => {
                 if crate::wire::gre::version(ip.payload()) == Some(1) {
                     self.stats.malformed += 1;
@@ -309,6 +311,7 @@ impl Alg {
                 };
             }
         };
+        let call_id = gre.call_id();
         self.stats.gre_packets += 1;
         match dir {
             Direction::ToInside => {
@@ -325,9 +328,7 @@ impl Alg {
                 c.bytes_in += len;
                 c.last_activity = now;
                 let (host, id) = (c.inside_host, c.inside_id);
-                GrePacket::new_checked(ip.payload_mut())
-                    .expect("checked above")
-                    .set_call_id(id);
+                gre.set_call_id(id);
                 ip.set_dst(host);
                 Verdict::Modified
             }

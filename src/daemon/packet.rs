@@ -26,7 +26,7 @@ use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
 use crate::nft::{ElementCounter, FastPath, QueueBackend, RulesConfig, TableSocket};
-use crate::wire::ipv4::PROTO_GRE;
+use crate::wire::ipv4::{self, PROTO_GRE};
 use rustc_hash::FxHashMap;
 use std::io::{self, Read};
 use std::net::Ipv4Addr;
@@ -384,7 +384,7 @@ impl PacketLoop {
         } else {
             Direction::ToInside
         };
-        let gre = pkt.payload().get(9) == Some(&PROTO_GRE);
+        let gre = ipv4::peek_protocol(pkt.payload()) == Some(PROTO_GRE);
         let mut engine = Engine {
             shared: &self.shared,
             events: &mut self.events,
