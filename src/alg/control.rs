@@ -9,7 +9,8 @@ use super::{
 };
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlMessage, ControlType, Role, HEADER_LEN};
-use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
+use crate::wire::tcp::TcpSegment;
+use etherparse::TcpSlice;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
@@ -313,11 +314,13 @@ impl Alg {
         dir: Direction,
     ) -> Verdict {
         let (src, dst) = (ip.src(), ip.dst());
-        let Ok(mut tcp) = TcpSegment::new_checked(ip.payload_mut()) else {
+        // Read with etherparse (see README, Development); written below
+        // through the wire view, which etherparse does not offer.
+        let Ok(tcp) = TcpSlice::from_slice(ip.payload()) else {
             self.stats.malformed += 1;
             return Verdict::Accept;
         };
-        let (sp, dp) = (tcp.src_port(), tcp.dst_port());
+        let (sp, dp) = (tcp.source_port(), tcp.destination_port());
         if sp != PPTP_PORT && dp != PPTP_PORT {
             self.stats.ignored += 1;
             return Verdict::Accept;
@@ -334,9 +337,8 @@ impl Alg {
                 outside: s,
             },
         };
-        let flags = tcp.flags();
-        let seq = tcp.seq();
-        let syn = flags & SYN != 0;
+        let (syn, fin, rst) = (tcp.syn(), tcp.fin(), tcp.rst());
+        let seq = tcp.sequence_number();
         let data_seq = if syn { seq.wrapping_add(1) } else { seq };
         let payload_len = tcp.payload().len();
         let di = dir_index(dir);
@@ -352,7 +354,7 @@ impl Alg {
                 known = None;
             }
         }
-        let ack = (flags & ACK != 0).then(|| tcp.ack());
+        let ack = tcp.ack().then(|| tcp.acknowledgment_number());
         let ci = match known {
             Some(ci) => ci,
             None if syn || payload_len == 0 => {
@@ -431,6 +433,8 @@ impl Alg {
 
         let mut modified = false;
         let conn = self.conns.get(ci);
+        // The same bytes etherparse checked above.
+        let mut tcp = TcpSegment::new_unchecked(ip.payload_mut());
         for &(pseq, byte) in &conn.dirs[di].patches {
             let off = seq_diff(pseq, data_seq);
             if off >= 0 && (off as usize) < payload_len {
@@ -445,9 +449,9 @@ impl Alg {
         let next = conn.dirs[di].parser.as_ref().map(|p| p.next);
         let at_rst = next == Some(data_seq);
         let at_fin = next == Some(data_seq.wrapping_add(payload_len as u32));
-        if (flags & RST != 0 && at_rst) || (flags & FIN != 0 && at_fin) {
+        if (rst && at_rst) || (fin && at_fin) {
             self.close_conn(ci, now);
-        } else if flags & (RST | FIN) != 0 {
+        } else if rst || fin {
             self.stats.ignored_teardowns += 1;
         }
         if modified {
