@@ -576,6 +576,40 @@ fn desync_stops_translation_but_passes_packets() {
     assert_eq!(sim.gre_in(SERVER, 0x4100, b"x").0, Verdict::Modified);
 }
 
+/// The TCP header of a control segment is checked before anything is read
+/// from it: a data offset below 5 words or beyond the segment leaves the
+/// packet unchanged and counted as malformed, never as control traffic.
+#[test]
+fn control_segments_with_impossible_tcp_headers_pass_unread() {
+    let (mut sim, _) = two_clients();
+    let good = tcp_packet(
+        (host(2), 40001),
+        (SERVER, 1723),
+        5,
+        Flags::default(),
+        &sli(0x4100),
+    );
+    let data_offset = 20 + 12;
+    assert_eq!(good[data_offset], 5 << 4);
+    let tcp_len = good.len() - 20;
+    for (words, readable) in [(4u8, false), (15, false), ((tcp_len / 4) as u8, true)] {
+        let mut pkt = good.clone();
+        pkt[data_offset] = words << 4;
+        let before = sim.alg.stats().clone();
+        let (v, out) = sim.packet(pkt.clone(), OUT);
+        let after = sim.alg.stats();
+        assert_eq!((v, &out), (Verdict::Accept, &pkt), "data offset {words}");
+        assert_eq!(
+            (
+                after.malformed - before.malformed,
+                after.control_packets - before.control_packets
+            ),
+            if readable { (0, 1) } else { (1, 0) },
+            "data offset {words}"
+        );
+    }
+}
+
 #[test]
 fn malformed_inputs_get_defined_verdicts() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
