@@ -256,3 +256,32 @@ fn teardown_stops_gre_and_forgets_the_connection() {
     assert_eq!(sim.alg.connections(), 0);
     assert_eq!(sim.alg.hairpin(&key(&a)), None);
 }
+
+/// An incoming call on a hairpinned connection (the server asks, the client answers): the
+/// client's own id is translated in its reply, and GRE goes both ways as for its own calls.
+#[test]
+fn incoming_call_on_a_hairpinned_connection() {
+    let mut sim = Sim::new(AlgConfig::default());
+    // Another client's call first, so this one's id is really translated.
+    hairpin_call(&mut sim, host(3), 0x4000, 0x0101);
+    let mut c = Conn::client_inside(host(2), 40002, SRV);
+    sim.start_control(&mut c);
+    let (v, _) = sim.send(&mut c, IN, &icrq(0x0200));
+    assert_eq!(v, Verdict::Accept, "the server's own id passes");
+    let (_, out) = sim.send(&mut c, OUT, &icrp(0x4000, 0x0200, 1));
+    let nat = u16_at(&out, 12);
+    assert_ne!(
+        nat, 0x4000,
+        "the client's id collides with host 3's: translated"
+    );
+    assert_eq!(u16_at(&out, 14), 0x0200);
+    sim.alg.set_hairpin(key(&c), Some(HP));
+    let (_, out) = sim.send(&mut c, IN, &iccn(nat));
+    assert_eq!(u16_at(&out, 12), 0x4000);
+    let (v, out) = gre(&mut sim, SRV, MASQ, nat);
+    assert_eq!(v, Verdict::Modified);
+    assert_eq!(src_dst_id(&out), (SRV, host(2), 0x4000));
+    let (v, out) = gre(&mut sim, host(2), ROUTER, 0x0200);
+    assert_eq!(v, Verdict::Modified);
+    assert_eq!(src_dst_id(&out), (host(2), SRV, 0x0200));
+}

@@ -18,15 +18,21 @@ const CALL_ID: u64 = 1000;
 const SERVER_HOST: usize = 2;
 
 fn hairpin(case: &str, daemon_flags: &[&str]) {
+    hairpin_with(case, daemon_flags, &[], &[]);
+}
+
+/// [`hairpin`] with options for the server and the clients.
+fn hairpin_with(case: &str, daemon_flags: &[&str], server_flags: &[&str], client_flags: &[&str]) {
     let offload = !daemon_flags.contains(&"--no-offload");
     let mut lab = Lab::new(case, 3, 1);
     lab.hairpin_to(SERVER_HOST);
     lab.start_daemon(daemon_flags);
     let server_addr = lan_addr(SERVER_HOST);
-    let srv = lab.server(Host::Lan(SERVER_HOST), server_addr, &[]);
+    let srv = lab.server(Host::Lan(SERVER_HOST), server_addr, server_flags);
     let tags = ["hp1", "hp2"];
     let (id, count) = (CALL_ID.to_string(), GRE_COUNT.to_string());
-    let args = ["--call-id", &id, "--gre-count", &count, "--hold", "2"];
+    let mut args = vec!["--call-id", &id, "--gre-count", &count, "--hold", "2"];
+    args.extend_from_slice(client_flags);
     let pids: Vec<Pid> = tags
         .iter()
         .enumerate()
@@ -139,4 +145,19 @@ fn hairpin_two_clients_same_call_id_no_offload() {
         return;
     }
     hairpin("hairpin_nooff", &["--no-offload"]);
+}
+
+/// Incoming calls (the server places them) and control messages cut into 5-byte segments,
+/// through the hairpin.
+#[test]
+fn hairpin_incoming_calls_in_5_byte_segments() {
+    if !have_root() {
+        return;
+    }
+    hairpin_with(
+        "hairpin_in",
+        &[],
+        &["--incoming-call", "--segmentation", "split:5"],
+        &["--incoming", "--segmentation", "split:5"],
+    );
 }
