@@ -394,7 +394,7 @@ impl Alg {
 
     /// Records what the caller read from conntrack about control connection `conn`: whether
     /// it is hairpinned, and if so through which router addresses. Its calls' GRE is then
-    /// translated both ways ([`hairpin`]); their [`CallInfo::hairpin`] says so. Forgotten
+    /// translated both ways (module `hairpin`); their [`CallInfo::hairpin`] says so. Forgotten
     /// with the connection.
     pub fn set_hairpin(&mut self, conn: ConnKey, hairpin: Option<Hairpin>) {
         if self.conns.contains(&conn) {
