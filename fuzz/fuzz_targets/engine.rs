@@ -10,6 +10,10 @@
 //!   checksums; GRE from inside is never rewritten;
 //! - GRE from outside is rewritten only when `calls()` lists a live call of
 //!   that (peer, NAT id), and then exactly to that call's inside host and id;
+//! - GRE from an inside host to the public address (hairpin NAT, the
+//!   connection classified as the daemon does from conntrack) is sent on only
+//!   when `calls()` lists a live hairpinned call of that host with that
+//!   outside id, to its outside peer, with only the destination changed;
 //! - an inside host's call request (own id of OCRQ/ICRQ/OCRP/ICRP) never
 //!   leaves with an id that already routes the peer's GRE to another call
 //!   (the hijack an untranslated inside id causes);
