@@ -17,18 +17,48 @@ const CALL_ID: u64 = 1000;
 /// LAN host index of the PPTP server.
 const SERVER_HOST: usize = 2;
 
-fn hairpin(case: &str, daemon_flags: &[&str]) {
-    hairpin_with(case, daemon_flags, &[], &[]);
+/// Who dials the public address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// LAN hosts 0 and 1, through the administrator's hairpin pair to LAN host 2.
+    Inside,
+    /// WAN addresses 1 and 2, through a port forward to LAN host 0 that the router also
+    /// masquerades towards the server (so the server needs no route back): conntrack NATs
+    /// it both ways, exactly like a hairpin.
+    OutsideMasqueraded,
 }
 
-/// [`hairpin`] with options for the server and the clients.
-fn hairpin_with(case: &str, daemon_flags: &[&str], server_flags: &[&str], client_flags: &[&str]) {
+fn hairpin(case: &str, daemon_flags: &[&str]) {
+    hairpin_with(case, daemon_flags, &[], &[], Clients::Inside);
+}
+
+/// [`hairpin`] with options for the server and the clients, and either kind of clients.
+fn hairpin_with(
+    case: &str,
+    daemon_flags: &[&str],
+    server_flags: &[&str],
+    client_flags: &[&str],
+    clients: Clients,
+) {
     let offload = !daemon_flags.contains(&"--no-offload");
-    let mut lab = Lab::new(case, 3, 1);
-    lab.hairpin_to(SERVER_HOST);
+    let (mut lab, server_host, client_hosts) = match clients {
+        Clients::Inside => {
+            let lab = Lab::new(case, 3, 1);
+            lab.hairpin_to(SERVER_HOST);
+            let c = [(Host::Lan(0), lan_addr(0)), (Host::Lan(1), lan_addr(1))];
+            (lab, SERVER_HOST, c)
+        }
+        Clients::OutsideMasqueraded => {
+            let lab = Lab::new(case, 1, 3);
+            lab.port_forward_to(0);
+            lab.masquerade_to(0);
+            let c = [(Host::Wan, wan_addr(1)), (Host::Wan, wan_addr(2))];
+            (lab, 0, c)
+        }
+    };
     lab.start_daemon(daemon_flags);
-    let server_addr = lan_addr(SERVER_HOST);
-    let srv = lab.server(Host::Lan(SERVER_HOST), server_addr, server_flags);
+    let server_addr = lan_addr(server_host);
+    let srv = lab.server(Host::Lan(server_host), server_addr, server_flags);
     let tags = ["hp1", "hp2"];
     let (id, count) = (CALL_ID.to_string(), GRE_COUNT.to_string());
     let mut args = vec!["--call-id", &id, "--gre-count", &count, "--hold", "2"];
@@ -36,7 +66,10 @@ fn hairpin_with(case: &str, daemon_flags: &[&str], server_flags: &[&str], client
     let pids: Vec<Pid> = tags
         .iter()
         .enumerate()
-        .map(|(i, tag)| lab.client(Host::Lan(i), ROUTER_WAN, lan_addr(i), tag, &args))
+        .map(|(i, tag)| {
+            let (h, addr) = client_hosts[i];
+            lab.client(h, ROUTER_WAN, addr, tag, &args)
+        })
         .collect();
     let up = lab.wait_established(2);
     assert_distinct_nat_ids(&up, 2);
@@ -56,7 +89,7 @@ fn hairpin_with(case: &str, daemon_flags: &[&str], server_flags: &[&str], client
             assert_eq!(g["from"], ROUTER_WAN.to_string(), "{tag}: {g}\nlog:\n{log}");
             assert_eq!(u64_of(&g["call_id"]), CALL_ID, "{tag}: {g}");
         }
-        let row = call_row(&up, lan_addr(i), CALL_ID);
+        let row = call_row(&up, client_hosts[i].1, CALL_ID);
         assert_eq!(row["outside_peer"], server_addr.to_string(), "{row}");
     }
 
@@ -78,7 +111,7 @@ fn hairpin_with(case: &str, daemon_flags: &[&str], server_flags: &[&str], client
     for (i, (tag, v)) in tags.iter().zip(&summaries).enumerate() {
         let cc = &v["calls"][0];
         let sid = u64_of(&cc["peer_id"]);
-        let row = call_row(&up, lan_addr(i), CALL_ID);
+        let row = call_row(&up, client_hosts[i].1, CALL_ID);
         let nat = u64_of(&row["nat_id"]);
         assert_eq!(u64_of(&row["outside_id"]), sid, "{row}");
         nat_ids.insert(nat);
@@ -159,5 +192,17 @@ fn hairpin_incoming_calls_in_5_byte_segments() {
         &[],
         &["--incoming-call", "--segmentation", "split:5"],
         &["--incoming", "--segmentation", "split:5"],
+        Clients::Inside,
     );
+}
+
+/// Outside clients of a port forward that the router also masquerades towards the server:
+/// the same double NAT, the same translation (the outside clients are what the engine calls
+/// the inside hosts of these connections).
+#[test]
+fn masqueraded_port_forward_two_outside_clients_same_call_id() {
+    if !have_root() {
+        return;
+    }
+    hairpin_with("pfw_masq", &[], &[], &[], Clients::OutsideMasqueraded);
 }

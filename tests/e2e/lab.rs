@@ -1242,4 +1242,18 @@ impl Lab {
              }}\n"
         ));
     }
+
+    /// Masquerades tcp/1723 towards LAN host `n` (a port forward that the server answers
+    /// through the router without a route back to the clients).
+    pub fn masquerade_to(&self, n: usize) {
+        self.nft(&format!(
+            "table ip lab_fwd_masq {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"lan*\" ip daddr {} tcp dport 1723 masquerade\n\
+             \t}}\n\
+             }}\n",
+            lan_addr(n)
+        ));
+    }
 }
