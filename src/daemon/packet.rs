@@ -133,6 +133,9 @@ pub struct PacketLoop {
     /// the first call.
     conntrack: Option<Conntrack>,
     warn_hairpin: RateLimit,
+    /// Hairpinned calls whose elements could not be added: tried again with the fast path's
+    /// pending calls, every [`OFFLOAD_RETRY`], until they are in or the call ends.
+    hairpin_pending: Vec<HairpinCall>,
     /// Copy of a control packet under translation: the engine rewrites in
     /// place, and only a rewritten packet is sent back (sending back costs
     /// a copy into the verdict message, and most control segments, the
@@ -212,6 +215,7 @@ impl PacketLoop {
             hairpin_maps: None,
             conntrack: None,
             warn_hairpin: RateLimit::new(Duration::from_secs(60), 5),
+            hairpin_pending: Vec::new(),
             scratch: vec![0; usize::from(u16::MAX) + 1],
             next_timer: now,
             events: Vec::with_capacity(64),
@@ -351,20 +355,53 @@ impl PacketLoop {
             public: hp.public,
             masq: hp.masq,
         };
+        // A later state of the call replaces an earlier one still pending.
+        let same = |p: &HairpinCall| {
+            (p.client, p.client_id, p.server) == (call.client, call.client_id, call.server)
+        };
+        self.hairpin_pending.retain(|p| !same(p));
         let r = if add {
             maps.add_call(&call)
         } else {
             maps.remove_call(&call)
         };
         if let Err(e) = r {
+            if add {
+                self.hairpin_pending.push(call);
+                self.next_offload_retry = Instant::now() + OFFLOAD_RETRY;
+                self.next_timer = self.next_timer.min(self.next_offload_retry);
+            }
             lock(&self.shared).fastpath_errors += 1;
             log::warn!(
-                "hairpin: cannot {} the elements of call {}:{}: {e}",
+                "hairpin: cannot {} the elements of call {}:{}: {e}{}",
                 if add { "add" } else { "remove" },
                 c.inside_host,
-                c.inside_id
+                c.inside_id,
+                if add {
+                    "; its GRE is not sent on until they are in, tried again every second"
+                } else {
+                    ""
+                }
             );
         }
+    }
+
+    /// Tries again to add the elements of hairpinned calls whose add failed.
+    fn retry_hairpin(&mut self) {
+        let Some(maps) = &mut self.hairpin_maps else {
+            return;
+        };
+        self.hairpin_pending.retain(|c| match maps.add_call(c) {
+            Ok(()) => {
+                log::info!(
+                    "hairpin: elements of call {}:{} added at last",
+                    c.client,
+                    c.client_id
+                );
+                false
+            }
+            Err(_) => true,
+        });
     }
 
     /// Serves packets until the stop flag is set, then drains the queue.
@@ -593,8 +630,10 @@ impl PacketLoop {
                 .max(Duration::from_secs(1));
             self.next_offload_poll = now + every;
         }
-        if !self.offload_pending.is_empty() && now >= self.next_offload_retry {
+        let pending = !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty();
+        if pending && now >= self.next_offload_retry {
             self.retry_offload();
+            self.retry_hairpin();
             self.next_offload_retry = now + OFFLOAD_RETRY;
         }
         if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
@@ -620,7 +659,7 @@ impl PacketLoop {
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
         }
-        if !self.offload_pending.is_empty() {
+        if !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty() {
             t = t.min(self.next_offload_retry);
         }
         if self.cfg.reinstall.is_some() {
