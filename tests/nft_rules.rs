@@ -141,6 +141,14 @@ table ip pptp_alg {
 \t\ttypeof ip saddr . @th,48,16 : @th,48,16
 \t}
 
+\tmap hairpin_daddr {
+\t\ttypeof ip saddr . ip daddr . @th,48,16 : ip daddr
+\t}
+
+\tmap hairpin_saddr {
+\t\ttypeof ip saddr . ip daddr . @th,48,16 : ip saddr
+\t}
+
 \tset local_addrs {
 \t\ttypeof ip daddr
 \t}
@@ -148,8 +156,14 @@ table ip pptp_alg {
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . ip daddr . @th,48,16 map @hairpin_daddr notrack meta mark set 0x00001723 accept
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs counter packets 0 bytes 0 notrack accept
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1725
+\t}
+
+\tchain gre_out {
+\t\ttype filter hook postrouting priority filter; policy accept;
+\t\tmeta mark 0x00001723 ip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip saddr set ip saddr . ip daddr . @th,48,16 map @hairpin_saddr
 \t}
 
 \tchain ctl {
@@ -190,13 +204,21 @@ fn render_follows_config() {
     };
     let text = nft::render(&cfg, QueueBackend::NftQueue);
     assert!(text.starts_with("table ip alg2 {\n"));
-    assert!(!text.contains("map "), "no maps without offload:\n{text}");
+    // Without offload, only the hairpin source map: sources are rewritten after routing.
+    assert_eq!(text.matches("\tmap ").count(), 1, "{text}");
+    assert!(text.contains("map hairpin_saddr {"), "{text}");
+    assert!(!text.contains("@gre_daddr") && !text.contains("@hairpin_daddr"));
+    assert!(
+        text.contains("meta mark 0x00000abc ip protocol gre"),
+        "{text}"
+    );
     assert!(
         !text.contains("set local_addrs"),
         "no set without offload:\n{text}"
     );
     assert!(!text.contains("@local_addrs"));
     assert!(!text.contains("meta mark set"));
+    assert_eq!(text.matches("@hairpin_saddr").count(), 1, "{text}");
     assert_eq!(text.matches("queue flags bypass to 7\n").count(), 2);
     // GRE on its own queue, never on a control queue.
     assert_eq!(text.matches("queue flags bypass to 8\n").count(), 2);
@@ -493,7 +515,8 @@ fn fast_path_needs_maps() {
         assert!(nft::FastPath::open(&cfg).is_err());
         nft::install(&cfg, nft::detect_backend().unwrap()).unwrap();
         let listed = list_table(&cfg.table);
-        assert!(!listed.contains("map "), "{listed}");
+        assert!(!listed.contains("map gre_"), "{listed}");
+        assert!(listed.contains("map hairpin_saddr"), "{listed}");
         let err = nft::FastPath::open(&RulesConfig::default()).err().unwrap();
         assert!(err.to_string().contains("has no map gre_daddr"), "{err}");
         let err = nft::LocalAddrSet::open(&RulesConfig::default())

@@ -10,6 +10,10 @@
 //!   checksums; GRE from inside is never rewritten;
 //! - GRE from outside is rewritten only when `calls()` lists a live call of
 //!   that (peer, NAT id), and then exactly to that call's inside host and id;
+//! - GRE from an inside host to the public address (hairpin NAT, the
+//!   connection classified as the daemon does from conntrack) is sent on only
+//!   when `calls()` lists a live hairpinned call of that host with that
+//!   outside id, to its outside peer, with only the destination changed;
 //! - an inside host's call request (own id of OCRQ/ICRQ/OCRP/ICRP) never
 //!   leaves with an id that already routes the peer's GRE to another call
 //!   (the hijack an untranslated inside id causes);
@@ -25,8 +29,10 @@
 use arbitrary::Unstructured;
 use fuzz_common::{gre_packet, ip_header_valid, msg, tcp_checksum_valid, tcp_packet};
 use libfuzzer_sys::fuzz_target;
-use pptp_alg::alg::{Alg, AlgConfig, CallInfo, Direction, Event, IdPolicy, Verdict};
-use std::net::Ipv4Addr;
+use pptp_alg::alg::{
+    Alg, AlgConfig, CallInfo, ConnKey, Direction, Event, Hairpin, IdPolicy, Verdict,
+};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -344,6 +350,9 @@ impl Model {
         let opt = r.u8();
         let seq = (opt & 1 != 0).then_some(7);
         let ack = (opt & 2 != 0).then_some(9);
+        if d == Direction::ToInside && opt & 4 != 0 {
+            return self.hairpin_gre(c, opt, k, id, seq, ack);
+        }
         let pkt = match d {
             Direction::ToInside => gre_packet(outside.0, ROUTER, id, seq, ack, b"ppp"),
             Direction::FromInside => gre_packet(inside.0, outside.0, id, seq, ack, b"ppp"),
@@ -379,6 +388,63 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// Hairpin NAT: the connection is (with `opt` bit 3; bit 4: as not hairpinned) classified as hairpinned through
+    /// [`ROUTER`], as the daemon does from conntrack, and its inside host sends GRE to
+    /// [`ROUTER`] (mostly with a live call's outside id). It may only be sent on, to the
+    /// outside peer, for a live hairpinned call of that host with that outside id, with only
+    /// the destination (and the IP checksum) changed.
+    #[allow(clippy::too_many_arguments)]
+    fn hairpin_gre(
+        &mut self,
+        c: usize,
+        opt: u8,
+        k: u8,
+        id: u16,
+        seq: Option<u32>,
+        ack: Option<u32>,
+    ) {
+        let (inside, outside) = conn_ends()[c];
+        if opt & 8 != 0 {
+            let key = ConnKey {
+                inside: SocketAddrV4::new(inside.0, inside.1),
+                outside: SocketAddrV4::new(outside.0, outside.1),
+            };
+            let hp = Hairpin {
+                public: ROUTER,
+                masq: Ipv4Addr::new(10, 0, 0, 254),
+            };
+            self.alg.set_hairpin(key, (opt & 16 == 0).then_some(hp));
+        }
+        let live_now = self.live();
+        let ids: Vec<u16> = live_now.iter().filter_map(|x| x.outside_id).collect();
+        let id = match k % 4 {
+            0 | 1 if !ids.is_empty() => ids[usize::from(k / 4) % ids.len()],
+            _ => id,
+        };
+        let pkt = gre_packet(inside.0, ROUTER, id, seq, ack, b"ppp");
+        let (v, out) = self.packet(&pkt, Direction::ToInside);
+        if v != Verdict::Modified {
+            return;
+        }
+        assert!(ip_header_valid(&out), "ip checksum of hairpin GRE");
+        let dst = Ipv4Addr::new(out[16], out[17], out[18], out[19]);
+        assert!(
+            live_now.iter().any(|x| x.inside_host == inside.0
+                && x.outside_id == Some(id)
+                && x.hairpin.is_some_and(|h| h.public == ROUTER)
+                && x.outside_peer == dst),
+            "hairpin GRE from {} with id {id:#06x} sent to {dst}, for no listed call",
+            inside.0
+        );
+        assert_eq!(out[..10], pkt[..10]);
+        assert_eq!(out[12..16], pkt[12..16]);
+        assert_eq!(
+            out[20..],
+            pkt[20..],
+            "hairpin GRE: only the destination changes"
+        );
     }
 
     fn check(&self) {

@@ -159,6 +159,9 @@ impl Conns {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+    pub fn contains(&self, key: &ConnKey) -> bool {
+        self.by_key.contains_key(key)
+    }
     /// Records what a segment of a connection not tracked tells about its
     /// stream starts. Only the inside host vouches for where the stream
     /// towards it starts (its acknowledgements); outside senders can forge

@@ -10,12 +10,14 @@
 
 pub mod config;
 mod control;
+mod hairpin;
 pub mod ids;
 pub mod stats;
 pub mod stream;
 pub mod table;
 
 pub use config::{AlgConfig, IdPolicy};
+pub use hairpin::Hairpin;
 pub use stats::{DropReason, EndCause, Stats};
 pub use table::RefuseReason;
 
@@ -106,6 +108,11 @@ pub struct CallInfo {
     pub bytes_in: u64,
     /// GRE bytes from the inside host.
     pub bytes_out: u64,
+    /// The router's two addresses when the control connection is hairpinned (an inside
+    /// client reaching an inside server through the public address), once the caller
+    /// classified it ([`Alg::set_hairpin`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hairpin: Option<Hairpin>,
 }
 
 /// A live call as kept across a restart of the daemon: enough to go on
@@ -182,6 +189,7 @@ pub struct Alg {
     stats: Stats,
     calls: CallTable,
     conns: control::Conns,
+    hairpins: hairpin::Hairpins,
     events: VecDeque<Event>,
     next_sweep: Option<Instant>,
     /// Time zero of the engine's timestamps (its first input).
@@ -205,6 +213,7 @@ impl Alg {
             cfg,
             stats: Stats::default(),
             conns: control::Conns::default(),
+            hairpins: hairpin::Hairpins::default(),
             events: VecDeque::new(),
             next_sweep: None,
             epoch: None,
@@ -315,15 +324,18 @@ impl Alg {
         self.stats.gre_packets += 1;
         match dir {
             Direction::ToInside => {
-                let Some(idx) = self.calls.by_nat(src, call_id) else {
+                let Some(idx) = self
+                    .calls
+                    .by_nat(src, call_id)
+                    .filter(|&i| self.calls.get(i).is_live())
+                else {
+                    if let Some(v) = self.hairpin_to_server(now, ip, call_id, len) {
+                        return v;
+                    }
                     self.stats.gre_unknown_call += 1;
                     return Verdict::UnknownCall;
                 };
                 let c = self.calls.get_mut(idx);
-                if !c.is_live() {
-                    self.stats.gre_unknown_call += 1;
-                    return Verdict::UnknownCall;
-                }
                 c.packets_in += 1;
                 c.bytes_in += len;
                 c.last_activity = now;
@@ -344,6 +356,50 @@ impl Alg {
                 }
                 Verdict::Accept
             }
+        }
+    }
+
+    /// GRE from an inside client to the public address it dialed for a hairpinned control
+    /// connection, carrying the server's own Call ID: sent on to the server, id unchanged.
+    /// Its source becomes the masquerade address after routing (see [`hairpin`]).
+    fn hairpin_to_server(
+        &mut self,
+        now: Stamp,
+        ip: &mut Ipv4Packet<&mut [u8]>,
+        call_id: u16,
+        len: u64,
+    ) -> Option<Verdict> {
+        let (client, public) = (ip.src(), ip.dst());
+        let (calls, conns) = (&self.calls, &self.conns);
+        let (idx, server) = self.hairpins.servers(client, public).find_map(|(k, _)| {
+            let server = *k.outside.ip();
+            let idx = calls.by_outside(client, server, call_id)?;
+            let c = calls.get(idx);
+            (c.is_live() && c.conn != DETACHED && conns.get(c.conn).key == *k)
+                .then_some((idx, server))
+        })?;
+        let c = self.calls.get_mut(idx);
+        c.packets_out += 1;
+        c.bytes_out += len;
+        c.last_activity = now;
+        ip.set_dst(server);
+        self.stats.gre_hairpin += 1;
+        Some(Verdict::Modified)
+    }
+
+    /// How the caller classified control connection `conn`: `None` if it has not yet,
+    /// `Some(None)` if it is not hairpinned.
+    pub fn hairpin(&self, conn: &ConnKey) -> Option<Option<Hairpin>> {
+        self.hairpins.get(conn)
+    }
+
+    /// Records what the caller read from conntrack about control connection `conn`: whether
+    /// it is hairpinned, and if so through which router addresses. Its calls' GRE is then
+    /// translated both ways (module `hairpin`); their [`CallInfo::hairpin`] says so. Forgotten
+    /// with the connection.
+    pub fn set_hairpin(&mut self, conn: ConnKey, hairpin: Option<Hairpin>) {
+        if self.conns.contains(&conn) {
+            self.hairpins.set(conn, hairpin);
         }
     }
 
@@ -395,6 +451,8 @@ impl Alg {
         let instant = now;
         let now = self.stamp(now);
         self.sweep_conns(now);
+        let conns = &self.conns;
+        self.hairpins.retain(|k| conns.contains(k));
         let live: Vec<(CallIdx, EndCause)> = self
             .calls
             .iter()
@@ -476,6 +534,9 @@ impl Alg {
             packets_out: c.packets_out,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            hairpin: (c.conn != DETACHED)
+                .then(|| self.hairpins.get(&self.conns.get(c.conn).key).flatten())
+                .flatten(),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Stats {
     pub gre_unknown_call: u64,
     /// GRE from inside that matched no call (passed unchanged).
     pub gre_inside_unmatched: u64,
+    /// GRE from an inside client to the public address of a hairpinned control connection,
+    /// sent on to the inside server.
+    pub gre_hairpin: u64,
     /// Packets not for the gateway (other protocols, ports, GRE versions).
     pub ignored: u64,
     /// Truncated or malformed IP/TCP/GRE headers (passed unchanged).

@@ -643,6 +643,7 @@ mod tests {
             packets_out: 0,
             bytes_in: 0,
             bytes_out: 0,
+            hairpin: None,
         }
     }
 

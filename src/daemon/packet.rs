@@ -23,9 +23,12 @@ use super::addrs::ResyncHandle;
 use super::journal;
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
-use crate::alg::{Direction, Event, Verdict};
+use crate::alg::{CallInfo, ConnKey, Direction, Event, Hairpin, Verdict, PPTP_PORT};
 use crate::nfqueue::{Action, NfQueue, Packet};
-use crate::nft::{ElementCounter, FastPath, QueueBackend, RulesConfig, TableSocket};
+use crate::nft::{
+    Conntrack, ElementCounter, FastPath, HairpinCall, HairpinMaps, QueueBackend, RulesConfig,
+    TableSocket,
+};
 use crate::wire::ipv4::{self, PROTO_GRE};
 use rustc_hash::FxHashMap;
 use std::io::{self, Read};
@@ -124,6 +127,15 @@ pub struct PacketLoop {
     stop: Arc<AtomicBool>,
     wake: UnixStream,
     fast: Option<FastPath>,
+    /// The hairpin maps, with and without the fast path (see [`crate::nft::HairpinMaps`]).
+    hairpin_maps: Option<HairpinMaps>,
+    /// Conntrack, asked once per control connection whether it is hairpinned; opened at
+    /// the first call.
+    conntrack: Option<Conntrack>,
+    warn_hairpin: RateLimit,
+    /// Hairpinned calls whose elements could not be added: tried again with the fast path's
+    /// pending calls, every [`OFFLOAD_RETRY`], until they are in or the call ends.
+    hairpin_pending: Vec<HairpinCall>,
     /// Copy of a control packet under translation: the engine rewrites in
     /// place, and only a rewritten packet is sent back (sending back costs
     /// a copy into the verdict message, and most control segments, the
@@ -200,6 +212,10 @@ impl PacketLoop {
             stop,
             wake,
             fast: None,
+            hairpin_maps: None,
+            conntrack: None,
+            warn_hairpin: RateLimit::new(Duration::from_secs(60), 5),
+            hairpin_pending: Vec::new(),
             scratch: vec![0; usize::from(u16::MAX) + 1],
             next_timer: now,
             events: Vec::with_capacity(64),
@@ -221,6 +237,7 @@ impl PacketLoop {
     /// earlier run outlives the calls it belonged to. Returns whether the
     /// fast path is active; without it all GRE is translated here.
     pub fn start_fast_path(&mut self) -> bool {
+        self.start_hairpin_maps();
         if !self.cfg.offload {
             return false;
         }
@@ -246,6 +263,145 @@ impl PacketLoop {
         shared.offload = on;
         shared.unknown_gre_table = on.then(|| self.cfg.rules.table.clone());
         on
+    }
+
+    /// Opens the hairpin maps (with or without the fast path) and empties them, as
+    /// [`PacketLoop::start_fast_path`] does the fast path's.
+    fn start_hairpin_maps(&mut self) {
+        let sock = match &self.cfg.table_socket {
+            Some(sock) => Ok(sock.clone()),
+            None => TableSocket::open(),
+        };
+        let maps = sock
+            .and_then(|sock| HairpinMaps::open_on(&self.cfg.rules, sock))
+            .and_then(|mut m| m.flush().map(|()| m));
+        match maps {
+            Ok(m) => self.hairpin_maps = Some(m),
+            Err(e) => log::warn!(
+                "hairpin NAT unavailable (no source rewrite of table ip {}): {e}",
+                self.cfg.rules.table
+            ),
+        }
+    }
+
+    /// Whether control connection `conn` is hairpinned, from the engine if it knows, else
+    /// from conntrack (then told to the engine). Only a connection whose inside end is the
+    /// client (not port 1723) can be: the server side of a hairpin is what the engine calls
+    /// the outside peer.
+    fn classify(&mut self, conn: ConnKey, now: Instant) -> Option<Hairpin> {
+        if let Some(known) = lock(&self.shared).alg.hairpin(&conn) {
+            return known;
+        }
+        let hp = if conn.inside.port() == PPTP_PORT {
+            None
+        } else {
+            match self.read_conntrack(conn) {
+                Ok(hp) => hp,
+                Err(e) => {
+                    if let (true, _) = self.warn_hairpin.allow(now) {
+                        log::warn!(
+                            "cannot read the NAT of control {conn} from conntrack ({e});                              translated as an outside peer's, never as hairpinned"
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(h) = hp {
+            log::info!(
+                "hairpin: public {} and masquerade {} for control {conn} (an inside client                  reaching an inside server through the public address); its GRE is sent on                  both ways",
+                h.public,
+                h.masq
+            );
+        }
+        lock(&self.shared).alg.set_hairpin(conn, hp);
+        hp
+    }
+
+    fn read_conntrack(&mut self, conn: ConnKey) -> Result<Option<Hairpin>, String> {
+        let ct = match &mut self.conntrack {
+            Some(ct) => ct,
+            None => self
+                .conntrack
+                .insert(Conntrack::open().map_err(|e| e.to_string())?),
+        };
+        // The usual inside client: found by its tuple towards the server, no lookup of
+        // the router's addresses.
+        if let Some(e) = ct
+            .get_tcp(conn.inside, conn.outside)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(e.hairpin().map(|(public, masq)| Hairpin { public, masq }));
+        }
+        let locals = crate::nft::local_addrs().map_err(|e| e.to_string())?;
+        let e = ct
+            .control_connection(conn.inside, conn.outside, &locals)
+            .map_err(|e| e.to_string())?;
+        Ok(e.and_then(|e| e.hairpin())
+            .map(|(public, masq)| Hairpin { public, masq }))
+    }
+
+    /// Adds (`add`) or removes the hairpin elements of call `c` whose connection is
+    /// hairpinned through `hp`.
+    fn hairpin_elements(&mut self, c: &CallInfo, hp: Hairpin, add: bool) {
+        let Some(maps) = &mut self.hairpin_maps else {
+            return;
+        };
+        let call = HairpinCall {
+            client: c.inside_host,
+            client_id: c.inside_id,
+            server: c.outside_peer,
+            server_id: c.outside_id,
+            public: hp.public,
+            masq: hp.masq,
+        };
+        // A later state of the call replaces an earlier one still pending.
+        let same = |p: &HairpinCall| {
+            (p.client, p.client_id, p.server) == (call.client, call.client_id, call.server)
+        };
+        self.hairpin_pending.retain(|p| !same(p));
+        let r = if add {
+            maps.add_call(&call)
+        } else {
+            maps.remove_call(&call)
+        };
+        if let Err(e) = r {
+            if add {
+                self.hairpin_pending.push(call);
+                self.next_offload_retry = Instant::now() + OFFLOAD_RETRY;
+                self.next_timer = self.next_timer.min(self.next_offload_retry);
+            }
+            lock(&self.shared).fastpath_errors += 1;
+            log::warn!(
+                "hairpin: cannot {} the elements of call {}:{}: {e}{}",
+                if add { "add" } else { "remove" },
+                c.inside_host,
+                c.inside_id,
+                if add {
+                    "; its GRE is not sent on until they are in, tried again every second"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
+    /// Tries again to add the elements of hairpinned calls whose add failed.
+    fn retry_hairpin(&mut self) {
+        let Some(maps) = &mut self.hairpin_maps else {
+            return;
+        };
+        self.hairpin_pending.retain(|c| match maps.add_call(c) {
+            Ok(()) => {
+                log::info!(
+                    "hairpin: elements of call {}:{} added at last",
+                    c.client,
+                    c.client_id
+                );
+                false
+            }
+            Err(_) => true,
+        });
     }
 
     /// Serves packets until the stop flag is set, then drains the queue.
@@ -318,6 +474,15 @@ impl PacketLoop {
             match fp.flush() {
                 Ok(()) => log::debug!("kernel fast path flushed"),
                 Err(e) => log::debug!("kernel fast path not flushed: {e}"),
+            }
+        }
+        if let Some(m) = self
+            .hairpin_maps
+            .as_mut()
+            .filter(|_| !self.cfg.table_removed_at_stop)
+        {
+            if let Err(e) = m.flush() {
+                log::debug!("hairpin maps not flushed: {e}");
             }
         }
         self.queue.unbind_all();
@@ -465,8 +630,10 @@ impl PacketLoop {
                 .max(Duration::from_secs(1));
             self.next_offload_poll = now + every;
         }
-        if !self.offload_pending.is_empty() && now >= self.next_offload_retry {
+        let pending = !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty();
+        if pending && now >= self.next_offload_retry {
             self.retry_offload();
+            self.retry_hairpin();
             self.next_offload_retry = now + OFFLOAD_RETRY;
         }
         if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
@@ -492,7 +659,7 @@ impl PacketLoop {
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
         }
-        if !self.offload_pending.is_empty() {
+        if !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty() {
             t = t.min(self.next_offload_retry);
         }
         if self.cfg.reinstall.is_some() {
@@ -594,9 +761,13 @@ impl PacketLoop {
         if journal && !self.events.is_empty() {
             self.journal_events(now);
         }
-        for ev in self.events.drain(..) {
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
             match ev {
                 Event::CallStarted(c) => {
+                    if let Some(hp) = c.conn.and_then(|k| self.classify(k, now)) {
+                        self.hairpin_elements(c, hp, true);
+                    }
                     log::info!(
                         "call started: inside {}:{} <-> outside {} as NAT id {} ({})",
                         c.inside_host,
@@ -631,15 +802,23 @@ impl PacketLoop {
                         }
                     }
                 }
-                Event::CallAnswered(c) => log::debug!(
-                    "call answered: inside {}:{} <-> outside {}:{} NAT id {}",
-                    c.inside_host,
-                    c.inside_id,
-                    c.outside_peer,
-                    c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
-                    c.nat_id,
-                ),
+                Event::CallAnswered(c) => {
+                    log::debug!(
+                        "call answered: inside {}:{} <-> outside {}:{} NAT id {}",
+                        c.inside_host,
+                        c.inside_id,
+                        c.outside_peer,
+                        c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
+                        c.nat_id,
+                    );
+                    if let Some(hp) = c.hairpin {
+                        self.hairpin_elements(c, hp, true);
+                    }
+                }
                 Event::CallEnded(c, cause) => {
+                    if let Some(hp) = c.hairpin {
+                        self.hairpin_elements(c, hp, false);
+                    }
                     // What the kernel translated since the last counter poll,
                     // read before its element goes, so the line is complete.
                     let kernel_in = match &mut self.fast {
@@ -739,6 +918,10 @@ impl PacketLoop {
                 }
             }
         }
+        // The buffer goes back for the next packet's events.
+        let mut events = events;
+        events.clear();
+        self.events = events;
     }
 
     /// Puts our table back if it vanished while it should exist, with the
@@ -790,6 +973,12 @@ impl PacketLoop {
                     self.offload_pending
                         .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
                 }
+            }
+        }
+        // A reinstalled table starts with empty hairpin maps too.
+        for c in &calls {
+            if let Some(hp) = c.hairpin {
+                self.hairpin_elements(c, hp, true);
             }
         }
         self.offload_seen.clear();

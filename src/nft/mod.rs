@@ -11,17 +11,27 @@
 //!   call's NAT id leaves), and what the routing table calls local but the set does not hold
 //!   is queued to `queue_gre` (all GRE to the router without the fast path). Every one of
 //!   these rules `notrack`s what it takes: conntrack never sees this GRE.
+//!   With the fast path, a hairpinned client's GRE to the public address it dialed is sent on
+//!   to the inside server through the map `hairpin_daddr` (see [`HairpinMaps`]).
+//! - chain `gre_out` (postrouting, priority filter): hairpinned GRE that the kernel or the
+//!   daemon sent on (it carries the mark) gets, once routed, the source its receiver expects
+//!   from the map `hairpin_saddr`, with and without the fast path. A local source before
+//!   routing would make the kernel drop it as a martian.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction.
+//!
+//! [`Conntrack`] reads the NAT of a control connection (is it hairpinned?) over ctnetlink.
 //!
 //! Every queue verdict has the bypass flag, so traffic flows untranslated (fail-open) while no
 //! daemon listens. Queueing uses the nft `queue` expression where the kernel has it, else the
 //! xt NFQUEUE target through nft_compat ([`detect_backend`] finds out which).
 
+mod conntrack;
 mod detect;
 mod error;
 mod expr;
 mod fastpath;
+mod hairpin;
 mod localaddrs;
 mod netlink;
 mod objects;
@@ -36,8 +46,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nftnl::MsgType;
 use nftnl_sys::libc;
 
+pub use conntrack::{local_addrs, Conntrack, CtEntry};
 pub use error::NftError;
 pub use fastpath::FastPath;
+pub use hairpin::{HairpinCall, HairpinMaps};
 pub use localaddrs::LocalAddrSet;
 
 use netlink::{Netlink, Txn};

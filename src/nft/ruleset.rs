@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use nftnl::{Chain, Hook, MsgType, Policy, Rule, Table};
 use nftnl_sys::libc;
 
-use super::expr::{self, Base, CmpOp, Csum, Expr, REG32_01, REG_1};
+use super::expr::{self, Base, CmpOp, Csum, Expr, REG32_01, REG32_02, REG_1};
 use super::netlink::Txn;
 use super::objects::{SetMsg, TableMsg, Udata};
 use super::{QueueBackend, RulesConfig};
@@ -18,6 +18,14 @@ pub const GRE_CID: &CStr = c"gre_cid";
 /// Set: this router's own IPv4 addresses, kept up to date by the daemon. The fast path
 /// rewrites only GRE addressed to one of them.
 pub const LOCAL_ADDRS: &CStr = c"local_addrs";
+/// Map: (hairpinned client, public address it dialed, server's Call ID) -> inside server: the
+/// client's GRE goes on to the server (fast path only).
+pub const HAIRPIN_DADDR: &CStr = c"hairpin_daddr";
+/// Map: (source, destination, Call ID) of hairpinned GRE once routed -> the source the
+/// receiver expects (the public address towards the client, the masquerade address towards
+/// the server). Rewritten after routing, where a local source is no martian; with and
+/// without the fast path.
+pub const HAIRPIN_SADDR: &CStr = c"hairpin_saddr";
 
 /// The batch-local ids of the sets, so rules in the same batch can refer to them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,10 +36,16 @@ pub struct SetIds {
     pub gre_cid: u32,
     /// Id of [`LOCAL_ADDRS`].
     pub local_addrs: u32,
+    /// Id of [`HAIRPIN_DADDR`].
+    pub hairpin_daddr: u32,
+    /// Id of [`HAIRPIN_SADDR`].
+    pub hairpin_saddr: u32,
 }
 
 /// Length of a map key: IPv4 address, then the 16-bit Call ID padded to a 32-bit register.
 pub const KEY_LEN: usize = 8;
+/// Length of a hairpin map key: two IPv4 addresses, then the Call ID padded to 32 bits.
+pub const HAIRPIN_KEY_LEN: usize = 12;
 
 /// Direction of a packet relative to its conntrack entry.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +94,13 @@ pub enum Stmt {
     /// Rewrites destination address and Call ID from the two maps; no match if the key is
     /// absent.
     RewriteGre,
+    /// Rewrites the destination of a hairpinned client's GRE to the public address (no match
+    /// if the key is absent).
+    RewriteHairpinDaddr,
+    /// Rewrites the source of routed hairpinned GRE (no match if the key is absent).
+    RewriteHairpinSaddr,
+    /// The packet mark equals this.
+    MarkIs(u32),
     /// The packet skips connection tracking.
     Notrack,
     /// Counts the packets and bytes that reach it (read back by [`super::unknown_gre_packets`]).
@@ -126,6 +147,15 @@ impl Stmt {
                 name(GRE_DADDR),
                 name(GRE_CID)
             ),
+            Stmt::RewriteHairpinDaddr => format!(
+                "ip daddr set ip saddr . ip daddr . @th,48,16 map @{}",
+                name(HAIRPIN_DADDR)
+            ),
+            Stmt::RewriteHairpinSaddr => format!(
+                "ip saddr set ip saddr . ip daddr . @th,48,16 map @{}",
+                name(HAIRPIN_SADDR)
+            ),
+            Stmt::MarkIs(m) => format!("meta mark {m:#010x}"),
             Stmt::Notrack => "notrack".into(),
             // What `nft list` shows for a fresh rule; the kernel fills in the numbers.
             Stmt::Counter => "counter packets 0 bytes 0".into(),
@@ -214,6 +244,12 @@ impl Stmt {
                 ));
                 v
             }
+            Stmt::RewriteHairpinDaddr => hairpin_rewrite(HAIRPIN_DADDR, ids.hairpin_daddr, 16),
+            Stmt::RewriteHairpinSaddr => hairpin_rewrite(HAIRPIN_SADDR, ids.hairpin_saddr, 12),
+            Stmt::MarkIs(m) => vec![
+                expr::meta_load(libc::NFT_META_MARK),
+                expr::cmp(CmpOp::Eq, &m.to_ne_bytes()),
+            ],
             Stmt::Notrack => vec![expr::notrack()],
             Stmt::Counter => vec![expr::counter()],
             Stmt::SetMark(m) => vec![
@@ -225,6 +261,27 @@ impl Stmt {
             Stmt::Queue(n, QueueBackend::XtNfqueue) => vec![expr::xt_nfqueue(n)],
         }
     }
+}
+
+/// `ip <field> set ip saddr . ip daddr . @th,48,16 map @<map>`, the address field at
+/// `offset` of the IPv4 header; the header checksum is fixed incrementally.
+fn hairpin_rewrite(map: &CStr, id: u32, offset: u32) -> Vec<Expr> {
+    vec![
+        expr::payload_load(Base::Network, 12, 4, REG_1),
+        expr::payload_load(Base::Network, 16, 4, REG32_01),
+        expr::payload_load(Base::Transport, 6, 2, REG32_02),
+        expr::map_lookup(map, id),
+        expr::payload_write(
+            Base::Network,
+            offset,
+            4,
+            REG_1,
+            Csum::Inet {
+                offset: 10,
+                pseudo_header: true,
+            },
+        ),
+    ]
 }
 
 /// How `nft` shows an xt target it cannot translate (nft >= 1.0.7). nft 1.0.6 without
@@ -283,11 +340,18 @@ pub struct SetSpec {
     pub counter: bool,
 }
 
-/// The maps and the set of local addresses, in the order they are created and listed (only
-/// with the fast path: without it no rule uses them).
+/// The maps and the set of local addresses, in the order they are created and listed. Without
+/// the fast path only the hairpin source map: the daemon then rewrites GRE destinations
+/// itself, but a source can only be rewritten after routing.
 pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
+    let hairpin_saddr = SetSpec {
+        name: HAIRPIN_SADDR,
+        keyword: "map",
+        typeof_text: "typeof ip saddr . ip daddr . @th,48,16 : ip saddr",
+        counter: false,
+    };
     if !cfg.offload {
-        return Vec::new();
+        return vec![hairpin_saddr];
     }
     vec![
         SetSpec {
@@ -302,6 +366,13 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
             typeof_text: "typeof ip saddr . @th,48,16 : @th,48,16",
             counter: false,
         },
+        SetSpec {
+            name: HAIRPIN_DADDR,
+            keyword: "map",
+            typeof_text: "typeof ip saddr . ip daddr . @th,48,16 : ip daddr",
+            counter: false,
+        },
+        hairpin_saddr,
         SetSpec {
             name: LOCAL_ADDRS,
             keyword: "set",
@@ -350,6 +421,19 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         // it costs one more rule here, never the daemon. `notrack`: conntrack stays flat
         // under such a flood, and with no conntrack entry no NAT can send it inside. The
         // router may itself be a PPTP endpoint: its own calls' GRE is delivered.
+        // A hairpinned client's GRE to the public address it dialed, carrying the server's
+        // Call ID: on to the server (the daemon adds the element when the server's reply
+        // gives the client that id, before the reply's verdict). Its source is rewritten after
+        // routing, in `gre_out`; the mark says so.
+        gre_rules.push(vec![
+            GreV1,
+            NotFragment,
+            InLocalAddrs,
+            RewriteHairpinDaddr,
+            Notrack,
+            SetMark(cfg.mark),
+            Accept,
+        ]);
         gre_rules.push(vec![
             GreV1,
             NotFragment,
@@ -403,6 +487,22 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             prio: -300,
             prio_text: "raw",
             rules: gre_rules,
+        },
+        // Hairpinned GRE, routed: the source the receiver expects. Only GRE this table (or the
+        // daemon's verdict) translated carries the mark, and only hairpinned calls have
+        // elements, so everything else passes after the mark test.
+        ChainSpec {
+            name: c"gre_out",
+            hook: Hook::PostRouting,
+            hook_text: "postrouting",
+            prio: 0,
+            prio_text: "filter",
+            rules: vec![vec![
+                MarkIs(cfg.mark),
+                GreV1,
+                NotFragment,
+                RewriteHairpinSaddr,
+            ]],
         },
         ChainSpec {
             name: c"ctl",
@@ -470,12 +570,30 @@ fn call_id_field() -> Udata {
 
 /// User data for `typeof ip saddr . @th,48,16 : <data>`.
 fn map_udata(data: Udata) -> Vec<u8> {
-    let key = Udata::default().u32(UDATA_TYPEOF_EXPR, EXPR_CONCAT).nest(
-        UDATA_TYPEOF_DATA,
+    map_udata_of(
         Udata::default()
             .nest(0, ip_field(IPHDR_SADDR))
             .nest(1, call_id_field()),
-    );
+        data,
+    )
+}
+
+/// User data for `typeof ip saddr . ip daddr . @th,48,16 : <data>`.
+fn hairpin_map_udata(data: Udata) -> Vec<u8> {
+    map_udata_of(
+        Udata::default()
+            .nest(0, ip_field(IPHDR_SADDR))
+            .nest(1, ip_field(IPHDR_DADDR))
+            .nest(2, call_id_field()),
+        data,
+    )
+}
+
+/// User data for `typeof <concatenated fields> : <data>`.
+fn map_udata_of(fields: Udata, data: Udata) -> Vec<u8> {
+    let key = Udata::default()
+        .u32(UDATA_TYPEOF_EXPR, EXPR_CONCAT)
+        .nest(UDATA_TYPEOF_DATA, fields);
     Udata::default()
         .u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_INVALID)
         .u32(UDATA_SET_DATABYTEORDER, BYTEORDER_BIG_ENDIAN)
@@ -505,8 +623,22 @@ pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
         udata: map_udata(data),
         counter: spec.counter,
     };
+    let hairpin = |data_field| SetMsg {
+        table: table.to_owned(),
+        name: spec.name.to_owned(),
+        id,
+        key_type: (((TYPE_IPADDR << TYPE_BITS) | TYPE_IPADDR) << TYPE_BITS) | TYPE_INTEGER,
+        key_len: HAIRPIN_KEY_LEN as u32,
+        data: Some((TYPE_IPADDR, 4)),
+        udata: hairpin_map_udata(ip_field(data_field)),
+        counter: spec.counter,
+    };
     if spec.name == GRE_DADDR {
         map(TYPE_IPADDR, 4, ip_field(IPHDR_DADDR))
+    } else if spec.name == HAIRPIN_DADDR {
+        hairpin(IPHDR_DADDR)
+    } else if spec.name == HAIRPIN_SADDR {
+        hairpin(IPHDR_SADDR)
     } else if spec.name == GRE_CID {
         map(TYPE_INTEGER, 2, call_id_field())
     } else {
@@ -571,6 +703,10 @@ pub fn add_install(
             ids.gre_cid = id;
         } else if m.name == LOCAL_ADDRS {
             ids.local_addrs = id;
+        } else if m.name == HAIRPIN_DADDR {
+            ids.hairpin_daddr = id;
+        } else if m.name == HAIRPIN_SADDR {
+            ids.hairpin_saddr = id;
         }
     }
 
@@ -620,6 +756,16 @@ pub fn rule_text(stmts: &[Stmt]) -> String {
         t.push_str(&format!(" comment \"{c}\""));
     }
     t
+}
+
+/// Encodes a hairpin map key: source, destination, Call ID, two bytes of register padding.
+pub fn hairpin_key(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, call_id: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(HAIRPIN_KEY_LEN);
+    k.extend_from_slice(&src.octets());
+    k.extend_from_slice(&dst.octets());
+    k.extend_from_slice(&call_id.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
 }
 
 /// Encodes a map key: address, Call ID, two bytes of register padding.
@@ -684,10 +830,17 @@ mod tests {
     fn only_the_fast_path_rule_uses_the_set() {
         let cfg = RulesConfig::default();
         let gre = &chains(&cfg, QueueBackend::NftQueue)[0];
-        assert_eq!(gre.rules.len(), 3);
+        assert_eq!(gre.rules.len(), 4);
         let fast = rule_text(&gre.rules[0]);
-        let unknown = rule_text(&gre.rules[1]);
-        let queue = rule_text(&gre.rules[2]);
+        let hairpin = rule_text(&gre.rules[1]);
+        let unknown = rule_text(&gre.rules[2]);
+        let queue = rule_text(&gre.rules[3]);
+        // A hairpinned client's GRE: only to our addresses, marked for the source rewrite.
+        assert!(
+            hairpin.contains(" ip daddr @local_addrs ip daddr set ")
+                && hairpin.ends_with(" notrack meta mark set 0x00001723 accept"),
+            "{hairpin}"
+        );
         // GRE to our addresses that no element matches stays with the router, untracked and
         // counted, and never reaches the queue.
         assert!(
@@ -709,11 +862,25 @@ mod tests {
 
         let no_offload = RulesConfig {
             offload: false,
-            ..cfg
+            ..cfg.clone()
         };
-        assert!(sets(&no_offload).is_empty());
+        let names: Vec<_> = sets(&no_offload).iter().map(|s| s.name).collect();
+        assert_eq!(names, [HAIRPIN_SADDR]);
         let gre = &chains(&no_offload, QueueBackend::NftQueue)[0];
         assert_eq!(gre.rules.len(), 1);
+        // The source rewrite of routed hairpinned GRE, with or without the fast path: only
+        // marked GRE looks it up.
+        for cfg in [&cfg, &no_offload] {
+            let out = &chains(cfg, QueueBackend::NftQueue)[1];
+            assert_eq!(out.name, c"gre_out");
+            assert_eq!(out.rules.len(), 1);
+            let r = rule_text(&out.rules[0]);
+            assert!(
+                r.starts_with("meta mark 0x00001723 ip protocol gre "),
+                "{r}"
+            );
+            assert!(r.ends_with(" ip saddr set ip saddr . ip daddr . @th,48,16 map @hairpin_saddr"));
+        }
     }
 
     #[test]

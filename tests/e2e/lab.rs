@@ -1219,3 +1219,41 @@ impl Lab {
         }
     }
 }
+
+// ---- hairpin NAT (tests/e2e_hairpin.rs) ---------------------------------------
+
+impl Lab {
+    /// The administrator's hairpin pair of the README (OpenWrt's "NAT loopback" shape):
+    /// LAN hosts dialing the router's public address (`ROUTER_WAN`) on tcp/1723 reach LAN
+    /// host `server`, masqueraded to the router's LAN address so the server answers through
+    /// the router.
+    pub fn hairpin_to(&self, server: usize) {
+        let s = lan_addr(server);
+        self.nft(&format!(
+            "table ip lab_hairpin {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tiifname \"lan*\" ip daddr {ROUTER_WAN} tcp dport 1723 dnat to {s}\n\
+             \t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"lan*\" ip saddr 10.213.1.0/24 ip daddr {s} tcp dport 1723 masquerade\n\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+
+    /// Masquerades tcp/1723 towards LAN host `n` (a port forward that the server answers
+    /// through the router without a route back to the clients).
+    pub fn masquerade_to(&self, n: usize) {
+        self.nft(&format!(
+            "table ip lab_fwd_masq {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"lan*\" ip daddr {} tcp dport 1723 masquerade\n\
+             \t}}\n\
+             }}\n",
+            lan_addr(n)
+        ));
+    }
+}
