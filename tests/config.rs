@@ -181,6 +181,15 @@ fn invalid_values_name_the_key() {
     assert_eq!(err_key("call_idle_timeout = 0"), "call_idle_timeout");
     assert_eq!(err_key("conn_idle_timeout = 0"), "conn_idle_timeout");
     assert_eq!(err_key("quarantine = 10000000000"), "quarantine");
+    assert_eq!(err_key("metrics_listen = \"9723\""), "metrics_listen");
+    assert_eq!(
+        err_key("metrics_listen = \"localhost:9723\""),
+        "metrics_listen"
+    );
+    assert_eq!(err_key("metrics_textfile = \"/\""), "metrics_textfile");
+    let c = parse("metrics_listen = \"[::1]:9723\"").unwrap();
+    assert_eq!(c.metrics_addr(), Some("[::1]:9723".parse().unwrap()));
+    assert_eq!(Config::default().metrics_addr(), None);
 }
 
 #[test]

@@ -102,6 +102,10 @@ pub struct Config {
     pub quarantine: u64,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Address and port of the Prometheus metrics listener (empty: none).
+    pub metrics_listen: String,
+    /// node_exporter textfile the metrics are written to (empty: none).
+    pub metrics_textfile: PathBuf,
 }
 
 impl Default for Config {
@@ -131,6 +135,8 @@ impl Default for Config {
             conn_linger: alg.conn_linger.as_secs(),
             quarantine: alg.quarantine.as_secs(),
             log_level: LogLevel::Info,
+            metrics_listen: String::new(),
+            metrics_textfile: PathBuf::new(),
         }
     }
 }
@@ -326,7 +332,29 @@ impl Config {
                 return bad(key, format!("must be at most {MAX_SECS} seconds"));
             }
         }
+        if !self.metrics_listen.is_empty() && self.metrics_addr().is_none() {
+            return bad(
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address and port such as \"127.0.0.1:9723\" or \"[::1]:9723\"",
+                    self.metrics_listen
+                ),
+            );
+        }
+        if !self.metrics_textfile.as_os_str().is_empty()
+            && self.metrics_textfile.file_name().is_none()
+        {
+            return bad(
+                "metrics_textfile",
+                format!("{} is not a file name", self.metrics_textfile.display()),
+            );
+        }
         Ok(())
+    }
+
+    /// The metrics listener's address, if one is configured (and valid).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.parse().ok()
     }
 
     /// Applies command-line overrides.
@@ -354,6 +382,8 @@ impl Config {
         set(&mut self.conn_linger, &o.conn_linger);
         set(&mut self.quarantine, &o.quarantine);
         set(&mut self.log_level, &o.log_level);
+        set(&mut self.metrics_listen, &o.metrics_listen);
+        set(&mut self.metrics_textfile, &o.metrics_textfile);
         if o.offload {
             self.offload = true;
         }
@@ -536,6 +566,12 @@ pub struct Overrides {
     /// Log verbosity [default: info].
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on ADDR:PORT, "" for none [default: ""].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Write Prometheus metrics to this node_exporter textfile, "" for none [default: ""].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_empty)]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A path where the empty string means "none" (clap's path parser refuses

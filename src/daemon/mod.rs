@@ -9,12 +9,14 @@
 //! - [`state`]: live calls saved across restarts.
 //! - [`journal`]: the write-ahead journal of call changes between snapshots.
 //! - [`status`]: the status report, its socket and its table format.
+//! - [`metrics`]: Prometheus metrics over HTTP and in a node_exporter textfile.
 //! - [`logging`]: stderr/journald logging and rate limits.
 
 pub mod addrs;
 pub mod config;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod packet;
 pub mod run;
 pub mod shared;

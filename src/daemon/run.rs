@@ -20,6 +20,7 @@
 use super::addrs::AddrWatcher;
 use super::config::Config;
 use super::journal;
+use super::metrics::{MetricsServer, TextfileWriter};
 use super::packet::{JournalConfig, LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
@@ -343,6 +344,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let mut status = None;
+    let mut metrics = (None, None);
     let mut exit: Option<Result<(), DaemonError>> = None;
     let mut thread_done = false;
     let mut ready = false;
@@ -386,6 +388,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                         None
                     }
                 };
+                metrics = start_metrics(cfg, &shared);
                 let text = format!(
                     "serving queues {}/{}/{}, fast path {}",
                     cfg.queue_from_inside,
@@ -455,7 +458,50 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         );
     }
     drop(status);
+    drop(metrics);
     exit
+}
+
+/// Starts the metrics listener and textfile writer that are configured. Metrics are not worth
+/// stopping a router for: one that cannot start is logged as an error and left out.
+fn start_metrics(
+    cfg: &Config,
+    shared: &SharedRef,
+) -> (Option<MetricsServer>, Option<TextfileWriter>) {
+    let server =
+        cfg.metrics_addr()
+            .and_then(|addr| match MetricsServer::start(addr, shared.clone()) {
+                Ok(s) => {
+                    log::info!("metrics: serving http://{}/metrics", s.local_addr());
+                    Some(s)
+                }
+                Err(e) => {
+                    log::error!("{e}; no metrics are served");
+                    None
+                }
+            });
+    let path = &cfg.metrics_textfile;
+    let textfile = (!path.as_os_str().is_empty())
+        .then(|| match TextfileWriter::start(path, shared.clone()) {
+            Ok(w) => {
+                log::info!(
+                    "metrics: writing {} every {} s",
+                    path.display(),
+                    super::metrics::TEXTFILE_INTERVAL.as_secs()
+                );
+                Some(w)
+            }
+            Err(e) => {
+                log::error!(
+                    "metrics_textfile {}: {e}; no metrics are written (under the packaged unit \
+                     the directory must be listed in ReadWritePaths=)",
+                    path.display()
+                );
+                None
+            }
+        })
+        .flatten();
+    (server, textfile)
 }
 
 /// How often the live calls are saved while they change. The journal

@@ -1,0 +1,158 @@
+//! Day-2 operations against a running daemon in a namespace lab (root only, see
+//! `e2e/lab.rs`): the Prometheus metrics listener and textfile, scraped while real calls and
+//! real GRE cross the router.
+//!
+//! Without root the tests print "skipped: needs root" and pass, unless `PPTP_ALG_E2E=1`
+//! demands that they really run.
+
+#[path = "e2e/lab.rs"]
+mod lab;
+
+use lab::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Runs `f` on a thread that has entered network namespace `ns`: its sockets live there.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on this thread only, with a namespace file we hold open.
+        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// `GET /metrics` from inside the router's namespace; returns status line and body.
+fn scrape(lab: &Lab, addr: SocketAddr) -> (String, String) {
+    in_netns(&lab.router, move || {
+        let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\nAccept: */*\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("head and body");
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    })
+}
+
+/// The value of the sample whose line starts with `series `.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_follow_real_calls_and_gre() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("metrics", 1, 1);
+    let textfile = PathBuf::from(format!("/tmp/pptp-alg-e2e-{}.prom", std::process::id()));
+    let _ = std::fs::remove_file(&textfile);
+    let addr: SocketAddr = "127.0.0.1:9723".parse().unwrap();
+    lab.start_daemon(&[
+        "--metrics-listen",
+        "127.0.0.1:9723",
+        "--metrics-textfile",
+        textfile.to_str().unwrap(),
+    ]);
+    assert!(
+        lab.daemon_log()
+            .contains("metrics: serving http://127.0.0.1:9723/metrics"),
+        "{}",
+        lab.daemon_log()
+    );
+
+    let (status, before) = scrape(&lab, addr);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(sample(&before, "pptp_alg_calls_created_total"), 0);
+    assert_eq!(sample(&before, "pptp_alg_fast_path_enabled"), 1);
+    for q in ["1723", "1724", "1725"] {
+        assert!(
+            before.contains(&format!("pptp_alg_queue_dropped_total{{queue=\"{q}\"")),
+            "queue {q}:\n{before}"
+        );
+    }
+    let kernel_unknown = "pptp_alg_gre_unknown_call_total{seen_by=\"kernel\"}";
+    assert_eq!(sample(&before, kernel_unknown), 0);
+    assert!(std::fs::read_to_string(&textfile)
+        .expect("textfile written at start")
+        .contains("pptp_alg_calls_created_total 0"));
+
+    // A real call with GRE both ways, through the daemon and the kernel fast path.
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let c = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "m0",
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "1"],
+    );
+    let up = lab.wait_established(1);
+    let (_, during) = scrape(&lab, addr);
+    assert_eq!(sample(&during, "pptp_alg_calls_active"), 1, "{up:#}");
+    lab.client_ok(c, "m0");
+    lab.wait_no_calls();
+    // GRE for a call nobody has: the kernel's rule leaves it with the router and counts it.
+    lab.gre_send_from_server(ROUTER_WAN, 0x7777, "nobody", 3, &[]);
+
+    let (_, after) = scrape(&lab, addr);
+    assert_eq!(sample(&after, "pptp_alg_calls_created_total"), 1);
+    assert_eq!(sample(&after, "pptp_alg_calls_active"), 0);
+    let ended: u64 = after
+        .lines()
+        .filter(|l| l.starts_with("pptp_alg_calls_ended_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(ended, 1, "{after}");
+    // SCCRQ, SCCRP, OCRQ, OCRP, CCRQ, CDN, StopCCRQ, StopCCRP at least.
+    assert!(
+        sample(&after, "pptp_alg_control_packets_total") >= 8,
+        "{after}"
+    );
+    assert_eq!(sample(&after, kernel_unknown), 3, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            "pptp_alg_queue_dropped_total{queue=\"1723\",carries=\"control from inside\",reason=\"queue_full\"}"
+        ),
+        0,
+        "{after}"
+    );
+
+    // The textfile catches up within its interval.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&textfile).unwrap_or_default();
+        if text.contains("pptp_alg_calls_created_total 1\n") {
+            assert!(text.contains("# TYPE pptp_alg_calls_created_total counter"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "textfile not updated:\n{text}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    lab.stop_server(srv);
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!textfile.exists(), "the textfile outlived the daemon");
+    // The port is free again once the daemon is gone.
+    assert!(
+        in_netns(&lab.router, move || TcpStream::connect(addr).is_err()),
+        "still listening"
+    );
+}
