@@ -156,3 +156,87 @@ fn metrics_follow_real_calls_and_gre() {
         "still listening"
     );
 }
+
+/// Packets out: GRE an inside host sends for its call is counted by the kernel (masquerade
+/// carries it out without the daemon) and shows in the status, its JSON, the metrics and the
+/// call-end log line. Before `gre_out`, every one of these said 0.
+#[test]
+fn packets_out_are_counted_per_call() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("pktsout", 1, 1);
+    let addr: SocketAddr = "127.0.0.1:9724".parse().unwrap();
+    // A short idle timeout makes the daemon read the kernel's counters every second.
+    lab.start_daemon(&[
+        "--call-idle-timeout",
+        "3",
+        "--metrics-listen",
+        "127.0.0.1:9724",
+    ]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let c = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "out0",
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "2.5"],
+    );
+    // While the call is up the status catches up with the kernel's count.
+    let up = lab.wait_status(Duration::from_secs(10), "3 packets out", |v| {
+        established(v)
+            .first()
+            .is_some_and(|c| c["packets_out"].as_u64() == Some(3))
+    });
+    let call = &established(&up)[0];
+    assert!(u64_of(&call["packets_in"]) >= 3, "{up:#}");
+    let table = lab.exec(
+        Host::Router,
+        ALG,
+        &["status", "--socket", lab.status_socket().to_str().unwrap()],
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:1000", lan_addr(0))))
+        .unwrap_or_else(|| panic!("no call row:\n{table}"));
+    assert_eq!(
+        row.split_whitespace().last(),
+        Some("3"),
+        "PKTS OUT:\n{table}"
+    );
+    let v = lab.client_ok(c, "out0");
+    assert_eq!(v["ok"], true, "{v}");
+    lab.wait_no_calls();
+    let log = lab.daemon_log();
+    let ended = log
+        .lines()
+        .find(|l| l.contains("call ended"))
+        .unwrap_or_else(|| panic!("no call-end line:\n{log}"));
+    assert!(ended.ends_with(", 3 out"), "{ended}");
+    let (_, body) = scrape(&lab, addr);
+    assert_eq!(
+        sample(
+            &body,
+            "pptp_alg_call_gre_packets_total{direction=\"from_inside\"}"
+        ),
+        3,
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "pptp_alg_call_gre_packets_total{direction=\"to_inside\"}"
+        ) >= 3,
+        "{body}"
+    );
+    // The ended call's element is gone with it.
+    let set = lab.exec(
+        Host::Router,
+        "nft",
+        &["list", "set", "ip", "pptp_alg", "gre_out"],
+    );
+    assert!(!set.contains("elements"), "{set}");
+    lab.stop_server(srv);
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

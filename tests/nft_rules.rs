@@ -145,6 +145,11 @@ table ip pptp_alg {
 \t\ttypeof ip daddr
 \t}
 
+\tset gre_out {
+\t\ttypeof ip saddr . ip daddr . @th,48,16
+\t\tcounter
+\t}
+
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
@@ -154,6 +159,7 @@ table ip pptp_alg {
 
 \tchain ctl {
 \t\ttype filter hook forward priority filter + 10; policy accept;
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ct state != untracked ip saddr . ip daddr . @th,48,16 @gre_out
 \t\tmeta l4proto != tcp accept
 \t\ttcp dport 1723 ct direction original ct status snat queue flags bypass to 1723
 \t\ttcp sport 1723 ct direction reply ct status snat queue flags bypass to 1724

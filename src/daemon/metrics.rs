@@ -103,6 +103,8 @@ const fn labelled(
 const DROPPED: &str = "Packets dropped, by reason (TCP retransmits them)";
 const REFUSED: &str = "Call requests refused, by reason (their segment is dropped)";
 const ENDED: &str = "Calls ended, by cause";
+const CALL_GRE: &str = "GRE packets of calls, to and from inside hosts (what the kernel \
+                        translated or counted is read every 10 s and at each call's end)";
 
 /// The counters of the status report (`pptp-alg status --json`, `stats`), by name. Counters
 /// that say the same thing for different reasons share one metric with a label; the rest keep
@@ -123,6 +125,8 @@ fn stat_place(name: &str) -> Option<Place> {
         "ended_setup_timeout" => labelled("calls_ended", ENDED, "cause", "setup_timeout"),
         "ended_idle_timeout" => labelled("calls_ended", ENDED, "cause", "idle_timeout"),
         "ended_conn_timeout" => labelled("calls_ended", ENDED, "cause", "conn_timeout"),
+        "call_gre_in" => labelled("call_gre_packets", CALL_GRE, "direction", "to_inside"),
+        "call_gre_out" => labelled("call_gre_packets", CALL_GRE, "direction", "from_inside"),
         "packets" => plain("packets", "Packets handed to the engine by the queues"),
         "control_packets" => plain("control_packets", "Control (tcp/1723) packets queued"),
         "gre_packets" => plain("gre_packets", "GRE packets queued"),

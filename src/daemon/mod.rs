@@ -4,6 +4,7 @@
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
 //! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
+//! - [`outcount`]: the kernel's per-call count of GRE from inside hosts.
 //! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
 //! - [`shared`]: the state shared between the packet thread and readers.
 //! - [`state`]: live calls saved across restarts.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
+pub mod outcount;
 pub mod packet;
 pub mod run;
 pub mod shared;

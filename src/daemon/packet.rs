@@ -22,6 +22,7 @@
 use super::addrs::ResyncHandle;
 use super::journal;
 use super::logging::RateLimit;
+use super::outcount::OutCounting;
 use super::shared::{lock, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
@@ -124,6 +125,8 @@ pub struct PacketLoop {
     stop: Arc<AtomicBool>,
     wake: UnixStream,
     fast: Option<FastPath>,
+    /// The kernel's per-call count of GRE from inside hosts.
+    out: Option<OutCounting>,
     /// Copy of a control packet under translation: the engine rewrites in
     /// place, and only a rewritten packet is sent back (sending back costs
     /// a copy into the verdict message, and most control segments, the
@@ -200,6 +203,7 @@ impl PacketLoop {
             stop,
             wake,
             fast: None,
+            out: None,
             scratch: vec![0; usize::from(u16::MAX) + 1],
             next_timer: now,
             events: Vec::with_capacity(64),
@@ -221,6 +225,7 @@ impl PacketLoop {
     /// earlier run outlives the calls it belonged to. Returns whether the
     /// fast path is active; without it all GRE is translated here.
     pub fn start_fast_path(&mut self) -> bool {
+        self.out = OutCounting::open(&self.cfg.rules, self.cfg.table_socket.as_ref());
         if !self.cfg.offload {
             return false;
         }
@@ -309,6 +314,13 @@ impl PacketLoop {
                 }
                 Ok(_) => quiet_since = Instant::now(),
             }
+        }
+        if let Some(out) = self
+            .out
+            .as_mut()
+            .filter(|_| !self.cfg.table_removed_at_stop)
+        {
+            let _ = out.flush();
         }
         if let Some(fp) = self
             .fast
@@ -458,7 +470,7 @@ impl PacketLoop {
             self.events_gen = shared.journal_gen;
         }
         self.handle_events(now, true);
-        if self.fast.is_some() && now >= self.next_offload_poll {
+        if (self.fast.is_some() || self.out.is_some()) && now >= self.next_offload_poll {
             self.poll_offload(now);
             let every = OFFLOAD_POLL
                 .min(self.cfg.call_idle_timeout / 3)
@@ -486,7 +498,7 @@ impl PacketLoop {
         if let Some(alg) = lock(&self.shared).alg.poll_timeout() {
             t = t.min(alg);
         }
-        if self.fast.is_some() {
+        if self.fast.is_some() || self.out.is_some() {
             t = t.min(self.next_offload_poll);
         }
         if self.watchdog.is_some() {
@@ -595,6 +607,10 @@ impl PacketLoop {
             self.journal_events(now);
         }
         for ev in self.events.drain(..) {
+            let kernel_out = match &mut self.out {
+                Some(out) => out.on_event(&ev, &self.shared, now),
+                None => 0,
+            };
             match ev {
                 Event::CallStarted(c) => {
                     log::info!(
@@ -666,7 +682,14 @@ impl PacketLoop {
                         c.nat_id,
                         super::status::human_duration(c.age.as_secs()),
                         c.packets_in + kernel_in,
-                        c.packets_out,
+                        c.packets_out + kernel_out,
+                    );
+                    lock(&self.shared).alg.note_offloaded(
+                        now,
+                        c.outside_peer,
+                        c.nat_id,
+                        kernel_in,
+                        0,
                     );
                     self.offload_seen.remove(&(c.outside_peer, c.nat_id));
                     // A call whose elements never made it has none to remove.
@@ -793,6 +816,9 @@ impl PacketLoop {
             }
         }
         self.offload_seen.clear();
+        if let Some(out) = &mut self.out {
+            failed += out.reinstall(&calls);
+        }
         {
             let mut shared = lock(&self.shared);
             shared.fastpath_errors += failed;
@@ -828,6 +854,14 @@ impl PacketLoop {
     /// kernel translated since the last read, so offloaded calls keep their
     /// idle timers fresh and their counters true.
     fn poll_offload(&mut self, now: Instant) {
+        if let Some(out) = &mut self.out {
+            if let Err(e) = out.poll(&self.shared, now) {
+                lock(&self.shared).fastpath_errors += 1;
+                if let (true, _) = self.warn_io.allow(now) {
+                    log::warn!("cannot read the counters of GRE from inside hosts: {e}");
+                }
+            }
+        }
         let Some(fp) = &mut self.fast else { return };
         let counters = match fp.counters() {
             Ok(c) => c,

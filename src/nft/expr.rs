@@ -18,6 +18,8 @@ pub const REG_1: u32 = libc::NFT_REG_1 as u32;
 /// The 32-bit register right after the first 32 bits of [`REG_1`]: a concatenation's second
 /// field goes here.
 pub const REG32_01: u32 = libc::NFT_REG32_01 as u32;
+/// The third 32-bit register of a concatenation.
+pub const REG32_02: u32 = libc::NFT_REG32_02 as u32;
 
 /// `fib` flag: look up the destination address.
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;

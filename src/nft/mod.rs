@@ -12,7 +12,8 @@
 //!   is queued to `queue_gre` (all GRE to the router without the fast path). Every one of
 //!   these rules `notrack`s what it takes: conntrack never sees this GRE.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
-//!   that the kernel NATs, queued by direction.
+//!   that the kernel NATs, queued by direction; before them, tracked GRE that inside hosts
+//!   send is counted per call in the set `gre_out` (see [`GreOut`]).
 //!
 //! Every queue verdict has the bypass flag, so traffic flows untranslated (fail-open) while no
 //! daemon listens. Queueing uses the nft `queue` expression where the kernel has it, else the
@@ -22,6 +23,7 @@ mod detect;
 mod error;
 mod expr;
 mod fastpath;
+mod greout;
 mod localaddrs;
 mod netlink;
 mod objects;
@@ -38,6 +40,7 @@ use nftnl_sys::libc;
 
 pub use error::NftError;
 pub use fastpath::FastPath;
+pub use greout::{GreOut, OutCounter};
 pub use localaddrs::LocalAddrSet;
 
 use netlink::{Netlink, Txn};
@@ -344,7 +347,7 @@ pub mod fuzzing {
     /// parses succeeded.
     pub fn parse_replies(buf: &[u8], libnftnl: bool) -> usize {
         let mut ok = 0;
-        let (mut keys, mut counters) = (Vec::new(), Vec::new());
+        let (mut keys, mut counters, mut outs) = (Vec::new(), Vec::new(), Vec::new());
         for msg in super::netlink::messages(buf) {
             let Ok(msg) = msg else { break };
             if msg.ty as i32 == libc::NLMSG_ERROR {
@@ -360,6 +363,7 @@ pub mod fuzzing {
                 libc::NFT_MSG_NEWSETELEM => {
                     super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok()
                         && super::fastpath::parse_counters(msg.raw, &mut counters).is_ok()
+                        && super::greout::parse_out_counters(msg.raw, &mut outs).is_ok()
                 }
                 libc::NFT_MSG_NEWOBJ => super::detect::pptp_helper_object(msg.raw).is_ok(),
                 _ => false,

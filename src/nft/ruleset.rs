@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use nftnl::{Chain, Hook, MsgType, Policy, Rule, Table};
 use nftnl_sys::libc;
 
-use super::expr::{self, Base, CmpOp, Csum, Expr, REG32_01, REG_1};
+use super::expr::{self, Base, CmpOp, Csum, Expr, REG32_01, REG32_02, REG_1};
 use super::netlink::Txn;
 use super::objects::{SetMsg, TableMsg, Udata};
 use super::{QueueBackend, RulesConfig};
@@ -19,6 +19,11 @@ pub const GRE_CID: &CStr = c"gre_cid";
 /// rewrites only GRE addressed to one of them.
 pub const LOCAL_ADDRS: &CStr = c"local_addrs";
 
+/// Set: (inside host, outside peer, the peer's Call ID) of every call whose peer id is known,
+/// with per-element counters: the GRE each inside host sends for its calls, counted in the
+/// forward hook (masquerade needs no help from the daemon, so this GRE never reaches it).
+pub const GRE_OUT: &CStr = c"gre_out";
+
 /// The batch-local ids of the sets, so rules in the same batch can refer to them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetIds {
@@ -28,10 +33,14 @@ pub struct SetIds {
     pub gre_cid: u32,
     /// Id of [`LOCAL_ADDRS`].
     pub local_addrs: u32,
+    /// Id of [`GRE_OUT`].
+    pub gre_out: u32,
 }
 
 /// Length of a map key: IPv4 address, then the 16-bit Call ID padded to a 32-bit register.
 pub const KEY_LEN: usize = 8;
+/// Length of a [`GRE_OUT`] key: two IPv4 addresses and the padded Call ID.
+pub const OUT_KEY_LEN: usize = 12;
 
 /// Direction of a packet relative to its conntrack entry.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +76,11 @@ pub enum Stmt {
     /// the fast path's test. An address the set does not hold yet fails it, and the packet
     /// falls through to the queue rule.
     InLocalAddrs,
+    /// Tracked by conntrack: not the GRE pptp-alg translated towards inside hosts, which both
+    /// of its rules leave untracked.
+    Tracked,
+    /// Counts GRE of a call an inside host sends, in the call's element of [`GRE_OUT`].
+    CountGreOut,
     /// Any transport protocol but TCP.
     NotTcp,
     /// TCP destination port.
@@ -96,6 +110,8 @@ const IPPROTO_GRE: u8 = 47;
 const RTN_LOCAL: u32 = 2;
 const IPS_SRC_NAT: u32 = 1 << 4;
 const IPS_DST_NAT: u32 = 1 << 5;
+/// `ct state untracked` (NF_CT_STATE_UNTRACKED_BIT).
+const CT_STATE_UNTRACKED: u32 = 1 << 6;
 
 /// The `GreV1` mask and value over GRE bytes 0..4.
 const GRE_MASK: [u8; 4] = [0xa0, 0x07, 0xff, 0xff];
@@ -113,6 +129,8 @@ impl Stmt {
             Stmt::NotFragment => "ip frag-off & 8191 == 0".into(),
             Stmt::LocalDaddr => "fib daddr type local".into(),
             Stmt::InLocalAddrs => format!("ip daddr @{}", name(LOCAL_ADDRS)),
+            Stmt::Tracked => "ct state != untracked".into(),
+            Stmt::CountGreOut => format!("ip saddr . ip daddr . @th,48,16 @{}", name(GRE_OUT)),
             Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
             Stmt::TcpSport(p) => format!("tcp sport {p}"),
@@ -158,6 +176,16 @@ impl Stmt {
             Stmt::InLocalAddrs => vec![
                 expr::payload_load(Base::Network, 16, 4, REG_1),
                 expr::set_lookup(LOCAL_ADDRS, ids.local_addrs),
+            ],
+            Stmt::Tracked => vec![
+                expr::ct_load(libc::NFT_CT_STATE),
+                expr::cmp(CmpOp::Neq, &CT_STATE_UNTRACKED.to_ne_bytes()),
+            ],
+            Stmt::CountGreOut => vec![
+                expr::payload_load(Base::Network, 12, 4, REG_1),
+                expr::payload_load(Base::Network, 16, 4, REG32_01),
+                expr::payload_load(Base::Transport, 6, 2, REG32_02),
+                expr::set_lookup(GRE_OUT, ids.gre_out),
             ],
             Stmt::NotTcp => vec![
                 expr::meta_load(libc::NFT_META_L4PROTO),
@@ -284,10 +312,17 @@ pub struct SetSpec {
 }
 
 /// The maps and the set of local addresses, in the order they are created and listed (only
-/// with the fast path: without it no rule uses them).
+/// with the fast path: without it no rule uses them), and the set counting GRE from inside
+/// hosts (with or without it).
 pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
+    let gre_out = SetSpec {
+        name: GRE_OUT,
+        keyword: "set",
+        typeof_text: "typeof ip saddr . ip daddr . @th,48,16",
+        counter: true,
+    };
     if !cfg.offload {
-        return Vec::new();
+        return vec![gre_out];
     }
     vec![
         SetSpec {
@@ -308,6 +343,7 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
             typeof_text: "typeof ip daddr",
             counter: false,
         },
+        gre_out,
     ]
 }
 
@@ -377,6 +413,10 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         vec![port, CtDirection(dir), CtStatus(nat), Queue(queue, backend)]
     };
     let ctl_rules = vec![
+        // GRE an inside host sends for a call, counted per call (`PKTS OUT`). Tracked only:
+        // the GRE this table translated towards inside hosts is untracked and passes without
+        // a lookup. No verdict: the packet goes on to the next rule.
+        vec![GreV1, NotFragment, Tracked, CountGreOut],
         // Everything else forwarded (all GRE, and the fast path's GRE at line rate) leaves
         // after one test instead of walking the four port rules.
         vec![NotTcp, Accept],
@@ -493,6 +533,21 @@ fn addr_set_udata() -> Vec<u8> {
         .into_bytes()
 }
 
+/// User data for `typeof ip saddr . ip daddr . @th,48,16` (a set: no data).
+fn out_set_udata() -> Vec<u8> {
+    let key = Udata::default().u32(UDATA_TYPEOF_EXPR, EXPR_CONCAT).nest(
+        UDATA_TYPEOF_DATA,
+        Udata::default()
+            .nest(0, ip_field(IPHDR_SADDR))
+            .nest(1, ip_field(IPHDR_DADDR))
+            .nest(2, call_id_field()),
+    );
+    Udata::default()
+        .u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_INVALID)
+        .nest(UDATA_SET_KEY_TYPEOF, key)
+        .into_bytes()
+}
+
 /// The netlink description of a map or set.
 pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
     let map = |data_type, data_len, data| SetMsg {
@@ -509,6 +564,17 @@ pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
         map(TYPE_IPADDR, 4, ip_field(IPHDR_DADDR))
     } else if spec.name == GRE_CID {
         map(TYPE_INTEGER, 2, call_id_field())
+    } else if spec.name == GRE_OUT {
+        SetMsg {
+            table: table.to_owned(),
+            name: spec.name.to_owned(),
+            id,
+            key_type: (((TYPE_IPADDR << TYPE_BITS) | TYPE_IPADDR) << TYPE_BITS) | TYPE_INTEGER,
+            key_len: OUT_KEY_LEN as u32,
+            data: None,
+            udata: out_set_udata(),
+            counter: spec.counter,
+        }
     } else {
         SetMsg {
             table: table.to_owned(),
@@ -571,6 +637,8 @@ pub fn add_install(
             ids.gre_cid = id;
         } else if m.name == LOCAL_ADDRS {
             ids.local_addrs = id;
+        } else if m.name == GRE_OUT {
+            ids.gre_out = id;
         }
     }
 
@@ -620,6 +688,18 @@ pub fn rule_text(stmts: &[Stmt]) -> String {
         t.push_str(&format!(" comment \"{c}\""));
     }
     t
+}
+
+/// Encodes a [`GRE_OUT`] key: inside host, outside peer, the peer's Call ID, padding.
+pub fn out_key(
+    inside_host: std::net::Ipv4Addr,
+    outside_peer: std::net::Ipv4Addr,
+    id: u16,
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(OUT_KEY_LEN);
+    k.extend_from_slice(&inside_host.octets());
+    k.extend_from_slice(&key(outside_peer, id));
+    k
 }
 
 /// Encodes a map key: address, Call ID, two bytes of register padding.
@@ -711,9 +791,45 @@ mod tests {
             offload: false,
             ..cfg
         };
-        assert!(sets(&no_offload).is_empty());
+        let names: Vec<_> = sets(&no_offload).iter().map(|s| s.name).collect();
+        assert_eq!(names, [GRE_OUT]);
         let gre = &chains(&no_offload, QueueBackend::NftQueue)[0];
         assert_eq!(gre.rules.len(), 1);
+    }
+
+    /// The user data `nft` 1.0.6 sent for
+    /// `set gre_out { typeof ip saddr . ip daddr . @th,48,16; counter; }` on x86_64 (key type
+    /// 0x71c4, key length 12, checked with `nft --debug=mnl`).
+    const NFT_GRE_OUT_UDATA: &str = concat!(
+        "000400000000035c00040d00000001540014000407000000010c00040c000000",
+        "01040b0000000114000407000000010c00040c00000001040c00000002260004",
+        "07000000011e00040000000001040000000002040300000003043000000004",
+        "0410000000",
+    );
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn out_set_udata_matches_nft() {
+        let s = sets(&RulesConfig::default())
+            .into_iter()
+            .find(|s| s.name == GRE_OUT)
+            .expect("gre_out");
+        let msg = set_msg(c"pptp_alg", &s, 4);
+        assert_eq!(msg.udata, unhex(NFT_GRE_OUT_UDATA));
+        assert_eq!((msg.key_type, msg.key_len, msg.data), (0x71c4, 12, None));
+        assert!(msg.counter);
+    }
+
+    #[test]
+    fn out_key_layout() {
+        assert_eq!(
+            out_key(
+                "10.0.0.2".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                0x1234
+            ),
+            vec![10, 0, 0, 2, 192, 0, 2, 1, 0x12, 0x34, 0, 0]
+        );
     }
 
     #[test]
