@@ -240,3 +240,176 @@ fn packets_out_are_counted_per_call() {
     let out = lab.stop_daemon();
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// `pptp-alg check --json` in the router's namespace: its outcome per check, and whether it
+/// exited 0.
+fn check(lab: &Lab) -> (std::collections::BTreeMap<String, (String, String)>, bool) {
+    let out = lab.try_exec(Host::Router, ALG, &["check", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json: {e}:\n{}{}", out.stdout, out.stderr));
+    let checks = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                (
+                    c["status"].as_str().unwrap().to_string(),
+                    c["detail"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(v["ok"], out.code == 0, "{}", out.stdout);
+    (checks, out.code == 0)
+}
+
+/// The preflight in a lab router set up as the README says, then broken the ways an
+/// administrator meets: forwarding off, a strict forward chain without the mark rule, a
+/// kernel PPTP helper object. Each break fails its own check and the exit status.
+#[test]
+fn check_passes_a_good_router_and_names_what_is_broken() {
+    if !have_root() {
+        return;
+    }
+    let lab = Lab::new("check", 1, 1);
+    lab.strict_firewall(true);
+    let (good, ok) = check(&lab);
+    assert!(ok, "{good:#?}");
+    for c in [
+        "privileges",
+        "user_namespace",
+        "queue",
+        "table",
+        "ip_forward",
+        "masquerade",
+        "pptp_helper",
+        "forward_policy",
+    ] {
+        assert_eq!(good[c].0, "OK", "{c}: {}", good[c].1);
+    }
+    assert!(
+        good["forward_policy"].1.contains("ip lab_fw forward"),
+        "{}",
+        good["forward_policy"].1
+    );
+
+    lab.strict_firewall(false);
+    lab.exec(Host::Router, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+    let helper = lab
+        .try_exec(
+            Host::Router,
+            "nft",
+            &["add ct helper ip lab_fw pptp-h { type \"pptp\" protocol tcp; l3proto ip; }"],
+        )
+        .code
+        == 0;
+    let (bad, ok) = check(&lab);
+    assert!(!ok, "{bad:#?}");
+    assert_eq!(bad["ip_forward"].0, "FAIL");
+    let (s, d) = &bad["forward_policy"];
+    assert_eq!(s, "FAIL", "{d}");
+    assert!(
+        d.contains("ip lab_fw forward") && d.contains("`meta mark 0x1723 accept`"),
+        "{d}"
+    );
+    if helper {
+        let (s, d) = &bad["pptp_helper"];
+        assert_eq!(s, "FAIL", "{d}");
+        assert!(d.contains("pptp-h"), "{d}");
+    } else {
+        eprintln!("kernel has no pptp conntrack helper; its check is not exercised");
+    }
+    // Masquerade and the table are still fine.
+    assert_eq!(bad["masquerade"].0, "OK");
+    assert_eq!(bad["table"].0, "OK");
+}
+
+/// In a user namespace other than the initial one (a rootless container), `check` says what
+/// will not work there and why; on a kernel that refuses payload writes there (this one
+/// does), so does the daemon's start-up error.
+#[test]
+fn check_explains_a_user_namespace() {
+    if !have_root() {
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--net", ALG, "check"])
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("user_namespace"))
+        .unwrap_or_else(|| panic!("no user_namespace line:\n{text}"));
+    assert!(
+        line.contains("non-initial user namespace") && line.contains("NFQUEUE payload rewrites"),
+        "{line}"
+    );
+    let refused = line.starts_with("FAIL");
+    if refused {
+        assert_ne!(out.status.code(), Some(0));
+        let run = std::process::Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--net",
+                ALG,
+                "run",
+                "--install-rules",
+                "--state-file",
+                "",
+                "--status-socket",
+                &format!("/tmp/pptp-alg-userns-{}.sock", std::process::id()),
+            ])
+            .output()
+            .expect("unshare run");
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert_ne!(run.status.code(), Some(0), "{log}");
+        assert!(log.contains("non-initial user namespace"), "{log}");
+    } else {
+        assert!(line.starts_with("WARN"), "{line}");
+    }
+}
+
+/// Refusals for want of privilege say which privilege: run as an unprivileged user, `rules
+/// install` and the daemon name CAP_NET_ADMIN instead of a bare "Operation not permitted".
+#[test]
+fn permission_errors_name_the_missing_privilege() {
+    if !have_root() {
+        return;
+    }
+    // A copy nobody can run (the build directory may not be open to it).
+    let bin = std::env::temp_dir().join(format!("pptp-alg-nobody-{}", std::process::id()));
+    std::fs::copy(ALG, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .expect("setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = as_nobody(&["rules", "install", "--table", "pptp_alg_nobody"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
+    let (code, err) = as_nobody(&[
+        "run",
+        "--install-rules",
+        "--table",
+        "pptp_alg_nobody",
+        "--state-file",
+        "",
+        "--status-socket",
+        "/tmp/pptp-alg-nobody.sock",
+    ]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
+    let _ = std::fs::remove_file(&bin);
+}

@@ -419,6 +419,15 @@ impl Config {
         }
     }
 
+    /// What `pptp-alg check` compares the system with.
+    pub fn check_config(&self) -> crate::check::CheckConfig {
+        crate::check::CheckConfig {
+            table: self.table.clone(),
+            mark: self.mark,
+            mark_mask: u32::MAX,
+        }
+    }
+
     /// The nftables rules' configuration.
     pub fn rules_config(&self) -> RulesConfig {
         RulesConfig {

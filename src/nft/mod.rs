@@ -115,7 +115,7 @@ pub struct ElementCounter {
 /// Tries to add a throwaway table with a `queue` rule and delete it in the same atomic batch;
 /// falls back to trying the xt NFQUEUE target the same way. Nothing is left behind either way.
 pub fn detect_backend() -> Result<QueueBackend, NftError> {
-    detect::detect_backend()
+    detect::detect_backend().map_err(explain_refusal)
 }
 
 /// Installs the ruleset without the owner flag (what `pptp-alg rules install` does): in ONE
@@ -272,7 +272,8 @@ fn owner_of(nl: &mut Netlink, table: &str) -> Result<Option<u32>, NftError> {
 }
 
 /// Turns EPERM for a change of `table` into [`NftError::OwnedByOther`] when the table is
-/// owned by another socket (EPERM also means a missing CAP_NET_ADMIN: then `err` stays).
+/// owned by another socket, and explains it in a non-initial user namespace (EPERM also means
+/// a missing CAP_NET_ADMIN: then `err` stays).
 fn explain_eperm(nl: &mut Netlink, table: &str, err: NftError) -> NftError {
     if err.errno() != Some(libc::EPERM) {
         return err;
@@ -282,7 +283,25 @@ fn explain_eperm(nl: &mut Netlink, table: &str, err: NftError) -> NftError {
             table: table.to_string(),
             owner: detect::netlink_owner(port),
         },
-        _ => err,
+        _ => explain_refusal(err),
+    }
+}
+
+/// Says why the kernel answered EPERM when the process lacks CAP_NET_ADMIN or runs in a
+/// non-initial user namespace; other errors pass unchanged.
+fn explain_refusal(err: NftError) -> NftError {
+    if err.errno() != Some(libc::EPERM) {
+        return err;
+    }
+    if crate::check::gather::cap_net_admin() == Ok(false) {
+        return NftError::NoPrivilege(Box::new(err));
+    }
+    match crate::check::gather::non_initial_user_ns() {
+        Some(uid_map) => NftError::UserNamespace {
+            source: Box::new(err),
+            uid_map,
+        },
+        None => err,
     }
 }
 
@@ -299,6 +318,29 @@ pub fn render(cfg: &RulesConfig, backend: QueueBackend) -> String {
 /// Whether table `ip <table>` exists.
 pub fn table_exists(table: &str) -> Result<bool, NftError> {
     detect::table_exists(table)
+}
+
+/// Whether the kernel gives tables an owner (nftables table ownership, Linux 5.12): a
+/// throwaway owned table is added and deleted in one batch, so nothing is left behind.
+pub fn probe_table_owner() -> Result<bool, NftError> {
+    detect::probe_table_owner()
+}
+
+/// Whether a rule with a payload write can be loaded here: kernels with the netfilter change
+/// of May 2026 refuse it (EPERM) in a network namespace owned by a non-initial user namespace.
+/// Added and deleted in one batch, in a chain no packet reaches.
+pub fn probe_payload_write() -> Result<(), NftError> {
+    detect::probe_payload_write()
+}
+
+/// Who holds `table`: `None` if it does not exist, `Some(None)` if nobody owns it, else the
+/// owner as "pptp-alg (pid N)".
+pub fn table_holder(table: &str) -> Result<Option<Option<String>>, NftError> {
+    if !detect::table_exists(table)? {
+        return Ok(None);
+    }
+    let mut nl = Netlink::open()?;
+    Ok(Some(owner_of(&mut nl, table)?.map(detect::netlink_owner)))
 }
 
 /// Packets and bytes of GRE to this router's addresses that matched no call's element and were
