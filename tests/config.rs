@@ -115,6 +115,7 @@ fn every_key_parses() {
             queue_to_inside: 11,
             queue_gre: 12,
             mark: 0xff,
+            mark_mask: u32::MAX,
             offload: false,
         }
     );
@@ -187,6 +188,12 @@ fn invalid_values_name_the_key() {
         "metrics_listen"
     );
     assert_eq!(err_key("metrics_textfile = \"/\""), "metrics_textfile");
+    assert_eq!(err_key("mark = 0x11723\nmark_mask = 0xffff"), "mark_mask");
+    let c = parse("mark = 0x1723\nmark_mask = 0xffff").unwrap();
+    assert_eq!(
+        (c.rules_config().mark_mask, c.check_config().mark_mask),
+        (0xffff, 0xffff)
+    );
     let c = parse("metrics_listen = \"[::1]:9723\"").unwrap();
     assert_eq!(c.metrics_addr(), Some("[::1]:9723".parse().unwrap()));
     assert_eq!(Config::default().metrics_addr(), None);

@@ -192,6 +192,7 @@ fn render_follows_config() {
         queue_to_inside: 8,
         queue_gre: 9,
         mark: 0xabc,
+        mark_mask: u32::MAX,
         offload: false,
     };
     let text = nft::render(&cfg, QueueBackend::NftQueue);
@@ -213,6 +214,13 @@ fn render_follows_config() {
         ..cfg
     };
     assert!(nft::render(&cfg, QueueBackend::NftQueue).contains("meta mark set 0x00000abc accept"));
+    // With a mask only those bits are set; the others keep what the packet carried.
+    let cfg = RulesConfig {
+        mark_mask: 0xfff,
+        ..cfg
+    };
+    assert!(nft::render(&cfg, QueueBackend::NftQueue)
+        .contains("meta mark set meta mark & 0xfffffabc | 0x00000abc accept"));
 }
 
 #[test]

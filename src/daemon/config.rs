@@ -72,6 +72,8 @@ pub struct Config {
     pub queue_max_len: u32,
     /// Packet mark set on translated GRE towards inside hosts.
     pub mark: u32,
+    /// The bits of the packet mark pptp-alg sets (and a firewall should match).
+    pub mark_mask: u32,
     /// Whether known calls' GRE is translated by an nftables map in the kernel.
     pub offload: bool,
     /// Name of our nftables table (family ip).
@@ -120,6 +122,7 @@ impl Default for Config {
             queue_gre: rules.queue_gre,
             queue_max_len: 4096,
             mark: rules.mark,
+            mark_mask: rules.mark_mask,
             offload: rules.offload,
             table: rules.table,
             install_rules: false,
@@ -278,6 +281,16 @@ impl Config {
                 "must not be 0: unmarked packets carry mark 0, so a firewall rule accepting it would accept everything".into(),
             );
         }
+        if self.mark & !self.mark_mask != 0 {
+            return bad(
+                "mark_mask",
+                format!(
+                    "{:#x} does not cover every bit of `mark` {:#x}: pptp-alg sets only the bits \
+                     of the mask",
+                    self.mark_mask, self.mark
+                ),
+            );
+        }
         if !valid_table_name(&self.table) {
             return bad(
                 "table",
@@ -369,6 +382,7 @@ impl Config {
         set(&mut self.queue_gre, &o.queue_gre);
         set(&mut self.queue_max_len, &o.queue_max_len);
         set(&mut self.mark, &o.mark);
+        set(&mut self.mark_mask, &o.mark_mask);
         set(&mut self.table, &o.table);
         set(&mut self.status_socket, &o.status_socket);
         set(&mut self.state_file, &o.state_file);
@@ -424,7 +438,7 @@ impl Config {
         crate::check::CheckConfig {
             table: self.table.clone(),
             mark: self.mark,
-            mark_mask: u32::MAX,
+            mark_mask: self.mark_mask,
         }
     }
 
@@ -436,6 +450,7 @@ impl Config {
             queue_to_inside: self.queue_to_inside,
             queue_gre: self.queue_gre,
             mark: self.mark,
+            mark_mask: self.mark_mask,
             offload: self.offload,
         }
     }
@@ -530,6 +545,9 @@ pub struct Overrides {
     /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
     #[arg(long, value_name = "MARK", value_parser = parse_u32_auto)]
     pub mark: Option<u32>,
+    /// Bits of the packet mark pptp-alg owns, decimal or 0x-hex [default: 0xffffffff].
+    #[arg(long, value_name = "MASK", value_parser = parse_u32_auto)]
+    pub mark_mask: Option<u32>,
     /// Translate known calls' GRE in the kernel (the default).
     #[arg(long, overrides_with = "no_offload")]
     pub offload: bool,

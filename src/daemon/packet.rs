@@ -428,7 +428,9 @@ impl PacketLoop {
             Verdict::Drop(_) => Action::Drop,
             Verdict::Modified if gre => {
                 if dir == Direction::ToInside {
-                    pkt.set_mark(self.cfg.mark);
+                    // Only pptp-alg's bits: the others keep what the packet carried.
+                    let mask = self.cfg.rules.mark_mask;
+                    pkt.set_mark(pkt.mark() & !mask | self.cfg.mark);
                 }
                 Action::Accept
             }

@@ -61,6 +61,9 @@ pub struct RulesConfig {
     /// Packet mark of translated GRE, set by the fast path (and by the daemon's verdicts), so
     /// a strict forward policy can accept it with `meta mark <mark> accept`.
     pub mark: u32,
+    /// The bits of the packet mark pptp-alg owns: only these are set (the others keep what
+    /// the packet carried), so routers that use other mark bits keep them. All by default.
+    pub mark_mask: u32,
     /// Include the fast path maps, the set of local addresses and the fast path rule.
     pub offload: bool,
 }
@@ -73,6 +76,7 @@ impl Default for RulesConfig {
             queue_to_inside: 1724,
             queue_gre: 1725,
             mark: 0x1723,
+            mark_mask: u32::MAX,
             offload: true,
         }
     }

@@ -100,6 +100,9 @@ pub enum Stmt {
     Counter,
     /// Sets the packet mark.
     SetMark(u32),
+    /// Sets the bits of the packet mark under the mask (second) to the mark (first), keeping
+    /// the others.
+    SetMarkBits(u32, u32),
     /// Accept verdict.
     Accept,
     /// Queue to userspace with bypass (fail-open when the daemon is not running).
@@ -148,6 +151,10 @@ impl Stmt {
             // What `nft list` shows for a fresh rule; the kernel fills in the numbers.
             Stmt::Counter => "counter packets 0 bytes 0".into(),
             Stmt::SetMark(m) => format!("meta mark set {m:#010x}"),
+            // nft shows the AND operand with the mark's bits set.
+            Stmt::SetMarkBits(m, mask) => {
+                format!("meta mark set meta mark & {:#010x} | {m:#010x}", !mask | m)
+            }
             Stmt::Accept => "accept".into(),
             Stmt::Queue(n, QueueBackend::NftQueue) => format!("queue flags bypass to {n}"),
             Stmt::Queue(_, QueueBackend::XtNfqueue) => XT_NFQUEUE_TEXT.into(),
@@ -246,6 +253,11 @@ impl Stmt {
             Stmt::Counter => vec![expr::counter()],
             Stmt::SetMark(m) => vec![
                 expr::immediate(&m.to_ne_bytes()),
+                expr::meta_set(libc::NFT_META_MARK),
+            ],
+            Stmt::SetMarkBits(m, mask) => vec![
+                expr::meta_load(libc::NFT_META_MARK),
+                expr::mask_xor(&(!mask).to_ne_bytes(), &m.to_ne_bytes()),
                 expr::meta_set(libc::NFT_META_MARK),
             ],
             Stmt::Accept => vec![expr::accept()],
@@ -347,6 +359,15 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
     ]
 }
 
+/// The statement that marks translated GRE: the whole mark, or only the bits of `mark_mask`.
+pub fn set_mark(cfg: &RulesConfig) -> Stmt {
+    if cfg.mark_mask == u32::MAX {
+        Stmt::SetMark(cfg.mark)
+    } else {
+        Stmt::SetMarkBits(cfg.mark, cfg.mark_mask)
+    }
+}
+
 /// GRE from outside at raw prerouting (-300): before conntrack (-200) and before the routing
 /// decision, so a rewritten destination is routed to the inside host; untracked (see below).
 ///
@@ -375,7 +396,7 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             InLocalAddrs,
             RewriteGre,
             Notrack,
-            SetMark(cfg.mark),
+            set_mark(cfg),
             Accept,
         ]);
         // GRE to one of our addresses that matches no element is of no call the daemon
