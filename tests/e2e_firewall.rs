@@ -198,3 +198,179 @@ fn iptables_nft_recipe() {
     let out = lab.stop_daemon();
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// firewalld (nftables backend) in the router's namespace, on a D-Bus system bus of its own
+/// (no system bus or systemd here) and with its configuration in a temporary directory, so
+/// nothing outside the lab is touched. Its zones cannot match a mark; the README's recipe is
+/// a policy letting GRE from the external zone into the internal one.
+#[test]
+fn firewalld_recipe() {
+    if !have_root() {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/firewalld").exists() {
+        if std::env::var("PPTP_ALG_E2E").as_deref() == Ok("1") {
+            panic!("firewalld is not installed (.ci/run installs it)");
+        }
+        println!("skipped: firewalld not installed");
+        return;
+    }
+    let mut lab = Lab::new("fwd", 1, 1);
+    let dir = std::env::temp_dir().join(format!("pptp-alg-firewalld-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let etc = dir.join("etc");
+    let cp = std::process::Command::new("cp")
+        .args(["-r", "/etc/firewalld"])
+        .arg(&etc)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let bus = dir.join("bus.sock");
+    let conf = dir.join("dbus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
+             \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+             <busconfig><type>system</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>\n\
+             <policy context=\"default\"><allow user=\"root\"/><allow own=\"*\"/>\
+             <allow send_destination=\"*\"/><allow receive_sender=\"*\"/></policy></busconfig>\n",
+            bus.display()
+        ),
+    )
+    .unwrap();
+    let conf_arg = format!("--config-file={}", conf.display());
+    lab.spawn(
+        Host::Router,
+        "dbus-daemon",
+        "dbus-daemon",
+        &[&conf_arg, "--nofork"],
+    );
+    let env = format!("DBUS_SYSTEM_BUS_ADDRESS=unix:path={}", bus.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !bus.exists() {
+        assert!(std::time::Instant::now() < deadline, "no bus socket");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let etc_arg = etc.to_str().unwrap().to_string();
+    lab.spawn(
+        Host::Router,
+        "firewalld",
+        "env",
+        &[
+            &env,
+            "/usr/sbin/firewalld",
+            "--nofork",
+            "--nopid",
+            "--system-config",
+            &etc_arg,
+            "--log-target",
+            "console",
+        ],
+    );
+    let fwcmd = |lab: &Lab, args: &[&str]| {
+        let mut a = vec![env.as_str(), "firewall-cmd"];
+        a.extend_from_slice(args);
+        lab.try_exec(Host::Router, "env", &a)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fwcmd(&lab, &["--state"]).stdout.trim() != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "firewalld did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let ok = |lab: &Lab, args: &[&str]| {
+        let out = fwcmd(lab, args);
+        assert_eq!(
+            out.code, 0,
+            "firewall-cmd {args:?}: {}{}",
+            out.stdout, out.stderr
+        );
+    };
+    for args in [
+        &["--permanent", "--zone=external", "--add-interface=wan0"][..],
+        &["--permanent", "--zone=internal", "--add-interface=lan1"],
+        // The LAN may open connections to the WAN (the control connection).
+        &["--permanent", "--new-policy", "lan-out"],
+        &[
+            "--permanent",
+            "--policy",
+            "lan-out",
+            "--add-ingress-zone",
+            "internal",
+        ],
+        &[
+            "--permanent",
+            "--policy",
+            "lan-out",
+            "--add-egress-zone",
+            "external",
+        ],
+        &[
+            "--permanent",
+            "--policy",
+            "lan-out",
+            "--set-target",
+            "ACCEPT",
+        ],
+        &["--reload"],
+    ] {
+        ok(&lab, args);
+    }
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+
+    // firewalld's forward chain rejects the translated GRE.
+    let v = one_call(&mut lab, "fwd-none");
+    assert_gre_blocked(&v);
+    lab.wait_no_calls();
+
+    // The recipe, as the README gives it.
+    for args in [
+        &["--permanent", "--new-policy", "pptp-alg-gre"][..],
+        &[
+            "--permanent",
+            "--policy",
+            "pptp-alg-gre",
+            "--add-ingress-zone",
+            "external",
+        ],
+        &[
+            "--permanent",
+            "--policy",
+            "pptp-alg-gre",
+            "--add-egress-zone",
+            "internal",
+        ],
+        &[
+            "--permanent",
+            "--policy",
+            "pptp-alg-gre",
+            "--add-protocol",
+            "gre",
+        ],
+        &["--reload"],
+    ] {
+        ok(&lab, args);
+    }
+    // A firewalld reload leaves pptp-alg's table alone.
+    assert!(lab.router_has_table("pptp_alg"));
+    let v = one_call(&mut lab, "fwd");
+    assert_gre_delivered("fwd", &v);
+    // `pptp-alg check` finds firewalld's accept of GRE.
+    let out = lab.try_exec(Host::Router, ALG, &["check"]);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("forward_policy"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(line.starts_with("OK"), "{line}");
+    lab.stop_server(srv);
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -418,6 +418,9 @@ fn accepts_translated_gre(
                     chain.label()
                 ));
             }
+            if r.gre && r.mark_matches.is_empty() {
+                return Verdict::Accepted(format!("an accept of GRE in {}", chain.label()));
+            }
         }
         if r.xt && unknown.is_none() {
             unknown = Some(format!(
@@ -484,7 +487,7 @@ fn forward_policy(f: &Facts, cfg: &CheckConfig) -> Outcome {
             format!(
                 "{} drop(s) by default and nothing there accepts translated GRE (untracked, \
                  mark {:#x}): calls come up but no GRE reaches inside hosts. Add `{rule}` \
-                 before the drop (see README, Integrating with an existing firewall)",
+                 before the drop (README: Firewall recipes)",
                 broken.join(", "),
                 cfg.mark
             ),
@@ -604,6 +607,25 @@ mod tests {
             d.contains("`meta mark 0x1723 accept` in inet filter sub"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn an_accept_of_gre_counts_as_firewalld_gives_it() {
+        let mut f = good();
+        let rs = f.ruleset.as_mut().unwrap();
+        rs.chains[0].rules.drain(1..4);
+        rs.chains[0].rules.insert(
+            1,
+            ruleset::RuleFacts {
+                conditional: true,
+                gre: true,
+                verdict: Some("accept".into()),
+                ..Default::default()
+            },
+        );
+        let (s, d) = status(&run(&f, &cfg()), "forward_policy");
+        assert_eq!(s, Status::Ok, "{d}");
+        assert!(d.contains("an accept of GRE in inet filter forward"), "{d}");
     }
 
     #[test]

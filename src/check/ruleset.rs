@@ -45,6 +45,8 @@ pub struct RuleFacts {
     pub mark_matches: Vec<(u32, u32)>,
     /// Matches `ct state untracked` (alone or in a set of states).
     pub untracked: bool,
+    /// Matches GRE (`meta l4proto gre`, `ip protocol gre`), as firewalld's recipe does.
+    pub gre: bool,
     /// Chains it jumps or goes to.
     pub jumps: Vec<String>,
     /// Its final verdict: `accept`, `drop`, `reject`, `return`, `jump`, `goto`, or none.
@@ -144,6 +146,9 @@ fn rule_facts(exprs: Option<&Vec<Value>>) -> RuleFacts {
                 if is_ct_state(left) && matches!(op, "==" | "in") && names(right, "untracked") {
                     f.untracked = true;
                 }
+                if is_l4proto(left) && matches!(op, "==" | "in") && is_gre(right) {
+                    f.gre = true;
+                }
                 if is_dport(left) && op == "==" && has_port(right, 1723) {
                     tcp_1723 = true;
                 }
@@ -189,6 +194,23 @@ fn mark_left(left: &Value) -> Option<u32> {
     match and.as_slice() {
         [m, mask] if is_mark(m) => mask.as_u64().and_then(|v| u32::try_from(v).ok()),
         _ => None,
+    }
+}
+
+fn is_l4proto(left: &Value) -> bool {
+    left.pointer("/meta/key").and_then(Value::as_str) == Some("l4proto")
+        || (left.pointer("/payload/protocol").and_then(Value::as_str) == Some("ip")
+            && left.pointer("/payload/field").and_then(Value::as_str) == Some("protocol"))
+}
+
+/// `gre`, 47, or a set holding either.
+fn is_gre(right: &Value) -> bool {
+    match right {
+        Value::String(s) => s == "gre",
+        Value::Number(n) => n.as_u64() == Some(47),
+        Value::Array(a) => a.iter().any(is_gre),
+        Value::Object(o) => o.get("set").is_some_and(is_gre),
+        _ => false,
     }
 }
 
@@ -265,6 +287,11 @@ pub(crate) mod tests {
         assert_eq!(fwd.rules[1].mark_matches, vec![(0xffff, 0x1723)]);
         assert_eq!(fwd.rules[1].verdict.as_deref(), Some("accept"));
         assert!(fwd.rules[2].untracked);
+        assert!(!fwd.rules[2].gre);
+        let gre = r#"{"nftables": [{"chain": {"family": "inet", "table": "f", "name": "c"}},
+            {"rule": {"family": "inet", "table": "f", "chain": "c", "expr": [{"match": {"op": "==",
+            "left": {"meta": {"key": "l4proto"}}, "right": "gre"}}, {"accept": null}]}}]}"#;
+        assert!(Ruleset::from_nft_json(gre).unwrap().chains[0].rules[0].gre);
         assert!(!fwd.rules[0].untracked);
         assert_eq!(fwd.rules[3].jumps, vec!["sub".to_string()]);
         assert!(!fwd.rules[5].conditional);
