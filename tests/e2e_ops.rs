@@ -413,3 +413,160 @@ fn permission_errors_name_the_missing_privilege() {
     assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
     let _ = std::fs::remove_file(&bin);
 }
+
+/// The common save and restore of the live ruleset, done while the daemon runs with a call
+/// up: `nft list ruleset > /etc/nftables.conf`, then loading that file with `flush ruleset`
+/// first (as Debian's nftables.conf starts). The administrator's tables come back, and
+/// pptp-alg puts its own table back (the saved copy has the fast path as it was): the live
+/// call keeps its GRE and a new call is translated.
+///
+/// One adaptation to this kernel: it lacks the nftables `queue` expression, so the daemon
+/// queues with the xt NFQUEUE target, which `nft list` prints as `queue num N bypass` (with
+/// iptables' plugins) or `xt target "NFQUEUE"` and which no kernel without `queue` loads
+/// back: no listing of xt NFQUEUE rules restores here, iptables-nft's included. The test
+/// drops those statements from the saved listing, which leaves exactly what a kernel with
+/// `queue` would restore apart from the queue statements; the daemon replaces the table
+/// either way.
+#[test]
+fn saving_and_restoring_the_live_ruleset_keeps_everything() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("saverest", 2, 1);
+    lab.strict_firewall(true);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let old = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "held",
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "8"],
+    );
+    let up = lab.wait_established(1);
+    let nat = u64_of(&call_row(&up, lan_addr(0), 1000)["nat_id"]) as u16;
+
+    let saved = std::env::temp_dir().join(format!("pptp-alg-saved-{}.nft", std::process::id()));
+    let listing = lab.exec(Host::Router, "nft", &["list", "ruleset"]);
+    let listing = without_xt_queue(&listing);
+    std::fs::write(&saved, format!("flush ruleset\n{listing}")).unwrap();
+    let restore = lab.try_exec(Host::Router, "nft", &["-f", saved.to_str().unwrap()]);
+    assert_eq!(restore.code, 0, "restore failed:\n{}", restore.stderr);
+    // The administrator's own tables are back.
+    for t in ["lab_fw", "lab_nat"] {
+        assert!(lab.router_has_table(t), "table {t} not restored");
+    }
+    lab.wait_line(
+        lab.daemon(),
+        "table ip pptp_alg was made anew (a saved ruleset restored?); reinstalled it with 1 call(s)",
+        Duration::from_secs(5),
+    );
+    // The held call's GRE still reaches its host through the fast path.
+    let probe = lab.gre_recv_count(Host::Lan(0), Some(lan_addr(0)), 5.0, 2);
+    lab.gre_send_from_server(ROUTER_WAN, nat, "after-restore", 2, &[]);
+    let got = lab.finish(probe).json_lines("gre-recv");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got
+        .iter()
+        .all(|g| g["payload"] == "after-restore" && u64_of(&g["call_id"]) == 1000));
+    // A new call from another host with the same Call ID is translated.
+    let p = lab.client(
+        Host::Lan(1),
+        SERVER,
+        lan_addr(1),
+        "new",
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "1"],
+    );
+    let v = lab.client_ok(p, "new");
+    assert_exactly_own_echoes("new", &v, 1, 3);
+    lab.client_ok(old, "held");
+    // The file restores again (the table it holds is replaced the same way).
+    let again = lab.try_exec(Host::Router, "nft", &["-f", saved.to_str().unwrap()]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let _ = std::fs::remove_file(&saved);
+    lab.stop_server(srv);
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!lab.router_has_table("pptp_alg"));
+}
+
+/// The listing without the xt NFQUEUE statements this kernel cannot load back (see above).
+fn without_xt_queue(listing: &str) -> String {
+    listing
+        .lines()
+        .map(
+            |l| match (l.find(" queue num "), l.find(" comment \"xt NFQUEUE")) {
+                (Some(q), Some(c)) => format!("{}{}", &l[..q], &l[c..]),
+                _ => l.replace(" xt target \"NFQUEUE\"", ""),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A plain `nft flush ruleset` (a firewall reload without pptp-alg's table in its file) takes
+/// the daemon's table; the daemon puts it back within a second, with the live call's fast
+/// path.
+#[test]
+fn a_flushed_table_is_back_within_a_second() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("flushback", 1, 1);
+    lab.start_daemon(&[]);
+    let srv = lab.server(Host::Wan, SERVER, &[]);
+    let c = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        "held",
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "5"],
+    );
+    let up = lab.wait_established(1);
+    let nat = u64_of(&call_row(&up, lan_addr(0), 1000)["nat_id"]) as u16;
+    lab.exec(Host::Router, "nft", &["flush", "ruleset"]);
+    let t = Instant::now();
+    lab.wait_line(
+        lab.daemon(),
+        "table ip pptp_alg vanished (a firewall reload?); reinstalled it with 1 call(s)",
+        Duration::from_secs(5),
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The lab's masquerade went with the flush; GRE to the call's NAT id is translated by the
+    // reinstalled fast path all the same.
+    let probe = lab.gre_recv_count(Host::Lan(0), Some(lan_addr(0)), 5.0, 1);
+    lab.gre_send_from_server(ROUTER_WAN, nat, "after-flush", 1, &[]);
+    assert_eq!(lab.finish(probe).json_lines("gre-recv").len(), 1);
+    let _ = lab.finish(c);
+    lab.stop_server(srv);
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// With `table_owner`, the same restore fails as a whole (the kernel lets nobody but the
+/// daemon create its table), as the README warns.
+#[test]
+fn an_owned_table_makes_the_restore_fail_as_documented() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new("saveown", 1, 1);
+    lab.start_daemon(&["--table-owner"]);
+    let listing = lab.exec(Host::Router, "nft", &["list", "ruleset"]);
+    let saved = std::env::temp_dir().join(format!("pptp-alg-owned-{}.nft", std::process::id()));
+    std::fs::write(&saved, format!("flush ruleset\n{listing}")).unwrap();
+    let restore = lab.try_exec(Host::Router, "nft", &["-f", saved.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&saved);
+    assert_ne!(restore.code, 0, "the restore worked after all");
+    assert!(
+        restore.stderr.contains("Operation not permitted"),
+        "{}",
+        restore.stderr
+    );
+    let out = lab.stop_daemon();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

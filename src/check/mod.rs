@@ -231,29 +231,19 @@ fn queue_backend(f: &Facts) -> Outcome {
 fn table(f: &Facts, cfg: &CheckConfig) -> Outcome {
     const C: &str = "table";
     let owner = match &f.table_owner {
-        Ok(true) => "the kernel gives it an owner: it goes when the daemon dies",
-        Ok(false) => {
-            "this kernel gives tables no owner (Linux < 5.12): a crashed daemon's table stays \
-             until ExecStopPost removes it"
-        }
-        Err(_) => "whether the kernel gives it an owner cannot be told",
+        Ok(true) => "this kernel can give it an owner (table_owner = true)",
+        Ok(false) => "this kernel gives tables no owner (Linux < 5.12): table_owner has no effect",
+        Err(_) => "whether the kernel can give it an owner cannot be told",
     };
     match &f.table {
-        Ok(TableState::Absent) => {
-            let s = if f.table_owner == Ok(true) {
-                Status::Ok
-            } else {
-                Status::Warn
-            };
-            outcome(
-                C,
-                s,
-                format!(
-                    "table ip {} absent; the daemon installs it ({owner})",
-                    cfg.table
-                ),
-            )
-        }
+        Ok(TableState::Absent) => outcome(
+            C,
+            Status::Ok,
+            format!(
+                "table ip {} absent; the daemon installs it ({owner})",
+                cfg.table
+            ),
+        ),
         Ok(TableState::Owned(by)) => outcome(
             C,
             Status::Ok,
@@ -263,8 +253,9 @@ fn table(f: &Facts, cfg: &CheckConfig) -> Outcome {
             C,
             Status::Warn,
             format!(
-                "table ip {} exists and has no owner: loaded by hand (fine without \
-                 --install-rules) or left by a crashed daemon (`pptp-alg rules remove`)",
+                "table ip {} exists and has no owner: a running daemon's (it has none by \
+                 default), one loaded by hand (fine without --install-rules), or one left by a \
+                 crashed daemon (`pptp-alg rules remove`)",
                 cfg.table
             ),
         ),

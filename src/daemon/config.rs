@@ -68,7 +68,7 @@ pub struct Config {
     pub queue_to_inside: u16,
     /// NFQUEUE number for GRE from outside that the kernel does not translate.
     pub queue_gre: u16,
-    /// Packets the kernel holds per queue before failing open.
+    /// Packets the kernel holds per queue; beyond it the kernel drops them (fail-closed).
     pub queue_max_len: u32,
     /// Packet mark set on translated GRE towards inside hosts.
     pub mark: u32,
@@ -80,6 +80,8 @@ pub struct Config {
     pub table: String,
     /// Install the table at start and remove it at stop.
     pub install_rules: bool,
+    /// Give the installed table the nftables owner flag.
+    pub table_owner: bool,
     /// Unix socket answered with a JSON status document.
     pub status_socket: PathBuf,
     /// Where live calls are saved across restarts (empty: nowhere).
@@ -126,6 +128,7 @@ impl Default for Config {
             offload: rules.offload,
             table: rules.table,
             install_rules: false,
+            table_owner: false,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             id_policy: alg.id_policy,
@@ -401,6 +404,9 @@ impl Config {
         if o.offload {
             self.offload = true;
         }
+        if o.table_owner {
+            self.table_owner = true;
+        }
         if o.no_offload {
             self.offload = false;
         }
@@ -539,7 +545,7 @@ pub struct Overrides {
     /// NFQUEUE number for GRE from outside the kernel does not translate [default: 1725].
     #[arg(long, value_name = "N")]
     pub queue_gre: Option<u16>,
-    /// Kernel queue length before failing open [default: 4096].
+    /// Packets the kernel holds per queue before it drops (fail-closed) [default: 4096].
     #[arg(long, value_name = "N")]
     pub queue_max_len: Option<u32>,
     /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
@@ -554,6 +560,9 @@ pub struct Overrides {
     /// Translate all GRE in userspace.
     #[arg(long, overrides_with = "offload")]
     pub no_offload: bool,
+    /// Install the table with the nftables owner flag (see table_owner in pptp-alg.toml(5)).
+    #[arg(long)]
+    pub table_owner: bool,
     /// nftables table name (family ip) [default: pptp_alg].
     #[arg(long, value_name = "NAME")]
     pub table: Option<String>,

@@ -56,7 +56,7 @@ const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
 /// How often the daemon checks that its table still exists.
-const RULES_CHECK: Duration = Duration::from_secs(5);
+const RULES_CHECK: Duration = Duration::from_secs(1);
 /// After the rules are gone, how long to keep listening for packets the
 /// kernel queued just before (CPUs still inside the old rules).
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
@@ -152,6 +152,9 @@ pub struct PacketLoop {
     offload_pending: FxHashMap<(Ipv4Addr, u16), (Ipv4Addr, u16)>,
     next_offload_retry: Instant,
     next_rules_check: Instant,
+    /// The handle of the table as last seen, to tell a table made anew (a saved ruleset
+    /// restored after `flush ruleset`) from ours.
+    table_handle: Option<u64>,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
     warn_refused: RateLimit,
@@ -192,6 +195,11 @@ impl PacketLoop {
                 j.ask_snapshot.clone(),
             )
         });
+        // The table was installed just before: a copy made later is not ours.
+        let table_handle = cfg
+            .reinstall
+            .as_ref()
+            .and_then(|_| crate::nft::table_handle(&cfg.rules.table).ok().flatten());
         PacketLoop {
             journal,
             events_gen: 0,
@@ -212,6 +220,7 @@ impl PacketLoop {
             offload_pending: FxHashMap::default(),
             next_offload_retry: now,
             next_rules_check: now + RULES_CHECK,
+            table_handle,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
             warn_refused: RateLimit::new(Duration::from_secs(60), 20),
@@ -766,12 +775,15 @@ impl PacketLoop {
         }
     }
 
-    /// Puts our table back if it vanished while it should exist, with the
-    /// fast path elements of every live call. Without this, a firewall
-    /// reload that flushes the whole ruleset would silently end all
-    /// translation until the daemon restarts. Only an unowned table (a
-    /// kernel without table owners) can vanish so; it is reinstalled
-    /// through the socket that installed it, again unowned.
+    /// Puts our table back if it vanished while it should exist, or was
+    /// made anew by someone else, with the fast path elements of every live
+    /// call. Without this, a firewall reload that flushes the whole ruleset
+    /// would silently end all translation until the daemon restarts, and
+    /// one that restores a saved listing of the live ruleset would leave the
+    /// saved copy (its elements as they were, and on the xt backend rules
+    /// without their queue targets, which `nft` cannot list). Only an
+    /// unowned table can go so; it is reinstalled through the socket that
+    /// installed it, again unowned.
     fn check_rules(&mut self, now: Instant) {
         let (Some((backend, wanted)), Some(sock)) = (&self.cfg.reinstall, &self.cfg.table_socket)
         else {
@@ -781,23 +793,30 @@ impl PacketLoop {
         if !*wanted {
             return;
         }
-        match crate::nft::table_exists(&self.cfg.rules.table) {
-            Ok(true) => return,
-            Ok(false) => {}
+        let what = match crate::nft::table_handle(&self.cfg.rules.table) {
+            Ok(Some(h)) if self.table_handle.is_none_or(|known| known == h) => {
+                self.table_handle = Some(h);
+                return;
+            }
+            Ok(Some(_)) => "was made anew (a saved ruleset restored?)",
+            Ok(None) => "vanished (a firewall reload?)",
             Err(e) => {
                 if let (true, _) = self.warn_io.allow(now) {
                     log::warn!("cannot check for table ip {}: {e}", self.cfg.rules.table);
                 }
                 return;
             }
-        }
+        };
         if let Err(e) = sock.install(&self.cfg.rules, *backend, false) {
             log::error!(
-                "table ip {} vanished and cannot be reinstalled: {e}",
+                "table ip {} {what} and cannot be reinstalled: {e}",
                 self.cfg.rules.table
             );
             return;
         }
+        self.table_handle = crate::nft::table_handle(&self.cfg.rules.table)
+            .ok()
+            .flatten();
         drop(wanted);
         if let Some(addrs) = &self.cfg.local_addrs {
             addrs.request();
@@ -827,9 +846,13 @@ impl PacketLoop {
             shared.offload_pending = self.offload_pending.len() as u64;
         }
         log::warn!(
-            "table ip {} vanished (a firewall reload?); reinstalled it with {} call(s) in the fast path",
+            "table ip {} {what}; reinstalled it with {} call(s) in the fast path",
             self.cfg.rules.table,
-            if self.fast.is_some() { calls.len() - failed as usize } else { 0 }
+            if self.fast.is_some() {
+                calls.len() - failed as usize
+            } else {
+                0
+            }
         );
     }
 

@@ -337,6 +337,22 @@ pub fn probe_payload_write() -> Result<(), NftError> {
     detect::probe_payload_write()
 }
 
+/// The handle of `table` (`None` if it does not exist): it changes when the table is deleted
+/// and made anew, as restoring a saved ruleset after `flush ruleset` does.
+pub fn table_handle(table: &str) -> Result<Option<u64>, NftError> {
+    let name = table_cname(table)?;
+    let mut nl = Netlink::open()?;
+    let mut handle = None;
+    match nl.request(&format!("get table ip {table}"), get_table(&name), |msg| {
+        handle = Some(objects::table_handle(msg.raw)?);
+        Ok(())
+    }) {
+        Ok(()) => Ok(handle),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Who holds `table`: `None` if it does not exist, `Some(None)` if nobody owns it, else the
 /// owner as "pptp-alg (pid N)".
 pub fn table_holder(table: &str) -> Result<Option<Option<String>>, NftError> {
