@@ -302,3 +302,36 @@ fn binary_files_are_refused_clearly() {
     assert!(e.to_string().contains("binary.toml"), "{e}");
     remove_temp(&path);
 }
+
+/// The queue fails closed (the code binds every queue so, see src/nfqueue.rs); the example
+/// configuration, the README's key table and `--help` once said it fails open.
+#[test]
+fn queue_max_len_is_documented_as_fail_closed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/config/pptp-alg.toml")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_pptp-alg"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `queue_max_len` |"))
+        .expect("README row");
+    for (what, text) in [
+        ("example", example.as_str()),
+        ("README row", row),
+        ("--help", &help),
+    ] {
+        let t = text.to_lowercase();
+        assert!(
+            !t.contains("fails open") && !t.contains("failing open"),
+            "{what}"
+        );
+        assert!(
+            t.contains("fail-closed") || t.contains("fails closed"),
+            "{what}"
+        );
+    }
+}
