@@ -199,7 +199,8 @@ impl PacketLoop {
         let table_handle = cfg
             .reinstall
             .as_ref()
-            .and_then(|_| crate::nft::table_handle(&cfg.rules.table).ok().flatten());
+            .zip(cfg.table_socket.as_ref())
+            .and_then(|(_, sock)| sock.table_handle(&cfg.rules.table).ok().flatten());
         PacketLoop {
             journal,
             events_gen: 0,
@@ -793,7 +794,7 @@ impl PacketLoop {
         if !*wanted {
             return;
         }
-        let what = match crate::nft::table_handle(&self.cfg.rules.table) {
+        let what = match sock.table_handle(&self.cfg.rules.table) {
             Ok(Some(h)) if self.table_handle.is_none_or(|known| known == h) => {
                 self.table_handle = Some(h);
                 return;
@@ -814,9 +815,7 @@ impl PacketLoop {
             );
             return;
         }
-        self.table_handle = crate::nft::table_handle(&self.cfg.rules.table)
-            .ok()
-            .flatten();
+        self.table_handle = sock.table_handle(&self.cfg.rules.table).ok().flatten();
         drop(wanted);
         if let Some(addrs) = &self.cfg.local_addrs {
             addrs.request();

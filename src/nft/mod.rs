@@ -232,6 +232,14 @@ impl TableSocket {
         }
     }
 
+    /// The handle of `table` (`None` if it does not exist), which changes when the table is
+    /// deleted and made anew (a saved ruleset restored after `flush ruleset`). Asked through
+    /// this socket: the packet thread asks every second, and a socket of its own each time
+    /// would cost a buffer and system calls for nothing.
+    pub fn table_handle(&self, table: &str) -> Result<Option<u64>, NftError> {
+        handle_on(&mut self.lock(), table)
+    }
+
     /// The port id of the socket owning `table`, if the table exists and is owned by another
     /// socket than this one.
     pub(crate) fn foreign_owner(&self, table: &str) -> Result<Option<u32>, NftError> {
@@ -339,9 +347,8 @@ pub fn probe_payload_write() -> Result<(), NftError> {
 
 /// The handle of `table` (`None` if it does not exist): it changes when the table is deleted
 /// and made anew, as restoring a saved ruleset after `flush ruleset` does.
-pub fn table_handle(table: &str) -> Result<Option<u64>, NftError> {
+fn handle_on(nl: &mut Netlink, table: &str) -> Result<Option<u64>, NftError> {
     let name = table_cname(table)?;
-    let mut nl = Netlink::open()?;
     let mut handle = None;
     match nl.request(&format!("get table ip {table}"), get_table(&name), |msg| {
         handle = Some(objects::table_handle(msg.raw)?);
