@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(names(&readme), names(&example_pairs));
         for ((key, readme_default), (_, example_value)) in readme.iter().zip(&example_pairs) {
             // The README writes durations as "60 s" and strings unquoted.
-            let readme_default = readme_default.trim_end_matches(" s");
+            let readme_default = readme_default.trim_end_matches(" s").trim_matches('"');
             let example_value = example_value.trim_matches('"');
             assert_eq!(readme_default, example_value, "default of `{key}`");
         }

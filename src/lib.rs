@@ -7,8 +7,10 @@
 //! - [`nft`]: the only code that talks to nftables (nftnl + mnl).
 //! - [`nfqueue`]: the only code that talks to NFQUEUE (nfq).
 //! - [`daemon`]: configuration, the packet loop, status socket, signals.
+//! - [`check`]: `pptp-alg check`, the preflight (pure checks over gathered facts).
 
 pub mod alg;
+pub mod check;
 pub mod daemon;
 pub mod nfqueue;
 pub mod nft;

@@ -1,6 +1,7 @@
 //! `pptp-alg`: the command-line entry point (daemon, rules, status).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pptp_alg::check;
 use pptp_alg::daemon::{self, logging, status, Config, ConfigError, Overrides};
 use pptp_alg::nft::{self, QueueBackend};
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ enum Cmd {
     },
     /// Show the running daemon's calls and counters.
     Status(StatusArgs),
+    /// Check this router before enabling the unit: kernel features, forwarding, NAT rules,
+    /// the kernel PPTP helper, the forward policy, the user namespace. One line per check
+    /// (OK, WARN or FAIL); exit status 1 when any check fails.
+    Check(CheckArgs),
     /// Write the man pages and shell completions under DIR (build time;
     /// hidden because the package installs its output).
     #[command(hide = true)]
@@ -85,6 +90,18 @@ struct RulesArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Configuration file (TOML) whose table and mark to check against.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
 struct StatusArgs {
     /// Print the daemon's JSON document instead of a table.
     #[arg(long)]
@@ -100,6 +117,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd_run(args),
         Cmd::Rules { action } => cmd_rules(action),
         Cmd::Status(args) => cmd_status(args),
+        Cmd::Check(args) => cmd_check(args),
         Cmd::GenerateDocs { dir } => match gen_docs::generate(&dir, EXIT_CONFIG) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -220,6 +238,27 @@ fn cmd_status(args: StatusArgs) -> ExitCode {
             eprintln!("pptp-alg: status: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn cmd_check(args: CheckArgs) -> ExitCode {
+    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let facts = check::gather::gather(&cfg.table);
+    let outcomes = check::run(&facts, &cfg.check_config());
+    let failed = check::failed(&outcomes);
+    if args.json {
+        let doc = serde_json::json!({ "ok": !failed, "checks": outcomes });
+        emit(&format!("{doc:#}\n"));
+    } else {
+        emit(&check::to_text(&outcomes));
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

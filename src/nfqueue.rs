@@ -75,6 +75,12 @@ impl Packet {
         self.msg.get_payload_mut()
     }
 
+    /// The packet mark as it was queued.
+    #[inline]
+    pub fn mark(&self) -> u32 {
+        self.msg.get_nfmark()
+    }
+
     /// Sets the packet mark the kernel applies with the verdict.
     #[inline]
     pub fn set_mark(&mut self, mark: u32) {

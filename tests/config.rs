@@ -115,6 +115,7 @@ fn every_key_parses() {
             queue_to_inside: 11,
             queue_gre: 12,
             mark: 0xff,
+            mark_mask: u32::MAX,
             offload: false,
         }
     );
@@ -181,6 +182,21 @@ fn invalid_values_name_the_key() {
     assert_eq!(err_key("call_idle_timeout = 0"), "call_idle_timeout");
     assert_eq!(err_key("conn_idle_timeout = 0"), "conn_idle_timeout");
     assert_eq!(err_key("quarantine = 10000000000"), "quarantine");
+    assert_eq!(err_key("metrics_listen = \"9723\""), "metrics_listen");
+    assert_eq!(
+        err_key("metrics_listen = \"localhost:9723\""),
+        "metrics_listen"
+    );
+    assert_eq!(err_key("metrics_textfile = \"/\""), "metrics_textfile");
+    assert_eq!(err_key("mark = 0x11723\nmark_mask = 0xffff"), "mark_mask");
+    let c = parse("mark = 0x1723\nmark_mask = 0xffff").unwrap();
+    assert_eq!(
+        (c.rules_config().mark_mask, c.check_config().mark_mask),
+        (0xffff, 0xffff)
+    );
+    let c = parse("metrics_listen = \"[::1]:9723\"").unwrap();
+    assert_eq!(c.metrics_addr(), Some("[::1]:9723".parse().unwrap()));
+    assert_eq!(Config::default().metrics_addr(), None);
 }
 
 #[test]
@@ -285,4 +301,37 @@ fn binary_files_are_refused_clearly() {
     assert!(e.to_string().contains("not UTF-8"), "{e}");
     assert!(e.to_string().contains("binary.toml"), "{e}");
     remove_temp(&path);
+}
+
+/// The queue fails closed (the code binds every queue so, see src/nfqueue.rs); the example
+/// configuration, the README's key table and `--help` once said it fails open.
+#[test]
+fn queue_max_len_is_documented_as_fail_closed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/config/pptp-alg.toml")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_pptp-alg"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `queue_max_len` |"))
+        .expect("README row");
+    for (what, text) in [
+        ("example", example.as_str()),
+        ("README row", row),
+        ("--help", &help),
+    ] {
+        let t = text.to_lowercase();
+        assert!(
+            !t.contains("fails open") && !t.contains("failing open"),
+            "{what}"
+        );
+        assert!(
+            t.contains("fail-closed") || t.contains("fails closed"),
+            "{what}"
+        );
+    }
 }

@@ -922,7 +922,7 @@ fn daemon_crash_then_rules_removed_as_systemd_does() {
     if !have_root() {
         return;
     }
-    crash("crash_unit", &[], true);
+    crash("crash_unit", &["--table-owner"], true);
 }
 
 /// Without the fast path the table goes just the same.
@@ -931,7 +931,7 @@ fn daemon_crash_without_offload() {
     if !have_root() {
         return;
     }
-    crash("crash_nooff", &["--no-offload"], false);
+    crash("crash_nooff", &["--no-offload", "--table-owner"], false);
 }
 
 /// Outside systemd nothing but the kernel cleans up after a crash, and that
@@ -943,7 +943,7 @@ fn daemon_crash_with_offload_and_nothing_cleaning_up() {
     if !have_root() {
         return;
     }
-    crash("crash_raw", &[], false);
+    crash("crash_raw", &["--table-owner"], false);
 }
 
 /// Rules loaded by the admin (`nft -f nft/pptp-alg.nft`; here `pptp-alg
@@ -1031,7 +1031,7 @@ fn running_daemons_table_cannot_be_removed_or_flushed_by_others() {
         return;
     }
     let mut lab = Lab::new("owned", 1, 1);
-    lab.start_daemon(&[]);
+    lab.start_daemon(&["--table-owner"]);
     let pid = lab.daemon_pid();
     let st = lab.status();
     assert!(

@@ -153,6 +153,11 @@ table ip pptp_alg {
 \t\ttypeof ip daddr
 \t}
 
+\tset gre_out {
+\t\ttypeof ip saddr . ip daddr . @th,48,16
+\t\tcounter
+\t}
+
 \tchain gre_in {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip daddr @local_addrs ip daddr set ip saddr . @th,48,16 map @gre_daddr @th,48,16 set ip saddr . @th,48,16 map @gre_cid notrack meta mark set 0x00001723 accept
@@ -161,13 +166,14 @@ table ip pptp_alg {
 \t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 fib daddr type local notrack queue flags bypass to 1725
 \t}
 
-\tchain gre_out {
+\tchain gre_post {
 \t\ttype filter hook postrouting priority filter; policy accept;
 \t\tmeta mark 0x00001723 ip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ip saddr set ip saddr . ip daddr . @th,48,16 map @hairpin_saddr
 \t}
 
 \tchain ctl {
 \t\ttype filter hook forward priority filter + 10; policy accept;
+\t\tip protocol gre @th,0,32 & 0xa007ffff == 0x2001880b ip frag-off & 8191 == 0 ct state != untracked ip saddr . ip daddr . @th,48,16 @gre_out
 \t\tmeta l4proto != tcp accept
 \t\ttcp dport 1723 ct direction original ct status snat queue flags bypass to 1723
 \t\ttcp sport 1723 ct direction reply ct status snat queue flags bypass to 1724
@@ -200,6 +206,7 @@ fn render_follows_config() {
         queue_to_inside: 8,
         queue_gre: 9,
         mark: 0xabc,
+        mark_mask: u32::MAX,
         offload: false,
     };
     let text = nft::render(&cfg, QueueBackend::NftQueue);
@@ -229,6 +236,19 @@ fn render_follows_config() {
         ..cfg
     };
     assert!(nft::render(&cfg, QueueBackend::NftQueue).contains("meta mark set 0x00000abc accept"));
+    // With a mask only those bits are set; the others keep what the packet carried.
+    let cfg = RulesConfig {
+        mark_mask: 0xfff,
+        ..cfg
+    };
+    let text = nft::render(&cfg, QueueBackend::NftQueue);
+    assert!(text.contains("meta mark set meta mark & 0xfffffabc | 0x00000abc accept"));
+    // ... and only those bits are matched where the mark says "translated here".
+    assert!(
+        text.contains("meta mark & 0x00000fff == 0x00000abc ip protocol gre"),
+        "{text}"
+    );
+    assert!(!text.contains("meta mark 0x00000abc"), "{text}");
 }
 
 #[test]
@@ -357,6 +377,22 @@ fn install_lists_like_render() {
         assert_eq!(
             normalise_xt(normalise(&listed)),
             normalise_xt(normalise(&nft::render(&cfg, backend)))
+        );
+        // With a mark mask, the masked mark statements (set in gre_in, matched in gre_post)
+        // are what the kernel holds too.
+        let masked = RulesConfig {
+            mark_mask: 0xffff,
+            ..cfg
+        };
+        nft::install(&masked, backend).unwrap();
+        let listed = list_table(&masked.table);
+        assert!(
+            listed.contains("meta mark & 0x0000ffff == 0x00001723"),
+            "{listed}"
+        );
+        assert_eq!(
+            normalise_xt(normalise(&listed)),
+            normalise_xt(normalise(&nft::render(&masked, backend)))
         );
     });
 }

@@ -339,6 +339,7 @@ impl Alg {
                 c.packets_in += 1;
                 c.bytes_in += len;
                 c.last_activity = now;
+                self.stats.call_gre_in += 1;
                 let (host, id) = (c.inside_host, c.inside_id);
                 gre.set_call_id(id);
                 ip.set_dst(host);
@@ -351,6 +352,7 @@ impl Alg {
                         c.packets_out += 1;
                         c.bytes_out += len;
                         c.last_activity = now;
+                        self.stats.call_gre_out += 1;
                     }
                     None => self.stats.gre_inside_unmatched += 1,
                 }
@@ -414,6 +416,8 @@ impl Alg {
         bytes: u64,
     ) {
         let now = self.stamp(now);
+        // Delivered whether or not the call is still live (the last read is at its end).
+        self.stats.call_gre_in += packets;
         if let Some(idx) = self.calls.by_nat(outside_peer, nat_id) {
             let c = self.calls.get_mut(idx);
             if c.is_live() && packets > 0 {
@@ -422,6 +426,38 @@ impl Alg {
                 c.last_activity = now;
             }
         }
+    }
+
+    /// Records GRE that an inside host sent for a call and the kernel counted (it never
+    /// reaches the daemon): the call's packets out, and its idle timer. `packets`/`bytes` are
+    /// deltas; `outside_id` is the outside peer's own Call ID, which that GRE carries.
+    pub fn note_sent(
+        &mut self,
+        now: Instant,
+        inside_host: Ipv4Addr,
+        outside_peer: Ipv4Addr,
+        outside_id: u16,
+        packets: u64,
+        bytes: u64,
+    ) {
+        let now = self.stamp(now);
+        self.stats.call_gre_out += packets;
+        if let Some(idx) = self.calls.by_outside(inside_host, outside_peer, outside_id) {
+            let c = self.calls.get_mut(idx);
+            if c.is_live() && packets > 0 {
+                c.packets_out += packets;
+                c.bytes_out += bytes;
+                c.last_activity = now;
+            }
+        }
+    }
+
+    /// Whether a live call has this (inside host, outside peer, outside peer's id): when two
+    /// calls share them and one ends, the other still needs its kernel counter.
+    pub fn has_live_outside(&self, inside_host: Ipv4Addr, outside_peer: Ipv4Addr, id: u16) -> bool {
+        self.calls
+            .by_outside(inside_host, outside_peer, id)
+            .is_some_and(|idx| self.calls.get(idx).is_live())
     }
 
     /// The next event, if any. Drain after every [`Alg::handle`].

@@ -107,6 +107,12 @@ pub struct Stats {
     /// Streams towards an inside host picked up at a message start that the
     /// host's acknowledgement then showed to be forged, and picked up again.
     pub forged_resyncs: u64,
+    /// GRE packets delivered to inside hosts for their calls (by the daemon and, read every
+    /// 10 s and at each call's end, by the kernel fast path).
+    pub call_gre_in: u64,
+    /// GRE packets inside hosts sent for their calls (counted by the kernel's `gre_out` set,
+    /// read likewise).
+    pub call_gre_out: u64,
     /// Calls created.
     pub calls_created: u64,
     /// Calls currently live.

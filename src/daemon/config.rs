@@ -68,16 +68,20 @@ pub struct Config {
     pub queue_to_inside: u16,
     /// NFQUEUE number for GRE from outside that the kernel does not translate.
     pub queue_gre: u16,
-    /// Packets the kernel holds per queue before failing open.
+    /// Packets the kernel holds per queue; beyond it the kernel drops them (fail-closed).
     pub queue_max_len: u32,
     /// Packet mark set on translated GRE towards inside hosts.
     pub mark: u32,
+    /// The bits of the packet mark pptp-alg sets (and a firewall should match).
+    pub mark_mask: u32,
     /// Whether known calls' GRE is translated by an nftables map in the kernel.
     pub offload: bool,
     /// Name of our nftables table (family ip).
     pub table: String,
     /// Install the table at start and remove it at stop.
     pub install_rules: bool,
+    /// Give the installed table the nftables owner flag.
+    pub table_owner: bool,
     /// Unix socket answered with a JSON status document.
     pub status_socket: PathBuf,
     /// Where live calls are saved across restarts (empty: nowhere).
@@ -102,6 +106,10 @@ pub struct Config {
     pub quarantine: u64,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Address and port of the Prometheus metrics listener (empty: none).
+    pub metrics_listen: String,
+    /// node_exporter textfile the metrics are written to (empty: none).
+    pub metrics_textfile: PathBuf,
 }
 
 impl Default for Config {
@@ -116,9 +124,11 @@ impl Default for Config {
             queue_gre: rules.queue_gre,
             queue_max_len: 4096,
             mark: rules.mark,
+            mark_mask: rules.mark_mask,
             offload: rules.offload,
             table: rules.table,
             install_rules: false,
+            table_owner: false,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             id_policy: alg.id_policy,
@@ -131,6 +141,8 @@ impl Default for Config {
             conn_linger: alg.conn_linger.as_secs(),
             quarantine: alg.quarantine.as_secs(),
             log_level: LogLevel::Info,
+            metrics_listen: String::new(),
+            metrics_textfile: PathBuf::new(),
         }
     }
 }
@@ -272,6 +284,16 @@ impl Config {
                 "must not be 0: unmarked packets carry mark 0, so a firewall rule accepting it would accept everything".into(),
             );
         }
+        if self.mark & !self.mark_mask != 0 {
+            return bad(
+                "mark_mask",
+                format!(
+                    "{:#x} does not cover every bit of `mark` {:#x}: pptp-alg sets only the bits \
+                     of the mask",
+                    self.mark_mask, self.mark
+                ),
+            );
+        }
         if !valid_table_name(&self.table) {
             return bad(
                 "table",
@@ -326,7 +348,29 @@ impl Config {
                 return bad(key, format!("must be at most {MAX_SECS} seconds"));
             }
         }
+        if !self.metrics_listen.is_empty() && self.metrics_addr().is_none() {
+            return bad(
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address and port such as \"127.0.0.1:9723\" or \"[::1]:9723\"",
+                    self.metrics_listen
+                ),
+            );
+        }
+        if !self.metrics_textfile.as_os_str().is_empty()
+            && self.metrics_textfile.file_name().is_none()
+        {
+            return bad(
+                "metrics_textfile",
+                format!("{} is not a file name", self.metrics_textfile.display()),
+            );
+        }
         Ok(())
+    }
+
+    /// The metrics listener's address, if one is configured (and valid).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.parse().ok()
     }
 
     /// Applies command-line overrides.
@@ -341,6 +385,7 @@ impl Config {
         set(&mut self.queue_gre, &o.queue_gre);
         set(&mut self.queue_max_len, &o.queue_max_len);
         set(&mut self.mark, &o.mark);
+        set(&mut self.mark_mask, &o.mark_mask);
         set(&mut self.table, &o.table);
         set(&mut self.status_socket, &o.status_socket);
         set(&mut self.state_file, &o.state_file);
@@ -354,8 +399,13 @@ impl Config {
         set(&mut self.conn_linger, &o.conn_linger);
         set(&mut self.quarantine, &o.quarantine);
         set(&mut self.log_level, &o.log_level);
+        set(&mut self.metrics_listen, &o.metrics_listen);
+        set(&mut self.metrics_textfile, &o.metrics_textfile);
         if o.offload {
             self.offload = true;
+        }
+        if o.table_owner {
+            self.table_owner = true;
         }
         if o.no_offload {
             self.offload = false;
@@ -389,6 +439,15 @@ impl Config {
         }
     }
 
+    /// What `pptp-alg check` compares the system with.
+    pub fn check_config(&self) -> crate::check::CheckConfig {
+        crate::check::CheckConfig {
+            table: self.table.clone(),
+            mark: self.mark,
+            mark_mask: self.mark_mask,
+        }
+    }
+
     /// The nftables rules' configuration.
     pub fn rules_config(&self) -> RulesConfig {
         RulesConfig {
@@ -397,6 +456,7 @@ impl Config {
             queue_to_inside: self.queue_to_inside,
             queue_gre: self.queue_gre,
             mark: self.mark,
+            mark_mask: self.mark_mask,
             offload: self.offload,
         }
     }
@@ -485,18 +545,24 @@ pub struct Overrides {
     /// NFQUEUE number for GRE from outside the kernel does not translate [default: 1725].
     #[arg(long, value_name = "N")]
     pub queue_gre: Option<u16>,
-    /// Kernel queue length before failing open [default: 4096].
+    /// Packets the kernel holds per queue before it drops (fail-closed) [default: 4096].
     #[arg(long, value_name = "N")]
     pub queue_max_len: Option<u32>,
     /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
     #[arg(long, value_name = "MARK", value_parser = parse_u32_auto)]
     pub mark: Option<u32>,
+    /// Bits of the packet mark pptp-alg owns, decimal or 0x-hex [default: 0xffffffff].
+    #[arg(long, value_name = "MASK", value_parser = parse_u32_auto)]
+    pub mark_mask: Option<u32>,
     /// Translate known calls' GRE in the kernel (the default).
     #[arg(long, overrides_with = "no_offload")]
     pub offload: bool,
     /// Translate all GRE in userspace.
     #[arg(long, overrides_with = "offload")]
     pub no_offload: bool,
+    /// Install the table with the nftables owner flag (see table_owner in pptp-alg.toml(5)).
+    #[arg(long)]
+    pub table_owner: bool,
     /// nftables table name (family ip) [default: pptp_alg].
     #[arg(long, value_name = "NAME")]
     pub table: Option<String>,
@@ -536,6 +602,12 @@ pub struct Overrides {
     /// Log verbosity [default: info].
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on ADDR:PORT, "" for none [default: ""].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Write Prometheus metrics to this node_exporter textfile, "" for none [default: ""].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_empty)]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A path where the empty string means "none" (clap's path parser refuses

@@ -4,17 +4,21 @@
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
 //! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
+//! - [`outcount`]: the kernel's per-call count of GRE from inside hosts.
 //! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
 //! - [`shared`]: the state shared between the packet thread and readers.
 //! - [`state`]: live calls saved across restarts.
 //! - [`journal`]: the write-ahead journal of call changes between snapshots.
 //! - [`status`]: the status report, its socket and its table format.
+//! - [`metrics`]: Prometheus metrics over HTTP and in a node_exporter textfile.
 //! - [`logging`]: stderr/journald logging and rate limits.
 
 pub mod addrs;
 pub mod config;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
+pub mod outcount;
 pub mod packet;
 pub mod run;
 pub mod shared;

@@ -22,6 +22,7 @@
 use super::addrs::ResyncHandle;
 use super::journal;
 use super::logging::RateLimit;
+use super::outcount::OutCounting;
 use super::shared::{lock, SharedRef};
 use crate::alg::{CallInfo, ConnKey, Direction, Event, Hairpin, Verdict, PPTP_PORT};
 use crate::nfqueue::{Action, NfQueue, Packet};
@@ -58,7 +59,7 @@ const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
 /// How often the daemon checks that its table still exists.
-const RULES_CHECK: Duration = Duration::from_secs(5);
+const RULES_CHECK: Duration = Duration::from_secs(1);
 /// After the rules are gone, how long to keep listening for packets the
 /// kernel queued just before (CPUs still inside the old rules).
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
@@ -136,6 +137,8 @@ pub struct PacketLoop {
     /// Hairpinned calls whose elements could not be added: tried again with the fast path's
     /// pending calls, every [`OFFLOAD_RETRY`], until they are in or the call ends.
     hairpin_pending: Vec<HairpinCall>,
+    /// The kernel's per-call count of GRE from inside hosts.
+    out: Option<OutCounting>,
     /// Copy of a control packet under translation: the engine rewrites in
     /// place, and only a rewritten packet is sent back (sending back costs
     /// a copy into the verdict message, and most control segments, the
@@ -161,6 +164,9 @@ pub struct PacketLoop {
     offload_pending: FxHashMap<(Ipv4Addr, u16), (Ipv4Addr, u16)>,
     next_offload_retry: Instant,
     next_rules_check: Instant,
+    /// The handle of the table as last seen, to tell a table made anew (a saved ruleset
+    /// restored after `flush ruleset`) from ours.
+    table_handle: Option<u64>,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
     warn_refused: RateLimit,
@@ -201,6 +207,12 @@ impl PacketLoop {
                 j.ask_snapshot.clone(),
             )
         });
+        // The table was installed just before: a copy made later is not ours.
+        let table_handle = cfg
+            .reinstall
+            .as_ref()
+            .zip(cfg.table_socket.as_ref())
+            .and_then(|(_, sock)| sock.table_handle(&cfg.rules.table).ok().flatten());
         PacketLoop {
             journal,
             events_gen: 0,
@@ -216,6 +228,7 @@ impl PacketLoop {
             conntrack: None,
             warn_hairpin: RateLimit::new(Duration::from_secs(60), 5),
             hairpin_pending: Vec::new(),
+            out: None,
             scratch: vec![0; usize::from(u16::MAX) + 1],
             next_timer: now,
             events: Vec::with_capacity(64),
@@ -224,6 +237,7 @@ impl PacketLoop {
             offload_pending: FxHashMap::default(),
             next_offload_retry: now,
             next_rules_check: now + RULES_CHECK,
+            table_handle,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
             warn_refused: RateLimit::new(Duration::from_secs(60), 20),
@@ -238,6 +252,7 @@ impl PacketLoop {
     /// fast path is active; without it all GRE is translated here.
     pub fn start_fast_path(&mut self) -> bool {
         self.start_hairpin_maps();
+        self.out = OutCounting::open(&self.cfg.rules, self.cfg.table_socket.as_ref());
         if !self.cfg.offload {
             return false;
         }
@@ -466,6 +481,13 @@ impl PacketLoop {
                 Ok(_) => quiet_since = Instant::now(),
             }
         }
+        if let Some(out) = self
+            .out
+            .as_mut()
+            .filter(|_| !self.cfg.table_removed_at_stop)
+        {
+            let _ = out.flush();
+        }
         if let Some(fp) = self
             .fast
             .as_mut()
@@ -581,7 +603,9 @@ impl PacketLoop {
             Verdict::Drop(_) => Action::Drop,
             Verdict::Modified if gre => {
                 if dir == Direction::ToInside {
-                    pkt.set_mark(self.cfg.mark);
+                    // Only pptp-alg's bits: the others keep what the packet carried.
+                    let mask = self.cfg.rules.mark_mask;
+                    pkt.set_mark(pkt.mark() & !mask | self.cfg.mark);
                 }
                 Action::Accept
             }
@@ -623,7 +647,7 @@ impl PacketLoop {
             self.events_gen = shared.journal_gen;
         }
         self.handle_events(now, true);
-        if self.fast.is_some() && now >= self.next_offload_poll {
+        if (self.fast.is_some() || self.out.is_some()) && now >= self.next_offload_poll {
             self.poll_offload(now);
             let every = OFFLOAD_POLL
                 .min(self.cfg.call_idle_timeout / 3)
@@ -653,7 +677,7 @@ impl PacketLoop {
         if let Some(alg) = lock(&self.shared).alg.poll_timeout() {
             t = t.min(alg);
         }
-        if self.fast.is_some() {
+        if self.fast.is_some() || self.out.is_some() {
             t = t.min(self.next_offload_poll);
         }
         if self.watchdog.is_some() {
@@ -763,6 +787,10 @@ impl PacketLoop {
         }
         let events = std::mem::take(&mut self.events);
         for ev in &events {
+            let kernel_out = match &mut self.out {
+                Some(out) => out.on_event(ev, &self.shared, now),
+                None => 0,
+            };
             match ev {
                 Event::CallStarted(c) => {
                     if let Some(hp) = c.conn.and_then(|k| self.classify(k, now)) {
@@ -845,7 +873,14 @@ impl PacketLoop {
                         c.nat_id,
                         super::status::human_duration(c.age.as_secs()),
                         c.packets_in + kernel_in,
-                        c.packets_out,
+                        c.packets_out + kernel_out,
+                    );
+                    lock(&self.shared).alg.note_offloaded(
+                        now,
+                        c.outside_peer,
+                        c.nat_id,
+                        kernel_in,
+                        0,
                     );
                     self.offload_seen.remove(&(c.outside_peer, c.nat_id));
                     // A call whose elements never made it has none to remove.
@@ -924,12 +959,15 @@ impl PacketLoop {
         self.events = events;
     }
 
-    /// Puts our table back if it vanished while it should exist, with the
-    /// fast path elements of every live call. Without this, a firewall
-    /// reload that flushes the whole ruleset would silently end all
-    /// translation until the daemon restarts. Only an unowned table (a
-    /// kernel without table owners) can vanish so; it is reinstalled
-    /// through the socket that installed it, again unowned.
+    /// Puts our table back if it vanished while it should exist, or was
+    /// made anew by someone else, with the fast path elements of every live
+    /// call. Without this, a firewall reload that flushes the whole ruleset
+    /// would silently end all translation until the daemon restarts, and
+    /// one that restores a saved listing of the live ruleset would leave the
+    /// saved copy (its elements as they were, and on the xt backend rules
+    /// without their queue targets, which `nft` cannot list). Only an
+    /// unowned table can go so; it is reinstalled through the socket that
+    /// installed it, again unowned.
     fn check_rules(&mut self, now: Instant) {
         let (Some((backend, wanted)), Some(sock)) = (&self.cfg.reinstall, &self.cfg.table_socket)
         else {
@@ -939,23 +977,28 @@ impl PacketLoop {
         if !*wanted {
             return;
         }
-        match crate::nft::table_exists(&self.cfg.rules.table) {
-            Ok(true) => return,
-            Ok(false) => {}
+        let what = match sock.table_handle(&self.cfg.rules.table) {
+            Ok(Some(h)) if self.table_handle.is_none_or(|known| known == h) => {
+                self.table_handle = Some(h);
+                return;
+            }
+            Ok(Some(_)) => "was made anew (a saved ruleset restored?)",
+            Ok(None) => "vanished (a firewall reload?)",
             Err(e) => {
                 if let (true, _) = self.warn_io.allow(now) {
                     log::warn!("cannot check for table ip {}: {e}", self.cfg.rules.table);
                 }
                 return;
             }
-        }
+        };
         if let Err(e) = sock.install(&self.cfg.rules, *backend, false) {
             log::error!(
-                "table ip {} vanished and cannot be reinstalled: {e}",
+                "table ip {} {what} and cannot be reinstalled: {e}",
                 self.cfg.rules.table
             );
             return;
         }
+        self.table_handle = sock.table_handle(&self.cfg.rules.table).ok().flatten();
         drop(wanted);
         if let Some(addrs) = &self.cfg.local_addrs {
             addrs.request();
@@ -982,15 +1025,22 @@ impl PacketLoop {
             }
         }
         self.offload_seen.clear();
+        if let Some(out) = &mut self.out {
+            failed += out.reinstall(&calls);
+        }
         {
             let mut shared = lock(&self.shared);
             shared.fastpath_errors += failed;
             shared.offload_pending = self.offload_pending.len() as u64;
         }
         log::warn!(
-            "table ip {} vanished (a firewall reload?); reinstalled it with {} call(s) in the fast path",
+            "table ip {} {what}; reinstalled it with {} call(s) in the fast path",
             self.cfg.rules.table,
-            if self.fast.is_some() { calls.len() - failed as usize } else { 0 }
+            if self.fast.is_some() {
+                calls.len() - failed as usize
+            } else {
+                0
+            }
         );
     }
 
@@ -1017,6 +1067,14 @@ impl PacketLoop {
     /// kernel translated since the last read, so offloaded calls keep their
     /// idle timers fresh and their counters true.
     fn poll_offload(&mut self, now: Instant) {
+        if let Some(out) = &mut self.out {
+            if let Err(e) = out.poll(&self.shared, now) {
+                lock(&self.shared).fastpath_errors += 1;
+                if let (true, _) = self.warn_io.allow(now) {
+                    log::warn!("cannot read the counters of GRE from inside hosts: {e}");
+                }
+            }
+        }
         let Some(fp) = &mut self.fast else { return };
         let counters = match fp.counters() {
             Ok(c) => c,

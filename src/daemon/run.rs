@@ -7,19 +7,21 @@
 //! Stop order matters too: the rules go first so nothing new is queued,
 //! then every packet still queued gets its verdict.
 //!
-//! With `--install-rules` the table is created with the nftables owner
-//! flag on one netlink socket (a [`nft::TableSocket`]) that lives as long
-//! as the daemon: the kernel deletes the table, and with it every fast path
-//! element, when that socket closes, so a daemon that dies for any reason
-//! (SIGKILL, abort) leaves plain masquerade behind, not stale elements
-//! rewriting GRE to hosts whose calls are over. The kernel accepts changes
-//! of an owned table only from its owner, so the same socket is shared by
-//! everything that changes it: the install here, the fast path and a
-//! reinstall in the packet thread, the removal at stop ([`RulesGuard`]).
-
+//! With `--install-rules` the table is installed through one netlink socket
+//! (a [`nft::TableSocket`]) that lives as long as the daemon and is shared by
+//! everything that changes the table: the install here, the fast path and a
+//! reinstall in the packet thread, the removal at stop ([`RulesGuard`]). By
+//! default the table has no owner, so a saved listing of the live ruleset can
+//! be restored; the packet thread puts the table back when a flush took it or
+//! a restore made it anew. With `table_owner` it is created with the
+//! nftables owner flag on that socket: the kernel deletes it, and with it
+//! every fast path element, when that socket closes, so a daemon that dies
+//! for any reason leaves plain masquerade behind, and accepts changes of it
+//! only from its owner.
 use super::addrs::AddrWatcher;
 use super::config::Config;
 use super::journal;
+use super::metrics::{MetricsServer, TextfileWriter};
 use super::packet::{JournalConfig, LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
 use super::status::{log_report, StatusServer};
@@ -231,25 +233,29 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 source,
             })?;
             log::info!("queue backend: {backend}");
-            let ownership =
-                sock.install_owned(&rules, backend)
-                    .map_err(|source| DaemonError::Rules {
-                        context: format!("installing table ip {}", cfg.table),
-                        source,
-                    })?;
-            let owned = match ownership {
-                Ownership::Owned => {
-                    log::info!("installed {}", ownership_text(&cfg.table, true));
-                    true
-                }
-                Ownership::Unowned(refused) => {
-                    log::warn!(
-                        "this kernel cannot give table ip {} an owner ({refused}); installed it \
-                         unowned: after a crash it stays until the unit's ExecStopPost or the \
-                         next start removes it",
-                        cfg.table
-                    );
-                    false
+            let install_err = |source| DaemonError::Rules {
+                context: format!("installing table ip {}", cfg.table),
+                source,
+            };
+            let owned = if !cfg.table_owner {
+                sock.install(&rules, backend, false).map_err(install_err)?;
+                log::info!("installed {}", ownership_text(&cfg.table, false));
+                false
+            } else {
+                match sock.install_owned(&rules, backend).map_err(install_err)? {
+                    Ownership::Owned => {
+                        log::info!("installed {}", ownership_text(&cfg.table, true));
+                        true
+                    }
+                    Ownership::Unowned(refused) => {
+                        log::warn!(
+                            "this kernel cannot give table ip {} an owner ({refused}); installed \
+                             it unowned: after a crash it stays until the unit's ExecStopPost or \
+                             the next start removes it",
+                            cfg.table
+                        );
+                        false
+                    }
                 }
             };
             Some((backend, owned))
@@ -343,6 +349,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
 
     let mut status = None;
+    let mut metrics = (None, None);
     let mut exit: Option<Result<(), DaemonError>> = None;
     let mut thread_done = false;
     let mut ready = false;
@@ -386,6 +393,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                         None
                     }
                 };
+                metrics = start_metrics(cfg, &shared);
                 let text = format!(
                     "serving queues {}/{}/{}, fast path {}",
                     cfg.queue_from_inside,
@@ -455,7 +463,50 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         );
     }
     drop(status);
+    drop(metrics);
     exit
+}
+
+/// Starts the metrics listener and textfile writer that are configured. Metrics are not worth
+/// stopping a router for: one that cannot start is logged as an error and left out.
+fn start_metrics(
+    cfg: &Config,
+    shared: &SharedRef,
+) -> (Option<MetricsServer>, Option<TextfileWriter>) {
+    let server =
+        cfg.metrics_addr()
+            .and_then(|addr| match MetricsServer::start(addr, shared.clone()) {
+                Ok(s) => {
+                    log::info!("metrics: serving http://{}/metrics", s.local_addr());
+                    Some(s)
+                }
+                Err(e) => {
+                    log::error!("{e}; no metrics are served");
+                    None
+                }
+            });
+    let path = &cfg.metrics_textfile;
+    let textfile = (!path.as_os_str().is_empty())
+        .then(|| match TextfileWriter::start(path, shared.clone()) {
+            Ok(w) => {
+                log::info!(
+                    "metrics: writing {} every {} s",
+                    path.display(),
+                    super::metrics::TEXTFILE_INTERVAL.as_secs()
+                );
+                Some(w)
+            }
+            Err(e) => {
+                log::error!(
+                    "metrics_textfile {}: {e}; no metrics are written (under the packaged unit \
+                     the directory must be listed in ReadWritePaths=)",
+                    path.display()
+                );
+                None
+            }
+        })
+        .flatten();
+    (server, textfile)
 }
 
 /// How often the live calls are saved while they change. The journal
@@ -709,7 +760,10 @@ fn ownership_text(table: &str, owned: bool) -> String {
     if owned {
         format!("table ip {table} owned by this daemon: removed by the kernel if it dies")
     } else {
-        format!("table ip {table} not owned (kernel too old): left behind if the daemon dies")
+        format!(
+            "table ip {table} not owned: put back within a second of a flush or a restore; \
+             left behind if the daemon dies, until ExecStopPost or the next start removes it"
+        )
     }
 }
 

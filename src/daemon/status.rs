@@ -462,17 +462,28 @@ impl Drop for StatusServer {
     }
 }
 
-/// Client slots in use, and a signal when one frees.
-#[derive(Default)]
-struct Slots {
+/// Client slots in use, and a signal when one frees (also used by the
+/// metrics listener).
+pub(super) struct Slots {
+    max: usize,
     busy: Mutex<usize>,
     freed: Condvar,
 }
 
 impl Slots {
-    fn acquire(self: &Arc<Self>) -> Slot {
+    /// At most `max` slots in use at once.
+    pub(super) fn new(max: usize) -> Slots {
+        Slots {
+            max,
+            busy: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot and takes it.
+    pub(super) fn acquire(self: &Arc<Self>) -> Slot {
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        while *busy >= MAX_CLIENTS {
+        while *busy >= self.max {
             busy = self
                 .freed
                 .wait(busy)
@@ -485,7 +496,7 @@ impl Slots {
 
 /// A client slot, given back when dropped (also if the client's thread
 /// cannot be started or panics).
-struct Slot(Arc<Slots>);
+pub(super) struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -507,7 +518,7 @@ fn serve<F>(listener: UnixListener, report: Arc<F>)
 where
     F: Fn(u64) -> StatusReport + Send + Sync + 'static,
 {
-    let slots = Arc::new(Slots::default());
+    let slots = Arc::new(Slots::new(MAX_CLIENTS));
     let dropped = Arc::new(AtomicU64::new(0));
     let log_limit = Arc::new(Mutex::new(RateLimit::new(Duration::from_secs(60), 5)));
     loop {
@@ -578,7 +589,25 @@ fn serve_client<F: Fn(u64) -> StatusReport>(mut conn: UnixStream, served: &Serve
     }
 }
 
-enum Stalled {
+/// A socket whose writes can time out (the status socket's, the metrics listener's).
+pub(super) trait TimedWrite: Write {
+    /// SO_SNDTIMEO.
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimedWrite for UnixStream {
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, t)
+    }
+}
+
+impl TimedWrite for std::net::TcpStream {
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        std::net::TcpStream::set_write_timeout(self, t)
+    }
+}
+
+pub(super) enum Stalled {
     /// The deadline passed with this many bytes sent.
     Timeout(usize),
     Io(io::Error),
@@ -587,7 +616,11 @@ enum Stalled {
 /// Writes all of `doc` before `timeout` has passed, or gives up. A total
 /// deadline, not one per write: a client reading a byte now and then must
 /// not hold its slot for ever.
-fn write_within(conn: &mut UnixStream, doc: &[u8], timeout: Duration) -> Result<(), Stalled> {
+pub(super) fn write_within(
+    conn: &mut impl TimedWrite,
+    doc: &[u8],
+    timeout: Duration,
+) -> Result<(), Stalled> {
     let deadline = Instant::now() + timeout;
     let mut sent = 0;
     while sent < doc.len() {

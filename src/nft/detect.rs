@@ -44,16 +44,31 @@ fn unsupported(e: &NftError) -> bool {
 /// hook, so no packet could ever reach the rule, and the table is added with NLM_F_EXCL so an
 /// existing table of the same name is never touched.
 fn probe(nl: &mut Netlink, backend: QueueBackend) -> Result<(), NftError> {
+    let exprs = Stmt::Queue(1, backend).exprs(SetIds::default());
+    probe_rule(nl, &exprs, &format!("rule with the {backend}"), false)
+}
+
+/// Adds a throwaway table (owned by `nl` with `owned`) with a hookless chain holding one rule
+/// of `exprs`, and deletes it again, in one batch (see [`probe`]).
+fn probe_rule(
+    nl: &mut Netlink,
+    exprs: &[super::expr::Expr],
+    what: &str,
+    owned: bool,
+) -> Result<(), NftError> {
     let name = CString::new(format!("pptp_alg_probe_{}", std::process::id()))
         .expect("no NUL in a formatted number");
     let tname = name.to_string_lossy().into_owned();
-    let t = TableMsg::new(&name, true);
+    let t = if owned {
+        TableMsg::owned(&name)
+    } else {
+        TableMsg::new(&name, true)
+    };
     let anchor = Table::new(&name, nftnl::ProtoFamily::Ipv4);
     let chain = Chain::new(c"probe", &anchor);
     let mut rule = Rule::new(&chain);
-    let stmt = Stmt::Queue(1, backend);
-    for e in stmt.exprs(SetIds::default()) {
-        rule.add_expr(&e);
+    for e in exprs {
+        rule.add_expr(e);
     }
     let mut txn = Txn::new();
     txn.add(&t, MsgType::Add, format!("add probe table ip {tname}"));
@@ -62,9 +77,48 @@ fn probe(nl: &mut Netlink, backend: QueueBackend) -> Result<(), NftError> {
         MsgType::Add,
         format!("add chain probe to table ip {tname}"),
     );
-    txn.add(&rule, MsgType::Add, format!("rule with the {backend}"));
-    txn.add(&t, MsgType::Del, format!("delete probe table ip {tname}"));
+    txn.add(&rule, MsgType::Add, what.to_string());
+    txn.add(
+        &TableMsg::new(&name, false),
+        MsgType::Del,
+        format!("delete probe table ip {tname}"),
+    );
     nl.commit(txn)
+}
+
+/// See [`super::probe_table_owner`].
+pub fn probe_table_owner() -> Result<bool, NftError> {
+    let mut nl = Netlink::open()?;
+    match probe_rule(&mut nl, &[super::expr::accept()], "an owned table", true) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// See [`super::probe_payload_write`].
+pub fn probe_payload_write() -> Result<(), NftError> {
+    use super::expr::{payload_load, payload_write, Base, Csum, REG_1};
+    let mut nl = Netlink::open()?;
+    let exprs = [
+        payload_load(Base::Network, 16, 4, REG_1),
+        payload_write(
+            Base::Network,
+            16,
+            4,
+            REG_1,
+            Csum::Inet {
+                offset: 10,
+                pseudo_header: true,
+            },
+        ),
+    ];
+    probe_rule(
+        &mut nl,
+        &exprs,
+        "a payload write (`ip daddr set ip daddr`)",
+        false,
+    )
 }
 
 /// See [`super::table_exists`].

@@ -57,6 +57,23 @@ pub enum NftError {
         owner: String,
     },
 
+    /// The kernel refused a change (EPERM) to a process without CAP_NET_ADMIN.
+    #[error("{0}: pptp-alg {needs}", needs = crate::check::NEEDS_ADMIN)]
+    NoPrivilege(Box<NftError>),
+
+    /// The kernel refused a change (EPERM) in a user namespace other than the initial one,
+    /// where recent kernels refuse payload writes whatever the capabilities.
+    #[error(
+        "{source}; this process runs in a non-initial user namespace (uid_map {uid_map}), and {}",
+        crate::check::USERNS_EXPLAIN
+    )]
+    UserNamespace {
+        /// The kernel's refusal.
+        source: Box<NftError>,
+        /// The namespace's uid map.
+        uid_map: String,
+    },
+
     /// The configured fast path maps are missing.
     #[error("{0}")]
     FastPathUnavailable(String),
@@ -89,6 +106,9 @@ impl NftError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             NftError::Kernel { errno, .. } => Some(*errno),
+            NftError::UserNamespace { source, .. } | NftError::NoPrivilege(source) => {
+                source.errno()
+            }
             _ => None,
         }
     }

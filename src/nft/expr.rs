@@ -214,13 +214,18 @@ pub fn cmp(op: CmpOp, data: &[u8]) -> Expr {
 
 /// `[ bitwise reg 1 = ( reg 1 & <mask> ) ^ 0 ]`
 pub fn and_mask(mask: &[u8]) -> Expr {
+    mask_xor(mask, &vec![0; mask.len()])
+}
+
+/// `[ bitwise reg 1 = ( reg 1 & <mask> ) ^ <xor> ]`
+pub fn mask_xor(mask: &[u8], xor: &[u8]) -> Expr {
     Expr::new(c"bitwise")
         .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG_1)
         .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG_1)
         .u32(sys::NFTNL_EXPR_BITWISE_OP, NFT_BITWISE_BOOL)
         .u32(sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32)
         .data(sys::NFTNL_EXPR_BITWISE_MASK, mask)
-        .data(sys::NFTNL_EXPR_BITWISE_XOR, &vec![0; mask.len()])
+        .data(sys::NFTNL_EXPR_BITWISE_XOR, xor)
 }
 
 /// `[ meta load <key> => reg 1 ]`

@@ -219,29 +219,39 @@ impl FastPath {
 
 /// Appends the counters of every element in one GETSETELEM dump message.
 pub(super) fn parse_counters(raw: &[u8], out: &mut Vec<ElementCounter>) -> Result<(), NftError> {
+    elem_counters(raw, |k, packets, bytes| {
+        if k.len() >= KEY_LEN - 2 {
+            out.push(ElementCounter {
+                outside_peer: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
+                nat_id: u16::from_be_bytes([k[4], k[5]]),
+                packets,
+                bytes,
+            });
+        }
+    })
+}
+
+/// Calls `f` with the key, packets and bytes of every element in one GETSETELEM message (an
+/// element without a counter reads 0).
+pub(super) fn elem_counters(
+    raw: &[u8],
+    mut f: impl FnMut(&[u8], u64, u64),
+) -> Result<(), NftError> {
     for_each_elem(raw, |e| {
         // SAFETY: libnftnl hands over a valid element.
         let Some(k) = (unsafe { elem_key(e) }) else {
             return;
         };
-        if k.len() < KEY_LEN - 2 {
-            return;
-        }
-        let mut c = ElementCounter {
-            outside_peer: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
-            nat_id: u16::from_be_bytes([k[4], k[5]]),
-            packets: 0,
-            bytes: 0,
-        };
+        let mut c = (0u64, 0u64);
         // SAFETY: a valid element, and `c` outlives the foreach.
         unsafe {
             sys::nftnl_set_elem_expr_foreach(
                 e,
                 Some(counter_cb),
-                (&mut c as *mut ElementCounter).cast(),
+                (&mut c as *mut (u64, u64)).cast(),
             )
         };
-        out.push(c);
+        f(k, c.0, c.1);
     })
 }
 
@@ -250,9 +260,9 @@ unsafe extern "C" fn counter_cb(e: *mut sys::nftnl_expr, data: *mut c_void) -> c
     unsafe {
         let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
         if !name.is_null() && CStr::from_ptr(name) == c"counter" {
-            let c = &mut *data.cast::<ElementCounter>();
-            c.packets = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
-            c.bytes = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+            let c = &mut *data.cast::<(u64, u64)>();
+            c.0 = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+            c.1 = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
         }
     }
     0

@@ -13,12 +13,13 @@
 //!   these rules `notrack`s what it takes: conntrack never sees this GRE.
 //!   With the fast path, a hairpinned client's GRE to the public address it dialed is sent on
 //!   to the inside server through the map `hairpin_daddr` (see [`HairpinMaps`]).
-//! - chain `gre_out` (postrouting, priority filter): hairpinned GRE that the kernel or the
+//! - chain `gre_post` (postrouting, priority filter): hairpinned GRE that the kernel or the
 //!   daemon sent on (it carries the mark) gets, once routed, the source its receiver expects
 //!   from the map `hairpin_saddr`, with and without the fast path. A local source before
 //!   routing would make the kernel drop it as a martian.
 //! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
-//!   that the kernel NATs, queued by direction.
+//!   that the kernel NATs, queued by direction; before them, tracked GRE that inside hosts
+//!   send is counted per call in the set `gre_out` (see [`GreOut`]).
 //!
 //! [`Conntrack`] reads the NAT of a control connection (is it hairpinned?) over ctnetlink.
 //!
@@ -31,6 +32,7 @@ mod detect;
 mod error;
 mod expr;
 mod fastpath;
+mod greout;
 mod hairpin;
 mod localaddrs;
 mod netlink;
@@ -49,6 +51,7 @@ use nftnl_sys::libc;
 pub use conntrack::{local_addrs, Conntrack, CtEntry};
 pub use error::NftError;
 pub use fastpath::FastPath;
+pub use greout::{GreOut, OutCounter};
 pub use hairpin::{HairpinCall, HairpinMaps};
 pub use localaddrs::LocalAddrSet;
 
@@ -70,6 +73,9 @@ pub struct RulesConfig {
     /// Packet mark of translated GRE, set by the fast path (and by the daemon's verdicts), so
     /// a strict forward policy can accept it with `meta mark <mark> accept`.
     pub mark: u32,
+    /// The bits of the packet mark pptp-alg owns: only these are set (the others keep what
+    /// the packet carried), so routers that use other mark bits keep them. All by default.
+    pub mark_mask: u32,
     /// Include the fast path maps, the set of local addresses and the fast path rule.
     pub offload: bool,
 }
@@ -82,6 +88,7 @@ impl Default for RulesConfig {
             queue_to_inside: 1724,
             queue_gre: 1725,
             mark: 0x1723,
+            mark_mask: u32::MAX,
             offload: true,
         }
     }
@@ -124,7 +131,7 @@ pub struct ElementCounter {
 /// Tries to add a throwaway table with a `queue` rule and delete it in the same atomic batch;
 /// falls back to trying the xt NFQUEUE target the same way. Nothing is left behind either way.
 pub fn detect_backend() -> Result<QueueBackend, NftError> {
-    detect::detect_backend()
+    detect::detect_backend().map_err(explain_refusal)
 }
 
 /// Installs the ruleset without the owner flag (what `pptp-alg rules install` does): in ONE
@@ -237,6 +244,14 @@ impl TableSocket {
         }
     }
 
+    /// The handle of `table` (`None` if it does not exist), which changes when the table is
+    /// deleted and made anew (a saved ruleset restored after `flush ruleset`). Asked through
+    /// this socket: the packet thread asks every second, and a socket of its own each time
+    /// would cost a buffer and system calls for nothing.
+    pub fn table_handle(&self, table: &str) -> Result<Option<u64>, NftError> {
+        handle_on(&mut self.lock(), table)
+    }
+
     /// The port id of the socket owning `table`, if the table exists and is owned by another
     /// socket than this one.
     pub(crate) fn foreign_owner(&self, table: &str) -> Result<Option<u32>, NftError> {
@@ -281,7 +296,8 @@ fn owner_of(nl: &mut Netlink, table: &str) -> Result<Option<u32>, NftError> {
 }
 
 /// Turns EPERM for a change of `table` into [`NftError::OwnedByOther`] when the table is
-/// owned by another socket (EPERM also means a missing CAP_NET_ADMIN: then `err` stays).
+/// owned by another socket, and explains it in a non-initial user namespace (EPERM also means
+/// a missing CAP_NET_ADMIN: then `err` stays).
 fn explain_eperm(nl: &mut Netlink, table: &str, err: NftError) -> NftError {
     if err.errno() != Some(libc::EPERM) {
         return err;
@@ -291,7 +307,25 @@ fn explain_eperm(nl: &mut Netlink, table: &str, err: NftError) -> NftError {
             table: table.to_string(),
             owner: detect::netlink_owner(port),
         },
-        _ => err,
+        _ => explain_refusal(err),
+    }
+}
+
+/// Says why the kernel answered EPERM when the process lacks CAP_NET_ADMIN or runs in a
+/// non-initial user namespace; other errors pass unchanged.
+fn explain_refusal(err: NftError) -> NftError {
+    if err.errno() != Some(libc::EPERM) {
+        return err;
+    }
+    if crate::check::gather::cap_net_admin() == Ok(false) {
+        return NftError::NoPrivilege(Box::new(err));
+    }
+    match crate::check::gather::non_initial_user_ns() {
+        Some(uid_map) => NftError::UserNamespace {
+            source: Box::new(err),
+            uid_map,
+        },
+        None => err,
     }
 }
 
@@ -308,6 +342,44 @@ pub fn render(cfg: &RulesConfig, backend: QueueBackend) -> String {
 /// Whether table `ip <table>` exists.
 pub fn table_exists(table: &str) -> Result<bool, NftError> {
     detect::table_exists(table)
+}
+
+/// Whether the kernel gives tables an owner (nftables table ownership, Linux 5.12): a
+/// throwaway owned table is added and deleted in one batch, so nothing is left behind.
+pub fn probe_table_owner() -> Result<bool, NftError> {
+    detect::probe_table_owner()
+}
+
+/// Whether a rule with a payload write can be loaded here: kernels with the netfilter change
+/// of May 2026 refuse it (EPERM) in a network namespace owned by a non-initial user namespace.
+/// Added and deleted in one batch, in a chain no packet reaches.
+pub fn probe_payload_write() -> Result<(), NftError> {
+    detect::probe_payload_write()
+}
+
+/// The handle of `table` (`None` if it does not exist): it changes when the table is deleted
+/// and made anew, as restoring a saved ruleset after `flush ruleset` does.
+fn handle_on(nl: &mut Netlink, table: &str) -> Result<Option<u64>, NftError> {
+    let name = table_cname(table)?;
+    let mut handle = None;
+    match nl.request(&format!("get table ip {table}"), get_table(&name), |msg| {
+        handle = Some(objects::table_handle(msg.raw)?);
+        Ok(())
+    }) {
+        Ok(()) => Ok(handle),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Who holds `table`: `None` if it does not exist, `Some(None)` if nobody owns it, else the
+/// owner as "pptp-alg (pid N)".
+pub fn table_holder(table: &str) -> Result<Option<Option<String>>, NftError> {
+    if !detect::table_exists(table)? {
+        return Ok(None);
+    }
+    let mut nl = Netlink::open()?;
+    Ok(Some(owner_of(&mut nl, table)?.map(detect::netlink_owner)))
 }
 
 /// Packets and bytes of GRE to this router's addresses that matched no call's element and were
@@ -356,7 +428,7 @@ pub mod fuzzing {
     /// parses succeeded.
     pub fn parse_replies(buf: &[u8], libnftnl: bool) -> usize {
         let mut ok = 0;
-        let (mut keys, mut counters) = (Vec::new(), Vec::new());
+        let (mut keys, mut counters, mut outs) = (Vec::new(), Vec::new(), Vec::new());
         for msg in super::netlink::messages(buf) {
             let Ok(msg) = msg else { break };
             if msg.ty as i32 == libc::NLMSG_ERROR {
@@ -372,6 +444,7 @@ pub mod fuzzing {
                 libc::NFT_MSG_NEWSETELEM => {
                     super::localaddrs::parse_keys(msg.raw, &mut keys).is_ok()
                         && super::fastpath::parse_counters(msg.raw, &mut counters).is_ok()
+                        && super::greout::parse_out_counters(msg.raw, &mut outs).is_ok()
                 }
                 libc::NFT_MSG_NEWOBJ => super::detect::pptp_helper_object(msg.raw).is_ok(),
                 _ => false,

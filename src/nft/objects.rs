@@ -135,6 +135,22 @@ pub fn table_owner(raw: &[u8]) -> Result<Option<u32>, NftError> {
     }
 }
 
+/// The handle of a table as a GETTABLE answer tells it: a table deleted and created again
+/// (a `flush ruleset` and a restore) has a new one.
+pub fn table_handle(raw: &[u8]) -> Result<u64, NftError> {
+    // SAFETY: `raw` is one complete netlink message; the table object is ours and freed here.
+    unsafe {
+        let t = alloc(sys::nftnl_table_alloc()).as_ptr();
+        if sys::nftnl_table_nlmsg_parse(raw.as_ptr().cast(), t) < 0 {
+            sys::nftnl_table_free(t);
+            return Err(NftError::Protocol("cannot parse a table".into()));
+        }
+        let h = sys::nftnl_table_get_u64(t, sys::NFTNL_TABLE_HANDLE as u16);
+        sys::nftnl_table_free(t);
+        Ok(h)
+    }
+}
+
 /// Builds a GETSET request for one set (answered with the set or ENOENT).
 pub fn get_set<'a>(table: &'a CStr, set: &'a CStr) -> impl FnOnce(&mut [u8], u32) + 'a {
     set_request(table, set, libc::NFT_MSG_GETSET, libc::NLM_F_ACK, Part::Set)

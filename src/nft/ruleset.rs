@@ -27,6 +27,11 @@ pub const HAIRPIN_DADDR: &CStr = c"hairpin_daddr";
 /// without the fast path.
 pub const HAIRPIN_SADDR: &CStr = c"hairpin_saddr";
 
+/// Set: (inside host, outside peer, the peer's Call ID) of every call whose peer id is known,
+/// with per-element counters: the GRE each inside host sends for its calls, counted in the
+/// forward hook (masquerade needs no help from the daemon, so this GRE never reaches it).
+pub const GRE_OUT: &CStr = c"gre_out";
+
 /// The batch-local ids of the sets, so rules in the same batch can refer to them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetIds {
@@ -40,12 +45,16 @@ pub struct SetIds {
     pub hairpin_daddr: u32,
     /// Id of [`HAIRPIN_SADDR`].
     pub hairpin_saddr: u32,
+    /// Id of [`GRE_OUT`].
+    pub gre_out: u32,
 }
 
 /// Length of a map key: IPv4 address, then the 16-bit Call ID padded to a 32-bit register.
 pub const KEY_LEN: usize = 8;
 /// Length of a hairpin map key: two IPv4 addresses, then the Call ID padded to 32 bits.
 pub const HAIRPIN_KEY_LEN: usize = 12;
+/// Length of a [`GRE_OUT`] key: two IPv4 addresses and the padded Call ID.
+pub const OUT_KEY_LEN: usize = 12;
 
 /// Direction of a packet relative to its conntrack entry.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +90,11 @@ pub enum Stmt {
     /// the fast path's test. An address the set does not hold yet fails it, and the packet
     /// falls through to the queue rule.
     InLocalAddrs,
+    /// Tracked by conntrack: not the GRE pptp-alg translated towards inside hosts, which both
+    /// of its rules leave untracked.
+    Tracked,
+    /// Counts GRE of a call an inside host sends, in the call's element of [`GRE_OUT`].
+    CountGreOut,
     /// Any transport protocol but TCP.
     NotTcp,
     /// TCP destination port.
@@ -101,12 +115,17 @@ pub enum Stmt {
     RewriteHairpinSaddr,
     /// The packet mark equals this.
     MarkIs(u32),
+    /// The bits of the packet mark under the mask (second) equal the mark (first).
+    MarkBitsAre(u32, u32),
     /// The packet skips connection tracking.
     Notrack,
     /// Counts the packets and bytes that reach it (read back by [`super::unknown_gre_packets`]).
     Counter,
     /// Sets the packet mark.
     SetMark(u32),
+    /// Sets the bits of the packet mark under the mask (second) to the mark (first), keeping
+    /// the others.
+    SetMarkBits(u32, u32),
     /// Accept verdict.
     Accept,
     /// Queue to userspace with bypass (fail-open when the daemon is not running).
@@ -117,6 +136,8 @@ const IPPROTO_GRE: u8 = 47;
 const RTN_LOCAL: u32 = 2;
 const IPS_SRC_NAT: u32 = 1 << 4;
 const IPS_DST_NAT: u32 = 1 << 5;
+/// `ct state untracked` (NF_CT_STATE_UNTRACKED_BIT).
+const CT_STATE_UNTRACKED: u32 = 1 << 6;
 
 /// The `GreV1` mask and value over GRE bytes 0..4.
 const GRE_MASK: [u8; 4] = [0xa0, 0x07, 0xff, 0xff];
@@ -134,6 +155,8 @@ impl Stmt {
             Stmt::NotFragment => "ip frag-off & 8191 == 0".into(),
             Stmt::LocalDaddr => "fib daddr type local".into(),
             Stmt::InLocalAddrs => format!("ip daddr @{}", name(LOCAL_ADDRS)),
+            Stmt::Tracked => "ct state != untracked".into(),
+            Stmt::CountGreOut => format!("ip saddr . ip daddr . @th,48,16 @{}", name(GRE_OUT)),
             Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
             Stmt::TcpSport(p) => format!("tcp sport {p}"),
@@ -156,10 +179,15 @@ impl Stmt {
                 name(HAIRPIN_SADDR)
             ),
             Stmt::MarkIs(m) => format!("meta mark {m:#010x}"),
+            Stmt::MarkBitsAre(m, mask) => format!("meta mark & {mask:#010x} == {m:#010x}"),
             Stmt::Notrack => "notrack".into(),
             // What `nft list` shows for a fresh rule; the kernel fills in the numbers.
             Stmt::Counter => "counter packets 0 bytes 0".into(),
             Stmt::SetMark(m) => format!("meta mark set {m:#010x}"),
+            // nft shows the AND operand with the mark's bits set.
+            Stmt::SetMarkBits(m, mask) => {
+                format!("meta mark set meta mark & {:#010x} | {m:#010x}", !mask | m)
+            }
             Stmt::Accept => "accept".into(),
             Stmt::Queue(n, QueueBackend::NftQueue) => format!("queue flags bypass to {n}"),
             Stmt::Queue(_, QueueBackend::XtNfqueue) => XT_NFQUEUE_TEXT.into(),
@@ -188,6 +216,16 @@ impl Stmt {
             Stmt::InLocalAddrs => vec![
                 expr::payload_load(Base::Network, 16, 4, REG_1),
                 expr::set_lookup(LOCAL_ADDRS, ids.local_addrs),
+            ],
+            Stmt::Tracked => vec![
+                expr::ct_load(libc::NFT_CT_STATE),
+                expr::cmp(CmpOp::Neq, &CT_STATE_UNTRACKED.to_ne_bytes()),
+            ],
+            Stmt::CountGreOut => vec![
+                expr::payload_load(Base::Network, 12, 4, REG_1),
+                expr::payload_load(Base::Network, 16, 4, REG32_01),
+                expr::payload_load(Base::Transport, 6, 2, REG32_02),
+                expr::set_lookup(GRE_OUT, ids.gre_out),
             ],
             Stmt::NotTcp => vec![
                 expr::meta_load(libc::NFT_META_L4PROTO),
@@ -250,10 +288,20 @@ impl Stmt {
                 expr::meta_load(libc::NFT_META_MARK),
                 expr::cmp(CmpOp::Eq, &m.to_ne_bytes()),
             ],
+            Stmt::MarkBitsAre(m, mask) => vec![
+                expr::meta_load(libc::NFT_META_MARK),
+                expr::mask_xor(&mask.to_ne_bytes(), &0u32.to_ne_bytes()),
+                expr::cmp(CmpOp::Eq, &m.to_ne_bytes()),
+            ],
             Stmt::Notrack => vec![expr::notrack()],
             Stmt::Counter => vec![expr::counter()],
             Stmt::SetMark(m) => vec![
                 expr::immediate(&m.to_ne_bytes()),
+                expr::meta_set(libc::NFT_META_MARK),
+            ],
+            Stmt::SetMarkBits(m, mask) => vec![
+                expr::meta_load(libc::NFT_META_MARK),
+                expr::mask_xor(&(!mask).to_ne_bytes(), &m.to_ne_bytes()),
                 expr::meta_set(libc::NFT_META_MARK),
             ],
             Stmt::Accept => vec![expr::accept()],
@@ -340,9 +388,9 @@ pub struct SetSpec {
     pub counter: bool,
 }
 
-/// The maps and the set of local addresses, in the order they are created and listed. Without
-/// the fast path only the hairpin source map: the daemon then rewrites GRE destinations
-/// itself, but a source can only be rewritten after routing.
+/// The maps and the sets, in the order they are created and listed. Without the fast path
+/// only the hairpin source map (the daemon then rewrites GRE destinations itself, but a source
+/// can only be rewritten after routing) and the set counting GRE from inside hosts.
 pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
     let hairpin_saddr = SetSpec {
         name: HAIRPIN_SADDR,
@@ -350,8 +398,14 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
         typeof_text: "typeof ip saddr . ip daddr . @th,48,16 : ip saddr",
         counter: false,
     };
+    let gre_out = SetSpec {
+        name: GRE_OUT,
+        keyword: "set",
+        typeof_text: "typeof ip saddr . ip daddr . @th,48,16",
+        counter: true,
+    };
     if !cfg.offload {
-        return vec![hairpin_saddr];
+        return vec![hairpin_saddr, gre_out];
     }
     vec![
         SetSpec {
@@ -379,7 +433,27 @@ pub fn sets(cfg: &RulesConfig) -> Vec<SetSpec> {
             typeof_text: "typeof ip daddr",
             counter: false,
         },
+        gre_out,
     ]
+}
+
+/// The statement that matches translated GRE's mark: the whole mark, or only the bits of
+/// `mark_mask`.
+pub fn mark_is(cfg: &RulesConfig) -> Stmt {
+    if cfg.mark_mask == u32::MAX {
+        Stmt::MarkIs(cfg.mark)
+    } else {
+        Stmt::MarkBitsAre(cfg.mark, cfg.mark_mask)
+    }
+}
+
+/// The statement that marks translated GRE: the whole mark, or only the bits of `mark_mask`.
+pub fn set_mark(cfg: &RulesConfig) -> Stmt {
+    if cfg.mark_mask == u32::MAX {
+        Stmt::SetMark(cfg.mark)
+    } else {
+        Stmt::SetMarkBits(cfg.mark, cfg.mark_mask)
+    }
 }
 
 /// GRE from outside at raw prerouting (-300): before conntrack (-200) and before the routing
@@ -410,7 +484,7 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             InLocalAddrs,
             RewriteGre,
             Notrack,
-            SetMark(cfg.mark),
+            set_mark(cfg),
             Accept,
         ]);
         // GRE to one of our addresses that matches no element is of no call the daemon
@@ -424,14 +498,14 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         // A hairpinned client's GRE to the public address it dialed, carrying the server's
         // Call ID: on to the server (the daemon adds the element when the server's reply
         // gives the client that id, before the reply's verdict). Its source is rewritten after
-        // routing, in `gre_out`; the mark says so.
+        // routing, in `gre_post`; the mark says so.
         gre_rules.push(vec![
             GreV1,
             NotFragment,
             InLocalAddrs,
             RewriteHairpinDaddr,
             Notrack,
-            SetMark(cfg.mark),
+            set_mark(cfg),
             Accept,
         ]);
         gre_rules.push(vec![
@@ -461,6 +535,10 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         vec![port, CtDirection(dir), CtStatus(nat), Queue(queue, backend)]
     };
     let ctl_rules = vec![
+        // GRE an inside host sends for a call, counted per call (`PKTS OUT`). Tracked only:
+        // the GRE this table translated towards inside hosts is untracked and passes without
+        // a lookup. No verdict: the packet goes on to the next rule.
+        vec![GreV1, NotFragment, Tracked, CountGreOut],
         // Everything else forwarded (all GRE, and the fast path's GRE at line rate) leaves
         // after one test instead of walking the four port rules.
         vec![NotTcp, Accept],
@@ -492,17 +570,12 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         // daemon's verdict) translated carries the mark, and only hairpinned calls have
         // elements, so everything else passes after the mark test.
         ChainSpec {
-            name: c"gre_out",
+            name: c"gre_post",
             hook: Hook::PostRouting,
             hook_text: "postrouting",
             prio: 0,
             prio_text: "filter",
-            rules: vec![vec![
-                MarkIs(cfg.mark),
-                GreV1,
-                NotFragment,
-                RewriteHairpinSaddr,
-            ]],
+            rules: vec![vec![mark_is(cfg), GreV1, NotFragment, RewriteHairpinSaddr]],
         },
         ChainSpec {
             name: c"ctl",
@@ -611,6 +684,21 @@ fn addr_set_udata() -> Vec<u8> {
         .into_bytes()
 }
 
+/// User data for `typeof ip saddr . ip daddr . @th,48,16` (a set: no data).
+fn out_set_udata() -> Vec<u8> {
+    let key = Udata::default().u32(UDATA_TYPEOF_EXPR, EXPR_CONCAT).nest(
+        UDATA_TYPEOF_DATA,
+        Udata::default()
+            .nest(0, ip_field(IPHDR_SADDR))
+            .nest(1, ip_field(IPHDR_DADDR))
+            .nest(2, call_id_field()),
+    );
+    Udata::default()
+        .u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_INVALID)
+        .nest(UDATA_SET_KEY_TYPEOF, key)
+        .into_bytes()
+}
+
 /// The netlink description of a map or set.
 pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
     let map = |data_type, data_len, data| SetMsg {
@@ -641,6 +729,17 @@ pub fn set_msg(table: &CStr, spec: &SetSpec, id: u32) -> SetMsg {
         hairpin(IPHDR_SADDR)
     } else if spec.name == GRE_CID {
         map(TYPE_INTEGER, 2, call_id_field())
+    } else if spec.name == GRE_OUT {
+        SetMsg {
+            table: table.to_owned(),
+            name: spec.name.to_owned(),
+            id,
+            key_type: (((TYPE_IPADDR << TYPE_BITS) | TYPE_IPADDR) << TYPE_BITS) | TYPE_INTEGER,
+            key_len: OUT_KEY_LEN as u32,
+            data: None,
+            udata: out_set_udata(),
+            counter: spec.counter,
+        }
     } else {
         SetMsg {
             table: table.to_owned(),
@@ -707,6 +806,8 @@ pub fn add_install(
             ids.hairpin_daddr = id;
         } else if m.name == HAIRPIN_SADDR {
             ids.hairpin_saddr = id;
+        } else if m.name == GRE_OUT {
+            ids.gre_out = id;
         }
     }
 
@@ -765,6 +866,18 @@ pub fn hairpin_key(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, call_id: u1
     k.extend_from_slice(&dst.octets());
     k.extend_from_slice(&call_id.to_be_bytes());
     k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// Encodes a [`GRE_OUT`] key: inside host, outside peer, the peer's Call ID, padding.
+pub fn out_key(
+    inside_host: std::net::Ipv4Addr,
+    outside_peer: std::net::Ipv4Addr,
+    id: u16,
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(OUT_KEY_LEN);
+    k.extend_from_slice(&inside_host.octets());
+    k.extend_from_slice(&key(outside_peer, id));
     k
 }
 
@@ -865,14 +978,14 @@ mod tests {
             ..cfg.clone()
         };
         let names: Vec<_> = sets(&no_offload).iter().map(|s| s.name).collect();
-        assert_eq!(names, [HAIRPIN_SADDR]);
+        assert_eq!(names, [HAIRPIN_SADDR, GRE_OUT]);
         let gre = &chains(&no_offload, QueueBackend::NftQueue)[0];
         assert_eq!(gre.rules.len(), 1);
         // The source rewrite of routed hairpinned GRE, with or without the fast path: only
         // marked GRE looks it up.
         for cfg in [&cfg, &no_offload] {
             let out = &chains(cfg, QueueBackend::NftQueue)[1];
-            assert_eq!(out.name, c"gre_out");
+            assert_eq!(out.name, c"gre_post");
             assert_eq!(out.rules.len(), 1);
             let r = rule_text(&out.rules[0]);
             assert!(
@@ -881,6 +994,41 @@ mod tests {
             );
             assert!(r.ends_with(" ip saddr set ip saddr . ip daddr . @th,48,16 map @hairpin_saddr"));
         }
+    }
+
+    /// The user data `nft` 1.0.6 sent for
+    /// `set gre_out { typeof ip saddr . ip daddr . @th,48,16; counter; }` on x86_64 (key type
+    /// 0x71c4, key length 12, checked with `nft --debug=mnl`).
+    const NFT_GRE_OUT_UDATA: &str = concat!(
+        "000400000000035c00040d00000001540014000407000000010c00040c000000",
+        "01040b0000000114000407000000010c00040c00000001040c00000002260004",
+        "07000000011e00040000000001040000000002040300000003043000000004",
+        "0410000000",
+    );
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn out_set_udata_matches_nft() {
+        let s = sets(&RulesConfig::default())
+            .into_iter()
+            .find(|s| s.name == GRE_OUT)
+            .expect("gre_out");
+        let msg = set_msg(c"pptp_alg", &s, 4);
+        assert_eq!(msg.udata, unhex(NFT_GRE_OUT_UDATA));
+        assert_eq!((msg.key_type, msg.key_len, msg.data), (0x71c4, 12, None));
+        assert!(msg.counter);
+    }
+
+    #[test]
+    fn out_key_layout() {
+        assert_eq!(
+            out_key(
+                "10.0.0.2".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                0x1234
+            ),
+            vec![10, 0, 0, 2, 192, 0, 2, 1, 0x12, 0x34, 0, 0]
+        );
     }
 
     #[test]
