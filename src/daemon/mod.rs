@@ -4,7 +4,8 @@
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
 //! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
-//! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
+//! - [`packet`]: the packet thread (NFQUEUE, engine calls, verdicts, timers).
+//! - [`offload`]: the kernel fast path and the daemon's own table, driven by the packet thread.
 //! - [`shared`]: the state shared between the packet thread and readers.
 //! - [`state`]: live calls saved across restarts.
 //! - [`journal`]: the write-ahead journal of call changes between snapshots.
@@ -15,6 +16,7 @@ pub mod addrs;
 pub mod config;
 pub mod journal;
 pub mod logging;
+pub mod offload;
 pub mod packet;
 pub mod run;
 pub mod shared;
