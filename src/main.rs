@@ -45,9 +45,6 @@ struct RunArgs {
     /// Configuration file (TOML); without it, the built-in defaults.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Install the nftables table at start and remove it at stop.
-    #[arg(long)]
-    install_rules: bool,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -121,11 +118,10 @@ fn config_or_exit(
 }
 
 fn cmd_run(args: RunArgs) -> ExitCode {
-    let mut cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    cfg.install_rules |= args.install_rules;
     logging::init(cfg.log_level);
     log::info!(
         "pptp-alg {} starting{}",

@@ -191,7 +191,7 @@ fn overrides_beat_the_file() {
     std::fs::write(&path, "max_calls = 10\noffload = false\nmark = 7\n").unwrap();
     let o = Overrides {
         max_calls: Some(20),
-        offload: true,
+        offload: Some(true),
         ..Overrides::default()
     };
     let c = Config::resolve(Some(&path), &o).unwrap();
