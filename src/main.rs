@@ -1,7 +1,7 @@
 //! `pptp-alg`: the command-line entry point (daemon, rules, status).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pptp_alg::daemon::{self, logging, status, Config, ConfigError, Overrides};
+use pptp_alg::daemon::{self, logging, status, Config, ConfigError, ConfigSource, Overrides};
 use pptp_alg::nft::{self, QueueBackend};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,9 @@ enum Cmd {
     },
     /// Show the running daemon's calls and counters.
     Status(StatusArgs),
+    /// Check a configuration file (and flags) without side effects: exit 0
+    /// when `run` would accept it, 2 naming the file and key when not.
+    CheckConfig(CheckArgs),
     /// Write the man pages and shell completions under DIR (build time;
     /// hidden because the package installs its output).
     #[command(hide = true)]
@@ -45,6 +48,15 @@ struct RunArgs {
     /// Configuration file (TOML); without it, the built-in defaults.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Configuration file (TOML); without it, the built-in defaults.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -97,6 +109,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd_run(args),
         Cmd::Rules { action } => cmd_rules(action),
         Cmd::Status(args) => cmd_status(args),
+        Cmd::CheckConfig(args) => cmd_check_config(args),
         Cmd::GenerateDocs { dir } => match gen_docs::generate(&dir, EXIT_CONFIG) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -107,18 +120,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_or_exit(
-    path: Option<&std::path::Path>,
-    overrides: &Overrides,
-) -> Result<Config, ExitCode> {
-    Config::resolve(path, overrides).map_err(|e: ConfigError| {
-        eprintln!("pptp-alg: {e}");
+fn config_or_exit(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source.resolve().map_err(|e: ConfigError| {
+        eprintln!("pptp-alg: {}", source.error_text(&e));
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
+fn cmd_check_config(args: CheckArgs) -> ExitCode {
+    let source = ConfigSource {
+        path: args.file,
+        overrides: args.overrides,
+    };
+    match config_or_exit(&source) {
+        Ok(_) => {
+            println!("{}: ok", source.describe());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 fn cmd_run(args: RunArgs) -> ExitCode {
-    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+    let source = ConfigSource {
+        path: args.config,
+        overrides: args.overrides,
+    };
+    let cfg = match config_or_exit(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -126,11 +154,12 @@ fn cmd_run(args: RunArgs) -> ExitCode {
     log::info!(
         "pptp-alg {} starting{}",
         env!("CARGO_PKG_VERSION"),
-        args.config
+        source
+            .path
             .as_ref()
             .map_or_else(String::new, |p| format!(" with {}", p.display()))
     );
-    match daemon::run(&cfg) {
+    match daemon::run(&cfg, &source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -149,7 +178,11 @@ fn cmd_rules(action: RulesAction) -> ExitCode {
         RulesAction::Remove(a) => (a, "remove"),
         RulesAction::Print(a) => (a, "print"),
     };
-    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+    let source = ConfigSource {
+        path: args.config,
+        overrides: args.overrides,
+    };
+    let cfg = match config_or_exit(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };

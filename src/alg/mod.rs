@@ -218,6 +218,17 @@ impl Alg {
         &self.cfg
     }
 
+    /// Takes new limits, timeouts and id policy (a reload). Live calls and
+    /// connections stay as they are: the limits apply to the next call or
+    /// connection, the timeouts at the next sweep. The seed stays the
+    /// running one, so the id generator continues.
+    pub fn reconfigure(&mut self, cfg: AlgConfig) {
+        self.cfg = AlgConfig {
+            seed: self.cfg.seed,
+            ..cfg
+        };
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -229,6 +229,40 @@ impl Default for Config {
     }
 }
 
+/// Where a configuration comes from: the file (or the built-in defaults)
+/// and the flags over it. Kept by the daemon to read it again at a reload.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file; `None`: the built-in defaults.
+    pub path: Option<PathBuf>,
+    /// The command-line flags, which override the file at every reload.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Reads, overrides and validates (see [`Config::resolve`]).
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        Config::resolve(self.path.as_deref(), &self.overrides)
+    }
+
+    /// How log lines and errors name the source.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => format!("config file {}", p.display()),
+            None => "the built-in defaults (no config file)".into(),
+        }
+    }
+
+    /// `e` naming the file as well as the key.
+    pub fn error_text(&self, e: &ConfigError) -> String {
+        match e {
+            // These name the file already.
+            ConfigError::Io { .. } | ConfigError::TooLarge { .. } => e.to_string(),
+            _ => format!("{}: {e}", self.describe()),
+        }
+    }
+}
+
 /// A configuration problem, naming the key when there is one.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -421,6 +455,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The value of `key` as the file writes it (for log lines naming a
+    /// change); `None` for an unknown key.
+    pub fn value_text(&self, key: &str) -> Option<String> {
+        let v = toml::Value::try_from(self).ok()?;
+        v.get(key).map(ToString::to_string)
     }
 
     /// Loads `path` (or the defaults), applies `overrides` and validates.

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 pub fn init(level: LogLevel) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut b = env_logger::Builder::new();
-    // Our own lines at the configured level; libraries (netlink message
-    // traces at debug) only when something is wrong.
-    b.filter_level(level.filter().min(log::LevelFilter::Warn));
-    b.filter_module("pptp_alg", level.filter());
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    // Libraries (netlink message traces at debug) only when something is
+    // wrong. Our own lines pass the logger at every level: the level is
+    // the global maximum (see `set_level`), so a reload can change it.
+    b.filter_level(log::LevelFilter::Warn);
+    b.filter_module("pptp_alg", log::LevelFilter::Trace);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &rust_log {
+        b.parse_filters(spec);
     }
     if journald {
         b.format(|buf, rec| {
@@ -43,6 +45,19 @@ pub fn init(level: LogLevel) {
     }
     // A second init (tests) is harmless.
     let _ = b.try_init();
+    if rust_log.is_none() {
+        set_level(level);
+    }
+}
+
+/// Sets the log level of a running daemon (a reload), unless `RUST_LOG`
+/// chose the filters; returns whether it did.
+pub fn set_level(level: LogLevel) -> bool {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return false;
+    }
+    log::set_max_level(level.filter());
+    true
 }
 
 /// Limits a class of log lines to `burst` per `window`, so a flood (a peer

@@ -23,6 +23,6 @@ pub mod shared;
 pub mod state;
 pub mod status;
 
-pub use config::{Config, ConfigError, LogLevel, Overrides};
+pub use config::{Apply, Config, ConfigError, ConfigSource, LogLevel, Overrides};
 pub use run::{run, DaemonError};
 pub use status::StatusReport;

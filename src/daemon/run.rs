@@ -18,7 +18,7 @@
 //! reinstall in the packet thread, the removal at stop ([`RulesGuard`]).
 
 use super::addrs::AddrWatcher;
-use super::config::Config;
+use super::config::{Apply, Config, ConfigSource};
 use super::journal;
 use super::offload::{InstalledTable, OffloadConfig};
 use super::packet::{JournalConfig, LoopConfig, PacketLoop};
@@ -117,8 +117,9 @@ impl Drop for ExitGuard {
     }
 }
 
-/// Runs the daemon in the foreground until SIGTERM or SIGINT.
-pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+/// Runs the daemon in the foreground until SIGTERM or SIGINT, with `cfg`
+/// (read from `source`, which a SIGHUP reads again).
+pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
     // Signals first, so a stop request during start-up is not lost: it is
     // acted on once the main loop runs, with everything set up to undo.
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -175,7 +176,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
     let packets = PacketThread::start(loop_cfg, queue, gre_queue, shared.clone(), tx)?;
     let mut main = MainLoop {
-        cfg,
+        cfg: cfg.clone(),
+        source,
         shared,
         status: None,
         ready: false,
@@ -192,9 +194,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
 
 /// Starts the thread that turns signals into [`Msg::Signal`].
 fn start_signal_thread(tx: mpsc::Sender<Msg>) -> Result<(), DaemonError> {
-    // SIGHUP's default action would end the daemon without a clean stop
-    // (no state saved, a stale status socket), and systemd would not
-    // restart it; until reloading exists it is logged and ignored.
+    // SIGHUP reloads (see `MainLoop::reload`); its default action would end
+    // the daemon without a clean stop.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]).map_err(|source| DaemonError::Io {
             context: "installing signal handlers",
@@ -426,9 +427,11 @@ impl PacketThread {
 }
 
 /// The main thread once the packet thread runs: signals, snapshots,
-/// readiness, the status socket.
+/// readiness, the status socket, reloads.
 struct MainLoop<'a> {
-    cfg: &'a Config,
+    /// The running configuration (changed by a reload).
+    cfg: Config,
+    source: &'a ConfigSource,
     shared: SharedRef,
     status: Option<StatusServer>,
     ready: bool,
@@ -438,14 +441,14 @@ impl MainLoop<'_> {
     /// Serves messages until a stop signal or the packet thread's end;
     /// returns how the daemon should exit.
     fn serve(&mut self, rx: &mpsc::Receiver<Msg>) -> Result<(), DaemonError> {
-        let cfg = self.cfg;
         let mut saved_mark = state_mark(&self.shared);
         // None: not yet in this run. The snapshot written at start is dated
         // when the last daemon was alive; the first save of a daemon that
         // serves (2 s after it is ready, if it restored calls) dates it now.
         let mut saved_at: Option<Instant> = None;
-        let refresh = state_refresh_interval(cfg.conn_idle_timeout);
         loop {
+            let cfg = &self.cfg;
+            let refresh = state_refresh_interval(cfg.conn_idle_timeout);
             let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -473,10 +476,7 @@ impl MainLoop<'_> {
                     log::info!("SIGUSR1: live calls and counters follow");
                     log_report(&self.shared);
                 }
-                Msg::Signal(SIGHUP) => log::info!(
-                    "SIGHUP received: reloading is not supported yet; still running with the \
-                     configuration read at start (restart to apply changes)"
-                ),
+                Msg::Signal(SIGHUP) => self.reload(),
                 Msg::Signal(sig) => {
                     log::info!(
                         "{}: stopping",
@@ -494,9 +494,63 @@ impl MainLoop<'_> {
         }
     }
 
+    /// Reads the configuration again (SIGHUP, `systemctl reload`). Keys
+    /// that [`Apply::Reload`] take effect at once, live calls untouched;
+    /// an unreadable or invalid file, or a change of a key that needs a
+    /// restart, is refused with one line naming it, and the running
+    /// configuration stays.
+    fn reload(&mut self) {
+        let what = self.source.describe();
+        let new = match self.source.resolve() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!(
+                    "reload refused, {}; still running with the previous configuration",
+                    self.source.error_text(&e)
+                );
+                return;
+            }
+        };
+        let changed = self.cfg.changed_keys(&new);
+        let restart: Vec<String> = changed
+            .iter()
+            .filter(|(_, a)| *a == Apply::Restart)
+            .map(|(k, _)| self.change_text(&new, k))
+            .collect();
+        if !restart.is_empty() {
+            log::error!(
+                "reload refused, {what}: {} only at a restart (systemctl restart pptp-alg); \
+                 still running with the previous configuration",
+                restart.join(", ")
+            );
+            return;
+        }
+        if changed.is_empty() {
+            log::info!("reload: {what} unchanged");
+            return;
+        }
+        let text: Vec<String> = changed
+            .iter()
+            .map(|(k, _)| self.change_text(&new, k))
+            .collect();
+        // The seed is the running engine's (`Alg::reconfigure` keeps it).
+        lock(&self.shared).alg.reconfigure(new.alg_config(0));
+        if new.log_level != self.cfg.log_level && !super::logging::set_level(new.log_level) {
+            log::warn!("reload: log_level not applied: RUST_LOG chooses the log filters");
+        }
+        log::info!("reloaded {what}: {}; live calls kept", text.join(", "));
+        self.cfg = new;
+    }
+
+    /// `key` old -> new, for a log line.
+    fn change_text(&self, new: &Config, key: &str) -> String {
+        let v = |c: &Config| c.value_text(key).unwrap_or_else(|| "?".into());
+        format!("`{key}` {} -> {}", v(&self.cfg), v(new))
+    }
+
     /// The packet thread serves: open the status socket, tell systemd.
     fn started(&mut self, offload: bool) {
-        let cfg = self.cfg;
+        let cfg = &self.cfg;
         self.status = match StatusServer::start(&cfg.status_socket, self.shared.clone()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -528,7 +582,7 @@ impl MainLoop<'_> {
         if !self.ready {
             log::warn!("stopped before start-up completed");
         }
-        save_state(self.cfg, &self.shared);
+        save_state(&self.cfg, &self.shared);
         let s = lock(&self.shared);
         let st = s.alg.stats();
         log::info!(
