@@ -95,9 +95,18 @@ struct RulesArgs {
 
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
-    /// Print the daemon's JSON document instead of a table.
+    /// Print the daemon's JSON document (schema in the README) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only the calls of this inside host.
+    #[arg(long, value_name = "ADDR")]
+    host: Option<std::net::Ipv4Addr>,
+    /// Only the calls with this outside peer.
+    #[arg(long, value_name = "ADDR")]
+    peer: Option<std::net::Ipv4Addr>,
+    /// Call IDs in hexadecimal in the table, as conntrack -L prints them.
+    #[arg(long)]
+    hex: bool,
     /// The daemon's status socket.
     #[arg(long, value_name = "PATH", default_value = daemon::config::DEFAULT_STATUS_SOCKET)]
     socket: PathBuf,
@@ -231,7 +240,8 @@ fn cmd_rules(action: RulesAction) -> ExitCode {
 
 fn cmd_status(args: StatusArgs) -> ExitCode {
     match status::fetch(&args.socket) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.filter(args.host, args.peer);
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => emit(&(s + "\n")),
@@ -241,7 +251,7 @@ fn cmd_status(args: StatusArgs) -> ExitCode {
                     }
                 }
             } else {
-                emit(&report.to_table());
+                emit(&report.to_table_with(status::TableOptions { hex: args.hex }));
             }
             ExitCode::SUCCESS
         }

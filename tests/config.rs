@@ -177,6 +177,14 @@ fn invalid_values_name_the_key() {
         err_key(&format!("status_socket = \"/{}\"", "x".repeat(120))),
         "status_socket"
     );
+    assert_eq!(
+        err_key("status_group = \"no-such-group-pptp-alg\""),
+        "status_group"
+    );
+    assert_eq!(
+        parse("status_group = \"root\"").unwrap().status_group,
+        "root"
+    );
     assert_eq!(err_key("call_setup_timeout = 0"), "call_setup_timeout");
     assert_eq!(err_key("call_idle_timeout = 0"), "call_idle_timeout");
     assert_eq!(err_key("conn_idle_timeout = 0"), "conn_idle_timeout");

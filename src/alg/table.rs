@@ -19,8 +19,10 @@ pub type ConnIdx = u32;
 /// A call whose connection is gone (only ended calls).
 pub const DETACHED: ConnIdx = u32::MAX;
 
-/// Lifecycle of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Lifecycle of a call. Serialized as `"requested"`, `"established"` or
+/// `{"ended": CAUSE}` (the status schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Request seen, no successful reply yet.
     Requested,

@@ -163,6 +163,9 @@ config_keys! {
     /// Status socket path [default: /run/pptp-alg/status.sock].
     [Restart, value_name = "PATH"]
     status_socket: PathBuf,
+    /// Group whose members may read the status socket, "" for root only [default: ""].
+    [Restart, value_name = "GROUP"]
+    status_group: String,
     /// File keeping live calls across restarts, "" for none [default: /run/pptp-alg/state.json].
     [Restart, value_name = "PATH", value_parser = parse_path_or_empty]
     state_file: PathBuf,
@@ -214,6 +217,7 @@ impl Default for Config {
             table: rules.table,
             install_rules: false,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+            status_group: String::new(),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             id_policy: alg.id_policy,
             max_calls: alg.max_calls,
@@ -419,6 +423,11 @@ impl Config {
                 "is longer than a unix socket path may be (107 bytes)".into(),
             );
         }
+        if !self.status_group.is_empty() {
+            if let Err(reason) = group_id(&self.status_group) {
+                return bad("status_group", reason);
+            }
+        }
         for (key, v) in [
             ("max_calls", self.max_calls),
             ("max_calls_per_host", self.max_calls_per_host),
@@ -554,6 +563,39 @@ pub fn parse_u32_auto(s: &str) -> Result<u32, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The id of group `name` (or a number), looked up through NSS: what
+/// `status_group` names.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("{name:?} contains NUL"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: `grp` and `buf` outlive the call; getgrnam_r writes at most
+    // `buf.len()` bytes into `buf` and sets `result` to null or to `grp`.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot look up group {name:?}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
+    }
+    if result.is_null() {
+        return Err(format!("no group {name:?} on this system"));
+    }
+    Ok(grp.gr_gid)
 }
 
 /// A path where the empty string means "none" (clap's path parser refuses

@@ -123,7 +123,7 @@ pub fn record_of(ev: &Event, at: u64) -> Option<Record> {
         inside_id: c.inside_id,
         conn: c.conn,
         outside_id: c.outside_id,
-        established: kind == Kind::Answer || c.state == "established",
+        established: kind == Kind::Answer || c.state == crate::alg::CallState::Established,
     })
 }
 
@@ -634,9 +634,9 @@ mod tests {
             nat_id,
             conn: Some(c),
             state: if outside_id.is_some() {
-                "established"
+                crate::alg::CallState::Established
             } else {
-                "requested"
+                crate::alg::CallState::Requested
             },
             age: Duration::ZERO,
             packets_in: 0,

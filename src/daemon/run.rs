@@ -23,13 +23,13 @@ use super::journal;
 use super::offload::{InstalledTable, OffloadConfig};
 use super::packet::{JournalConfig, LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
-use super::status::{log_report, StatusServer};
+use super::status::{log_report, Installed, QueueRole, RulesInfo, StatusServer};
 use crate::alg::{Alg, Event, SavedCall};
 use crate::nfqueue::{NfQueue, QueueError};
 use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -131,9 +131,15 @@ pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
     // From here on, leaving means removing the table we installed: it is
     // removed when `table` is dropped, wherever that happens.
     let table = install_table(cfg, table_socket)?;
-    let backend = table
-        .as_ref()
-        .map(|t| format!("{}; {}", t.backend, ownership_text(&cfg.table, t.owned)));
+    let rules_info = RulesInfo {
+        table: cfg.table.clone(),
+        installed: match &table {
+            Some(t) if t.owned => Installed::Owned,
+            Some(_) => Installed::Unowned,
+            None => Installed::External,
+        },
+        queue_backend: table.as_ref().map(|t| t.backend),
+    };
     let rules = cfg.rules_config();
     // Fills the fast path's set of local addresses and keeps it filled; stopped before the
     // packet thread removes the table.
@@ -142,14 +148,14 @@ pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let shared = Shared::new(restored.alg, false, backend);
+    let shared = Shared::new(restored.alg, rules_info);
     {
         let mut s = lock(&shared);
         s.journal_gen = restored.generation;
         s.queues = vec![
-            (cfg.queue_from_inside, "control from inside"),
-            (cfg.queue_to_inside, "control to inside"),
-            (cfg.queue_gre, "GRE"),
+            (cfg.queue_from_inside, QueueRole::ControlFromInside),
+            (cfg.queue_to_inside, QueueRole::ControlToInside),
+            (cfg.queue_gre, QueueRole::Gre),
         ];
     }
     let loop_cfg = LoopConfig {
@@ -551,7 +557,16 @@ impl MainLoop<'_> {
     /// The packet thread serves: open the status socket, tell systemd.
     fn started(&mut self, offload: bool) {
         let cfg = &self.cfg;
-        self.status = match StatusServer::start(&cfg.status_socket, self.shared.clone()) {
+        // Validated with the configuration; looked up again here, as the
+        // group may have gone since.
+        let group = match cfg.status_group.as_str() {
+            "" => Ok(None),
+            name => super::config::group_id(name).map(Some),
+        };
+        let started = group
+            .map_err(io::Error::other)
+            .and_then(|g| StatusServer::start(&cfg.status_socket, g, self.shared.clone()));
+        self.status = match started {
             Ok(s) => Some(s),
             Err(e) => {
                 log::warn!(
