@@ -26,16 +26,18 @@ const PATCH_KEEP: usize = 64;
 /// Result code of a successful Outgoing/Incoming-Call-Reply.
 const RESULT_SUCCESS: u8 = 1;
 
-/// One direction of a tracked connection.
+/// One direction of a tracked connection: its PPTP framing and the
+/// patches of its rewritten bytes. (Which direction a packet travels is
+/// [`super::Direction`].)
 #[derive(Debug, Default)]
-pub(super) struct Dir {
+pub(super) struct HalfStream {
     /// `None` until the stream start (SYN or a segment beginning with a
     /// PPTP header) has been seen.
     parser: Option<Parser>,
     patches: Vec<Patch>,
 }
 
-impl Dir {
+impl HalfStream {
     /// The receiver acknowledged this direction's bytes before `ack`: only
     /// a spurious retransmission sends them again (and the receiver drops
     /// it), so their patches can go, but for the newest `PATCH_KEEP`. An
@@ -64,7 +66,7 @@ impl Dir {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub key: ConnKey,
-    dirs: [Dir; 2],
+    dirs: [HalfStream; 2],
     /// Calls of this connection, live and in quarantine, oldest first.
     /// Lookups go through the call table's indexes; this list is walked
     /// only to end or detach all calls of the connection and in the rare
