@@ -11,6 +11,7 @@ use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::pptp::{parse_header, ControlMessage, ControlType, HEADER_LEN};
 use crate::wire::tcp::{TcpSegment, ACK, FIN, RST, SYN};
 use rustc_hash::FxHashMap;
+use slab::Slab;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 
@@ -132,8 +133,7 @@ const MAX_HANDSHAKES: usize = 4096;
 /// not sent data yet.
 #[derive(Debug, Default)]
 pub(super) struct Conns {
-    slots: Vec<Option<Conn>>,
-    free: Vec<ConnIdx>,
+    slots: Slab<Conn>,
     by_key: ConnMap,
     /// Stream starts (next data sequence number per direction) from SYN and
     /// SYN-ACK, with the insertion number that `handshake_order` names.
@@ -149,10 +149,10 @@ pub(super) struct Conns {
 
 impl Conns {
     pub fn get(&self, i: ConnIdx) -> &Conn {
-        self.slots[i as usize].as_ref().expect("valid conn index")
+        &self.slots[i as usize]
     }
     pub fn get_mut(&mut self, i: ConnIdx) -> &mut Conn {
-        self.slots[i as usize].as_mut().expect("valid conn index")
+        &mut self.slots[i as usize]
     }
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -236,8 +236,9 @@ impl Conns {
     /// The oldest tracked connection without calls, if any.
     fn oldest_callless(&mut self) -> Option<ConnIdx> {
         while let Some(i) = self.callless.pop_front() {
-            if self.slots[i as usize]
-                .as_ref()
+            if self
+                .slots
+                .get(i as usize)
                 .is_some_and(|c| c.calls.is_empty())
             {
                 return Some(i);
@@ -249,32 +250,19 @@ impl Conns {
     fn insert(&mut self, c: Conn) -> ConnIdx {
         let key = c.key;
         self.handshakes.remove(&key);
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.slots.push(Some(c));
-                (self.slots.len() - 1) as ConnIdx
-            }
-        };
+        let i = self.slots.insert(c) as ConnIdx;
         self.by_key.insert(key, i);
         self.callless.push_back(i);
         if self.callless.len() > 2 * self.by_key.len() + 64 {
             let slots = &self.slots;
-            self.callless.retain(|&i| {
-                slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.calls.is_empty())
-            });
+            self.callless
+                .retain(|&i| slots.get(i as usize).is_some_and(|c| c.calls.is_empty()));
         }
         i
     }
     fn remove(&mut self, i: ConnIdx) -> Conn {
-        let c = self.slots[i as usize].take().expect("valid conn index");
+        let c = self.slots.remove(i as usize);
         self.by_key.remove(&c.key);
-        self.free.push(i);
         c
     }
     fn indices(&self) -> Vec<ConnIdx> {
