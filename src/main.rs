@@ -1,4 +1,6 @@
-//! `pptp-alg`: the command-line entry point (daemon, rules, status).
+//! `pptp-alg`: the command-line entry point (daemon, rules, status,
+//! check-config). Owns the command line and exit statuses; the work is in
+//! the library (`pptp_alg::daemon`, `pptp_alg::nft`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pptp_alg::daemon::{self, logging, status, Config, ConfigError, ConfigSource, Overrides};

@@ -1,5 +1,7 @@
 //! The control connection path: TCP stream tracking per direction and the
-//! Call-ID translation rule for control messages.
+//! Call-ID translation rule for control messages. Owns the connections (in
+//! a slab, [`Conns`]); calls are created and ended through the call table,
+//! never held here.
 
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
 use super::table::{Call, CallIdx, CallState, ConnIdx, OutsideMatch, DETACHED};

@@ -1,5 +1,7 @@
 //! The call table: every call the gateway knows, indexed for O(1) lookups
-//! by the keys packets carry, with the NAT ids they hold (`ids`).
+//! by the keys packets carry, with the NAT ids they hold (`ids`). Owns the
+//! calls (in a slab) and every index over them; it knows nothing of
+//! packets, streams or time beyond the stamps it is given.
 //!
 //! Ended calls stay in the table, still holding their NAT id, until their
 //! quarantine expires: that is the quarantine, and it also lets late or

@@ -3,7 +3,7 @@
 //!
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
-//! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
+//! - [`run`](mod@run): `pptp-alg run` (start-up steps, signals, reload, clean stop).
 //! - [`packet`]: the packet thread (NFQUEUE, engine calls, verdicts, timers).
 //! - [`offload`]: the kernel fast path and the daemon's own table, driven by the packet thread.
 //! - [`shared`]: the state shared between the packet thread and readers.

@@ -151,7 +151,7 @@ impl Offload {
     }
 
     /// Adds a new call's elements; on failure the call is retried every
-    /// [`OFFLOAD_RETRY`] (see [`Offload::poll_timeout`]).
+    /// second (see [`Offload::poll_timeout`]).
     pub fn call_started(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) {
         let Some(fp) = &mut self.fast else { return };
         if let Err(e) = fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id) {

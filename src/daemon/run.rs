@@ -1,4 +1,10 @@
-//! `pptp-alg run`: start-up, signal handling and clean stop.
+//! `pptp-alg run`: start-up, signal handling, reload and clean stop.
+//!
+//! Owns the order of things: [`run`] is a list of named start-up steps,
+//! then the `MainLoop` on the main thread (signals, reload, snapshots,
+//! readiness, the status socket). It must not touch packets, the engine's
+//! state beyond reconfiguring it, or the table once the packet thread has
+//! it.
 //!
 //! Start-up order matters: the queues are bound and fully configured
 //! before any rule can queue to them (a packet queued to a half-configured
@@ -15,7 +21,8 @@
 //! rewriting GRE to hosts whose calls are over. The kernel accepts changes
 //! of an owned table only from its owner, so the same socket is shared by
 //! everything that changes it: the install here, the fast path and a
-//! reinstall in the packet thread, the removal at stop ([`RulesGuard`]).
+//! reinstall in the packet thread, the removal at stop (the packet thread's
+//! [`InstalledTable`], dropped also when the thread fails or panics).
 
 use super::addrs::AddrWatcher;
 use super::config::{Apply, Config, ConfigSource};

@@ -4,6 +4,9 @@
 //! readers only long enough to copy a snapshot, so contention stays short
 //! and an uncontended lock costs far less than a packet's trip through
 //! netlink.
+//!
+//! Owns nothing but the data; the packet thread writes it, the main thread
+//! reconfigures the engine in it at a reload, readers copy from it.
 
 use super::status::{QueueRole, RulesInfo};
 use crate::alg::Alg;

@@ -1,6 +1,10 @@
 //! The status report: a snapshot of calls and counters, served as one JSON
 //! document per connection on a unix socket, and printed by
 //! `pptp-alg status` as a table or as the JSON itself.
+//!
+//! Owns the document's schema ([`SCHEMA`], documented in the README), the
+//! socket and its clients, and the table format. It only reads the shared
+//! state, under the lock for as long as a copy takes, and changes nothing.
 
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
