@@ -87,6 +87,13 @@ fn sighup_applies_a_limit_refuses_a_queue_change_and_keeps_calls() {
     assert!(line.contains(cfg.to_str().unwrap()), "{line}");
     assert!(line.contains("`max_calls_per_host`"), "{line}");
 
+    // Flags given at start win over the file at every reload: the lab
+    // starts the daemon with --log-level info, so the file's log_level
+    // changes nothing (and a call start is still logged at info).
+    write_config(&lab, "max_calls_per_host = 1\nlog_level = \"warn\"\n");
+    let line = reload(&mut lab, "reload: config file");
+    assert!(line.contains("unchanged"), "{line}");
+
     // The first call lived through it all: same NAT id, GRE still reaches
     // its host (through the queue or the fast path), and it ends normally.
     let st = lab.status();

@@ -111,6 +111,22 @@ impl RateLimit {
 mod tests {
     use super::*;
 
+    /// A reload changes the level of a running daemon (the global
+    /// maximum the macros check), unless RUST_LOG chose the filters.
+    #[test]
+    fn set_level_changes_the_maximum() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            assert!(!set_level(LogLevel::Warn));
+            return;
+        }
+        let before = log::max_level();
+        assert!(set_level(LogLevel::Warn));
+        assert_eq!(log::max_level(), log::LevelFilter::Warn);
+        assert!(set_level(LogLevel::Debug));
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        log::set_max_level(before);
+    }
+
     #[test]
     fn rate_limit_counts_suppressed_lines() {
         let t0 = Instant::now();

@@ -548,10 +548,11 @@ impl MainLoop<'_> {
             .collect();
         // The seed is the running engine's (`Alg::reconfigure` keeps it).
         lock(&self.shared).alg.reconfigure(new.alg_config(0));
+        // Logged at the old level: a reload that lowers it still says so.
+        log::info!("reloaded {what}: {}; live calls kept", text.join(", "));
         if new.log_level != self.cfg.log_level && !super::logging::set_level(new.log_level) {
             log::warn!("reload: log_level not applied: RUST_LOG chooses the log filters");
         }
-        log::info!("reloaded {what}: {}; live calls kept", text.join(", "));
         self.cfg = new;
     }
 
