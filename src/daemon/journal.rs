@@ -1,5 +1,7 @@
 //! The write-ahead journal of call changes: what happened since the last
 //! snapshot of the call table (the state file, see [`super::state`]).
+//! Owns the journal files' format, writing and replay; the packet thread
+//! calls the writer, and nothing here touches the engine.
 //!
 //! Why. The snapshot is written every 2 s while calls change; a daemon
 //! killed in between (SIGKILL, a crash) lost the calls younger than that,

@@ -1,4 +1,6 @@
-//! Logging to stderr, in journald's format when running under systemd.
+//! Logging to stderr, in journald's format when running under systemd, and
+//! the level a reload changes ([`set_level`]). Owns the log format and rate
+//! limits; what to log is the caller's.
 //!
 //! journald stamps every line itself and reads a `<N>` syslog priority
 //! prefix, so under systemd each line is `<N>message`; on a terminal it is
