@@ -1,7 +1,7 @@
 //! The configuration file: defaults, every key, and errors that name the key.
 
 use pptp_alg::alg::{AlgConfig, IdPolicy};
-use pptp_alg::daemon::{Config, ConfigError, LogLevel, Overrides};
+use pptp_alg::daemon::{Config, ConfigError, ConfigSource, LogLevel, Overrides};
 use pptp_alg::nft::RulesConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -213,6 +213,28 @@ fn overrides_beat_the_file() {
     };
     let e = Config::resolve(Some(&path), &o).unwrap_err();
     assert_eq!(e.key(), Some("queue_to_inside"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A reload names the keys the file sets that flags override: only those
+/// the file sets, and only where the flag's value differs.
+#[test]
+fn overridden_keys_are_the_files_keys_a_flag_changes() {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-ovr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "max_calls = 10\nlog_level = \"warn\"\nmark = 7\n").unwrap();
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        overrides: Overrides {
+            log_level: Some(LogLevel::Info),
+            mark: Some(7),
+            quarantine: Some(5),
+            ..Overrides::default()
+        },
+    };
+    assert_eq!(source.overridden_keys(), ["log_level"]);
+    assert!(ConfigSource::default().overridden_keys().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -93,6 +93,10 @@ fn sighup_applies_a_limit_refuses_a_queue_change_and_keeps_calls() {
     write_config(&lab, "max_calls_per_host = 1\nlog_level = \"warn\"\n");
     let line = reload(&mut lab, "reload: config file");
     assert!(line.contains("unchanged"), "{line}");
+    assert!(
+        line.contains("flags given at start override the file's `log_level`"),
+        "{line}"
+    );
 
     // The first call lived through it all: same NAT id, GRE still reaches
     // its host (through the queue or the fast path), and it ends normally.

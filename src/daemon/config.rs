@@ -257,6 +257,31 @@ impl ConfigSource {
         }
     }
 
+    /// The keys the file sets that a flag sets otherwise: editing them in
+    /// the file changes nothing. Empty without a file or when it cannot be
+    /// read (resolving says why).
+    pub fn overridden_keys(&self) -> Vec<&'static str> {
+        let Some(path) = &self.path else {
+            return Vec::new();
+        };
+        let Ok(text) = read_text(path) else {
+            return Vec::new();
+        };
+        let (Ok(set), Ok(file)) = (
+            toml::from_str::<toml::Table>(&text),
+            Config::from_toml(&text),
+        ) else {
+            return Vec::new();
+        };
+        let mut flagged = file.clone();
+        flagged.apply(&self.overrides);
+        file.changed_keys(&flagged)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| set.contains_key(*k))
+            .collect()
+    }
+
     /// `e` naming the file as well as the key.
     pub fn error_text(&self, e: &ConfigError) -> String {
         match e {
@@ -346,27 +371,7 @@ impl Config {
 
     /// Reads (at most [`MAX_CONFIG_BYTES`]) and parses a file (no validation).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        use std::io::Read;
-        let io_err = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(io_err)?;
-        if bytes.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|e| {
-            io_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not UTF-8 text ({e})"),
-            ))
-        })?;
-        Config::from_toml(&text)
+        Config::from_toml(&read_text(path)?)
     }
 
     /// Checks values that parse but make no sense together.
@@ -511,6 +516,30 @@ impl Config {
             offload: self.offload,
         }
     }
+}
+
+/// Reads a config file: at most [`MAX_CONFIG_BYTES`], UTF-8.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let io_err = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        ))
+    })
 }
 
 /// nftables accepts `[a-zA-Z][a-zA-Z0-9_]*`-like names; keeping to that

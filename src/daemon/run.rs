@@ -538,8 +538,20 @@ impl MainLoop<'_> {
             );
             return;
         }
+        // An edit of a key a flag given at start overrides changes nothing:
+        // say so, or the operator looks for the edit in vain.
+        let flagged = self.source.overridden_keys();
+        let flagged = if flagged.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = flagged.iter().map(|k| format!("`{k}`")).collect();
+            format!(
+                " (flags given at start override the file's {})",
+                keys.join(", ")
+            )
+        };
         if changed.is_empty() {
-            log::info!("reload: {what} unchanged");
+            log::info!("reload: {what} unchanged{flagged}");
             return;
         }
         let text: Vec<String> = changed
@@ -549,7 +561,10 @@ impl MainLoop<'_> {
         // The seed is the running engine's (`Alg::reconfigure` keeps it).
         lock(&self.shared).alg.reconfigure(new.alg_config(0));
         // Logged at the old level: a reload that lowers it still says so.
-        log::info!("reloaded {what}: {}; live calls kept", text.join(", "));
+        log::info!(
+            "reloaded {what}: {}; live calls kept{flagged}",
+            text.join(", ")
+        );
         if new.log_level != self.cfg.log_level && !super::logging::set_level(new.log_level) {
             log::warn!("reload: log_level not applied: RUST_LOG chooses the log filters");
         }
