@@ -290,7 +290,9 @@ fn check_colliding(alg: &Alg, calls: u32) {
     let infos = alg.calls(Instant::now());
     assert_eq!(infos.len(), calls as usize);
     assert!(
-        infos.iter().all(|c| c.state == "established"),
+        infos
+            .iter()
+            .all(|c| c.state == pptp_alg::alg::CallState::Established),
         "all established"
     );
     let ids: std::collections::HashSet<u16> = infos.iter().map(|c| c.nat_id).collect();

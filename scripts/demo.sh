@@ -139,20 +139,20 @@ done
 # $HOLD s): once both are established and their echoes are counted, or 1.5 s
 # after they are established (with the kernel fast path the daemon reads the
 # per-call counters only every few seconds). Table rows of calls:
-# INSIDE OUTSIDE NAT-ID CONTROL(3 words) STATE AGE PKTS-IN PKTS-OUT.
+# INSIDE OUTSIDE NAT-ID STATE AGE PKTS-IN PKTS-OUT.
 table=
 up_since=
 for ((i = 0; i < 150; i++)); do
     sleep 0.1
     snap=$("$ALG" status --socket "$SOCK" 2>/dev/null) || continue
-    up=$(awk '$7 == "established"' <<<"$snap" | wc -l)
+    up=$(awk '$4 == "established"' <<<"$snap" | wc -l)
     if [ "$up" -lt "${#TAGS[@]}" ]; then
         [ -n "$up_since" ] && break
         continue
     fi
     table=$snap
     up_since=${up_since:-$i}
-    counted=$(awk -v n="$GRE_COUNT" '$7 == "established" && $9 >= n' <<<"$snap" | wc -l)
+    counted=$(awk -v n="$GRE_COUNT" '$4 == "established" && $6 >= n' <<<"$snap" | wc -l)
     if [ "$counted" -ge "${#TAGS[@]}" ] || [ $((i - up_since)) -ge 15 ]; then
         break
     fi
@@ -209,8 +209,8 @@ for tag in "${TAGS[@]}"; do
     fi
 done
 if [ -n "$table" ]; then
-    ncalls=$(awk '$7 == "established"' <<<"$table" | wc -l)
-    nat_ids=$(awk '$7 == "established" {print $3}' <<<"$table" | sort -u | wc -l)
+    ncalls=$(awk '$4 == "established"' <<<"$table" | wc -l)
+    nat_ids=$(awk '$4 == "established" {print $3}' <<<"$table" | sort -u | wc -l)
     if [ "$ncalls" -ne "${#TAGS[@]}" ] || [ "$nat_ids" -ne "$ncalls" ]; then
         echo "    status showed $ncalls call(s) with $nat_ids distinct NAT id(s)"
         failed=1

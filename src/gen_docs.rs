@@ -189,7 +189,10 @@ fn program_tail(exit_config: u8) -> Roff {
     r.control("SH", ["SIGNALS"]);
     r.text([roman(
         "SIGTERM and SIGINT stop the daemon cleanly: it saves the live calls and removes its \
-         table. SIGHUP is logged and ignored.",
+         table. SIGHUP reloads the configuration file: limits, timeouts, id_policy and \
+         log_level apply at once, live calls stay; a change of a key that needs a restart is \
+         refused with a log line naming it, and the running configuration stays. SIGUSR1 \
+         writes the live calls and counters to the log.",
     )]);
     r.control("SH", ["SEE ALSO"]);
     r.text([
@@ -391,6 +394,36 @@ mod tests {
             let example_value = example_value.trim_matches('"');
             assert_eq!(readme_default, example_value, "default of `{key}`");
         }
+    }
+
+    /// The README says for every key when a change applies, as the daemon
+    /// decides it at a reload.
+    #[test]
+    fn readme_table_says_when_each_key_applies() {
+        use pptp_alg::daemon::Apply;
+        let readme = include_str!("../README.md");
+        let start = readme.find("## Configuration reference").unwrap();
+        let rows: Vec<(String, String)> = readme[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| key"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_string(), cells[4].to_string())
+            })
+            .collect();
+        let want: Vec<(String, String)> = Config::KEYS
+            .iter()
+            .map(|&(k, a)| {
+                let when = match a {
+                    Apply::Reload => "at a reload",
+                    Apply::Restart => "at a restart",
+                };
+                (k.to_string(), when.to_string())
+            })
+            .collect();
+        assert_eq!(rows, want);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! `pptp-alg`: the command-line entry point (daemon, rules, status).
+//! `pptp-alg`: the command-line entry point (daemon, rules, status,
+//! check-config). Owns the command line and exit statuses; the work is in
+//! the library (`pptp_alg::daemon`, `pptp_alg::nft`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pptp_alg::check;
-use pptp_alg::daemon::{self, logging, status, Config, ConfigError, Overrides};
+use pptp_alg::daemon::{self, logging, status, Config, ConfigError, ConfigSource, Overrides};
 use pptp_alg::nft::{self, QueueBackend};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +37,10 @@ enum Cmd {
     /// Check this router before enabling the unit: kernel features, forwarding, NAT rules,
     /// the kernel PPTP helper, the forward policy, the user namespace. One line per check
     /// (OK, WARN or FAIL); exit status 1 when any check fails.
-    Check(CheckArgs),
+    Check(PreflightArgs),
+    /// Check a configuration file (and flags) without side effects: exit 0
+    /// when `run` would accept it, 2 naming the file and key when not.
+    CheckConfig(CheckArgs),
     /// Write the man pages and shell completions under DIR (build time;
     /// hidden because the package installs its output).
     #[command(hide = true)]
@@ -50,9 +55,15 @@ struct RunArgs {
     /// Configuration file (TOML); without it, the built-in defaults.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Install the nftables table at start and remove it at stop.
-    #[arg(long)]
-    install_rules: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Configuration file (TOML); without it, the built-in defaults.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -90,7 +101,7 @@ struct RulesArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct CheckArgs {
+struct PreflightArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -103,9 +114,18 @@ struct CheckArgs {
 
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
-    /// Print the daemon's JSON document instead of a table.
+    /// Print the daemon's JSON document (schema in the README) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only the calls of this inside host.
+    #[arg(long, value_name = "ADDR")]
+    host: Option<std::net::Ipv4Addr>,
+    /// Only the calls with this outside peer.
+    #[arg(long, value_name = "ADDR")]
+    peer: Option<std::net::Ipv4Addr>,
+    /// Call IDs in hexadecimal in the table, as conntrack -L prints them.
+    #[arg(long)]
+    hex: bool,
     /// The daemon's status socket.
     #[arg(long, value_name = "PATH", default_value = daemon::config::DEFAULT_STATUS_SOCKET)]
     socket: PathBuf,
@@ -118,6 +138,7 @@ fn main() -> ExitCode {
         Cmd::Rules { action } => cmd_rules(action),
         Cmd::Status(args) => cmd_status(args),
         Cmd::Check(args) => cmd_check(args),
+        Cmd::CheckConfig(args) => cmd_check_config(args),
         Cmd::GenerateDocs { dir } => match gen_docs::generate(&dir, EXIT_CONFIG) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -128,31 +149,46 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_or_exit(
-    path: Option<&std::path::Path>,
-    overrides: &Overrides,
-) -> Result<Config, ExitCode> {
-    Config::resolve(path, overrides).map_err(|e: ConfigError| {
-        eprintln!("pptp-alg: {e}");
+fn config_or_exit(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source.resolve().map_err(|e: ConfigError| {
+        eprintln!("pptp-alg: {}", source.error_text(&e));
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
+fn cmd_check_config(args: CheckArgs) -> ExitCode {
+    let source = ConfigSource {
+        path: args.file,
+        overrides: args.overrides,
+    };
+    match config_or_exit(&source) {
+        Ok(_) => {
+            println!("{}: ok", source.describe());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 fn cmd_run(args: RunArgs) -> ExitCode {
-    let mut cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+    let source = ConfigSource {
+        path: args.config,
+        overrides: args.overrides,
+    };
+    let cfg = match config_or_exit(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    cfg.install_rules |= args.install_rules;
     logging::init(cfg.log_level);
     log::info!(
         "pptp-alg {} starting{}",
         env!("CARGO_PKG_VERSION"),
-        args.config
+        source
+            .path
             .as_ref()
             .map_or_else(String::new, |p| format!(" with {}", p.display()))
     );
-    match daemon::run(&cfg) {
+    match daemon::run(&cfg, &source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -171,7 +207,11 @@ fn cmd_rules(action: RulesAction) -> ExitCode {
         RulesAction::Remove(a) => (a, "remove"),
         RulesAction::Print(a) => (a, "print"),
     };
-    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+    let source = ConfigSource {
+        path: args.config,
+        overrides: args.overrides,
+    };
+    let cfg = match config_or_exit(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -220,7 +260,8 @@ fn cmd_rules(action: RulesAction) -> ExitCode {
 
 fn cmd_status(args: StatusArgs) -> ExitCode {
     match status::fetch(&args.socket) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.filter(args.host, args.peer);
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => emit(&(s + "\n")),
@@ -230,7 +271,7 @@ fn cmd_status(args: StatusArgs) -> ExitCode {
                     }
                 }
             } else {
-                emit(&report.to_table());
+                emit(&report.to_table_with(status::TableOptions { hex: args.hex }));
             }
             ExitCode::SUCCESS
         }
@@ -241,8 +282,12 @@ fn cmd_status(args: StatusArgs) -> ExitCode {
     }
 }
 
-fn cmd_check(args: CheckArgs) -> ExitCode {
-    let cfg = match config_or_exit(args.config.as_deref(), &args.overrides) {
+fn cmd_check(args: PreflightArgs) -> ExitCode {
+    let source = ConfigSource {
+        path: args.config,
+        overrides: args.overrides,
+    };
+    let cfg = match config_or_exit(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -236,3 +236,62 @@ fn empty_state_file_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_file_and_key_of_a_bad_one() {
+    let good = temp_file("check-good.toml", "max_calls = 10\n");
+    let o = run(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(good.to_str().unwrap()),
+        "{}",
+        stdout(&o)
+    );
+    // The built-in defaults, and flags over a file, are checked too.
+    assert_eq!(run(&["check-config"]).status.code(), Some(0));
+    let o = run(&[
+        "check-config",
+        good.to_str().unwrap(),
+        "--queue-gre",
+        "1723",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`queue_gre`"), "{}", stderr(&o));
+    for (name, text, key) in [
+        ("check-type.toml", "max_calls = \"many\"\n", "`max_calls`"),
+        (
+            "check-zero.toml",
+            "quarantine = 1\nmax_connections = 0\n",
+            "`max_connections`",
+        ),
+        ("check-unknown.toml", "queue_lenght = 5\n", "queue_lenght"),
+    ] {
+        let p = temp_file(name, text);
+        let o = run(&["check-config", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{name}");
+        let err = stderr(&o);
+        assert!(err.contains(p.to_str().unwrap()), "{name}: {err}");
+        assert!(err.contains(key), "{name}: {err}");
+    }
+    let o = run(&["check-config", "/nonexistent/pptp-alg.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/pptp-alg.toml"));
+}
+
+/// Checking touches nothing: a state file in a missing directory, which
+/// `run` refuses at start, is not created or checked.
+#[test]
+fn check_config_has_no_side_effects() {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-check-{}", std::process::id()));
+    let state = dir.join("sub/state.json");
+    let sock = dir.join("status.sock");
+    let o = run(&[
+        "check-config",
+        "--state-file",
+        state.to_str().unwrap(),
+        "--status-socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!dir.exists(), "check-config created {}", dir.display());
+}

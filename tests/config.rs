@@ -1,7 +1,7 @@
 //! The configuration file: defaults, every key, and errors that name the key.
 
 use pptp_alg::alg::{AlgConfig, IdPolicy};
-use pptp_alg::daemon::{Config, ConfigError, LogLevel, Overrides};
+use pptp_alg::daemon::{Config, ConfigError, ConfigSource, LogLevel, Overrides};
 use pptp_alg::nft::RulesConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -178,6 +178,14 @@ fn invalid_values_name_the_key() {
         err_key(&format!("status_socket = \"/{}\"", "x".repeat(120))),
         "status_socket"
     );
+    assert_eq!(
+        err_key("status_group = \"no-such-group-pptp-alg\""),
+        "status_group"
+    );
+    assert_eq!(
+        parse("status_group = \"root\"").unwrap().status_group,
+        "root"
+    );
     assert_eq!(err_key("call_setup_timeout = 0"), "call_setup_timeout");
     assert_eq!(err_key("call_idle_timeout = 0"), "call_idle_timeout");
     assert_eq!(err_key("conn_idle_timeout = 0"), "conn_idle_timeout");
@@ -207,7 +215,7 @@ fn overrides_beat_the_file() {
     std::fs::write(&path, "max_calls = 10\noffload = false\nmark = 7\n").unwrap();
     let o = Overrides {
         max_calls: Some(20),
-        offload: true,
+        offload: Some(true),
         ..Overrides::default()
     };
     let c = Config::resolve(Some(&path), &o).unwrap();
@@ -221,6 +229,28 @@ fn overrides_beat_the_file() {
     };
     let e = Config::resolve(Some(&path), &o).unwrap_err();
     assert_eq!(e.key(), Some("queue_to_inside"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A reload names the keys the file sets that flags override: only those
+/// the file sets, and only where the flag's value differs.
+#[test]
+fn overridden_keys_are_the_files_keys_a_flag_changes() {
+    let dir = std::env::temp_dir().join(format!("pptp-alg-ovr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "max_calls = 10\nlog_level = \"warn\"\nmark = 7\n").unwrap();
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        overrides: Overrides {
+            log_level: Some(LogLevel::Info),
+            mark: Some(7),
+            quarantine: Some(5),
+            ..Overrides::default()
+        },
+    };
+    assert_eq!(source.overridden_keys(), ["log_level"]);
+    assert!(ConfigSource::default().overridden_keys().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -34,35 +34,17 @@ const ATTACKER: &str = "10.213.9.2";
 /// Where forged SYN flood sources come from (RFC 2544 benchmarking space).
 const FLOOD_NET: &str = "198.18.0.0/15";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The attacker's namespace; deleted when dropped (declare it after the
 /// lab, so that it goes first).
 struct Attacker {
-    ns: String,
+    ns: Netns,
 }
 
 impl Attacker {
     fn new(lab: &Lab) -> Attacker {
-        let ns = format!("{}-a", lab.name);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
-            .stderr(Stdio::null())
-            .status();
-        sh(&["ip", "netns", "add", &ns]);
-        let a = Attacker { ns };
+        let a = Attacker {
+            ns: Netns::add(&format!("{}-a", lab.name)),
+        };
         // The WAN namespace forwards for the attacker and takes packets
         // whose source is one of its own addresses (the server's, forged):
         // no rp_filter, accept_local on the attacker's link.
@@ -74,13 +56,9 @@ impl Attacker {
         ] {
             lab.exec(Host::Wan, "sysctl", &["-qw", s]);
         }
-        sh(&[
-            "ip", "link", "add", "atk0", "netns", &lab.wan, "type", "veth", "peer", "name", "eth0",
-            "netns", &a.ns,
-        ]);
+        lab.wan.veth("atk0", &a.ns, "eth0");
         lab.ip(Host::Wan, &["addr", "add", "10.213.9.1/24", "dev", "atk0"]);
         lab.ip(Host::Wan, &["link", "set", "atk0", "up"]);
-        a.ip(&["link", "set", "lo", "up"]);
         a.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "eth0"]);
         a.ip(&["link", "set", "eth0", "up"]);
         a.ip(&["route", "add", "default", "via", "10.213.9.1"]);
@@ -96,16 +74,14 @@ impl Attacker {
     }
 
     fn ip(&self, args: &[&str]) {
-        let mut a = vec!["ip", "-n", &self.ns];
-        a.extend_from_slice(args);
-        sh(&a);
+        self.ns.ip(args);
     }
 
     /// Runs `pptp-peer spray ARGS` in the attacker's namespace to the end
     /// and returns its summary; panics if not everything was sent.
     fn spray(&self, args: &[&str]) -> Value {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, PEER, "spray"])
+            .args(["netns", "exec", self.ns.name(), PEER, "spray"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -129,15 +105,6 @@ impl Attacker {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("spray summary {text:?}: {e}"))
-    }
-}
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

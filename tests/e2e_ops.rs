@@ -31,7 +31,7 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 /// `GET /metrics` from inside the router's namespace; returns status line and body.
 fn scrape(lab: &Lab, addr: SocketAddr) -> (String, String) {
-    in_netns(&lab.router, move || {
+    in_netns(lab.router.name(), move || {
         let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\nAccept: */*\r\n\r\n")
@@ -128,7 +128,7 @@ fn metrics_follow_real_calls_and_gre() {
     assert_eq!(
         sample(
             &after,
-            "pptp_alg_queue_dropped_total{queue=\"1723\",carries=\"control from inside\",reason=\"queue_full\"}"
+            "pptp_alg_queue_dropped_total{queue=\"1723\",carries=\"control_from_inside\",reason=\"queue_full\"}"
         ),
         0,
         "{after}"
@@ -152,7 +152,7 @@ fn metrics_follow_real_calls_and_gre() {
     assert!(!textfile.exists(), "the textfile outlived the daemon");
     // The port is free again once the daemon is gone.
     assert!(
-        in_netns(&lab.router, move || TcpStream::connect(addr).is_err()),
+        in_netns(lab.router.name(), move || TcpStream::connect(addr).is_err()),
         "still listening"
     );
 }

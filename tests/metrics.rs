@@ -9,6 +9,7 @@ use common::*;
 use pptp_alg::alg::{AlgConfig, Direction, Verdict};
 use pptp_alg::daemon::metrics::{MetricsServer, CLIENT_TIMEOUT, MAX_CLIENTS};
 use pptp_alg::daemon::shared::{lock, Shared, SharedRef};
+use pptp_alg::daemon::status::{Installed, RulesInfo};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -64,7 +65,12 @@ fn server() -> (MetricsServer, SharedRef) {
         max_calls_per_host: 1,
         ..AlgConfig::default()
     };
-    let shared = Shared::new(pptp_alg::alg::Alg::new(cfg), false, None);
+    let rules = RulesInfo {
+        table: "pptp_alg".into(),
+        installed: Installed::External,
+        queue_backend: None,
+    };
+    let shared = Shared::new(pptp_alg::alg::Alg::new(cfg), rules);
     let s = MetricsServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).expect("bind");
     (s, shared)
 }

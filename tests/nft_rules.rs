@@ -11,91 +11,35 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use pptp_alg::nft::{self, NftError, Ownership, QueueBackend, RulesConfig, TableSocket};
 
+#[path = "support/netns.rs"]
+mod netns;
+use netns::{have_root, run, Netns};
+
 const NFT_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nft/pptp-alg.nft");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
 /// True when root tests should run; panics if they must run but cannot.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PPTP_ALG_E2E").as_deref() == Ok("1") {
-        panic!("{test}: PPTP_ALG_E2E=1 but not running as root");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces, nftables)");
-    false
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A named network namespace, deleted on drop (also when the test panics).
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pptpalg-nft-{}-{}-{role}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        Netns(name)
-    }
-
-    /// Runs `f` on a thread that lives in this namespace: every socket it opens and every
-    /// process it starts belongs to the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let h = std::thread::spawn(move || {
-            // SAFETY: a valid namespace fd; setns only affects this thread.
-            let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    }
-
-    fn exec(&self, cmd: &str, args: &[&str]) -> String {
-        let mut a = vec!["netns", "exec", &self.0, cmd];
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// A namespace named after this test binary's process and `role`.
+fn fresh_netns(role: &str) -> Netns {
+    static N: AtomicU32 = AtomicU32::new(0);
+    Netns::add(&format!(
+        "pptpalg-nft-{}-{}-{role}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Runs a root test body in a fresh namespace.
 fn in_fresh_netns(test: &str, body: impl FnOnce(&Netns) + Send + 'static) {
-    if !root_or_skip(test) {
+    if !have_root() {
+        eprintln!("skipping {test}: needs root (network namespaces, nftables)");
         return;
     }
-    let ns = std::sync::Arc::new(Netns::new("r"));
+    let ns = std::sync::Arc::new(fresh_netns("r"));
     let ns2 = ns.clone();
-    ns.run(move || body(&ns2));
+    ns.enter(move || body(&ns2));
 }
 
 /// Normalises `nft` output for comparison: comments, blank lines, indentation and the
@@ -815,7 +759,7 @@ fn pptp_helper_detection() {
 
 /// Opens a raw IPv4 GRE socket inside `ns`; the socket stays there after the thread exits.
 fn gre_socket_in(ns: &Netns) -> OwnedFd {
-    ns.run(|| {
+    ns.enter(|| {
         // SAFETY: plain socket(2); ownership of the fd moves into OwnedFd.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_GRE) };
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
@@ -892,14 +836,14 @@ fn ipv4_header_ok(pkt: &[u8]) -> bool {
 /// whatever (peer, Call ID) it carries.
 #[test]
 fn fast_path_rewrites_gre() {
-    if !root_or_skip("fast_path_rewrites_gre") {
+    if !have_root() {
         return;
     }
-    let router = std::sync::Arc::new(Netns::new("r"));
-    let outside = Netns::new("o");
-    let inside = Netns::new("i");
-    let (o, i) = (outside.0.clone(), inside.0.clone());
-    router.run(move || {
+    let router = std::sync::Arc::new(fresh_netns("r"));
+    let outside = fresh_netns("o");
+    let inside = fresh_netns("i");
+    let (o, i) = (outside.name().to_string(), inside.name().to_string());
+    router.enter(move || {
         run("ip", &["link", "set", "lo", "up"]);
         run(
             "ip",
@@ -931,7 +875,7 @@ fn fast_path_rewrites_gre() {
 
     let peer = Ipv4Addr::new(10, 99, 1, 2);
     let host = Ipv4Addr::new(10, 99, 2, 2);
-    router.run(move || {
+    router.enter(move || {
         nft::install(&RulesConfig::default(), nft::detect_backend().unwrap()).unwrap();
         // Shows that the fast path marks what it translates.
         run(
@@ -955,7 +899,7 @@ fn fast_path_rewrites_gre() {
         recv_gre(&rx).is_none(),
         "translated without the address in local_addrs"
     );
-    router.run(|| {
+    router.enter(|| {
         let mut set = nft::LocalAddrSet::open(&RulesConfig::default()).unwrap();
         set.replace(&[Ipv4Addr::new(10, 99, 1, 1), Ipv4Addr::new(10, 99, 2, 1)])
             .unwrap();
@@ -991,7 +935,7 @@ fn fast_path_rewrites_gre() {
     // Transit: GRE from the same peer with the mapped Call ID, addressed to the inside host
     // itself (routed, no NAT), passes untouched.
     let translated = || {
-        router.run(|| {
+        router.enter(|| {
             let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
             fp.counters().unwrap()[0].packets
         })
@@ -1016,7 +960,7 @@ fn fast_path_rewrites_gre() {
         "transit GRE went through the fast path"
     );
 
-    let (counters, obs) = router.run(|| {
+    let (counters, obs) = router.enter(|| {
         let mut fp = nft::FastPath::open(&RulesConfig::default()).unwrap();
         (
             fp.counters().unwrap(),

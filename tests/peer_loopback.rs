@@ -17,35 +17,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/netns.rs"]
+mod netns;
+use netns::{have_root, Netns};
+
 const PEER: &str = env!("CARGO_BIN_EXE_pptp-peer");
 const SERVER_IP: &str = "10.213.0.1";
 /// Client addresses; both live in the client namespace on one veth.
 const CLIENT_IPS: [&str; 3] = ["10.213.0.2", "10.213.0.3", "10.213.0.4"];
 /// Upper bound for any single peer process; the tests normally need a few seconds.
 const PROC_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// True if the test may run; panics if it must run but cannot.
-fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PPTP_ALG_E2E").as_deref() == Ok("1") {
-        panic!("PPTP_ALG_E2E=1 but not running as root: the namespace tests cannot run");
-    }
-    println!("skipped: needs root");
-    false
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A running peer process with its output drained by threads, so it can never
 /// block on a full pipe.
@@ -59,8 +40,8 @@ struct Proc {
 /// Two namespaces joined by a veth pair; deleted (with every process we started
 /// in them) on drop, even when an assertion fails.
 struct Lab {
-    server_ns: String,
-    client_ns: String,
+    server_ns: Netns,
+    client_ns: Netns,
     procs: Vec<Proc>,
 }
 
@@ -68,44 +49,30 @@ impl Lab {
     fn new(case: u8) -> Lab {
         let pid = std::process::id();
         let lab = Lab {
-            server_ns: format!("pptppeer-{pid}-{case}-s"),
-            client_ns: format!("pptppeer-{pid}-{case}-c"),
+            server_ns: Netns::add(&format!("pptppeer-{pid}-{case}-s")),
+            client_ns: Netns::add(&format!("pptppeer-{pid}-{case}-c")),
             procs: Vec::new(),
         };
         // Interface names are limited to 15 bytes; they only need to be unique
         // at creation time, before they move into the namespaces.
         let (va, vb) = (format!("pp{pid}{case}a"), format!("pp{pid}{case}b"));
-        let (s, c) = (lab.server_ns.as_str(), lab.client_ns.as_str());
-        ip(&["netns", "add", s]);
-        ip(&["netns", "add", c]);
-        ip(&[
-            "link", "add", &va, "netns", s, "type", "veth", "peer", "name", &vb, "netns", c,
-        ]);
-        ip(&["-n", s, "link", "set", "lo", "up"]);
-        ip(&["-n", c, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            s,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            &va,
-        ]);
+        let (s, c) = (&lab.server_ns, &lab.client_ns);
+        s.veth(&va, c, &vb);
+        s.ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &va]);
         for a in CLIENT_IPS {
-            ip(&["-n", c, "addr", "add", &format!("{a}/24"), "dev", &vb]);
+            c.ip(&["addr", "add", &format!("{a}/24"), "dev", &vb]);
         }
-        ip(&["-n", s, "link", "set", &va, "up"]);
-        ip(&["-n", c, "link", "set", &vb, "up"]);
+        s.ip(&["link", "set", &va, "up"]);
+        c.ip(&["link", "set", &vb, "up"]);
         lab
     }
 
     /// Starts `pptp-peer ARGS` inside a namespace; returns its index.
     fn spawn(&mut self, server_side: bool, args: &[&str]) -> usize {
         let ns = if server_side {
-            &self.server_ns
+            self.server_ns.name()
         } else {
-            &self.client_ns
+            self.client_ns.name()
         };
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, PEER])
@@ -231,9 +198,7 @@ impl Drop for Lab {
                 let _ = p.child.wait();
             }
         }
-        for ns in [&self.server_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // The namespaces go with the fields, after this.
     }
 }
 

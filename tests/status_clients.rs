@@ -2,8 +2,9 @@
 //! needed): a normal `pptp-alg status` still answers at once, and each
 //! stalled client is cut off after the timeout, logged and counted.
 
+use pptp_alg::alg::{CallInfo, CallState, ConnKey};
 use pptp_alg::daemon::status::{
-    CallRow, ConnRow, StatusReport, StatusServer, CLIENT_TIMEOUT, MAX_CLIENTS,
+    Installed, RulesInfo, StatusReport, StatusServer, CLIENT_TIMEOUT, MAX_CLIENTS, SCHEMA,
 };
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -52,33 +53,39 @@ fn build_report() -> StatusReport {
     let calls = (0..CALLS)
         .map(|i| {
             let host = Ipv4Addr::from(0x0a00_0000 + i as u32);
-            CallRow {
+            CallInfo {
                 inside_host: host,
                 inside_id: 0x4000,
                 outside_peer: Ipv4Addr::new(192, 0, 2, 1),
                 outside_id: Some(i as u16),
                 nat_id: i as u16,
-                conn: Some(ConnRow {
+                conn: Some(ConnKey {
                     inside: format!("{host}:40000").parse().unwrap(),
                     outside: "192.0.2.1:1723".parse().unwrap(),
                 }),
-                state: "established".into(),
-                age_secs: 100,
+                state: CallState::Established,
+                age: Duration::from_secs(100),
                 packets_in: 1_000_000,
                 packets_out: 1_000_000,
                 bytes_in: 100_000_000,
                 bytes_out: 100_000_000,
+                hairpin: None,
             }
         })
         .collect();
     StatusReport {
+        schema: SCHEMA,
+        rules: RulesInfo {
+            table: "pptp_alg".into(),
+            installed: Installed::External,
+            queue_backend: None,
+        },
         version: "test".into(),
         uptime_secs: 1,
         calls,
         stats: BTreeMap::new(),
         connections: CALLS,
         quarantined: 0,
-        backend: None,
         offload: true,
         offloaded_counters: Vec::new(),
         queues: Vec::new(),
@@ -152,7 +159,7 @@ fn stalled_clients_do_not_block_status_and_are_cut_off() {
     log::set_logger(&LOG).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
     let sock = socket_path();
-    let server = StatusServer::start_with(&sock, big_report).unwrap();
+    let server = StatusServer::start_with(&sock, None, big_report).unwrap();
     let full = serde_json::to_vec(&big_report(0)).unwrap().len() + 1;
     assert!(full > 1 << 20, "the report must not fit a socket buffer");
 

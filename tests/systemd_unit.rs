@@ -77,6 +77,7 @@ fn unit_has_the_required_settings() {
         "MemoryDenyWriteExecute=yes",
         "Restart=on-failure",
         "RuntimeDirectory=pptp-alg",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(
             text.lines().any(|l| l.trim() == line),

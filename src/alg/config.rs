@@ -3,7 +3,17 @@
 use std::time::Duration;
 
 /// How a NAT Call ID is chosen for a new call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum IdPolicy {
     /// Keep the inside id's low byte when that slot of the connection's
@@ -11,8 +21,10 @@ pub enum IdPolicy {
     /// [`crate::alg::ids`]; the block is the inside id's own high byte
     /// while no other call towards the peer uses it).
     #[default]
+    #[value(help = "Keep the inside host's id when free")]
     Keep,
     /// Start the search in the block at a random slot.
+    #[value(help = "Start the search at a random id")]
     Random,
 }
 

@@ -1,5 +1,7 @@
 //! The control connection path: TCP stream tracking per direction and the
-//! Call-ID translation rule for control messages.
+//! Call-ID translation rule for control messages. Owns the connections (in
+//! a slab, [`Conns`]); calls are created and ended through the call table,
+//! never held here.
 
 use super::stream::{seq_diff, FeedError, Item, Parser, Patch};
 use super::table::{Call, CallIdx, CallState, ConnIdx, OutsideMatch, DETACHED};
@@ -12,6 +14,7 @@ use crate::wire::pptp::{parse_header, ControlMessage, ControlType, Role, HEADER_
 use crate::wire::tcp::TcpSegment;
 use etherparse::TcpSlice;
 use rustc_hash::FxHashMap;
+use slab::Slab;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 
@@ -27,16 +30,18 @@ const PATCH_KEEP: usize = 64;
 /// Result code of a successful Outgoing/Incoming-Call-Reply.
 const RESULT_SUCCESS: u8 = 1;
 
-/// One direction of a tracked connection.
+/// One direction of a tracked connection: its PPTP framing and the
+/// patches of its rewritten bytes. (Which direction a packet travels is
+/// [`super::Direction`].)
 #[derive(Debug, Default)]
-pub(super) struct Dir {
+pub(super) struct HalfStream {
     /// `None` until the stream start (SYN or a segment beginning with a
     /// PPTP header) has been seen.
     parser: Option<Parser>,
     patches: Vec<Patch>,
 }
 
-impl Dir {
+impl HalfStream {
     /// The receiver acknowledged this direction's bytes before `ack`: only
     /// a spurious retransmission sends them again (and the receiver drops
     /// it), so their patches can go, but for the newest `PATCH_KEEP`. An
@@ -65,7 +70,7 @@ impl Dir {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub key: ConnKey,
-    dirs: [Dir; 2],
+    dirs: [HalfStream; 2],
     /// Calls of this connection, live and in quarantine, oldest first.
     /// Lookups go through the call table's indexes; this list is walked
     /// only to end or detach all calls of the connection and in the rare
@@ -131,8 +136,7 @@ const MAX_HANDSHAKES: usize = 4096;
 /// not sent data yet.
 #[derive(Debug, Default)]
 pub(super) struct Conns {
-    slots: Vec<Option<Conn>>,
-    free: Vec<ConnIdx>,
+    slots: Slab<Conn>,
     by_key: ConnMap,
     /// Stream starts (next data sequence number per direction) from SYN and
     /// SYN-ACK, with the insertion number that `handshake_order` names.
@@ -148,10 +152,10 @@ pub(super) struct Conns {
 
 impl Conns {
     pub fn get(&self, i: ConnIdx) -> &Conn {
-        self.slots[i as usize].as_ref().expect("valid conn index")
+        &self.slots[i as usize]
     }
     pub fn get_mut(&mut self, i: ConnIdx) -> &mut Conn {
-        self.slots[i as usize].as_mut().expect("valid conn index")
+        &mut self.slots[i as usize]
     }
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -238,8 +242,9 @@ impl Conns {
     /// The oldest tracked connection without calls, if any.
     fn oldest_callless(&mut self) -> Option<ConnIdx> {
         while let Some(i) = self.callless.pop_front() {
-            if self.slots[i as usize]
-                .as_ref()
+            if self
+                .slots
+                .get(i as usize)
                 .is_some_and(|c| c.calls.is_empty())
             {
                 return Some(i);
@@ -251,32 +256,19 @@ impl Conns {
     fn insert(&mut self, c: Conn) -> ConnIdx {
         let key = c.key;
         self.handshakes.remove(&key);
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.slots.push(Some(c));
-                (self.slots.len() - 1) as ConnIdx
-            }
-        };
+        let i = self.slots.insert(c) as ConnIdx;
         self.by_key.insert(key, i);
         self.callless.push_back(i);
         if self.callless.len() > 2 * self.by_key.len() + 64 {
             let slots = &self.slots;
-            self.callless.retain(|&i| {
-                slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.calls.is_empty())
-            });
+            self.callless
+                .retain(|&i| slots.get(i as usize).is_some_and(|c| c.calls.is_empty()));
         }
         i
     }
     fn remove(&mut self, i: ConnIdx) -> Conn {
-        let c = self.slots[i as usize].take().expect("valid conn index");
+        let c = self.slots.remove(i as usize);
         self.by_key.remove(&c.key);
-        self.free.push(i);
         c
     }
     fn indices(&self) -> Vec<ConnIdx> {

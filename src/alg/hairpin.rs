@@ -21,11 +21,11 @@
 
 use super::ConnKey;
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 /// The two router addresses of a hairpinned control connection, as conntrack has them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Hairpin {
     /// The address the client dialed (the original destination, before dnat): the source of
     /// the server's GRE as the client must see it.

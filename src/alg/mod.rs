@@ -19,7 +19,7 @@ pub mod table;
 pub use config::{AlgConfig, IdPolicy};
 pub use hairpin::Hairpin;
 pub use stats::{DropReason, EndCause, Stats};
-pub use table::RefuseReason;
+pub use table::{CallState, RefuseReason};
 
 use crate::wire::gre::GrePacket;
 use crate::wire::ipv4::{Ipv4Packet, PROTO_GRE, PROTO_TCP};
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
-use table::{CallIdx, CallState, CallTable, ConnIdx, DETACHED};
+use table::{CallIdx, CallTable, ConnIdx, DETACHED};
 
 /// The TCP port of the PPTP control connection.
 pub const PPTP_PORT: u16 = 1723;
@@ -81,8 +81,9 @@ impl std::fmt::Display for ConnKey {
     }
 }
 
-/// A call as shown to operators and to the fast path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A call as shown to operators (the status document's `calls`) and to
+/// the fast path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallInfo {
     /// The inside host.
     pub inside_host: Ipv4Addr,
@@ -96,9 +97,10 @@ pub struct CallInfo {
     pub nat_id: u16,
     /// The control connection, if it is still tracked.
     pub conn: Option<ConnKey>,
-    /// "requested", "established" or "ended".
-    pub state: &'static str,
-    /// Time since the call was created.
+    /// Where the call is in its life.
+    pub state: CallState,
+    /// Time since the call was created (whole seconds, `age_secs`).
+    #[serde(rename = "age_secs", with = "whole_secs")]
     pub age: Duration,
     /// GRE packets towards the inside host (through this engine).
     pub packets_in: u64,
@@ -113,6 +115,20 @@ pub struct CallInfo {
     /// classified it ([`Alg::set_hairpin`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hairpin: Option<Hairpin>,
+}
+
+/// A [`Duration`] as whole seconds (what the engine counts in).
+mod whole_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
 }
 
 /// A live call as kept across a restart of the daemon: enough to go on
@@ -225,6 +241,17 @@ impl Alg {
     /// The configuration.
     pub fn config(&self) -> &AlgConfig {
         &self.cfg
+    }
+
+    /// Takes new limits, timeouts and id policy (a reload). Live calls and
+    /// connections stay as they are: the limits apply to the next call or
+    /// connection, the timeouts at the next sweep. The seed stays the
+    /// running one, so the id generator continues.
+    pub fn reconfigure(&mut self, cfg: AlgConfig) {
+        self.cfg = AlgConfig {
+            seed: self.cfg.seed,
+            ..cfg
+        };
     }
 
     /// The counters.
@@ -560,11 +587,7 @@ impl Alg {
             outside_id: c.outside_id,
             nat_id: c.nat_id,
             conn: (c.conn != DETACHED).then(|| self.conns.get(c.conn).key),
-            state: match c.state {
-                CallState::Requested => "requested",
-                CallState::Established => "established",
-                CallState::Ended(_) => "ended",
-            },
+            state: c.state,
             age: Duration::from_secs(u64::from(now.saturating_sub(c.created))),
             packets_in: c.packets_in,
             packets_out: c.packets_out,

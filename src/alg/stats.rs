@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Why a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndCause {
     /// Call-Disconnect-Notify.

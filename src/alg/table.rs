@@ -1,5 +1,7 @@
 //! The call table: every call the gateway knows, indexed for O(1) lookups
-//! by the keys packets carry, with the NAT ids they hold (`ids`).
+//! by the keys packets carry, with the NAT ids they hold (`ids`). Owns the
+//! calls (in a slab) and every index over them; it knows nothing of
+//! packets, streams or time beyond the stamps it is given.
 //!
 //! Ended calls stay in the table, still holding their NAT id, until their
 //! quarantine expires: that is the quarantine, and it also lets late or
@@ -9,6 +11,7 @@ use super::ids::Ids;
 use super::stats::EndCause;
 use super::Stamp;
 use rustc_hash::FxHashMap;
+use slab::Slab;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
@@ -19,8 +22,10 @@ pub type ConnIdx = u32;
 /// A call whose connection is gone (only ended calls).
 pub const DETACHED: ConnIdx = u32::MAX;
 
-/// Lifecycle of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Lifecycle of a call. Serialized as `"requested"`, `"established"` or
+/// `{"ended": CAUSE}` (the status schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Request seen, no successful reply yet.
     Requested,
@@ -130,8 +135,9 @@ pub enum OutsideMatch {
 /// Calls and their indexes.
 #[derive(Debug, Default)]
 pub struct CallTable {
-    slots: Vec<Option<Call>>,
-    free: Vec<CallIdx>,
+    /// The calls, by index (a freed index is reused first, as before the
+    /// `slab` crate kept them).
+    slots: Slab<Call>,
     by_nat: FxHashMap<u64, CallIdx>,
     /// The live call holding each outside id; the last one set wins when
     /// several share an id (see `shared_outside`).
@@ -182,20 +188,17 @@ impl CallTable {
 
     /// The call at `idx`.
     pub fn get(&self, idx: CallIdx) -> &Call {
-        self.slots[idx as usize].as_ref().expect("valid call index")
+        &self.slots[idx as usize]
     }
 
     /// The call at `idx`, mutably.
     pub fn get_mut(&mut self, idx: CallIdx) -> &mut Call {
-        self.slots[idx as usize].as_mut().expect("valid call index")
+        &mut self.slots[idx as usize]
     }
 
     /// Every call with its index.
     pub fn iter(&self) -> impl Iterator<Item = (CallIdx, &Call)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| (i as CallIdx, c)))
+        self.slots.iter().map(|(i, c)| (i as CallIdx, c))
     }
 
     /// The call (live or in quarantine) holding NAT id `nat` towards `peer`.
@@ -248,16 +251,7 @@ impl CallTable {
             (call.inside_id >> 8) as u8,
             (call.nat_id >> 8) as u8,
         );
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(call);
-                i
-            }
-            None => {
-                self.slots.push(Some(call));
-                (self.slots.len() - 1) as CallIdx
-            }
-        };
+        let idx = self.slots.insert(call) as CallIdx;
         self.by_nat.insert(key, idx);
         let older = self.by_conn_inside.insert(inside, idx);
         debug_assert!(older.is_none_or(|o| !self.get(o).is_live()));
@@ -347,7 +341,7 @@ impl CallTable {
     /// becomes the newest again; the table cannot find it without the
     /// connection's call list.
     pub fn forget(&mut self, idx: CallIdx, older: Option<CallIdx>) {
-        let c = self.slots[idx as usize].take().expect("valid call index");
+        let c = self.slots.remove(idx as usize);
         self.by_nat.remove(&nat_key(c.outside_peer, c.nat_id));
         if c.is_live() {
             if let Some(oid) = c.outside_id {
@@ -368,7 +362,6 @@ impl CallTable {
         self.ids.release(c.outside_peer, c.nat_id, c.is_live());
         self.ids.unmap_call(c.conn, (c.inside_id >> 8) as u8);
         self.dec_host(c.inside_host);
-        self.free.push(idx);
     }
 
     /// Detaches a call from its connection, which is being forgotten (its
@@ -415,7 +408,7 @@ impl CallTable {
     /// Removes the oldest ended call for good, freeing its NAT id.
     pub fn purge_oldest_ended(&mut self) -> Option<Call> {
         let idx = self.ended.pop_front()?;
-        let c = self.slots[idx as usize].take().expect("valid call index");
+        let c = self.slots.remove(idx as usize);
         let k = nat_key(c.outside_peer, c.nat_id);
         if self.by_nat.get(&k) == Some(&idx) {
             self.by_nat.remove(&k);
@@ -433,7 +426,6 @@ impl CallTable {
         }
         self.ids.release(c.outside_peer, c.nat_id, false);
         self.dec_host(c.inside_host);
-        self.free.push(idx);
         Some(c)
     }
 
@@ -442,7 +434,7 @@ impl CallTable {
     #[doc(hidden)]
     pub fn check_indexes(&self) -> Result<(), String> {
         for (&k, &i) in &self.by_outside {
-            match self.slots.get(i as usize).and_then(Option::as_ref) {
+            match self.slots.get(i as usize) {
                 Some(c)
                     if c.is_live()
                         && c.outside_id
@@ -480,7 +472,7 @@ impl CallTable {
             }
         }
         for (&(conn, id), &i) in &self.by_conn_inside {
-            match self.slots.get(i as usize).and_then(Option::as_ref) {
+            match self.slots.get(i as usize) {
                 Some(c) if conn != DETACHED && c.conn == conn && c.inside_id == id => {}
                 c => return Err(format!("by_conn_inside ({conn}, {id:#x}) -> {i}: {c:?}")),
             }

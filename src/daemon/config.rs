@@ -1,5 +1,9 @@
 //! The daemon's configuration: a TOML file, overridden by command-line
 //! flags, validated, then mapped into [`AlgConfig`] and [`RulesConfig`].
+//! Every key is written once, in `config_keys!`, which derives the file's
+//! fields, the flags and when a change of the key applies ([`Apply`]).
+//! Owns parsing and validation; must not act on a configuration (no I/O
+//! besides reading the file).
 //!
 //! Every key is optional; a missing key takes the default documented in
 //! `config/pptp-alg.toml`. Errors always name the offending key, because
@@ -58,58 +62,157 @@ impl LogLevel {
     }
 }
 
-/// The configuration file's contents. Durations are whole seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// NFQUEUE number for tcp/1723 sent by inside hosts.
-    pub queue_from_inside: u16,
-    /// NFQUEUE number for tcp/1723 to inside hosts.
-    pub queue_to_inside: u16,
-    /// NFQUEUE number for GRE from outside that the kernel does not translate.
-    pub queue_gre: u16,
-    /// Packets the kernel holds per queue; beyond it the kernel drops them (fail-closed).
-    pub queue_max_len: u32,
-    /// Packet mark set on translated GRE towards inside hosts.
-    pub mark: u32,
-    /// The bits of the packet mark pptp-alg sets (and a firewall should match).
-    pub mark_mask: u32,
-    /// Whether known calls' GRE is translated by an nftables map in the kernel.
-    pub offload: bool,
-    /// Name of our nftables table (family ip).
-    pub table: String,
-    /// Install the table at start and remove it at stop.
-    pub install_rules: bool,
-    /// Give the installed table the nftables owner flag.
-    pub table_owner: bool,
-    /// Unix socket answered with a JSON status document.
-    pub status_socket: PathBuf,
-    /// Where live calls are saved across restarts (empty: nowhere).
-    pub state_file: PathBuf,
-    /// How NAT Call IDs are chosen.
-    pub id_policy: IdPolicy,
-    /// Live calls in total.
-    pub max_calls: usize,
-    /// Calls per inside host, live and in quarantine.
-    pub max_calls_per_host: usize,
-    /// Tracked control connections.
-    pub max_connections: usize,
-    /// Seconds a call may wait for its reply.
-    pub call_setup_timeout: u64,
-    /// Seconds of silence after which an established call ends.
-    pub call_idle_timeout: u64,
-    /// Seconds of silence after which a control connection is forgotten.
-    pub conn_idle_timeout: u64,
-    /// Seconds a closed control connection is remembered.
-    pub conn_linger: u64,
-    /// Seconds an ended call's NAT id is kept out of use.
-    pub quarantine: u64,
-    /// Log verbosity.
-    pub log_level: LogLevel,
-    /// Address and port of the Prometheus metrics listener (empty: none).
-    pub metrics_listen: String,
-    /// node_exporter textfile the metrics are written to (empty: none).
-    pub metrics_textfile: PathBuf,
+/// When a changed key takes effect in a running daemon (see
+/// [`Config::changed_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Apply {
+    /// At a reload (SIGHUP), without touching live calls.
+    Reload,
+    /// Only at a restart: it shapes the queues, the table or the files the
+    /// daemon holds open.
+    Restart,
+}
+
+/// Writes every configuration key once: its doc (the file's field doc and
+/// the flag's help), its type, when a change applies, and extra clap
+/// attributes. Generates [`Config`] (the file format, with serde),
+/// [`Overrides`] (the flags, with clap; each key as `--key-name`),
+/// [`Config::apply`] and [`Config::changed_keys`].
+macro_rules! config_keys {
+    ($(
+        $(#[doc = $doc:literal])*
+        [$apply:ident $(, $($arg:tt)*)?]
+        $name:ident : $ty:ty,
+    )*) => {
+        /// The configuration file's contents. Durations are whole seconds.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Config {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
+
+        /// Command-line flags that override configuration keys, one per key
+        /// (the flag is the key with `-` for `_`).
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct Overrides {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            )*
+            /// Translate all GRE in userspace (the same as --offload=false).
+            #[arg(long, overrides_with = "offload")]
+            pub no_offload: bool,
+        }
+
+        impl Config {
+            /// Every key and when a change of it applies.
+            pub const KEYS: &'static [(&'static str, Apply)] =
+                &[$((stringify!($name), Apply::$apply),)*];
+
+            /// Applies command-line overrides.
+            pub fn apply(&mut self, o: &Overrides) {
+                $(if let Some(v) = &o.$name {
+                    self.$name = v.clone();
+                })*
+                if o.no_offload {
+                    self.offload = false;
+                }
+            }
+
+            /// The keys whose values differ from `other`'s, in file order.
+            pub fn changed_keys(&self, other: &Config) -> Vec<(&'static str, Apply)> {
+                let mut changed = Vec::new();
+                $(if self.$name != other.$name {
+                    changed.push((stringify!($name), Apply::$apply));
+                })*
+                changed
+            }
+        }
+    };
+}
+
+config_keys! {
+    /// NFQUEUE number for tcp/1723 sent by inside hosts [default: 1723].
+    [Restart, value_name = "N"]
+    queue_from_inside: u16,
+    /// NFQUEUE number for tcp/1723 to inside hosts [default: 1724].
+    [Restart, value_name = "N"]
+    queue_to_inside: u16,
+    /// NFQUEUE number for GRE from outside the kernel does not translate [default: 1725].
+    [Restart, value_name = "N"]
+    queue_gre: u16,
+    /// Packets the kernel holds per queue before it drops (fail-closed) [default: 4096].
+    [Restart, value_name = "N"]
+    queue_max_len: u32,
+    /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
+    [Restart, value_name = "MARK", value_parser = parse_u32_auto]
+    mark: u32,
+    /// Bits of the packet mark pptp-alg owns, decimal or 0x-hex [default: 0xffffffff].
+    [Restart, value_name = "MASK", value_parser = parse_u32_auto]
+    mark_mask: u32,
+    /// Translate known calls' GRE in the kernel [default: true].
+    [Restart, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+     default_missing_value = "true", overrides_with = "no_offload"]
+    offload: bool,
+    /// nftables table name (family ip) [default: pptp_alg].
+    [Restart, value_name = "NAME"]
+    table: String,
+    /// Install the nftables table at start and remove it at stop [default: false].
+    [Restart, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+     default_missing_value = "true"]
+    install_rules: bool,
+    /// Install the table with the nftables owner flag (see table_owner in pptp-alg.toml(5))
+    /// [default: false].
+    [Restart, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+     default_missing_value = "true"]
+    table_owner: bool,
+    /// Status socket path [default: /run/pptp-alg/status.sock].
+    [Restart, value_name = "PATH"]
+    status_socket: PathBuf,
+    /// Group whose members may read the status socket, "" for root only [default: ""].
+    [Restart, value_name = "GROUP"]
+    status_group: String,
+    /// File keeping live calls across restarts, "" for none [default: /run/pptp-alg/state.json].
+    [Restart, value_name = "PATH", value_parser = parse_path_or_empty]
+    state_file: PathBuf,
+    /// NAT Call-ID policy [default: keep].
+    [Reload, value_enum, value_name = "POLICY"]
+    id_policy: IdPolicy,
+    /// Live calls in total [default: 16384].
+    [Reload, value_name = "N"]
+    max_calls: usize,
+    /// Calls per inside host, live and in quarantine [default: 64].
+    [Reload, value_name = "N"]
+    max_calls_per_host: usize,
+    /// Tracked control connections [default: 8192].
+    [Reload, value_name = "N"]
+    max_connections: usize,
+    /// Seconds a call may wait for its reply [default: 60].
+    [Reload, value_name = "SECS"]
+    call_setup_timeout: u64,
+    /// Seconds of silence that end an established call [default: 600].
+    [Reload, value_name = "SECS"]
+    call_idle_timeout: u64,
+    /// Seconds of silence that end a control connection [default: 300].
+    [Reload, value_name = "SECS"]
+    conn_idle_timeout: u64,
+    /// Seconds a closed control connection is remembered [default: 10].
+    [Reload, value_name = "SECS"]
+    conn_linger: u64,
+    /// Seconds an ended call's NAT id stays unused [default: 60].
+    [Reload, value_name = "SECS"]
+    quarantine: u64,
+    /// Log verbosity [default: info].
+    [Reload, value_enum, value_name = "LEVEL"]
+    log_level: LogLevel,
+    /// Serve Prometheus metrics on ADDR:PORT, "" for none [default: ""].
+    [Restart, value_name = "ADDR:PORT"]
+    metrics_listen: String,
+    /// Write Prometheus metrics to this node_exporter textfile, "" for none [default: ""].
+    [Restart, value_name = "PATH", value_parser = parse_path_or_empty]
+    metrics_textfile: PathBuf,
 }
 
 impl Default for Config {
@@ -130,6 +233,7 @@ impl Default for Config {
             install_rules: false,
             table_owner: false,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+            status_group: String::new(),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             id_policy: alg.id_policy,
             max_calls: alg.max_calls,
@@ -143,6 +247,65 @@ impl Default for Config {
             log_level: LogLevel::Info,
             metrics_listen: String::new(),
             metrics_textfile: PathBuf::new(),
+        }
+    }
+}
+
+/// Where a configuration comes from: the file (or the built-in defaults)
+/// and the flags over it. Kept by the daemon to read it again at a reload.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file; `None`: the built-in defaults.
+    pub path: Option<PathBuf>,
+    /// The command-line flags, which override the file at every reload.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Reads, overrides and validates (see [`Config::resolve`]).
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        Config::resolve(self.path.as_deref(), &self.overrides)
+    }
+
+    /// How log lines and errors name the source.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => format!("config file {}", p.display()),
+            None => "the built-in defaults (no config file)".into(),
+        }
+    }
+
+    /// The keys the file sets that a flag sets otherwise: editing them in
+    /// the file changes nothing. Empty without a file or when it cannot be
+    /// read (resolving says why).
+    pub fn overridden_keys(&self) -> Vec<&'static str> {
+        let Some(path) = &self.path else {
+            return Vec::new();
+        };
+        let Ok(text) = read_text(path) else {
+            return Vec::new();
+        };
+        let (Ok(set), Ok(file)) = (
+            toml::from_str::<toml::Table>(&text),
+            Config::from_toml(&text),
+        ) else {
+            return Vec::new();
+        };
+        let mut flagged = file.clone();
+        flagged.apply(&self.overrides);
+        file.changed_keys(&flagged)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| set.contains_key(*k))
+            .collect()
+    }
+
+    /// `e` naming the file as well as the key.
+    pub fn error_text(&self, e: &ConfigError) -> String {
+        match e {
+            // These name the file already.
+            ConfigError::Io { .. } | ConfigError::TooLarge { .. } => e.to_string(),
+            _ => format!("{}: {e}", self.describe()),
         }
     }
 }
@@ -226,27 +389,7 @@ impl Config {
 
     /// Reads (at most [`MAX_CONFIG_BYTES`]) and parses a file (no validation).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        use std::io::Read;
-        let io_err = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(io_err)?;
-        if bytes.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|e| {
-            io_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not UTF-8 text ({e})"),
-            ))
-        })?;
-        Config::from_toml(&text)
+        Config::from_toml(&read_text(path)?)
     }
 
     /// Checks values that parse but make no sense together.
@@ -313,6 +456,11 @@ impl Config {
                 "is longer than a unix socket path may be (107 bytes)".into(),
             );
         }
+        if !self.status_group.is_empty() {
+            if let Err(reason) = group_id(&self.status_group) {
+                return bad("status_group", reason);
+            }
+        }
         for (key, v) in [
             ("max_calls", self.max_calls),
             ("max_calls_per_host", self.max_calls_per_host),
@@ -373,43 +521,11 @@ impl Config {
         self.metrics_listen.parse().ok()
     }
 
-    /// Applies command-line overrides.
-    pub fn apply(&mut self, o: &Overrides) {
-        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
-            if let Some(v) = src {
-                *dst = v.clone();
-            }
-        }
-        set(&mut self.queue_from_inside, &o.queue_from_inside);
-        set(&mut self.queue_to_inside, &o.queue_to_inside);
-        set(&mut self.queue_gre, &o.queue_gre);
-        set(&mut self.queue_max_len, &o.queue_max_len);
-        set(&mut self.mark, &o.mark);
-        set(&mut self.mark_mask, &o.mark_mask);
-        set(&mut self.table, &o.table);
-        set(&mut self.status_socket, &o.status_socket);
-        set(&mut self.state_file, &o.state_file);
-        set(&mut self.id_policy, &o.id_policy.map(IdPolicyArg::into));
-        set(&mut self.max_calls, &o.max_calls);
-        set(&mut self.max_calls_per_host, &o.max_calls_per_host);
-        set(&mut self.max_connections, &o.max_connections);
-        set(&mut self.call_setup_timeout, &o.call_setup_timeout);
-        set(&mut self.call_idle_timeout, &o.call_idle_timeout);
-        set(&mut self.conn_idle_timeout, &o.conn_idle_timeout);
-        set(&mut self.conn_linger, &o.conn_linger);
-        set(&mut self.quarantine, &o.quarantine);
-        set(&mut self.log_level, &o.log_level);
-        set(&mut self.metrics_listen, &o.metrics_listen);
-        set(&mut self.metrics_textfile, &o.metrics_textfile);
-        if o.offload {
-            self.offload = true;
-        }
-        if o.table_owner {
-            self.table_owner = true;
-        }
-        if o.no_offload {
-            self.offload = false;
-        }
+    /// The value of `key` as the file writes it (for log lines naming a
+    /// change); `None` for an unknown key.
+    pub fn value_text(&self, key: &str) -> Option<String> {
+        let v = toml::Value::try_from(self).ok()?;
+        v.get(key).map(ToString::to_string)
     }
 
     /// Loads `path` (or the defaults), applies `overrides` and validates.
@@ -462,6 +578,30 @@ impl Config {
     }
 }
 
+/// Reads a config file: at most [`MAX_CONFIG_BYTES`], UTF-8.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let io_err = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        ))
+    })
+}
+
 /// nftables accepts `[a-zA-Z][a-zA-Z0-9_]*`-like names; keeping to that
 /// subset keeps the name safe in `nft` commands an operator copies from logs.
 fn valid_table_name(name: &str) -> bool {
@@ -503,24 +643,6 @@ fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
     (!name.is_empty() && name.chars().all(bare)).then(|| name.to_string())
 }
 
-/// [`IdPolicy`] as a command-line value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum IdPolicyArg {
-    /// Keep the inside host's id when free.
-    Keep,
-    /// Start the search at a random id.
-    Random,
-}
-
-impl From<IdPolicyArg> for IdPolicy {
-    fn from(a: IdPolicyArg) -> Self {
-        match a {
-            IdPolicyArg::Keep => IdPolicy::Keep,
-            IdPolicyArg::Random => IdPolicy::Random,
-        }
-    }
-}
-
 /// Parses an integer in decimal or `0x` hexadecimal (marks are usually
 /// written in hex).
 pub fn parse_u32_auto(s: &str) -> Result<u32, String> {
@@ -532,82 +654,37 @@ pub fn parse_u32_auto(s: &str) -> Result<u32, String> {
     r.map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// Command-line flags that override configuration keys, one per key (the
-/// flag is the key with `-` for `_`).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
-    /// NFQUEUE number for tcp/1723 sent by inside hosts [default: 1723].
-    #[arg(long, value_name = "N")]
-    pub queue_from_inside: Option<u16>,
-    /// NFQUEUE number for tcp/1723 to inside hosts [default: 1724].
-    #[arg(long, value_name = "N")]
-    pub queue_to_inside: Option<u16>,
-    /// NFQUEUE number for GRE from outside the kernel does not translate [default: 1725].
-    #[arg(long, value_name = "N")]
-    pub queue_gre: Option<u16>,
-    /// Packets the kernel holds per queue before it drops (fail-closed) [default: 4096].
-    #[arg(long, value_name = "N")]
-    pub queue_max_len: Option<u32>,
-    /// Mark for translated GRE to inside hosts, decimal or 0x-hex [default: 0x1723].
-    #[arg(long, value_name = "MARK", value_parser = parse_u32_auto)]
-    pub mark: Option<u32>,
-    /// Bits of the packet mark pptp-alg owns, decimal or 0x-hex [default: 0xffffffff].
-    #[arg(long, value_name = "MASK", value_parser = parse_u32_auto)]
-    pub mark_mask: Option<u32>,
-    /// Translate known calls' GRE in the kernel (the default).
-    #[arg(long, overrides_with = "no_offload")]
-    pub offload: bool,
-    /// Translate all GRE in userspace.
-    #[arg(long, overrides_with = "offload")]
-    pub no_offload: bool,
-    /// Install the table with the nftables owner flag (see table_owner in pptp-alg.toml(5)).
-    #[arg(long)]
-    pub table_owner: bool,
-    /// nftables table name (family ip) [default: pptp_alg].
-    #[arg(long, value_name = "NAME")]
-    pub table: Option<String>,
-    /// Status socket path [default: /run/pptp-alg/status.sock].
-    #[arg(long, value_name = "PATH")]
-    pub status_socket: Option<PathBuf>,
-    /// File keeping live calls across restarts, "" for none [default: /run/pptp-alg/state.json].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_or_empty)]
-    pub state_file: Option<PathBuf>,
-    /// NAT Call-ID policy [default: keep].
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub id_policy: Option<IdPolicyArg>,
-    /// Live calls in total [default: 16384].
-    #[arg(long, value_name = "N")]
-    pub max_calls: Option<usize>,
-    /// Calls per inside host, live and in quarantine [default: 64].
-    #[arg(long, value_name = "N")]
-    pub max_calls_per_host: Option<usize>,
-    /// Tracked control connections [default: 8192].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Seconds a call may wait for its reply [default: 60].
-    #[arg(long, value_name = "SECS")]
-    pub call_setup_timeout: Option<u64>,
-    /// Seconds of silence that end an established call [default: 600].
-    #[arg(long, value_name = "SECS")]
-    pub call_idle_timeout: Option<u64>,
-    /// Seconds of silence that end a control connection [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub conn_idle_timeout: Option<u64>,
-    /// Seconds a closed control connection is remembered [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub conn_linger: Option<u64>,
-    /// Seconds an ended call's NAT id stays unused [default: 60].
-    #[arg(long, value_name = "SECS")]
-    pub quarantine: Option<u64>,
-    /// Log verbosity [default: info].
-    #[arg(long, value_enum, value_name = "LEVEL")]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on ADDR:PORT, "" for none [default: ""].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_listen: Option<String>,
-    /// Write Prometheus metrics to this node_exporter textfile, "" for none [default: ""].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_or_empty)]
-    pub metrics_textfile: Option<PathBuf>,
+/// The id of group `name` (or a number), looked up through NSS: what
+/// `status_group` names.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("{name:?} contains NUL"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: `grp` and `buf` outlive the call; getgrnam_r writes at most
+    // `buf.len()` bytes into `buf` and sets `result` to null or to `grp`.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot look up group {name:?}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
+    }
+    if result.is_null() {
+        return Err(format!("no group {name:?} on this system"));
+    }
+    Ok(grp.gr_gid)
 }
 
 /// A path where the empty string means "none" (clap's path parser refuses

@@ -1,5 +1,7 @@
 //! The write-ahead journal of call changes: what happened since the last
 //! snapshot of the call table (the state file, see [`super::state`]).
+//! Owns the journal files' format, writing and replay; the packet thread
+//! calls the writer, and nothing here touches the engine.
 //!
 //! Why. The snapshot is written every 2 s while calls change; a daemon
 //! killed in between (SIGKILL, a crash) lost the calls younger than that,
@@ -123,7 +125,7 @@ pub fn record_of(ev: &Event, at: u64) -> Option<Record> {
         inside_id: c.inside_id,
         conn: c.conn,
         outside_id: c.outside_id,
-        established: kind == Kind::Answer || c.state == "established",
+        established: kind == Kind::Answer || c.state == crate::alg::CallState::Established,
     })
 }
 
@@ -634,9 +636,9 @@ mod tests {
             nat_id,
             conn: Some(c),
             state: if outside_id.is_some() {
-                "established"
+                crate::alg::CallState::Established
             } else {
-                "requested"
+                crate::alg::CallState::Requested
             },
             age: Duration::ZERO,
             packets_in: 0,

@@ -1,4 +1,6 @@
-//! Logging to stderr, in journald's format when running under systemd.
+//! Logging to stderr, in journald's format when running under systemd, and
+//! the level a reload changes ([`set_level`]). Owns the log format and rate
+//! limits; what to log is the caller's.
 //!
 //! journald stamps every line itself and reads a `<N>` syslog priority
 //! prefix, so under systemd each line is `<N>message`; on a terminal it is
@@ -13,12 +15,14 @@ use std::time::{Duration, Instant};
 pub fn init(level: LogLevel) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut b = env_logger::Builder::new();
-    // Our own lines at the configured level; libraries (netlink message
-    // traces at debug) only when something is wrong.
-    b.filter_level(level.filter().min(log::LevelFilter::Warn));
-    b.filter_module("pptp_alg", level.filter());
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    // Libraries (netlink message traces at debug) only when something is
+    // wrong. Our own lines pass the logger at every level: the level is
+    // the global maximum (see `set_level`), so a reload can change it.
+    b.filter_level(log::LevelFilter::Warn);
+    b.filter_module("pptp_alg", log::LevelFilter::Trace);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &rust_log {
+        b.parse_filters(spec);
     }
     if journald {
         b.format(|buf, rec| {
@@ -43,6 +47,19 @@ pub fn init(level: LogLevel) {
     }
     // A second init (tests) is harmless.
     let _ = b.try_init();
+    if rust_log.is_none() {
+        set_level(level);
+    }
+}
+
+/// Sets the log level of a running daemon (a reload), unless `RUST_LOG`
+/// chose the filters; returns whether it did.
+pub fn set_level(level: LogLevel) -> bool {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return false;
+    }
+    log::set_max_level(level.filter());
+    true
 }
 
 /// Limits a class of log lines to `burst` per `window`, so a flood (a peer
@@ -95,6 +112,22 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload changes the level of a running daemon (the global
+    /// maximum the macros check), unless RUST_LOG chose the filters.
+    #[test]
+    fn set_level_changes_the_maximum() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            assert!(!set_level(LogLevel::Warn));
+            return;
+        }
+        let before = log::max_level();
+        assert!(set_level(LogLevel::Warn));
+        assert_eq!(log::max_level(), log::LevelFilter::Warn);
+        assert!(set_level(LogLevel::Debug));
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        log::set_max_level(before);
+    }
 
     #[test]
     fn rate_limit_counts_suppressed_lines() {

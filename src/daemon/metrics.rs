@@ -610,14 +610,18 @@ mod tests {
     use super::*;
     use crate::alg::{Alg, AlgConfig};
     use crate::daemon::shared::Shared;
-    use crate::daemon::status::QueueRow;
+    use crate::daemon::status::{Installed, QueueRole, QueueRow, RulesInfo};
 
     fn report() -> StatusReport {
-        let mut r =
-            StatusReport::snapshot(&Shared::new(Alg::new(AlgConfig::default()), true, None));
+        let rules = RulesInfo {
+            table: "pptp_alg".into(),
+            installed: Installed::Unowned,
+            queue_backend: None,
+        };
+        let mut r = StatusReport::snapshot(&Shared::new(Alg::new(AlgConfig::default()), rules));
         r.queues = vec![QueueRow {
             queue: 1725,
-            carries: "gre".into(),
+            carries: QueueRole::Gre,
             waiting: 3,
             dropped_full: 7,
             dropped_socket: 2,

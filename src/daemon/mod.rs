@@ -3,9 +3,10 @@
 //!
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
-//! - [`run`]: `pptp-alg run` (start-up order, signals, clean stop).
+//! - [`run`](mod@run): `pptp-alg run` (start-up steps, signals, reload, clean stop).
+//! - [`packet`]: the packet thread (NFQUEUE, engine calls, verdicts, timers).
+//! - [`offload`]: the kernel fast path and the daemon's own table, driven by the packet thread.
 //! - [`outcount`]: the kernel's per-call count of GRE from inside hosts.
-//! - [`packet`]: the packet thread (NFQUEUE, engine, fast path, timers).
 //! - [`shared`]: the state shared between the packet thread and readers.
 //! - [`state`]: live calls saved across restarts.
 //! - [`journal`]: the write-ahead journal of call changes between snapshots.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
+pub mod offload;
 pub mod outcount;
 pub mod packet;
 pub mod run;
@@ -25,6 +27,6 @@ pub mod shared;
 pub mod state;
 pub mod status;
 
-pub use config::{Config, ConfigError, LogLevel, Overrides};
+pub use config::{Apply, Config, ConfigError, ConfigSource, LogLevel, Overrides};
 pub use run::{run, DaemonError};
 pub use status::StatusReport;

@@ -7,7 +7,7 @@
 //! delta when it ends, for the call-end log line.
 
 use super::shared::SharedRef;
-use crate::alg::{CallInfo, Event};
+use crate::alg::CallInfo;
 use crate::nft::{GreOut, NftError, OutCounter, RulesConfig, TableSocket};
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
@@ -49,21 +49,21 @@ impl OutCounting {
         }
     }
 
-    /// Keeps the set in step with a call event. Returns, for a call that ended, the packets
-    /// its inside host sent since the last read (for its log line). Errors are counted as
-    /// `fastpath_errors` and logged at debug level: only a count is at stake.
-    pub fn on_event(&mut self, ev: &Event, shared: &SharedRef, now: Instant) -> u64 {
-        let r = match ev {
-            Event::CallStarted(c) | Event::CallAnswered(c) => match c.outside_id {
-                Some(id) => self.set.add(c.inside_host, c.outside_peer, id).map(|()| 0),
-                None => Ok(0),
-            },
-            Event::CallEnded(c, _) => self.ended(c, shared, now),
-            _ => Ok(0),
-        };
-        r.unwrap_or_else(|e| {
-            super::shared::lock(shared).fastpath_errors += 1;
-            log::debug!("gre_out: {e}");
+    /// A call started or its outside peer told its id: the call's element,
+    /// once that id is known. Errors are counted as `fastpath_errors` and
+    /// logged at debug level: only a count is at stake.
+    pub fn call_known(&mut self, c: &CallInfo, shared: &SharedRef) {
+        let Some(id) = c.outside_id else { return };
+        if let Err(e) = self.set.add(c.inside_host, c.outside_peer, id) {
+            failed(shared, &e);
+        }
+    }
+
+    /// A call ended: returns the packets its inside host sent since the
+    /// last read (for its log line), and removes its element.
+    pub fn call_ended(&mut self, c: &CallInfo, shared: &SharedRef, now: Instant) -> u64 {
+        self.ended(c, shared, now).unwrap_or_else(|e| {
+            failed(shared, &e);
             0
         })
     }
@@ -146,4 +146,9 @@ fn delta(seen: &FxHashMap<Key, (u64, u64)>, k: &OutCounter) -> (u64, u64) {
     } else {
         (k.packets, k.bytes)
     }
+}
+
+fn failed(shared: &SharedRef, e: &NftError) {
+    super::shared::lock(shared).fastpath_errors += 1;
+    log::debug!("gre_out: {e}");
 }

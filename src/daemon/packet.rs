@@ -1,5 +1,10 @@
-//! The packet thread: receives from NFQUEUE, runs the engine, acts on its
-//! events, gives every packet its verdict, runs timers.
+//! The packet thread, in quinn-proto's calling pattern: receive a packet,
+//! `handle` it in the engine, drain `poll_event` (journal, log, fast path),
+//! give the verdict; run `handle_timeout` when `poll_timeout` is due.
+//!
+//! Owns the queue sockets, the wake-up socket, the journal writer and the
+//! [`Offload`] controller. It must not decide anything about packets (the
+//! engine does) nor touch nftables itself (the controller does).
 //!
 //! Waiting. nfq 0.2.5 has no descriptor accessor, so a blocking `recv`
 //! could not be interrupted for timers or shutdown. The queue socket is
@@ -19,26 +24,19 @@
 //! is empty, reads the wake-up socket only when poll says it is readable,
 //! and rewrites GRE in the receive buffer instead of a copy.
 
-use super::addrs::ResyncHandle;
 use super::journal;
 use super::logging::RateLimit;
-use super::outcount::OutCounting;
+use super::offload::{Offload, OffloadConfig};
 use super::shared::{lock, SharedRef};
-use crate::alg::{CallInfo, ConnKey, Direction, Event, Hairpin, Verdict, PPTP_PORT};
+use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
-use crate::nft::{
-    Conntrack, ElementCounter, FastPath, HairpinCall, HairpinMaps, QueueBackend, RulesConfig,
-    TableSocket,
-};
 use crate::wire::ipv4::{self, PROTO_GRE};
-use rustc_hash::FxHashMap;
 use std::io::{self, Read};
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Packets served between checks of timers and the stop flag.
@@ -51,49 +49,24 @@ const GRE_SLICE: usize = 16;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Sleep between attempts when the queue's descriptor is unknown.
 const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
-/// How often the fast path's per-call counters are read (bounded further
-/// by the idle timeout, so offloaded calls never look idle).
-const OFFLOAD_POLL: Duration = Duration::from_secs(10);
-/// How often adding a call's fast path elements is tried again after it failed.
-const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive receive errors after which the thread gives up.
 const MAX_RECV_ERRORS: u32 = 1000;
-/// How often the daemon checks that its table still exists.
-const RULES_CHECK: Duration = Duration::from_secs(1);
 /// After the rules are gone, how long to keep listening for packets the
 /// kernel queued just before (CPUs still inside the old rules).
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
 /// What the packet thread needs to know.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LoopConfig {
     /// The queue carrying packets sent by inside hosts; the other queue
     /// carries packets to inside hosts.
     pub queue_from_inside: u16,
     /// Mark for translated GRE to inside hosts.
     pub mark: u32,
-    /// The rules, for opening the fast path.
-    pub rules: RulesConfig,
-    /// Whether to use the kernel fast path.
-    pub offload: bool,
-    /// The engine's call idle timeout (bounds the counter poll interval).
-    pub call_idle_timeout: Duration,
-    /// Whether the table (with the fast path maps) is removed before the
-    /// thread stops, so there is nothing left to flush.
-    pub table_removed_at_stop: bool,
-    /// When the daemon installed the table without owning it (a kernel
-    /// without table owners): the backend, and whether the table should
-    /// exist. A table that vanishes while it should exist (a firewall
-    /// reload running `flush ruleset`) is put back. An owned table cannot
-    /// vanish: no other socket can delete it, and `flush ruleset` skips it.
-    pub reinstall: Option<(QueueBackend, Arc<Mutex<bool>>)>,
-    /// When the daemon installed the table: the socket that did, which
-    /// makes every change of it (the kernel accepts changes of an owned
-    /// table only from its owner). Otherwise the fast path opens its own.
-    pub table_socket: Option<TableSocket>,
-    /// Asks the thread that keeps the set of local addresses filled to fill it again (a
-    /// reinstalled table starts with an empty set).
-    pub local_addrs: Option<ResyncHandle>,
+    /// The bits of the packet mark that are pptp-alg's (`mark_mask`).
+    pub mark_mask: u32,
+    /// The fast path and the daemon's table.
+    pub offload: OffloadConfig,
     /// The write-ahead journal of call changes; `None` without a state file.
     pub journal: Option<JournalConfig>,
     /// The events of the calls restored at start: acted on (fast path,
@@ -117,7 +90,10 @@ pub struct JournalConfig {
 
 /// The packet thread's state.
 pub struct PacketLoop {
-    cfg: LoopConfig,
+    queue_from_inside: u16,
+    mark: u32,
+    mark_mask: u32,
+    restored: Vec<Event>,
     /// The control queues (from and to inside hosts) on one socket.
     queue: NfQueue,
     /// The GRE queue on a socket of its own: when a GRE flood fills that
@@ -127,46 +103,20 @@ pub struct PacketLoop {
     shared: SharedRef,
     stop: Arc<AtomicBool>,
     wake: UnixStream,
-    fast: Option<FastPath>,
-    /// The hairpin maps, with and without the fast path (see [`crate::nft::HairpinMaps`]).
-    hairpin_maps: Option<HairpinMaps>,
-    /// Conntrack, asked once per control connection whether it is hairpinned; opened at
-    /// the first call.
-    conntrack: Option<Conntrack>,
-    warn_hairpin: RateLimit,
-    /// Hairpinned calls whose elements could not be added: tried again with the fast path's
-    /// pending calls, every [`OFFLOAD_RETRY`], until they are in or the call ends.
-    hairpin_pending: Vec<HairpinCall>,
-    /// The kernel's per-call count of GRE from inside hosts.
-    out: Option<OutCounting>,
+    offload: Offload,
     /// Copy of a control packet under translation: the engine rewrites in
     /// place, and only a rewritten packet is sent back (sending back costs
     /// a copy into the verdict message, and most control segments, the
     /// bare ACKs, pass unchanged). GRE is rewritten where it was received:
     /// nearly every queued GRE packet is translated.
     scratch: Vec<u8>,
-    /// When the next timer is due (engine sweep, counter poll, watchdog,
-    /// rules check).
+    /// When the next timer is due (engine sweep, fast path, watchdog).
     next_timer: Instant,
     events: Vec<Event>,
     /// The journal generation `events` were drained in.
     events_gen: u64,
     journal: Option<journal::Writer>,
     warn_journal: RateLimit,
-    /// Last counters read per fast path element, to feed deltas to the engine.
-    offload_seen: FxHashMap<(Ipv4Addr, u16), (u64, u64)>,
-    next_offload_poll: Instant,
-    /// Calls whose fast path elements could not be added, (outside peer, NAT id) to (inside
-    /// host, inside id). With the fast path on, GRE to the router that matches no element
-    /// stays with the router (it is never queued), so such a call gets no GRE until its
-    /// elements are in place: they are tried again every [`OFFLOAD_RETRY`], and the call is
-    /// logged and counted (`offload_pending`) meanwhile.
-    offload_pending: FxHashMap<(Ipv4Addr, u16), (Ipv4Addr, u16)>,
-    next_offload_retry: Instant,
-    next_rules_check: Instant,
-    /// The handle of the table as last seen, to tell a table made anew (a saved ruleset
-    /// restored after `flush ruleset`) from ours.
-    table_handle: Option<u64>,
     watchdog: Option<Duration>,
     next_watchdog: Instant,
     warn_refused: RateLimit,
@@ -179,10 +129,9 @@ pub struct PacketLoop {
 impl std::fmt::Debug for PacketLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PacketLoop")
-            .field("cfg", &self.cfg)
             .field("queue", &self.queue)
             .field("gre_queue", &self.gre_queue)
-            .field("fast", &self.fast.is_some())
+            .field("offload", &self.offload)
             .finish_non_exhaustive()
     }
 }
@@ -199,45 +148,26 @@ impl PacketLoop {
         wake: UnixStream,
     ) -> Self {
         let now = Instant::now();
-        let journal = cfg.journal.as_ref().map(|j| {
-            journal::Writer::new(
-                j.state_file.clone(),
-                j.generation,
-                j.max_calls,
-                j.ask_snapshot.clone(),
-            )
-        });
-        // The table was installed just before: a copy made later is not ours.
-        let table_handle = cfg
-            .reinstall
-            .as_ref()
-            .zip(cfg.table_socket.as_ref())
-            .and_then(|(_, sock)| sock.table_handle(&cfg.rules.table).ok().flatten());
+        let journal = cfg
+            .journal
+            .map(|j| journal::Writer::new(j.state_file, j.generation, j.max_calls, j.ask_snapshot));
         PacketLoop {
+            queue_from_inside: cfg.queue_from_inside,
+            mark: cfg.mark,
+            mark_mask: cfg.mark_mask,
+            restored: cfg.restored,
             journal,
             events_gen: 0,
             warn_journal: RateLimit::new(Duration::from_secs(60), 1),
-            cfg,
             queue,
             gre_queue,
             shared,
             stop,
             wake,
-            fast: None,
-            hairpin_maps: None,
-            conntrack: None,
-            warn_hairpin: RateLimit::new(Duration::from_secs(60), 5),
-            hairpin_pending: Vec::new(),
-            out: None,
+            offload: Offload::new(cfg.offload, now),
             scratch: vec![0; usize::from(u16::MAX) + 1],
             next_timer: now,
             events: Vec::with_capacity(64),
-            offload_seen: FxHashMap::default(),
-            next_offload_poll: now,
-            offload_pending: FxHashMap::default(),
-            next_offload_retry: now,
-            next_rules_check: now + RULES_CHECK,
-            table_handle,
             watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
             next_watchdog: now,
             warn_refused: RateLimit::new(Duration::from_secs(60), 20),
@@ -247,192 +177,26 @@ impl PacketLoop {
         }
     }
 
-    /// Opens the kernel fast path and empties it, so no element from an
-    /// earlier run outlives the calls it belonged to. Returns whether the
-    /// fast path is active; without it all GRE is translated here.
+    /// Opens the kernel fast path (see [`Offload::start`]); returns whether
+    /// it is active.
     pub fn start_fast_path(&mut self) -> bool {
-        self.start_hairpin_maps();
-        self.out = OutCounting::open(&self.cfg.rules, self.cfg.table_socket.as_ref());
-        if !self.cfg.offload {
-            return false;
-        }
-        let fp = match &self.cfg.table_socket {
-            Some(sock) => FastPath::open_on(&self.cfg.rules, sock.clone()),
-            None => FastPath::open(&self.cfg.rules),
-        };
-        let fp = fp.and_then(|mut fp| fp.flush().map(|()| fp));
-        match fp {
-            Ok(fp) => {
-                log::info!(
-                    "kernel fast path on (maps of table ip {})",
-                    self.cfg.rules.table
-                );
-                self.fast = Some(fp);
-            }
-            Err(e) => {
-                log::warn!("kernel fast path off, translating all GRE in userspace: {e}");
-            }
-        }
-        let on = self.fast.is_some();
-        let mut shared = lock(&self.shared);
-        shared.offload = on;
-        shared.unknown_gre_table = on.then(|| self.cfg.rules.table.clone());
-        on
+        self.offload.start(&self.shared)
     }
 
-    /// Opens the hairpin maps (with or without the fast path) and empties them, as
-    /// [`PacketLoop::start_fast_path`] does the fast path's.
-    fn start_hairpin_maps(&mut self) {
-        let sock = match &self.cfg.table_socket {
-            Some(sock) => Ok(sock.clone()),
-            None => TableSocket::open(),
-        };
-        let maps = sock
-            .and_then(|sock| HairpinMaps::open_on(&self.cfg.rules, sock))
-            .and_then(|mut m| m.flush().map(|()| m));
-        match maps {
-            Ok(m) => self.hairpin_maps = Some(m),
-            Err(e) => log::warn!(
-                "hairpin NAT unavailable (no source rewrite of table ip {}): {e}",
-                self.cfg.rules.table
-            ),
-        }
-    }
-
-    /// Whether control connection `conn` is hairpinned, from the engine if it knows, else
-    /// from conntrack (then told to the engine). Only a connection whose inside end is the
-    /// client (not port 1723) can be: the server side of a hairpin is what the engine calls
-    /// the outside peer.
-    fn classify(&mut self, conn: ConnKey, now: Instant) -> Option<Hairpin> {
-        if let Some(known) = lock(&self.shared).alg.hairpin(&conn) {
-            return known;
-        }
-        let hp = if conn.inside.port() == PPTP_PORT {
-            None
-        } else {
-            match self.read_conntrack(conn) {
-                Ok(hp) => hp,
-                Err(e) => {
-                    if let (true, _) = self.warn_hairpin.allow(now) {
-                        log::warn!(
-                            "cannot read the NAT of control {conn} from conntrack ({e});                              translated as an outside peer's, never as hairpinned"
-                        );
-                    }
-                    None
-                }
-            }
-        };
-        if let Some(h) = hp {
-            log::info!(
-                "hairpin: public {} and masquerade {} for control {conn} (an inside client                  reaching an inside server through the public address); its GRE is sent on                  both ways",
-                h.public,
-                h.masq
-            );
-        }
-        lock(&self.shared).alg.set_hairpin(conn, hp);
-        hp
-    }
-
-    fn read_conntrack(&mut self, conn: ConnKey) -> Result<Option<Hairpin>, String> {
-        let ct = match &mut self.conntrack {
-            Some(ct) => ct,
-            None => self
-                .conntrack
-                .insert(Conntrack::open().map_err(|e| e.to_string())?),
-        };
-        // The usual inside client: found by its tuple towards the server, no lookup of
-        // the router's addresses.
-        if let Some(e) = ct
-            .get_tcp(conn.inside, conn.outside)
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(e.hairpin().map(|(public, masq)| Hairpin { public, masq }));
-        }
-        let locals = crate::nft::local_addrs().map_err(|e| e.to_string())?;
-        let e = ct
-            .control_connection(conn.inside, conn.outside, &locals)
-            .map_err(|e| e.to_string())?;
-        Ok(e.and_then(|e| e.hairpin())
-            .map(|(public, masq)| Hairpin { public, masq }))
-    }
-
-    /// Adds (`add`) or removes the hairpin elements of call `c` whose connection is
-    /// hairpinned through `hp`.
-    fn hairpin_elements(&mut self, c: &CallInfo, hp: Hairpin, add: bool) {
-        let Some(maps) = &mut self.hairpin_maps else {
-            return;
-        };
-        let call = HairpinCall {
-            client: c.inside_host,
-            client_id: c.inside_id,
-            server: c.outside_peer,
-            server_id: c.outside_id,
-            public: hp.public,
-            masq: hp.masq,
-        };
-        // A later state of the call replaces an earlier one still pending.
-        let same = |p: &HairpinCall| {
-            (p.client, p.client_id, p.server) == (call.client, call.client_id, call.server)
-        };
-        self.hairpin_pending.retain(|p| !same(p));
-        let r = if add {
-            maps.add_call(&call)
-        } else {
-            maps.remove_call(&call)
-        };
-        if let Err(e) = r {
-            if add {
-                self.hairpin_pending.push(call);
-                self.next_offload_retry = Instant::now() + OFFLOAD_RETRY;
-                self.next_timer = self.next_timer.min(self.next_offload_retry);
-            }
-            lock(&self.shared).fastpath_errors += 1;
-            log::warn!(
-                "hairpin: cannot {} the elements of call {}:{}: {e}{}",
-                if add { "add" } else { "remove" },
-                c.inside_host,
-                c.inside_id,
-                if add {
-                    "; its GRE is not sent on until they are in, tried again every second"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-
-    /// Tries again to add the elements of hairpinned calls whose add failed.
-    fn retry_hairpin(&mut self) {
-        let Some(maps) = &mut self.hairpin_maps else {
-            return;
-        };
-        self.hairpin_pending.retain(|c| match maps.add_call(c) {
-            Ok(()) => {
-                log::info!(
-                    "hairpin: elements of call {}:{} added at last",
-                    c.client,
-                    c.client_id
-                );
-                false
-            }
-            Err(_) => true,
-        });
-    }
-
-    /// Serves packets until the stop flag is set, then drains the queue.
-    /// Returns an error when the thread cannot go on.
+    /// Serves packets until the stop flag is set. Returns an error when the
+    /// thread cannot go on.
     pub fn run(&mut self) -> Result<(), String> {
         // After the fast path was flushed, before any packet.
-        if !self.cfg.restored.is_empty() {
-            self.events = std::mem::take(&mut self.cfg.restored);
+        if !self.restored.is_empty() {
+            self.events = std::mem::take(&mut self.restored);
             self.handle_events(Instant::now(), false);
         }
         let mut recv_errors = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= self.next_timer {
-                self.run_timers(now);
-                self.next_timer = self.next_wakeup(now);
+                self.handle_timeout(now);
+                self.next_timer = self.poll_timeout(now);
             }
             let served = self.serve(BATCH, now);
             if let Some(e) = self.fatal.take() {
@@ -461,9 +225,11 @@ impl PacketLoop {
         Ok(())
     }
 
-    /// Gives every packet still queued a verdict, then empties the fast
-    /// path and unbinds. Called once the rules no longer queue anything.
+    /// Removes the daemon's table so nothing new is queued, gives every
+    /// packet still queued a verdict, then empties the fast path and
+    /// unbinds.
     pub fn shutdown(&mut self) {
+        self.offload.remove_table();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut quiet_since = Instant::now();
         loop {
@@ -481,32 +247,7 @@ impl PacketLoop {
                 Ok(_) => quiet_since = Instant::now(),
             }
         }
-        if let Some(out) = self
-            .out
-            .as_mut()
-            .filter(|_| !self.cfg.table_removed_at_stop)
-        {
-            let _ = out.flush();
-        }
-        if let Some(fp) = self
-            .fast
-            .as_mut()
-            .filter(|_| !self.cfg.table_removed_at_stop)
-        {
-            match fp.flush() {
-                Ok(()) => log::debug!("kernel fast path flushed"),
-                Err(e) => log::debug!("kernel fast path not flushed: {e}"),
-            }
-        }
-        if let Some(m) = self
-            .hairpin_maps
-            .as_mut()
-            .filter(|_| !self.cfg.table_removed_at_stop)
-        {
-            if let Err(e) = m.flush() {
-                log::debug!("hairpin maps not flushed: {e}");
-            }
-        }
+        self.offload.shutdown();
         self.queue.unbind_all();
         self.gre_queue.unbind_all();
     }
@@ -561,31 +302,46 @@ impl PacketLoop {
         Ok(max)
     }
 
-    /// One packet, start to verdict. The verdict is given on every path,
-    /// including a panic in the engine (the error then stops the daemon).
+    /// One packet: receive, `handle`, drain the events, verdict. The
+    /// verdict is given on every path, including a panic in the engine
+    /// (the error then stops the daemon).
     // Inlined so the (large) nfq message is not copied into the call.
     #[inline(always)]
     fn packet(&mut self, mut pkt: Packet, from_gre_queue: bool, now: Instant) {
-        let dir = if pkt.queue() == self.cfg.queue_from_inside {
+        let dir = if pkt.queue() == self.queue_from_inside {
             Direction::FromInside
         } else {
             Direction::ToInside
         };
         let gre = ipv4::peek_protocol(pkt.payload()) == Some(PROTO_GRE);
-        let mut engine = Engine {
-            shared: &self.shared,
-            events: &mut self.events,
-            events_gen: &mut self.events_gen,
-            next_timer: &mut self.next_timer,
-        };
-        let (verdict, len) = if gre {
-            (engine.handle(now, pkt.payload_mut(), dir), 0)
+        let len = if gre {
+            0
         } else {
-            let len = pkt.payload().len();
             // `scratch` holds 65536 bytes and the copy range is 65535.
-            let len = len.min(self.scratch.len());
+            let len = pkt.payload().len().min(self.scratch.len());
             self.scratch[..len].copy_from_slice(&pkt.payload()[..len]);
-            (engine.handle(now, &mut self.scratch[..len], dir), len)
+            len
+        };
+        let buf = if gre {
+            pkt.payload_mut()
+        } else {
+            &mut self.scratch[..len]
+        };
+        let verdict = {
+            let mut s = lock(&self.shared);
+            let alg = &mut s.alg;
+            let r = catch_unwind(AssertUnwindSafe(|| alg.handle(now, buf, dir)));
+            while let Some(ev) = s.alg.poll_event() {
+                self.events.push(ev);
+            }
+            self.events_gen = s.journal_gen;
+            // The first packet of a call arms the engine's sweep timer.
+            if let Some(t) = s.alg.poll_timeout() {
+                if t < self.next_timer {
+                    self.next_timer = t;
+                }
+            }
+            r
         };
         let Ok(verdict) = verdict else {
             let _ = self.queue_of(from_gre_queue).verdict(pkt, Action::Accept);
@@ -604,8 +360,7 @@ impl PacketLoop {
             Verdict::Modified if gre => {
                 if dir == Direction::ToInside {
                     // Only pptp-alg's bits: the others keep what the packet carried.
-                    let mask = self.cfg.rules.mark_mask;
-                    pkt.set_mark(pkt.mark() & !mask | self.cfg.mark);
+                    pkt.set_mark(pkt.mark() & !self.mark_mask | self.mark);
                 }
                 Action::Accept
             }
@@ -634,36 +389,21 @@ impl PacketLoop {
         }
     }
 
-    fn run_timers(&mut self, now: Instant) {
+    /// Runs every timer that is due: the engine's (and the events it
+    /// raises outside a packet), the fast path's, the watchdog.
+    fn handle_timeout(&mut self, now: Instant) {
         {
-            let mut shared = lock(&self.shared);
-            if shared.alg.poll_timeout().is_some_and(|t| t <= now) {
-                shared.alg.handle_timeout(now);
+            let mut s = lock(&self.shared);
+            if s.alg.poll_timeout().is_some_and(|t| t <= now) {
+                s.alg.handle_timeout(now);
             }
-            // Also events raised outside a packet (timeouts).
-            while let Some(ev) = shared.alg.poll_event() {
+            while let Some(ev) = s.alg.poll_event() {
                 self.events.push(ev);
             }
-            self.events_gen = shared.journal_gen;
+            self.events_gen = s.journal_gen;
         }
         self.handle_events(now, true);
-        if (self.fast.is_some() || self.out.is_some()) && now >= self.next_offload_poll {
-            self.poll_offload(now);
-            let every = OFFLOAD_POLL
-                .min(self.cfg.call_idle_timeout / 3)
-                .max(Duration::from_secs(1));
-            self.next_offload_poll = now + every;
-        }
-        let pending = !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty();
-        if pending && now >= self.next_offload_retry {
-            self.retry_offload();
-            self.retry_hairpin();
-            self.next_offload_retry = now + OFFLOAD_RETRY;
-        }
-        if self.cfg.reinstall.is_some() && now >= self.next_rules_check {
-            self.check_rules(now);
-            self.next_rules_check = now + RULES_CHECK;
-        }
+        self.offload.handle_timeout(now, &self.shared);
         if let Some(every) = self.watchdog {
             if now >= self.next_watchdog {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -672,22 +412,18 @@ impl PacketLoop {
         }
     }
 
-    fn next_wakeup(&self, now: Instant) -> Instant {
+    /// When [`PacketLoop::handle_timeout`] should run next: the earliest
+    /// timer, and at most [`MAX_SLEEP`] from `now`.
+    fn poll_timeout(&self, now: Instant) -> Instant {
         let mut t = now + MAX_SLEEP;
         if let Some(alg) = lock(&self.shared).alg.poll_timeout() {
             t = t.min(alg);
         }
-        if self.fast.is_some() || self.out.is_some() {
-            t = t.min(self.next_offload_poll);
+        if let Some(fast) = self.offload.poll_timeout() {
+            t = t.min(fast);
         }
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
-        }
-        if !self.offload_pending.is_empty() || !self.hairpin_pending.is_empty() {
-            t = t.min(self.next_offload_retry);
-        }
-        if self.cfg.reinstall.is_some() {
-            t = t.min(self.next_rules_check);
         }
         t
     }
@@ -785,17 +521,9 @@ impl PacketLoop {
         if journal && !self.events.is_empty() {
             self.journal_events(now);
         }
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            let kernel_out = match &mut self.out {
-                Some(out) => out.on_event(ev, &self.shared, now),
-                None => 0,
-            };
+        for ev in self.events.drain(..) {
             match ev {
                 Event::CallStarted(c) => {
-                    if let Some(hp) = c.conn.and_then(|k| self.classify(k, now)) {
-                        self.hairpin_elements(c, hp, true);
-                    }
                     log::info!(
                         "call started: inside {}:{} <-> outside {} as NAT id {} ({})",
                         c.inside_host,
@@ -807,26 +535,11 @@ impl PacketLoop {
                             |k| format!("control {k}")
                         ),
                     );
-                    if let Some(fp) = &mut self.fast {
-                        if let Err(e) =
-                            fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
-                        {
-                            self.offload_pending
-                                .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
-                            let mut shared = lock(&self.shared);
-                            shared.fastpath_errors += 1;
-                            shared.offload_pending = self.offload_pending.len() as u64;
-                            drop(shared);
-                            log::warn!(
-                                "fast path: cannot add call {}:{} ({e}); its GRE stays with the \
-                                 router until the kernel takes it, tried again every second",
-                                c.outside_peer,
-                                c.nat_id
-                            );
-                            self.next_offload_retry = now + OFFLOAD_RETRY;
-                            if self.next_offload_retry < self.next_timer {
-                                self.next_timer = self.next_offload_retry;
-                            }
+                    self.offload.call_started(&c, now, &self.shared);
+                    // A failed add is retried on a timer that may be the earliest.
+                    if let Some(t) = self.offload.poll_timeout() {
+                        if t < self.next_timer {
+                            self.next_timer = t;
                         }
                     }
                 }
@@ -839,31 +552,10 @@ impl PacketLoop {
                         c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
                         c.nat_id,
                     );
-                    if let Some(hp) = c.hairpin {
-                        self.hairpin_elements(c, hp, true);
-                    }
+                    self.offload.call_answered(&c, now, &self.shared);
                 }
                 Event::CallEnded(c, cause) => {
-                    if let Some(hp) = c.hairpin {
-                        self.hairpin_elements(c, hp, false);
-                    }
-                    // What the kernel translated since the last counter poll,
-                    // read before its element goes, so the line is complete.
-                    let kernel_in = match &mut self.fast {
-                        Some(fp) => match fp.call_counter(c.outside_peer, c.nat_id) {
-                            Ok(Some(e)) => offload_delta(&self.offload_seen, &e).0,
-                            Ok(None) => 0,
-                            Err(e) => {
-                                log::debug!(
-                                    "fast path: no counter for call {}:{}: {e}",
-                                    c.outside_peer,
-                                    c.nat_id
-                                );
-                                0
-                            }
-                        },
-                        None => 0,
-                    };
+                    let (kernel_in, kernel_out) = self.offload.call_ended(&c, now, &self.shared);
                     log::info!(
                         "call ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
                         c.inside_host,
@@ -875,32 +567,6 @@ impl PacketLoop {
                         c.packets_in + kernel_in,
                         c.packets_out + kernel_out,
                     );
-                    lock(&self.shared).alg.note_offloaded(
-                        now,
-                        c.outside_peer,
-                        c.nat_id,
-                        kernel_in,
-                        0,
-                    );
-                    self.offload_seen.remove(&(c.outside_peer, c.nat_id));
-                    // A call whose elements never made it has none to remove.
-                    let never_added = self
-                        .offload_pending
-                        .remove(&(c.outside_peer, c.nat_id))
-                        .is_some();
-                    if never_added {
-                        lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
-                    }
-                    if let Some(fp) = self.fast.as_mut().filter(|_| !never_added) {
-                        if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
-                            lock(&self.shared).fastpath_errors += 1;
-                            log::warn!(
-                                "fast path: cannot remove call {}:{}: {e}",
-                                c.outside_peer,
-                                c.nat_id
-                            );
-                        }
-                    }
                 }
                 Event::CallRefused {
                     conn,
@@ -953,197 +619,5 @@ impl PacketLoop {
                 }
             }
         }
-        // The buffer goes back for the next packet's events.
-        let mut events = events;
-        events.clear();
-        self.events = events;
-    }
-
-    /// Puts our table back if it vanished while it should exist, or was
-    /// made anew by someone else, with the fast path elements of every live
-    /// call. Without this, a firewall reload that flushes the whole ruleset
-    /// would silently end all translation until the daemon restarts, and
-    /// one that restores a saved listing of the live ruleset would leave the
-    /// saved copy (its elements as they were, and on the xt backend rules
-    /// without their queue targets, which `nft` cannot list). Only an
-    /// unowned table can go so; it is reinstalled through the socket that
-    /// installed it, again unowned.
-    fn check_rules(&mut self, now: Instant) {
-        let (Some((backend, wanted)), Some(sock)) = (&self.cfg.reinstall, &self.cfg.table_socket)
-        else {
-            return;
-        };
-        let wanted = wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*wanted {
-            return;
-        }
-        let what = match sock.table_handle(&self.cfg.rules.table) {
-            Ok(Some(h)) if self.table_handle.is_none_or(|known| known == h) => {
-                self.table_handle = Some(h);
-                return;
-            }
-            Ok(Some(_)) => "was made anew (a saved ruleset restored?)",
-            Ok(None) => "vanished (a firewall reload?)",
-            Err(e) => {
-                if let (true, _) = self.warn_io.allow(now) {
-                    log::warn!("cannot check for table ip {}: {e}", self.cfg.rules.table);
-                }
-                return;
-            }
-        };
-        if let Err(e) = sock.install(&self.cfg.rules, *backend, false) {
-            log::error!(
-                "table ip {} {what} and cannot be reinstalled: {e}",
-                self.cfg.rules.table
-            );
-            return;
-        }
-        self.table_handle = sock.table_handle(&self.cfg.rules.table).ok().flatten();
-        drop(wanted);
-        if let Some(addrs) = &self.cfg.local_addrs {
-            addrs.request();
-        }
-        let calls = lock(&self.shared).alg.calls(now);
-        let mut failed = 0;
-        if let Some(fp) = &mut self.fast {
-            self.offload_pending.clear();
-            for c in &calls {
-                if fp
-                    .add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id)
-                    .is_err()
-                {
-                    failed += 1;
-                    self.offload_pending
-                        .insert((c.outside_peer, c.nat_id), (c.inside_host, c.inside_id));
-                }
-            }
-        }
-        // A reinstalled table starts with empty hairpin maps too.
-        for c in &calls {
-            if let Some(hp) = c.hairpin {
-                self.hairpin_elements(c, hp, true);
-            }
-        }
-        self.offload_seen.clear();
-        if let Some(out) = &mut self.out {
-            failed += out.reinstall(&calls);
-        }
-        {
-            let mut shared = lock(&self.shared);
-            shared.fastpath_errors += failed;
-            shared.offload_pending = self.offload_pending.len() as u64;
-        }
-        log::warn!(
-            "table ip {} {what}; reinstalled it with {} call(s) in the fast path",
-            self.cfg.rules.table,
-            if self.fast.is_some() {
-                calls.len() - failed as usize
-            } else {
-                0
-            }
-        );
-    }
-
-    /// Tries again to add the elements of calls whose add failed.
-    fn retry_offload(&mut self) {
-        let Some(fp) = &mut self.fast else { return };
-        let before = self.offload_pending.len();
-        self.offload_pending
-            .retain(
-                |&(peer, nat_id), &mut (host, id)| match fp.add_call(peer, nat_id, host, id) {
-                    Ok(()) => {
-                        log::info!("fast path: call {peer}:{nat_id} added at last");
-                        false
-                    }
-                    Err(_) => true,
-                },
-            );
-        if self.offload_pending.len() != before {
-            lock(&self.shared).offload_pending = self.offload_pending.len() as u64;
-        }
-    }
-
-    /// Reads the fast path's per-call counters and tells the engine what the
-    /// kernel translated since the last read, so offloaded calls keep their
-    /// idle timers fresh and their counters true.
-    fn poll_offload(&mut self, now: Instant) {
-        if let Some(out) = &mut self.out {
-            if let Err(e) = out.poll(&self.shared, now) {
-                lock(&self.shared).fastpath_errors += 1;
-                if let (true, _) = self.warn_io.allow(now) {
-                    log::warn!("cannot read the counters of GRE from inside hosts: {e}");
-                }
-            }
-        }
-        let Some(fp) = &mut self.fast else { return };
-        let counters = match fp.counters() {
-            Ok(c) => c,
-            Err(e) => {
-                lock(&self.shared).fastpath_errors += 1;
-                if let (true, _) = self.warn_io.allow(now) {
-                    log::warn!("fast path: cannot read counters: {e}");
-                }
-                return;
-            }
-        };
-        let mut seen = FxHashMap::default();
-        seen.reserve(counters.len());
-        let mut shared = lock(&self.shared);
-        for e in &counters {
-            let (dp, db) = offload_delta(&self.offload_seen, e);
-            shared
-                .alg
-                .note_offloaded(now, e.outside_peer, e.nat_id, dp, db);
-            seen.insert((e.outside_peer, e.nat_id), (e.packets, e.bytes));
-        }
-        shared.offloaded = counters;
-        drop(shared);
-        self.offload_seen = seen;
-    }
-}
-
-/// Packets and bytes the kernel translated for a call since the counters in
-/// `seen` were read.
-fn offload_delta(seen: &FxHashMap<(Ipv4Addr, u16), (u64, u64)>, e: &ElementCounter) -> (u64, u64) {
-    let (p0, b0) = seen
-        .get(&(e.outside_peer, e.nat_id))
-        .copied()
-        .unwrap_or((0, 0));
-    // A smaller value means the element was replaced: count it all.
-    if e.packets >= p0 {
-        (e.packets - p0, e.bytes.saturating_sub(b0))
-    } else {
-        (e.packets, e.bytes)
-    }
-}
-
-/// The engine as the packet path uses it: under the lock, guarded against
-/// panics, its events collected.
-struct Engine<'a> {
-    shared: &'a SharedRef,
-    events: &'a mut Vec<Event>,
-    /// Set to the journal generation the events were drained in.
-    events_gen: &'a mut u64,
-    next_timer: &'a mut Instant,
-}
-
-impl Engine<'_> {
-    /// Runs the engine on `buf`; `Err` when it panicked.
-    #[inline]
-    fn handle(&mut self, now: Instant, buf: &mut [u8], dir: Direction) -> Result<Verdict, ()> {
-        let mut shared = lock(self.shared);
-        let alg = &mut shared.alg;
-        let r = catch_unwind(AssertUnwindSafe(|| alg.handle(now, buf, dir)));
-        while let Some(ev) = shared.alg.poll_event() {
-            self.events.push(ev);
-        }
-        *self.events_gen = shared.journal_gen;
-        // The first packet of a call arms the engine's sweep timer.
-        if let Some(t) = shared.alg.poll_timeout() {
-            if t < *self.next_timer {
-                *self.next_timer = t;
-            }
-        }
-        r.map_err(|_| ())
     }
 }

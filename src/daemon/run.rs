@@ -1,4 +1,10 @@
-//! `pptp-alg run`: start-up, signal handling and clean stop.
+//! `pptp-alg run`: start-up, signal handling, reload and clean stop.
+//!
+//! Owns the order of things: [`run`] is a list of named start-up steps,
+//! then the `MainLoop` on the main thread (signals, reload, snapshots,
+//! readiness, the status socket). It must not touch packets, the engine's
+//! state beyond reconfiguring it, or the table once the packet thread has
+//! it.
 //!
 //! Start-up order matters: the queues are bound and fully configured
 //! before any rule can queue to them (a packet queued to a half-configured
@@ -10,7 +16,8 @@
 //! With `--install-rules` the table is installed through one netlink socket
 //! (a [`nft::TableSocket`]) that lives as long as the daemon and is shared by
 //! everything that changes the table: the install here, the fast path and a
-//! reinstall in the packet thread, the removal at stop ([`RulesGuard`]). By
+//! reinstall in the packet thread, the removal at stop (the packet thread's
+//! [`InstalledTable`], dropped also when the thread fails or panics). By
 //! default the table has no owner, so a saved listing of the live ruleset can
 //! be restored; the packet thread puts the table back when a flush took it or
 //! a restore made it anew. With `table_owner` it is created with the
@@ -18,22 +25,24 @@
 //! every fast path element, when that socket closes, so a daemon that dies
 //! for any reason leaves plain masquerade behind, and accepts changes of it
 //! only from its owner.
+
 use super::addrs::AddrWatcher;
-use super::config::Config;
+use super::config::{Apply, Config, ConfigSource};
 use super::journal;
 use super::metrics::{MetricsServer, TextfileWriter};
+use super::offload::{InstalledTable, OffloadConfig};
 use super::packet::{JournalConfig, LoopConfig, PacketLoop};
 use super::shared::{lock, Shared, SharedRef};
-use super::status::{log_report, StatusServer};
+use super::status::{log_report, Installed, QueueRole, RulesInfo, StatusServer};
 use crate::alg::{Alg, Event, SavedCall};
 use crate::nfqueue::{NfQueue, QueueError};
 use crate::nft::{self, LocalAddrSet, NftError, Ownership, RulesConfig, TableSocket};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Why the daemon could not start or had to stop.
@@ -118,81 +127,165 @@ impl Drop for ExitGuard {
     }
 }
 
-/// Runs the daemon in the foreground until SIGTERM or SIGINT.
-pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+/// Runs the daemon in the foreground until SIGTERM or SIGINT, with `cfg`
+/// (read from `source`, which a SIGHUP reads again).
+pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
     // Signals first, so a stop request during start-up is not lost: it is
     // acted on once the main loop runs, with everything set up to undo.
     let (tx, rx) = mpsc::channel::<Msg>();
-    // SIGHUP's default action would end the daemon without a clean stop
-    // (no state saved, a stale status socket), and systemd would not
-    // restart it; until reloading exists it is logged and ignored.
+    start_signal_thread(tx.clone())?;
+    let restored = restore_calls(cfg)?;
+    check_no_helper()?;
+    let table_socket = clear_old_table(cfg)?;
+    let (queue, gre_queue) = open_queues(cfg)?;
+    // From here on, leaving means removing the table we installed: it is
+    // removed when `table` is dropped, wherever that happens.
+    let table = install_table(cfg, table_socket)?;
+    let rules_info = RulesInfo {
+        table: cfg.table.clone(),
+        installed: match &table {
+            Some(t) if t.owned => Installed::Owned,
+            Some(_) => Installed::Unowned,
+            None => Installed::External,
+        },
+        queue_backend: table.as_ref().map(|t| t.backend),
+    };
+    let rules = cfg.rules_config();
+    // Fills the fast path's set of local addresses and keeps it filled; stopped before the
+    // packet thread removes the table.
+    let addr_watcher = if cfg.offload {
+        start_addr_watcher(&rules, table.as_ref().map(|t| t.socket.clone()))
+    } else {
+        None
+    };
+    let shared = Shared::new(restored.alg, rules_info);
+    {
+        let mut s = lock(&shared);
+        s.journal_gen = restored.generation;
+        s.queues = vec![
+            (cfg.queue_from_inside, QueueRole::ControlFromInside),
+            (cfg.queue_to_inside, QueueRole::ControlToInside),
+            (cfg.queue_gre, QueueRole::Gre),
+        ];
+    }
+    let loop_cfg = LoopConfig {
+        queue_from_inside: cfg.queue_from_inside,
+        mark: cfg.mark,
+        mark_mask: cfg.mark_mask,
+        offload: OffloadConfig {
+            rules,
+            offload: cfg.offload,
+            table,
+            local_addrs: addr_watcher.as_ref().map(AddrWatcher::resync_handle),
+        },
+        journal: (!cfg.state_file.as_os_str().is_empty()).then(|| {
+            let tx = tx.clone();
+            JournalConfig {
+                state_file: cfg.state_file.clone(),
+                generation: restored.generation,
+                max_calls: cfg.max_calls,
+                ask_snapshot: journal::SnapshotRequest(Arc::new(move || {
+                    let _ = tx.send(Msg::Snapshot);
+                })),
+            }
+        }),
+        restored: restored.events,
+    };
+    let packets = PacketThread::start(loop_cfg, queue, gre_queue, shared.clone(), tx)?;
+    let mut main = MainLoop {
+        cfg: cfg.clone(),
+        source,
+        shared,
+        status: None,
+        metrics: (None, None),
+        ready: false,
+    };
+    let exit = main.serve(&rx);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(addr_watcher);
+    // The packet thread removes the table first, so nothing new is queued,
+    // then gives what is queued already a verdict.
+    packets.stop();
+    main.stopped();
+    exit
+}
+
+/// Starts the thread that turns signals into [`Msg::Signal`].
+fn start_signal_thread(tx: mpsc::Sender<Msg>) -> Result<(), DaemonError> {
+    // SIGHUP reloads (see `MainLoop::reload`); its default action would end
+    // the daemon without a clean stop.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]).map_err(|source| DaemonError::Io {
             context: "installing signal handlers",
             source,
         })?;
-    {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    if tx.send(Msg::Signal(sig)).is_err() {
-                        break;
-                    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Msg::Signal(sig)).is_err() {
+                    break;
                 }
-            })
-            .map_err(|source| DaemonError::Io {
-                context: "starting the signal thread",
-                source,
-            })?;
-    }
+            }
+        })
+        .map(drop)
+        .map_err(|source| DaemonError::Io {
+            context: "starting the signal thread",
+            source,
+        })
+}
 
-    // Before anything is bound: a state file that cannot be written would
-    // otherwise show only at the first save, and reading the saved calls
-    // here keeps its parsing out of the time packets wait in the queues.
+/// The engine with the calls an earlier run left, ready to serve.
+struct Restored {
+    alg: Alg,
+    /// The events the engine announced the restored calls with.
+    events: Vec<Event>,
+    /// The journal generation this run writes.
+    generation: u64,
+}
+
+/// Reads the saved calls into a new engine and writes them as the
+/// snapshot this run's journal continues. Before anything is bound: a
+/// state file that cannot be written would otherwise show only at the
+/// first save, parsing it here keeps that out of the time packets wait in
+/// the queues, and from here on the state file and journal describe this
+/// run.
+fn restore_calls(cfg: &Config) -> Result<Restored, DaemonError> {
     let saved = load_state(cfg)?;
-    // The calls go back into the engine and are written as the snapshot
-    // that the journal of this run continues, also before anything is
-    // bound: from here on the state file and journal describe this run.
     let mut alg = Alg::new(cfg.alg_config(random_seed()));
-    let restored = restore_state(cfg, &mut alg, &saved.calls);
+    let events = restore_state(cfg, &mut alg, &saved.calls);
     drop(saved.calls);
-    let generation = saved.generation;
     // As of when the last daemon was alive, not now: a daemon that keeps
     // failing after this point must not make the calls look younger.
     let now = super::state::unix_now();
     let calls = journal::backdate(alg.saved_calls(), now, saved.as_of);
-    write_snapshot(cfg, calls, generation, saved.as_of);
+    write_snapshot(cfg, calls, saved.generation, saved.as_of);
+    Ok(Restored {
+        alg,
+        events,
+        generation: saved.generation,
+    })
+}
 
+/// Refuses to start beside the kernel's PPTP helper.
+fn check_no_helper() -> Result<(), DaemonError> {
     match nft::pptp_helper_in_use() {
-        Ok(Some(place)) => return Err(DaemonError::HelperInUse(place)),
-        Ok(None) => {}
-        Err(e) => log::warn!("cannot check for the kernel PPTP helper: {e}"),
-    }
-
-    let rules = cfg.rules_config();
-    // The socket that installs, changes and removes our table (see the
-    // module documentation); closed when its last user is gone.
-    let table_socket = if cfg.install_rules {
-        let sock = TableSocket::open().map_err(|source| DaemonError::Rules {
-            context: "opening the nftables socket".into(),
-            source,
-        })?;
-        // A table left by a previous run would queue to our queues while
-        // they are being configured; take it away until they are ready.
-        // One owned by a running daemon cannot be removed: that is an error.
-        if sock
-            .remove(&cfg.table)
-            .map_err(|source| DaemonError::Rules {
-                context: format!("removing the old table ip {}", cfg.table),
-                source,
-            })?
-        {
-            log::info!("removed table ip {} left by an earlier run", cfg.table);
+        Ok(Some(place)) => Err(DaemonError::HelperInUse(place)),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            log::warn!("cannot check for the kernel PPTP helper: {e}");
+            Ok(())
         }
-        Some(sock)
-    } else {
+    }
+}
+
+/// With `install_rules`: opens the socket that installs, changes and
+/// removes our table (see the module documentation) and takes away a
+/// table left by a previous run, which would queue to our queues while
+/// they are being configured. One owned by a running daemon cannot be
+/// removed: that is an error. Without: checks that someone installed it.
+fn clear_old_table(cfg: &Config) -> Result<Option<TableSocket>, DaemonError> {
+    if !cfg.install_rules {
         match nft::table_exists(&cfg.table) {
             Ok(true) => log::info!("using the existing table ip {}", cfg.table),
             Ok(false) => log::warn!(
@@ -202,9 +295,28 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             ),
             Err(e) => log::warn!("cannot check for table ip {}: {e}", cfg.table),
         }
-        None
-    };
+        return Ok(None);
+    }
+    let sock = TableSocket::open().map_err(|source| DaemonError::Rules {
+        context: "opening the nftables socket".into(),
+        source,
+    })?;
+    let removed = sock
+        .remove(&cfg.table)
+        .map_err(|source| DaemonError::Rules {
+            context: format!("removing the old table ip {}", cfg.table),
+            source,
+        })?;
+    if removed {
+        log::info!("removed table ip {} left by an earlier run", cfg.table);
+    }
+    Ok(Some(sock))
+}
 
+/// Binds and configures the control queues and the GRE queue, before any
+/// rule can queue to them (a packet queued to a half-configured queue is
+/// dropped).
+fn open_queues(cfg: &Config) -> Result<(NfQueue, NfQueue), DaemonError> {
     let queue = NfQueue::open(
         &[cfg.queue_from_inside, cfg.queue_to_inside],
         cfg.queue_max_len,
@@ -225,234 +337,304 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     if queue.poll_fd().is_none() || gre_queue.poll_fd().is_none() {
         log::warn!("queue socket descriptor not found; polling every millisecond instead");
     }
+    Ok((queue, gre_queue))
+}
 
-    let installed = match &table_socket {
-        Some(sock) => {
-            let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
-                context: "detecting how this kernel queues packets".into(),
-                source,
-            })?;
-            log::info!("queue backend: {backend}");
-            let install_err = |source| DaemonError::Rules {
-                context: format!("installing table ip {}", cfg.table),
-                source,
-            };
-            let owned = if !cfg.table_owner {
-                sock.install(&rules, backend, false).map_err(install_err)?;
-                log::info!("installed {}", ownership_text(&cfg.table, false));
-                false
-            } else {
-                match sock.install_owned(&rules, backend).map_err(install_err)? {
-                    Ownership::Owned => {
-                        log::info!("installed {}", ownership_text(&cfg.table, true));
-                        true
-                    }
-                    Ownership::Unowned(refused) => {
-                        log::warn!(
-                            "this kernel cannot give table ip {} an owner ({refused}); installed \
-                             it unowned: after a crash it stays until the unit's ExecStopPost or \
-                             the next start removes it",
-                            cfg.table
-                        );
-                        false
-                    }
-                }
-            };
-            Some((backend, owned))
-        }
-        None => None,
-    };
-    let backend = installed.map(|(b, owned)| format!("{b}; {}", ownership_text(&cfg.table, owned)));
-    // From here on, leaving means removing the rules we installed.
-    let rules_guard = RulesGuard {
-        table: table_socket.clone().map(|s| (s, cfg.table.clone())),
-        wanted: Arc::new(Mutex::new(cfg.install_rules)),
-    };
-    // Fills the fast path's set of local addresses and keeps it filled; stopped before the
-    // table is removed (declared after the guard, so also on an early return).
-    let addr_watcher = if cfg.offload {
-        start_addr_watcher(&rules, table_socket.clone())
-    } else {
-        None
-    };
-
-    let shared = Shared::new(alg, false, backend);
-    {
-        let mut s = lock(&shared);
-        s.journal_gen = generation;
-        s.queues = vec![
-            (cfg.queue_from_inside, "control from inside"),
-            (cfg.queue_to_inside, "control to inside"),
-            (cfg.queue_gre, "GRE"),
-        ];
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (mut wake_tx, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
-        context: "creating the wake-up socket",
+/// Installs our table through `sock` (from [`clear_old_table`]); with
+/// `table_owner`, owned by it where the kernel allows.
+fn install_table(
+    cfg: &Config,
+    sock: Option<TableSocket>,
+) -> Result<Option<InstalledTable>, DaemonError> {
+    let Some(sock) = sock else { return Ok(None) };
+    let backend = nft::detect_backend().map_err(|source| DaemonError::Rules {
+        context: "detecting how this kernel queues packets".into(),
         source,
     })?;
-    let loop_cfg = LoopConfig {
-        queue_from_inside: cfg.queue_from_inside,
-        mark: cfg.mark,
-        rules,
-        offload: cfg.offload,
-        call_idle_timeout: Duration::from_secs(cfg.call_idle_timeout),
-        table_removed_at_stop: cfg.install_rules,
-        // Nobody but this daemon can remove an owned table, so only an
-        // unowned one needs watching.
-        reinstall: installed
-            .filter(|&(_, owned)| !owned)
-            .map(|(b, _)| (b, rules_guard.wanted.clone())),
-        table_socket,
-        local_addrs: addr_watcher.as_ref().map(AddrWatcher::resync_handle),
-        journal: (!cfg.state_file.as_os_str().is_empty()).then(|| {
-            let tx = tx.clone();
-            JournalConfig {
-                state_file: cfg.state_file.clone(),
-                generation,
-                max_calls: cfg.max_calls,
-                ask_snapshot: journal::SnapshotRequest(Arc::new(move || {
-                    let _ = tx.send(Msg::Snapshot);
-                })),
-            }
-        }),
-        restored,
+    log::info!("queue backend: {backend}");
+    let install_err = |source| DaemonError::Rules {
+        context: format!("installing table ip {}", cfg.table),
+        source,
     };
-    wake_rx
-        .set_nonblocking(true)
-        .map_err(|source| DaemonError::Io {
-            context: "preparing the wake-up socket",
+    let rules = cfg.rules_config();
+    let owned = if !cfg.table_owner {
+        sock.install(&rules, backend, false).map_err(install_err)?;
+        log::info!("installed {}", ownership_text(&cfg.table, false));
+        false
+    } else {
+        match sock.install_owned(&rules, backend).map_err(install_err)? {
+            Ownership::Owned => {
+                log::info!("installed {}", ownership_text(&cfg.table, true));
+                true
+            }
+            Ownership::Unowned(refused) => {
+                log::warn!(
+                    "this kernel cannot give table ip {} an owner ({refused}); installed it \
+                     unowned: after a crash it stays until the unit's ExecStopPost or the \
+                     next start removes it",
+                    cfg.table
+                );
+                false
+            }
+        }
+    };
+    Ok(Some(InstalledTable {
+        socket: sock,
+        table: cfg.table.clone(),
+        backend,
+        owned,
+    }))
+}
+
+/// The packet thread, seen from the main thread.
+struct PacketThread {
+    stop: Arc<AtomicBool>,
+    wake: UnixStream,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PacketThread {
+    /// Starts the thread; it sends [`Msg::Started`] once it serves and
+    /// [`Msg::Exited`] when it ends, however it ends.
+    fn start(
+        cfg: LoopConfig,
+        queue: NfQueue,
+        gre_queue: NfQueue,
+        shared: SharedRef,
+        tx: mpsc::Sender<Msg>,
+    ) -> Result<Self, DaemonError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, wake_rx) = UnixStream::pair().map_err(|source| DaemonError::Io {
+            context: "creating the wake-up socket",
             source,
         })?;
-    let thread = {
-        let tx = tx.clone();
-        let (shared, stop) = (shared.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("packets".into())
-            .spawn(move || {
-                let mut guard = ExitGuard {
-                    tx: tx.clone(),
-                    result: None,
-                };
-                // Built here, on the thread that runs it.
-                let mut pl = PacketLoop::new(loop_cfg, queue, gre_queue, shared, stop, wake_rx);
-                let offload = pl.start_fast_path();
-                let _ = tx.send(Msg::Started(offload));
-                let r = pl.run();
-                pl.shutdown();
-                guard.result = Some(r);
-            })
+        wake_rx
+            .set_nonblocking(true)
             .map_err(|source| DaemonError::Io {
-                context: "starting the packet thread",
+                context: "preparing the wake-up socket",
                 source,
-            })?
-    };
+            })?;
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("packets".into())
+                .spawn(move || {
+                    let mut guard = ExitGuard {
+                        tx: tx.clone(),
+                        result: None,
+                    };
+                    // Built here, on the thread that runs it; dropped
+                    // (removing the table) before the guard reports.
+                    let mut pl = PacketLoop::new(cfg, queue, gre_queue, shared, stop, wake_rx);
+                    let offload = pl.start_fast_path();
+                    let _ = tx.send(Msg::Started(offload));
+                    let r = pl.run();
+                    pl.shutdown();
+                    guard.result = Some(r);
+                })
+                .map_err(|source| DaemonError::Io {
+                    context: "starting the packet thread",
+                    source,
+                })?
+        };
+        Ok(PacketThread { stop, wake, thread })
+    }
 
-    let mut status = None;
-    let mut metrics = (None, None);
-    let mut exit: Option<Result<(), DaemonError>> = None;
-    let mut thread_done = false;
-    let mut ready = false;
-    let mut saved_mark = state_mark(&shared);
-    // None: not yet in this run. The snapshot written at start is dated
-    // when the last daemon was alive; the first save of a daemon that
-    // serves (2 s after it is ready, if it restored calls) dates it now.
-    let mut saved_at: Option<Instant> = None;
-    let refresh = state_refresh_interval(cfg.conn_idle_timeout);
-    loop {
-        let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
-            Ok(m) => m,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let mark = state_mark(&shared);
-                // Also while nothing changes, so that a snapshot is never
-                // older than a start accepts (see `state_refresh_interval`).
-                let stale = mark.2 && saved_at.is_none_or(|t| t.elapsed() >= refresh);
-                if (mark.0, mark.1) != (saved_mark.0, saved_mark.1) || stale {
-                    save_state(cfg, &shared);
-                    saved_mark = mark;
+    /// Stops the thread and waits until it has drained the queues,
+    /// removed the table or flushed the fast path, and unbound.
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.write_all(&[1]);
+        let _ = self.thread.join();
+    }
+}
+
+/// The main thread once the packet thread runs: signals, snapshots,
+/// readiness, the status socket, reloads.
+struct MainLoop<'a> {
+    /// The running configuration (changed by a reload).
+    cfg: Config,
+    source: &'a ConfigSource,
+    shared: SharedRef,
+    status: Option<StatusServer>,
+    /// The metrics listener and textfile writer that are configured.
+    metrics: (Option<MetricsServer>, Option<TextfileWriter>),
+    ready: bool,
+}
+
+impl MainLoop<'_> {
+    /// Serves messages until a stop signal or the packet thread's end;
+    /// returns how the daemon should exit.
+    fn serve(&mut self, rx: &mpsc::Receiver<Msg>) -> Result<(), DaemonError> {
+        let mut saved_mark = state_mark(&self.shared);
+        // None: not yet in this run. The snapshot written at start is dated
+        // when the last daemon was alive; the first save of a daemon that
+        // serves (2 s after it is ready, if it restored calls) dates it now.
+        let mut saved_at: Option<Instant> = None;
+        loop {
+            let cfg = &self.cfg;
+            let refresh = state_refresh_interval(cfg.conn_idle_timeout);
+            let msg = match rx.recv_timeout(STATE_SAVE_INTERVAL) {
+                Ok(m) => m,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let mark = state_mark(&self.shared);
+                    // Also while nothing changes, so that a snapshot is never
+                    // older than a start accepts (see `state_refresh_interval`).
+                    let stale = mark.2 && saved_at.is_none_or(|t| t.elapsed() >= refresh);
+                    if (mark.0, mark.1) != (saved_mark.0, saved_mark.1) || stale {
+                        save_state(cfg, &self.shared);
+                        saved_mark = mark;
+                        saved_at = Some(Instant::now());
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            match msg {
+                Msg::Snapshot => {
+                    save_state(cfg, &self.shared);
+                    saved_mark = state_mark(&self.shared);
                     saved_at = Some(Instant::now());
                 }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match msg {
-            Msg::Snapshot => {
-                save_state(cfg, &shared);
-                saved_mark = state_mark(&shared);
-                saved_at = Some(Instant::now());
-            }
-            Msg::Started(offload) => {
-                status = match StatusServer::start(&cfg.status_socket, shared.clone()) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        log::warn!(
-                            "status socket {} not available: {e}",
-                            cfg.status_socket.display()
-                        );
-                        None
+                Msg::Started(offload) => self.started(offload),
+                Msg::Signal(SIGUSR1) => {
+                    log::info!("SIGUSR1: live calls and counters follow");
+                    log_report(&self.shared);
+                }
+                Msg::Signal(SIGHUP) => self.reload(),
+                Msg::Signal(sig) => {
+                    log::info!(
+                        "{}: stopping",
+                        if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
+                    );
+                    return Ok(());
+                }
+                Msg::Exited(r) => {
+                    return match r {
+                        Ok(()) => Err(DaemonError::PacketThread("ended unexpectedly".into())),
+                        Err(e) => Err(DaemonError::PacketThread(e)),
                     }
-                };
-                metrics = start_metrics(cfg, &shared);
-                let text = format!(
-                    "serving queues {}/{}/{}, fast path {}",
-                    cfg.queue_from_inside,
-                    cfg.queue_to_inside,
-                    cfg.queue_gre,
-                    if offload { "on" } else { "off" }
-                );
-                let _ = sd_notify::notify(&[
-                    sd_notify::NotifyState::Ready,
-                    sd_notify::NotifyState::Status(&text),
-                ]);
-                ready = true;
-                log::info!("ready: {text}");
-            }
-            Msg::Signal(SIGUSR1) => {
-                log::info!("SIGUSR1: live calls and counters follow");
-                log_report(&shared);
-            }
-            Msg::Signal(SIGHUP) => log::info!(
-                "SIGHUP received: reloading is not supported yet; still running with the \
-                 configuration read at start (restart to apply changes)"
-            ),
-            Msg::Signal(sig) => {
-                log::info!(
-                    "{}: stopping",
-                    if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
-                );
-                exit = Some(Ok(()));
-                break;
-            }
-            Msg::Exited(r) => {
-                thread_done = true;
-                exit = Some(match r {
-                    Ok(()) => Err(DaemonError::PacketThread("ended unexpectedly".into())),
-                    Err(e) => Err(DaemonError::PacketThread(e)),
-                });
-                break;
+                }
             }
         }
     }
-    let exit = exit.unwrap_or(Ok(()));
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    drop(addr_watcher);
-    // Rules first: once they are gone nothing new is queued, and what is
-    // queued already still gets a verdict from the running packet thread.
-    drop(rules_guard);
-    stop.store(true, Ordering::Release);
-    let _ = wake_tx.write_all(&[1]);
-    if !thread_done {
-        // The thread drains the queue, flushes the fast path and unbinds.
-        let _ = thread.join();
+    /// Reads the configuration again (SIGHUP, `systemctl reload`). Keys
+    /// that [`Apply::Reload`] take effect at once, live calls untouched;
+    /// an unreadable or invalid file, or a change of a key that needs a
+    /// restart, is refused with one line naming it, and the running
+    /// configuration stays.
+    fn reload(&mut self) {
+        let what = self.source.describe();
+        let new = match self.source.resolve() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!(
+                    "reload refused, {}; still running with the previous configuration",
+                    self.source.error_text(&e)
+                );
+                return;
+            }
+        };
+        let changed = self.cfg.changed_keys(&new);
+        let restart: Vec<String> = changed
+            .iter()
+            .filter(|(_, a)| *a == Apply::Restart)
+            .map(|(k, _)| self.change_text(&new, k))
+            .collect();
+        if !restart.is_empty() {
+            log::error!(
+                "reload refused, {what}: {} only at a restart (systemctl restart pptp-alg); \
+                 still running with the previous configuration",
+                restart.join(", ")
+            );
+            return;
+        }
+        // An edit of a key a flag given at start overrides changes nothing:
+        // say so, or the operator looks for the edit in vain.
+        let flagged = self.source.overridden_keys();
+        let flagged = if flagged.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = flagged.iter().map(|k| format!("`{k}`")).collect();
+            format!(
+                " (flags given at start override the file's {})",
+                keys.join(", ")
+            )
+        };
+        if changed.is_empty() {
+            log::info!("reload: {what} unchanged{flagged}");
+            return;
+        }
+        let text: Vec<String> = changed
+            .iter()
+            .map(|(k, _)| self.change_text(&new, k))
+            .collect();
+        // The seed is the running engine's (`Alg::reconfigure` keeps it).
+        lock(&self.shared).alg.reconfigure(new.alg_config(0));
+        // Logged at the old level: a reload that lowers it still says so.
+        log::info!(
+            "reloaded {what}: {}; live calls kept{flagged}",
+            text.join(", ")
+        );
+        if new.log_level != self.cfg.log_level && !super::logging::set_level(new.log_level) {
+            log::warn!("reload: log_level not applied: RUST_LOG chooses the log filters");
+        }
+        self.cfg = new;
     }
-    if !ready {
-        log::warn!("stopped before start-up completed");
+
+    /// `key` old -> new, for a log line.
+    fn change_text(&self, new: &Config, key: &str) -> String {
+        let v = |c: &Config| c.value_text(key).unwrap_or_else(|| "?".into());
+        format!("`{key}` {} -> {}", v(&self.cfg), v(new))
     }
-    save_state(cfg, &shared);
-    {
-        let s = lock(&shared);
+
+    /// The packet thread serves: open the status socket, tell systemd.
+    fn started(&mut self, offload: bool) {
+        let cfg = &self.cfg;
+        // Validated with the configuration; looked up again here, as the
+        // group may have gone since.
+        let group = match cfg.status_group.as_str() {
+            "" => Ok(None),
+            name => super::config::group_id(name).map(Some),
+        };
+        let started = group
+            .map_err(io::Error::other)
+            .and_then(|g| StatusServer::start(&cfg.status_socket, g, self.shared.clone()));
+        self.status = match started {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!(
+                    "status socket {} not available: {e}",
+                    cfg.status_socket.display()
+                );
+                None
+            }
+        };
+        self.metrics = start_metrics(cfg, &self.shared);
+        let text = format!(
+            "serving queues {}/{}/{}, fast path {}",
+            cfg.queue_from_inside,
+            cfg.queue_to_inside,
+            cfg.queue_gre,
+            if offload { "on" } else { "off" }
+        );
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&text),
+        ]);
+        self.ready = true;
+        log::info!("ready: {text}");
+    }
+
+    /// After the packet thread stopped: the last snapshot and the last
+    /// lines; the status socket and the metrics go when `self` is dropped.
+    fn stopped(&mut self) {
+        if !self.ready {
+            log::warn!("stopped before start-up completed");
+        }
+        save_state(&self.cfg, &self.shared);
+        let s = lock(&self.shared);
         let st = s.alg.stats();
         log::info!(
             "stopped: {} packets, {} rewritten, {} calls created, {} live at exit",
@@ -462,9 +644,6 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             st.calls_active
         );
     }
-    drop(status);
-    drop(metrics);
-    exit
 }
 
 /// Starts the metrics listener and textfile writer that are configured. Metrics are not worth
@@ -694,29 +873,6 @@ fn save_state(cfg: &Config, shared: &SharedRef) {
     write_snapshot(cfg, calls, generation, super::state::unix_now());
 }
 
-/// Removes the table we installed when dropped (at stop, and on any error
-/// after installing), through the socket that installed it.
-struct RulesGuard {
-    table: Option<(TableSocket, String)>,
-    /// Whether the table should exist; shared with the packet thread, which
-    /// reinstalls a vanished table only under this lock while it is true,
-    /// so it can never put the table back after the removal here.
-    wanted: Arc<Mutex<bool>>,
-}
-
-impl Drop for RulesGuard {
-    fn drop(&mut self) {
-        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        *wanted = false;
-        if let Some((sock, table)) = self.table.take() {
-            match sock.remove(&table) {
-                Ok(_) => log::info!("removed table ip {table}"),
-                Err(e) => log::error!("cannot remove table ip {table}: {e}"),
-            }
-        }
-    }
-}
-
 /// Starts filling the fast path's set `local_addrs` with this router's
 /// addresses (see [`super::addrs`]), through the table's socket if the
 /// daemon installed the table. `None` (logged) when the table has no such
@@ -760,10 +916,7 @@ fn ownership_text(table: &str, owned: bool) -> String {
     if owned {
         format!("table ip {table} owned by this daemon: removed by the kernel if it dies")
     } else {
-        format!(
-            "table ip {table} not owned: put back within a second of a flush or a restore; \
-             left behind if the daemon dies, until ExecStopPost or the next start removes it"
-        )
+        format!("table ip {table} not owned (kernel too old): left behind if the daemon dies")
     }
 }
 

@@ -4,7 +4,11 @@
 //! readers only long enough to copy a snapshot, so contention stays short
 //! and an uncontended lock costs far less than a packet's trip through
 //! netlink.
+//!
+//! Owns nothing but the data; the packet thread writes it, the main thread
+//! reconfigures the engine in it at a reload, readers copy from it.
 
+use super::status::{QueueRole, RulesInfo};
 use crate::alg::Alg;
 use crate::nft::ElementCounter;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,8 +21,8 @@ pub struct Shared {
     pub alg: Alg,
     /// The last per-call counters read from the kernel fast path.
     pub offloaded: Vec<ElementCounter>,
-    /// The queue backend in use, if the daemon installed the rules.
-    pub backend: Option<String>,
+    /// The daemon's table.
+    pub rules: RulesInfo,
     /// Whether the kernel fast path is active.
     pub offload: bool,
     /// When the daemon started.
@@ -33,7 +37,7 @@ pub struct Shared {
     /// it and reads its count from there.
     pub unknown_gre_table: Option<String>,
     /// The queues the daemon serves and what each carries, for the status.
-    pub queues: Vec<(u16, &'static str)>,
+    pub queues: Vec<(u16, QueueRole)>,
     /// Packets whose verdict could not be sent.
     pub verdict_errors: u64,
     /// Errors receiving from the queue socket.
@@ -54,13 +58,14 @@ pub struct Shared {
 pub type SharedRef = Arc<Mutex<Shared>>;
 
 impl Shared {
-    /// Wraps an engine.
-    pub fn new(alg: Alg, offload: bool, backend: Option<String>) -> SharedRef {
+    /// Wraps an engine; the fast path is off until the packet thread
+    /// opens it.
+    pub fn new(alg: Alg, rules: RulesInfo) -> SharedRef {
         Arc::new(Mutex::new(Shared {
             alg,
             offloaded: Vec::new(),
-            backend,
-            offload,
+            rules,
+            offload: false,
             started: Instant::now(),
             fastpath_errors: 0,
             offload_pending: 0,

@@ -2,6 +2,8 @@
 //! change, read at start. Without it, a restarted daemon would not know
 //! which NAT ids the calls that are up hold, and could give one of them to
 //! a new call of another host, which would then receive the old call's GRE.
+//! Owns the state file's format and its reading and writing; it does not
+//! decide when to save (the main loop in [`super::run`](mod@super::run) does).
 //!
 //! The file is read before the queues are bound and only up to
 //! [`size_limit`]: a start never spends seconds parsing a file this daemon

@@ -1,15 +1,20 @@
 //! The status report: a snapshot of calls and counters, served as one JSON
 //! document per connection on a unix socket, and printed by
 //! `pptp-alg status` as a table or as the JSON itself.
+//!
+//! Owns the document's schema ([`SCHEMA`], documented in the README), the
+//! socket and its clients, and the table format. It only reads the shared
+//! state, under the lock for as long as a copy takes, and changes nothing.
 
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
-use crate::alg::{CallInfo, EndCause};
+use crate::alg::{CallInfo, CallState, EndCause};
+use crate::nft::{ElementCounter, QueueBackend};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,30 +31,94 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// stays bounded. Further clients wait in the socket's backlog for a slot.
 pub const MAX_CLIENTS: usize = 8;
 
-/// Everything `pptp-alg status` shows.
+/// The version of the status document's layout ([`StatusReport::schema`]).
+/// Raised when a field changes meaning or shape or goes away; new fields
+/// are added without raising it, so readers must ignore unknown ones.
+pub const SCHEMA: u32 = 1;
+
+/// Everything `pptp-alg status` shows: the status socket's JSON document
+/// (schema in the README, "Observability").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The layout's version: [`SCHEMA`].
+    pub schema: u32,
     /// The daemon's version.
     pub version: String,
     /// Seconds since start.
     pub uptime_secs: u64,
-    /// Live calls.
-    pub calls: Vec<CallRow>,
-    /// Engine and daemon counters by name (sorted).
-    pub stats: BTreeMap<String, u64>,
+    /// The daemon's nftables table.
+    pub rules: RulesInfo,
+    /// Whether the kernel fast path is active.
+    pub offload: bool,
+    /// Live calls, sorted by inside host, inside id, outside peer, NAT id.
+    pub calls: Vec<CallInfo>,
     /// Tracked control connections.
     pub connections: usize,
     /// Ended calls whose NAT id is still in quarantine.
     pub quarantined: usize,
-    /// The queue backend, if the daemon installed the rules.
-    pub backend: Option<String>,
-    /// Whether the kernel fast path is active.
-    pub offload: bool,
+    /// Engine and daemon counters by name (sorted).
+    pub stats: BTreeMap<String, u64>,
     /// Per-call counters of the kernel fast path, as last read.
-    pub offloaded_counters: Vec<OffloadRow>,
+    pub offloaded_counters: Vec<ElementCounter>,
     /// The kernel's numbers of each queue, read at the request.
-    #[serde(default)]
     pub queues: Vec<QueueRow>,
+}
+
+/// The daemon's nftables table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesInfo {
+    /// The table's name (family ip).
+    pub table: String,
+    /// Who installed it and whether the kernel removes it with the daemon.
+    pub installed: Installed,
+    /// How it queues packets; `null` when someone else installed it.
+    pub queue_backend: Option<QueueBackend>,
+}
+
+/// Who installed the daemon's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Installed {
+    /// The daemon, as the table's owner: the kernel removes it if the
+    /// daemon dies.
+    Owned,
+    /// The daemon, without an owner (a kernel before 5.12): left behind if
+    /// the daemon dies, until the unit's ExecStopPost or the next start.
+    Unowned,
+    /// Someone else (`pptp-alg rules install`, `nft -f`): the daemon only
+    /// uses it.
+    External,
+}
+
+/// What a queue carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueRole {
+    /// tcp/1723 sent by inside hosts.
+    ControlFromInside,
+    /// tcp/1723 to inside hosts.
+    ControlToInside,
+    /// GRE from outside that the kernel does not translate.
+    Gre,
+}
+
+impl QueueRole {
+    /// The name the JSON document uses (a metrics label too).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueRole::ControlFromInside => "control_from_inside",
+            QueueRole::ControlToInside => "control_to_inside",
+            QueueRole::Gre => "gre",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            QueueRole::ControlFromInside => "control from inside",
+            QueueRole::ControlToInside => "control to inside",
+            QueueRole::Gre => "GRE",
+        }
+    }
 }
 
 /// One NFQUEUE the daemon serves, as the kernel counts it.
@@ -58,7 +127,7 @@ pub struct QueueRow {
     /// The queue number.
     pub queue: u16,
     /// What it carries.
-    pub carries: String,
+    pub carries: QueueRole,
     /// Packets waiting for a verdict.
     pub waiting: u64,
     /// Packets dropped because the queue was full (fail-closed).
@@ -67,110 +136,36 @@ pub struct QueueRow {
     pub dropped_socket: u64,
 }
 
-/// One control connection, inside and outside ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnRow {
-    /// Inside host's address and port.
-    pub inside: SocketAddrV4,
-    /// Outside peer's address and port.
-    pub outside: SocketAddrV4,
-}
-
-/// One live call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallRow {
-    /// The inside host.
-    pub inside_host: Ipv4Addr,
-    /// The inside host's Call ID.
-    pub inside_id: u16,
-    /// The outside peer.
-    pub outside_peer: Ipv4Addr,
-    /// The outside peer's Call ID, once learned.
-    pub outside_id: Option<u16>,
-    /// The Call ID the outside peer sees.
-    pub nat_id: u16,
-    /// The control connection, if still tracked.
-    pub conn: Option<ConnRow>,
-    /// "requested" or "established".
-    pub state: String,
-    /// Seconds since the call was requested.
-    pub age_secs: u64,
-    /// GRE packets to the inside host (userspace and fast path).
-    pub packets_in: u64,
-    /// GRE packets from the inside host.
-    pub packets_out: u64,
-    /// GRE bytes to the inside host.
-    pub bytes_in: u64,
-    /// GRE bytes from the inside host.
-    pub bytes_out: u64,
-}
-
-impl From<CallInfo> for CallRow {
-    fn from(c: CallInfo) -> Self {
-        CallRow {
-            inside_host: c.inside_host,
-            inside_id: c.inside_id,
-            outside_peer: c.outside_peer,
-            outside_id: c.outside_id,
-            nat_id: c.nat_id,
-            conn: c.conn.map(|k| ConnRow {
-                inside: k.inside,
-                outside: k.outside,
-            }),
-            state: c.state.to_string(),
-            age_secs: c.age.as_secs(),
-            packets_in: c.packets_in,
-            packets_out: c.packets_out,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-        }
-    }
-}
-
-/// Kernel fast path counters of one call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OffloadRow {
-    /// The outside peer.
-    pub outside_peer: Ipv4Addr,
-    /// The NAT Call ID.
-    pub nat_id: u16,
-    /// Packets the kernel translated.
-    pub packets: u64,
-    /// Bytes the kernel translated.
-    pub bytes: u64,
+/// How `pptp-alg status` prints the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Call IDs in hexadecimal (`0x4000`), as `conntrack -L` prints them.
+    pub hex: bool,
 }
 
 impl StatusReport {
     /// Takes a snapshot. The lock is held only while copying.
     pub fn snapshot(shared: &SharedRef) -> StatusReport {
         let now = Instant::now();
-        let (calls, stats, mut report) = {
+        let (mut report, stats, unknown_gre_table) = {
             let s = lock(shared);
             let report = StatusReport {
+                schema: SCHEMA,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_secs: now.saturating_duration_since(s.started).as_secs(),
-                calls: Vec::new(),
-                stats: BTreeMap::new(),
+                rules: s.rules.clone(),
+                offload: s.offload,
+                calls: s.alg.calls(now),
                 connections: s.alg.connections(),
                 quarantined: s.alg.quarantined(),
-                backend: s.backend.clone(),
-                offload: s.offload,
-                offloaded_counters: s
-                    .offloaded
-                    .iter()
-                    .map(|e| OffloadRow {
-                        outside_peer: e.outside_peer,
-                        nat_id: e.nat_id,
-                        packets: e.packets,
-                        bytes: e.bytes,
-                    })
-                    .collect(),
+                stats: BTreeMap::new(),
+                offloaded_counters: s.offloaded.clone(),
                 queues: s
                     .queues
                     .iter()
                     .map(|&(queue, carries)| QueueRow {
                         queue,
-                        carries: carries.to_string(),
+                        carries,
                         waiting: 0,
                         dropped_full: 0,
                         dropped_socket: 0,
@@ -185,12 +180,11 @@ impl StatusReport {
             extra.insert("journal_errors".to_string(), s.journal_errors);
             extra.insert("offload_pending".to_string(), s.offload_pending);
             (
-                s.alg.calls(now),
-                (s.alg.stats().clone(), extra, s.unknown_gre_table.clone()),
                 report,
+                (s.alg.stats().clone(), extra),
+                s.unknown_gre_table.clone(),
             )
         };
-        report.calls = calls.into_iter().map(CallRow::from).collect();
         report
             .calls
             .sort_by_key(|c| (c.inside_host, c.inside_id, c.outside_peer, c.nat_id));
@@ -206,7 +200,7 @@ impl StatusReport {
                 }
             }
         }
-        if let Some(table) = stats.2 {
+        if let Some(table) = unknown_gre_table {
             let kernel = crate::nft::unknown_gre_packets(&table).map_or(0, |(p, _)| p);
             report
                 .stats
@@ -219,19 +213,52 @@ impl StatusReport {
         report
     }
 
+    /// Keeps only the calls (and fast path counters) of inside host `host`
+    /// and outside peer `peer`, where given.
+    pub fn filter(&mut self, host: Option<Ipv4Addr>, peer: Option<Ipv4Addr>) {
+        self.calls.retain(|c| {
+            host.is_none_or(|h| c.inside_host == h) && peer.is_none_or(|p| c.outside_peer == p)
+        });
+        if host.is_some() {
+            // The kernel's counters name no inside host: keep those of the
+            // calls that stay.
+            let calls = &self.calls;
+            self.offloaded_counters.retain(|e| {
+                calls
+                    .iter()
+                    .any(|c| c.outside_peer == e.outside_peer && c.nat_id == e.nat_id)
+            });
+        }
+        if let Some(p) = peer {
+            self.offloaded_counters.retain(|e| e.outside_peer == p);
+        }
+    }
+
     /// The report as an aligned, human-readable table.
     pub fn to_table(&self) -> String {
+        self.to_table_with(TableOptions::default())
+    }
+
+    /// The report as a table that fits 100 columns: packet counts from a
+    /// million on in k/M/G units, a call's control connection only in the
+    /// JSON document (`conn`).
+    pub fn to_table_with(&self, opts: TableOptions) -> String {
+        let id = |v: u16| {
+            if opts.hex {
+                format!("{v:#06x}")
+            } else {
+                v.to_string()
+            }
+        };
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "pptp-alg {}, up {}, backend: {}, kernel fast path: {}",
+            "pptp-alg {}, up {}, kernel fast path {}",
             self.version,
             human_duration(self.uptime_secs),
-            self.backend
-                .as_deref()
-                .unwrap_or("(rules not installed by the daemon)"),
             if self.offload { "on" } else { "off" }
         );
+        let _ = writeln!(out, "{}", self.rules.text());
         let _ = writeln!(
             out,
             "{} live call(s), {} control connection(s), {} NAT id(s) in quarantine",
@@ -242,32 +269,29 @@ impl StatusReport {
         if !self.calls.is_empty() {
             out.push('\n');
             let header = [
-                "INSIDE", "OUTSIDE", "NAT ID", "CONTROL", "STATE", "AGE", "PKTS IN", "PKTS OUT",
+                "INSIDE", "OUTSIDE", "NAT ID", "STATE", "AGE", "PKTS IN", "PKTS OUT",
             ];
-            let rows: Vec<[String; 8]> = self
+            let rows: Vec<[String; 7]> = self
                 .calls
                 .iter()
                 .map(|c| {
                     [
-                        format!("{}:{}", c.inside_host, c.inside_id),
-                        match c.outside_id {
-                            Some(id) => format!("{}:{id}", c.outside_peer),
-                            None => format!("{}:-", c.outside_peer),
-                        },
-                        c.nat_id.to_string(),
-                        c.conn.as_ref().map_or_else(
-                            || "-".into(),
-                            |k| format!("{} <-> {}", k.inside, k.outside),
+                        format!("{}:{}", c.inside_host, id(c.inside_id)),
+                        format!(
+                            "{}:{}",
+                            c.outside_peer,
+                            c.outside_id.map_or_else(|| "-".into(), id)
                         ),
-                        c.state.clone(),
-                        human_duration(c.age_secs),
-                        c.packets_in.to_string(),
-                        c.packets_out.to_string(),
+                        id(c.nat_id),
+                        state_text(c.state).into(),
+                        human_duration(c.age.as_secs()),
+                        human_count(c.packets_in),
+                        human_count(c.packets_out),
                     ]
                 })
                 .collect();
             // Numbers read best right-aligned.
-            let right = [false, false, true, false, false, true, true, true];
+            let right = [false, false, true, false, true, true, true];
             write_table(&mut out, &header, &rows, &right);
         }
         if !self.queues.is_empty() {
@@ -285,7 +309,7 @@ impl StatusReport {
                 .map(|q| {
                     [
                         q.queue.to_string(),
-                        q.carries.clone(),
+                        q.carries.text().into(),
                         q.waiting.to_string(),
                         q.dropped_full.to_string(),
                         q.dropped_socket.to_string(),
@@ -307,7 +331,7 @@ impl StatusReport {
                 .map(|o| {
                     [
                         o.outside_peer.to_string(),
-                        o.nat_id.to_string(),
+                        id(o.nat_id),
                         o.packets.to_string(),
                         o.bytes.to_string(),
                     ]
@@ -322,6 +346,48 @@ impl StatusReport {
         }
         out
     }
+}
+
+impl RulesInfo {
+    /// For the table's first line.
+    fn text(&self) -> String {
+        let who = match self.installed {
+            Installed::Owned => "owned by the daemon",
+            Installed::Unowned => "installed by the daemon without owner",
+            Installed::External => "installed by someone else",
+        };
+        match self.queue_backend {
+            Some(b) => format!("table ip {} {who}, {b}", self.table),
+            None => format!("table ip {} {who}", self.table),
+        }
+    }
+}
+
+/// A call state in a table cell.
+fn state_text(s: CallState) -> &'static str {
+    match s {
+        CallState::Requested => "requested",
+        CallState::Established => "established",
+        CallState::Ended(_) => "ended",
+    }
+}
+
+/// A packet count in at most 6 characters: exact below a million, then
+/// `1.2M`, `345.6G`.
+pub fn human_count(n: u64) -> String {
+    if n < 1_000_000 {
+        return n.to_string();
+    }
+    let mut v = n as f64;
+    let mut unit = 'k';
+    for u in ['k', 'M', 'G', 'T', 'P', 'E'] {
+        v /= 1000.0;
+        unit = u;
+        if v < 999.95 {
+            break;
+        }
+    }
+    format!("{v:.1}{unit}")
 }
 
 /// Stats as name → value, with the per-cause array spelled out so that
@@ -401,13 +467,13 @@ pub struct StatusServer {
 
 impl StatusServer {
     /// Binds `path` (creating its directory) and serves snapshots of
-    /// `shared`.
+    /// `shared`; readable by root and by `group` (a gid), if given.
     ///
     /// A socket file left by a dead daemon is replaced; one that a live
     /// daemon answers on is an error (two daemons would fight over the
     /// queues anyway).
-    pub fn start(path: &Path, shared: SharedRef) -> io::Result<StatusServer> {
-        StatusServer::start_with(path, move |dropped| {
+    pub fn start(path: &Path, group: Option<u32>, shared: SharedRef) -> io::Result<StatusServer> {
+        StatusServer::start_with(path, group, move |dropped| {
             let mut report = StatusReport::snapshot(&shared);
             report
                 .stats
@@ -420,7 +486,7 @@ impl StatusServer {
     /// given the number of clients dropped so far. Connections are accepted
     /// on a thread of their own and each is served on another, at most
     /// [`MAX_CLIENTS`] at once, within [`CLIENT_TIMEOUT`].
-    pub fn start_with<F>(path: &Path, report: F) -> io::Result<StatusServer>
+    pub fn start_with<F>(path: &Path, group: Option<u32>, report: F) -> io::Result<StatusServer>
     where
         F: Fn(u64) -> StatusReport + Send + Sync + 'static,
     {
@@ -440,7 +506,10 @@ impl StatusServer {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
-        // Calls reveal who talks to whom: root (and the group) only.
+        // Calls reveal who talks to whom: root and the group only.
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         std::thread::Builder::new()
             .name("status".into())
@@ -655,12 +724,20 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Asks the daemon at `path` for its report.
 pub fn fetch(path: &Path) -> io::Result<StatusReport> {
     let mut conn = UnixStream::connect(path).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::NotFound => "is pptp-alg running? see --socket",
+            io::ErrorKind::PermissionDenied => {
+                "the status socket is open to root and to the group named by the daemon's \
+                 status_group; run as root or as a member of that group"
+            }
+            io::ErrorKind::ConnectionRefused => {
+                "nothing answers: a socket left by a daemon that died? is pptp-alg running?"
+            }
+            _ => "is pptp-alg running? see --socket",
+        };
         io::Error::new(
             e.kind(),
-            format!(
-                "cannot connect to {}: {e} (is pptp-alg running? see --socket)",
-                path.display()
-            ),
+            format!("cannot connect to {}: {e} ({hint})", path.display()),
         )
     })?;
     conn.set_read_timeout(Some(FETCH_TIMEOUT))?;
@@ -682,12 +759,30 @@ pub fn fetch(path: &Path) -> io::Result<StatusReport> {
             e
         }
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    parse_report(&text).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("malformed status from {}: {e}", path.display()),
+            format!("status from {}: {e}", path.display()),
         )
     })
+}
+
+/// Reads a status document, checking its schema first, so that a daemon
+/// of another version is named as such rather than as a parse error.
+pub fn parse_report(text: &str) -> Result<StatusReport, String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("malformed: {e}"))?;
+    match doc.get("schema").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(SCHEMA) => {}
+        other => {
+            return Err(format!(
+                "the daemon speaks status schema {}, this pptp-alg reads schema {SCHEMA} \
+                 (the daemon is another version: restart it, or use its own binary)",
+                other.map_or_else(|| "0 (unversioned)".into(), |v| v.to_string())
+            ))
+        }
+    }
+    serde_json::from_value(doc).map_err(|e| format!("malformed: {e}"))
 }
 
 /// Writes the report to the log, one line per table row (SIGUSR1).
@@ -701,19 +796,90 @@ pub fn log_report(shared: &SharedRef) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alg::{Alg, AlgConfig};
+    use crate::alg::{Alg, AlgConfig, ConnKey};
     use crate::daemon::shared::Shared;
+    use std::time::Duration;
+
+    fn report(installed: Installed, backend: Option<QueueBackend>) -> StatusReport {
+        let rules = RulesInfo {
+            table: "pptp_alg".into(),
+            installed,
+            queue_backend: backend,
+        };
+        StatusReport::snapshot(&Shared::new(Alg::new(AlgConfig::default()), rules))
+    }
+
+    fn call(host: &str, id: u16, peer: &str, nat_id: u16, port: u16) -> CallInfo {
+        CallInfo {
+            inside_host: host.parse().unwrap(),
+            inside_id: id,
+            outside_peer: peer.parse().unwrap(),
+            outside_id: Some(777),
+            nat_id,
+            conn: Some(ConnKey {
+                inside: format!("{host}:{port}").parse().unwrap(),
+                outside: format!("{peer}:1723").parse().unwrap(),
+            }),
+            state: CallState::Established,
+            age: Duration::from_secs(61),
+            packets_in: 10,
+            packets_out: 12345,
+            bytes_in: 0,
+            bytes_out: 0,
+            hairpin: None,
+        }
+    }
 
     #[test]
     fn report_round_trips_and_prints() {
-        let shared = Shared::new(Alg::new(AlgConfig::default()), true, Some("x".into()));
-        let r = StatusReport::snapshot(&shared);
+        let r = report(Installed::Owned, Some(QueueBackend::XtNfqueue));
         let json = serde_json::to_string(&r).unwrap();
-        let back: StatusReport = serde_json::from_str(&json).unwrap();
-        assert_eq!(r, back);
+        assert_eq!(parse_report(&json).unwrap(), r);
         let t = r.to_table();
         assert!(t.contains("0 live call(s)"));
         assert!(t.contains("ended_idle_timeout"));
+        assert!(t.contains("table ip pptp_alg owned by the daemon"));
+    }
+
+    /// The documented schema: enums as fixed strings, numbers as numbers.
+    #[test]
+    fn schema_uses_enums_not_prose() {
+        let mut r = report(Installed::Unowned, Some(QueueBackend::NftQueue));
+        r.calls
+            .push(call("192.168.1.10", 0x4000, "203.0.113.5", 0x4100, 40000));
+        let mut ended = call("192.168.1.11", 1, "203.0.113.5", 2, 40001);
+        ended.state = CallState::Ended(EndCause::IdleTimeout);
+        r.calls.push(ended);
+        let doc = serde_json::to_value(&r).unwrap();
+        assert_eq!(doc["schema"], 1);
+        assert_eq!(
+            doc["rules"],
+            serde_json::json!({"table": "pptp_alg", "installed": "unowned", "queue_backend": "nft_queue"})
+        );
+        let c = &doc["calls"][0];
+        assert_eq!(c["state"], "established");
+        assert_eq!(c["age_secs"], 61);
+        assert_eq!(c["nat_id"], 0x4100);
+        assert_eq!(c["conn"]["inside"], "192.168.1.10:40000");
+        assert_eq!(
+            doc["calls"][1]["state"],
+            serde_json::json!({"ended": "idle_timeout"})
+        );
+        let external = serde_json::to_value(report(Installed::External, None)).unwrap();
+        assert_eq!(external["rules"]["installed"], "external");
+        assert_eq!(external["rules"]["queue_backend"], serde_json::Value::Null);
+        assert_eq!(doc["queues"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn another_schema_is_named_not_misparsed() {
+        let old = r#"{"version":"0.1.0","uptime_secs":1,"calls":[],"backend":"a sentence"}"#;
+        let e = parse_report(old).unwrap_err();
+        assert!(e.contains("schema 0 (unversioned)"), "{e}");
+        let mut doc = serde_json::to_value(report(Installed::Owned, None)).unwrap();
+        doc["schema"] = 2.into();
+        let e = parse_report(&doc.to_string()).unwrap_err();
+        assert!(e.contains("schema 2, this pptp-alg reads schema 1"), "{e}");
     }
 
     #[test]
@@ -725,26 +891,23 @@ mod tests {
     }
 
     #[test]
+    fn counts_fit_six_columns() {
+        assert_eq!(human_count(999_999), "999999");
+        assert_eq!(human_count(1_000_000), "1.0M");
+        assert_eq!(human_count(1_234_567), "1.2M");
+        assert_eq!(human_count(999_999_999), "1.0G");
+        assert_eq!(human_count(345_600_000_000), "345.6G");
+        assert_eq!(human_count(u64::MAX), "18.4E");
+        for n in [0, 999_999, 999_949_999, 999_950_000, u64::MAX / 3, u64::MAX] {
+            assert!(human_count(n).len() <= 6, "{n}: {}", human_count(n));
+        }
+    }
+
+    #[test]
     fn table_rows_align() {
-        let mut r =
-            StatusReport::snapshot(&Shared::new(Alg::new(AlgConfig::default()), false, None));
-        r.calls.push(CallRow {
-            inside_host: "192.168.1.10".parse().unwrap(),
-            inside_id: 1,
-            outside_peer: "203.0.113.5".parse().unwrap(),
-            outside_id: Some(777),
-            nat_id: 1,
-            conn: Some(ConnRow {
-                inside: "192.168.1.10:40000".parse().unwrap(),
-                outside: "203.0.113.5:1723".parse().unwrap(),
-            }),
-            state: "established".into(),
-            age_secs: 61,
-            packets_in: 10,
-            packets_out: 12345,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        let mut r = report(Installed::Owned, None);
+        r.calls
+            .push(call("192.168.1.10", 1, "203.0.113.5", 1, 40000));
         let t = r.to_table();
         let lines: Vec<&str> = t
             .lines()
@@ -753,5 +916,85 @@ mod tests {
         assert_eq!(lines.len(), 2);
         // Right-aligned last column ends at the same place.
         assert_eq!(lines[0].len(), lines[1].len());
+    }
+
+    /// The widest call row there can be fits a 100-column terminal, in
+    /// decimal and in hex, and so does every other line.
+    #[test]
+    fn widest_table_fits_100_columns() {
+        let mut r = report(Installed::Unowned, Some(QueueBackend::XtNfqueue));
+        let mut c = call("255.255.255.255", 65535, "255.255.255.254", 65535, 65535);
+        c.conn = Some(ConnKey {
+            inside: "255.255.255.255:65535".parse().unwrap(),
+            outside: "255.255.255.254:65535".parse().unwrap(),
+        });
+        c.outside_id = Some(65535);
+        c.age = Duration::from_secs(99 * 86400 + 23 * 3600);
+        c.packets_in = u64::MAX;
+        c.packets_out = 999_999;
+        c.state = CallState::Established;
+        r.calls.push(c);
+        r.uptime_secs = 999 * 86400;
+        for hex in [false, true] {
+            let t = r.to_table_with(TableOptions { hex });
+            for line in t.lines() {
+                assert!(line.len() <= 100, "{} columns: {line}", line.len());
+            }
+        }
+    }
+
+    #[test]
+    fn hex_prints_call_ids_as_conntrack_does() {
+        let mut r = report(Installed::Owned, None);
+        r.calls
+            .push(call("192.168.1.10", 0x4000, "203.0.113.5", 0x4100, 40000));
+        let t = r.to_table_with(TableOptions { hex: true });
+        assert!(t.contains("192.168.1.10:0x4000"), "{t}");
+        assert!(t.contains("203.0.113.5:0x0309"), "{t}");
+        assert!(t.contains("0x4100"), "{t}");
+        let t = r.to_table();
+        assert!(t.contains("192.168.1.10:16384"), "{t}");
+    }
+
+    #[test]
+    fn filters_keep_the_calls_of_a_host_or_peer() {
+        let mut r = report(Installed::Owned, None);
+        r.calls.push(call("10.0.0.1", 1, "192.0.2.1", 1, 40000));
+        r.calls.push(call("10.0.0.2", 1, "192.0.2.1", 2, 40000));
+        r.calls.push(call("10.0.0.2", 5, "192.0.2.9", 5, 40001));
+        let counter = |peer: &str, nat_id| ElementCounter {
+            outside_peer: peer.parse().unwrap(),
+            nat_id,
+            packets: 1,
+            bytes: 1,
+        };
+        r.offloaded_counters = vec![counter("192.0.2.1", 1), counter("192.0.2.9", 5)];
+        let ids = |r: &StatusReport| -> Vec<(String, u16)> {
+            r.calls
+                .iter()
+                .map(|c| (c.inside_host.to_string(), c.nat_id))
+                .collect()
+        };
+        let mut by_host = r.clone();
+        by_host.filter(Some("10.0.0.2".parse().unwrap()), None);
+        assert_eq!(
+            ids(&by_host),
+            [("10.0.0.2".into(), 2), ("10.0.0.2".into(), 5)]
+        );
+        assert_eq!(by_host.offloaded_counters, [counter("192.0.2.9", 5)]);
+        let mut by_peer = r.clone();
+        by_peer.filter(None, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            ids(&by_peer),
+            [("10.0.0.1".into(), 1), ("10.0.0.2".into(), 2)]
+        );
+        assert_eq!(by_peer.offloaded_counters, [counter("192.0.2.1", 1)]);
+        let mut both = r;
+        both.filter(
+            Some("10.0.0.1".parse().unwrap()),
+            Some("192.0.2.9".parse().unwrap()),
+        );
+        assert!(both.calls.is_empty());
+        assert!(both.offloaded_counters.is_empty());
     }
 }

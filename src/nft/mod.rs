@@ -94,8 +94,10 @@ impl Default for RulesConfig {
     }
 }
 
-/// How packets are handed to the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How packets are handed to the daemon (`nft_queue` or `xt_nfqueue` in
+/// the status document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QueueBackend {
     /// The native nft `queue` expression (CONFIG_NFT_QUEUE); what `nft/pptp-alg.nft` uses.
     NftQueue,
@@ -114,7 +116,7 @@ impl fmt::Display for QueueBackend {
 }
 
 /// Packets and bytes the kernel fast path translated for one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ElementCounter {
     /// The outside peer (source of the GRE).
     pub outside_peer: Ipv4Addr,

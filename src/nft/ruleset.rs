@@ -56,9 +56,10 @@ pub const HAIRPIN_KEY_LEN: usize = 12;
 /// Length of a [`GRE_OUT`] key: two IPv4 addresses and the padded Call ID.
 pub const OUT_KEY_LEN: usize = 12;
 
-/// Direction of a packet relative to its conntrack entry.
+/// Direction of a packet relative to its conntrack entry (`ct direction`;
+/// not the engine's [`crate::alg::Direction`], which is relative to the NAT).
 #[derive(Debug, Clone, Copy)]
-pub enum Dir {
+pub enum CtDir {
     /// Same direction as the packet that created the entry.
     Original,
     /// The other way.
@@ -102,7 +103,7 @@ pub enum Stmt {
     /// TCP source port.
     TcpSport(u16),
     /// Conntrack direction.
-    CtDirection(Dir),
+    CtDirection(CtDir),
     /// Conntrack NAT status bit set.
     CtStatus(Nat),
     /// Rewrites destination address and Call ID from the two maps; no match if the key is
@@ -160,8 +161,8 @@ impl Stmt {
             Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
             Stmt::TcpSport(p) => format!("tcp sport {p}"),
-            Stmt::CtDirection(Dir::Original) => "ct direction original".into(),
-            Stmt::CtDirection(Dir::Reply) => "ct direction reply".into(),
+            Stmt::CtDirection(CtDir::Original) => "ct direction original".into(),
+            Stmt::CtDirection(CtDir::Reply) => "ct direction reply".into(),
             Stmt::CtStatus(Nat::Snat) => "ct status snat".into(),
             Stmt::CtStatus(Nat::Dnat) => "ct status dnat".into(),
             Stmt::RewriteGre => format!(
@@ -235,7 +236,7 @@ impl Stmt {
             Stmt::TcpSport(p) => tcp_port(0, p),
             Stmt::CtDirection(d) => vec![
                 expr::ct_load(libc::NFT_CT_DIRECTION),
-                expr::cmp(CmpOp::Eq, &[matches!(d, Dir::Reply) as u8]),
+                expr::cmp(CmpOp::Eq, &[matches!(d, CtDir::Reply) as u8]),
             ],
             Stmt::CtStatus(n) => {
                 let bit = match n {
@@ -531,7 +532,7 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
     // The server side of a control connection has port 1723: original-direction packets carry
     // it as destination, reply-direction packets as source. A client that happens to use
     // source port 1723 is not PPTP and is left alone.
-    let ctl = |port: Stmt, dir: Dir, nat: Nat, queue: u16| {
+    let ctl = |port: Stmt, dir: CtDir, nat: Nat, queue: u16| {
         vec![port, CtDirection(dir), CtStatus(nat), Queue(queue, backend)]
     };
     let ctl_rules = vec![
@@ -544,15 +545,20 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         vec![NotTcp, Accept],
         ctl(
             TcpDport(1723),
-            Dir::Original,
+            CtDir::Original,
             Nat::Snat,
             cfg.queue_from_inside,
         ),
-        ctl(TcpSport(1723), Dir::Reply, Nat::Snat, cfg.queue_to_inside),
-        ctl(TcpSport(1723), Dir::Reply, Nat::Dnat, cfg.queue_from_inside),
+        ctl(TcpSport(1723), CtDir::Reply, Nat::Snat, cfg.queue_to_inside),
+        ctl(
+            TcpSport(1723),
+            CtDir::Reply,
+            Nat::Dnat,
+            cfg.queue_from_inside,
+        ),
         ctl(
             TcpDport(1723),
-            Dir::Original,
+            CtDir::Original,
             Nat::Dnat,
             cfg.queue_to_inside,
         ),

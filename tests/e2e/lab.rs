@@ -15,7 +15,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +25,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "../support/netns.rs"]
+mod netns;
+pub use netns::{have_root, run, run_input, Netns};
 
 pub const ALG: &str = env!("CARGO_BIN_EXE_pptp-alg");
 pub const PEER: &str = env!("CARGO_BIN_EXE_pptp-peer");
@@ -40,46 +44,6 @@ pub const MARK: &str = "0x1723";
 const PROC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for the daemon to get ready or to stop.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// True if the test may run; panics if it must run but cannot.
-pub fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PPTP_ALG_E2E").as_deref() == Ok("1") {
-        panic!("PPTP_ALG_E2E=1 but not running as root: the end-to-end tests cannot run");
-    }
-    println!("skipped: needs root");
-    false
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    if let Some(text) = stdin {
-        let mut w = child.stdin.take().expect("stdin");
-        w.write_all(text.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Where a peer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,9 +112,9 @@ impl Output {
 /// The lab; see the module documentation.
 pub struct Lab {
     pub name: String,
-    pub router: String,
-    pub wan: String,
-    pub lan: Vec<String>,
+    pub router: Netns,
+    pub wan: Netns,
+    pub lan: Vec<Netns>,
     dir: PathBuf,
     procs: Vec<Proc>,
     daemon: Option<usize>,
@@ -170,22 +134,16 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let lab = Lab {
-            router: format!("{name}-r"),
-            wan: format!("{name}-w"),
-            lan: (1..=lan_hosts).map(|i| format!("{name}-c{i}")).collect(),
+            router: Netns::add(&format!("{name}-r")),
+            wan: Netns::add(&format!("{name}-w")),
+            lan: (1..=lan_hosts)
+                .map(|i| Netns::add(&format!("{name}-c{i}")))
+                .collect(),
             name,
             dir,
             procs: Vec::new(),
             daemon: None,
         };
-        // Namespaces left by an earlier, killed run of the same pid are unlikely but harmless
-        // to remove.
-        lab.delete_namespaces();
-        let (r, w) = (lab.router.clone(), lab.wan.clone());
-        run("ip", &["netns", "add", &r], None);
-        run("ip", &["netns", "add", &w], None);
-        lab.ip(Host::Router, &["link", "set", "lo", "up"]);
-        lab.ip(Host::Wan, &["link", "set", "lo", "up"]);
         for s in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
@@ -195,14 +153,7 @@ impl Lab {
         }
         // Interface names are created directly inside their namespaces, so the
         // same short names serve every lab.
-        run(
-            "ip",
-            &[
-                "link", "add", "wan0", "netns", &r, "type", "veth", "peer", "name", "eth0",
-                "netns", &w,
-            ],
-            None,
-        );
+        lab.router.veth("wan0", &lab.wan, "eth0");
         lab.ip(
             Host::Router,
             &["addr", "add", &format!("{ROUTER_WAN}/24"), "dev", "wan0"],
@@ -216,18 +167,8 @@ impl Lab {
         }
         lab.ip(Host::Wan, &["link", "set", "eth0", "up"]);
         for i in 0..lan_hosts {
-            let c = lab.lan[i].clone();
             let ifname = format!("lan{}", i + 1);
-            run("ip", &["netns", "add", &c], None);
-            lab.ip(Host::Lan(i), &["link", "set", "lo", "up"]);
-            run(
-                "ip",
-                &[
-                    "link", "add", &ifname, "netns", &r, "type", "veth", "peer", "name", "eth0",
-                    "netns", &c,
-                ],
-                None,
-            );
+            lab.router.veth(&ifname, &lab.lan[i], "eth0");
             lab.ip(
                 Host::Router,
                 &["addr", "add", &format!("{ROUTER_LAN}/32"), "dev", &ifname],
@@ -277,9 +218,9 @@ impl Lab {
 
     pub fn ns(&self, h: Host) -> &str {
         match h {
-            Host::Router => &self.router,
-            Host::Wan => &self.wan,
-            Host::Lan(i) => &self.lan[i],
+            Host::Router => self.router.name(),
+            Host::Wan => self.wan.name(),
+            Host::Lan(i) => self.lan[i].name(),
         }
     }
 
@@ -287,13 +228,13 @@ impl Lab {
     pub fn exec(&self, h: Host, cmd: &str, args: &[&str]) -> String {
         let mut a = vec!["netns", "exec", self.ns(h), cmd];
         a.extend_from_slice(args);
-        run("ip", &a, None)
+        run("ip", &a)
     }
 
     pub fn ip(&self, h: Host, args: &[&str]) {
         let mut a = vec!["-n", self.ns(h)];
         a.extend_from_slice(args);
-        run("ip", &a, None);
+        run("ip", &a);
     }
 
     /// Runs a command to completion in a namespace and returns what it left,
@@ -314,10 +255,10 @@ impl Lab {
 
     /// Loads an nft script in the router.
     pub fn nft(&self, script: &str) {
-        run(
+        run_input(
             "ip",
-            &["netns", "exec", &self.router, "nft", "-f", "-"],
-            Some(script),
+            &["netns", "exec", self.router.name(), "nft", "-f", "-"],
+            script,
         );
     }
 
@@ -327,7 +268,7 @@ impl Lab {
             .args([
                 "netns",
                 "exec",
-                &self.router,
+                self.router.name(),
                 "nft",
                 "list",
                 "table",
@@ -348,7 +289,7 @@ impl Lab {
             .args([
                 "netns",
                 "exec",
-                &self.router,
+                self.router.name(),
                 "nft",
                 "list",
                 "map",
@@ -926,19 +867,6 @@ impl Lab {
         let out = self.finish(p);
         assert_eq!(out.code, 0, "gre-send failed: {}{}", out.stdout, out.stderr);
     }
-
-    fn delete_namespaces(&self) {
-        let mut all = vec![&self.router, &self.wan];
-        all.extend(self.lan.iter());
-        for ns in all {
-            if std::path::Path::new("/run/netns").join(ns).exists() {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", ns])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
 }
 
 impl Drop for Lab {
@@ -961,7 +889,7 @@ impl Drop for Lab {
                 let _ = p.child.wait();
             }
         }
-        self.delete_namespaces();
+        // The namespaces go with the fields, after this.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
