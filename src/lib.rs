@@ -4,12 +4,14 @@
 //! - [`wire`]: typed views over IPv4, TCP, PPTP control messages and enhanced GRE.
 //! - [`alg`]: the sans-IO translation engine (call table, Call-ID allocator,
 //!   stream tracking, timeouts). Time is passed in by the caller.
-//! - [`nft`]: the only code that talks to nftables (nftnl + mnl).
+//! - [`netlink`]: netlink sockets, the message splitter, the wait.
+//! - [`nft`]: the only code that talks to nftables (nftnl).
 //! - [`nfqueue`]: the only code that talks to NFQUEUE (nfq).
 //! - [`daemon`]: configuration, the packet loop, status socket, signals.
 
 pub mod alg;
 pub mod daemon;
+pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod wire;

@@ -1,0 +1,19 @@
+//! Netlink: the only code that opens netlink sockets, waits on them, receives from them and
+//! splits what they bring into messages, for nf_tables ([`crate::nft`], which builds and
+//! reads its messages through libnftnl and sends them through [`NlSocket`]).
+//!
+//! - [`NlSocket`]: a bound netlink socket (netlink-sys) with an aligned receive buffer; only
+//!   the kernel's datagrams are passed on, truncation and lost notifications are typed errors.
+//! - [`messages`]: the one splitter of a receive buffer into `nlmsghdr` messages
+//!   (netlink-packet-core's header view), every length checked, never a panic.
+//! - [`readable`]: the one wait for readable descriptors with a timeout.
+//!
+//! What to do with the messages is the callers' business: nothing here knows nf_tables.
+
+mod poll;
+mod socket;
+mod split;
+
+pub use poll::readable;
+pub use socket::{NlSocket, RecvError};
+pub use split::{messages, ErrorMsg, FrameError, Msg, NLMSG_HDRLEN};
