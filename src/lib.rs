@@ -4,7 +4,7 @@
 //! - [`wire`]: typed views over IPv4, TCP, PPTP control messages and enhanced GRE.
 //! - [`alg`]: the sans-IO translation engine (call table, Call-ID allocator,
 //!   stream tracking, timeouts). Time is passed in by the caller.
-//! - [`netlink`]: netlink sockets, the message splitter, the wait.
+//! - [`netlink`]: netlink sockets, the message splitter, the wait, rtnetlink addresses.
 //! - [`nft`]: the only code that talks to nftables (nftnl).
 //! - [`nfqueue`]: the only code that talks to NFQUEUE (nfq).
 //! - [`daemon`]: configuration, the packet loop, status socket, signals.

@@ -1,16 +1,21 @@
 //! Netlink: the only code that opens netlink sockets, waits on them, receives from them and
-//! splits what they bring into messages, for nf_tables ([`crate::nft`], which builds and
-//! reads its messages through libnftnl and sends them through [`NlSocket`]).
+//! splits what they bring into messages, for both users: rtnetlink (the router's addresses,
+//! [`route`]) and nf_tables ([`crate::nft`], which builds and reads its messages through
+//! libnftnl and sends them through [`NlSocket`]).
 //!
 //! - [`NlSocket`]: a bound netlink socket (netlink-sys) with an aligned receive buffer; only
 //!   the kernel's datagrams are passed on, truncation and lost notifications are typed errors.
 //! - [`messages`]: the one splitter of a receive buffer into `nlmsghdr` messages
 //!   (netlink-packet-core's header view), every length checked, never a panic.
 //! - [`readable`]: the one wait for readable descriptors with a timeout.
+//! - [`route`]: the address dump, the `RTMGRP_IPV4_IFADDR` notifications and their decoding
+//!   (netlink-packet-route).
 //!
-//! What to do with the messages is the callers' business: nothing here knows nf_tables.
+//! What to do with the messages is the callers' business: nothing here knows nf_tables, the
+//! set `local_addrs` or which addresses count (that policy is `crate::daemon::addrs`).
 
 mod poll;
+pub mod route;
 mod socket;
 mod split;
 
