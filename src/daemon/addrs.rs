@@ -27,7 +27,7 @@ use crate::nft::{LocalAddrSet, NftError};
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -321,7 +321,7 @@ impl<S: AddrSink> Worker<S> {
                 .retry_at
                 .map_or(IDLE, |t| t.saturating_duration_since(now));
             let [readable, woken] = match crate::netlink::readable(
-                [Some(self.sock.as_fd()), Some(wake.as_fd())],
+                [Some(self.sock.as_fd().as_raw_fd()), Some(wake.as_raw_fd())],
                 timeout,
             ) {
                 Ok(r) => r,

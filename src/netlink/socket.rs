@@ -129,7 +129,7 @@ impl NlSocket {
 
     /// Waits until something can be received or `timeout` passes (see [`super::readable`]).
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        Ok(super::readable([Some(self.as_fd())], timeout)?[0])
+        Ok(super::readable([Some(self.sock.as_raw_fd())], timeout)?[0])
     }
 }
 
