@@ -1,13 +1,15 @@
-//! Netlink: the only code that opens netlink sockets, waits on them, receives from them and
-//! splits what they bring into messages, for both users: rtnetlink (the router's addresses,
-//! [`route`]) and nf_tables ([`crate::nft`], which builds and reads its messages through
-//! libnftnl and sends them through [`NlSocket`]).
+//! Netlink: the only code that opens the rtnetlink and nf_tables sockets, waits on them,
+//! receives from them and splits what they bring into messages, for both users: rtnetlink
+//! (the router's addresses, [`route`]) and nf_tables ([`crate::nft`], which builds and reads
+//! its messages through libnftnl and sends them through [`NlSocket`]). The NFQUEUE sockets
+//! are `crate::nfqueue`'s (the nfq crate's); only their wait is here.
 //!
 //! - [`NlSocket`]: a bound netlink socket (netlink-sys) with an aligned receive buffer; only
 //!   the kernel's datagrams are passed on, truncation and lost notifications are typed errors.
 //! - [`messages`]: the one splitter of a receive buffer into `nlmsghdr` messages
 //!   (netlink-packet-core's header view), every length checked, never a panic.
-//! - [`readable`]: the one wait for readable descriptors with a timeout.
+//! - [`readable`]: the one wait for readable descriptors with a timeout (the packet thread's,
+//!   the address watcher's and nf_tables replies').
 //! - [`route`]: the address dump, the `RTMGRP_IPV4_IFADDR` notifications and their decoding
 //!   (netlink-packet-route).
 //!
