@@ -1,10 +1,13 @@
-//! The netlink reply parsers: rtnetlink address messages
-//! (src/daemon/addrs.rs) and nf_tables replies (src/nft: message splitting
-//! and errors on arbitrary bytes; tables, set elements with keys and
-//! counters, and ct helper objects through libnftnl on messages whose
-//! attributes are well formed, as the kernel sends them: libnftnl exits the
-//! process on an attribute of the wrong size, by design). No panic, and what
-//! the address parser reports is consistent with the bytes.
+//! The netlink reply parsers: the one message splitter and NLMSG_ERROR
+//! reader (src/netlink), the rtnetlink address decoder
+//! (src/netlink/route.rs) and the address policy fed from it
+//! (src/daemon/addrs.rs), and nf_tables replies (src/nft: errors on
+//! arbitrary bytes; tables, set elements with keys and counters, and ct
+//! helper objects through libnftnl on messages whose attributes are well
+//! formed, as the kernel sends them: libnftnl exits the process on an
+//! attribute of the wrong size, by design). No panic, the splitter stays
+//! inside the buffer, and what the address decoder reports is consistent
+//! with the bytes and with the splitter.
 //!
 //! The first byte chooses: even, the rest is one receive buffer as it is;
 //! odd, the rest describes nf_tables messages that are built with correct
@@ -12,7 +15,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pptp_alg::daemon::addrs::{parse, AddrTable, RtMsg};
+use pptp_alg::daemon::addrs::AddrTable;
+use pptp_alg::netlink::route::{parse, RtMsg};
+use pptp_alg::netlink::{messages, FrameError, NLMSG_HDRLEN};
 
 /// Reads the description front to back; zeros when exhausted.
 struct Bytes<'a>(&'a [u8]);
@@ -214,18 +219,51 @@ fuzz_target!(|data: &[u8]| {
     let store = aligned(rest);
     let bytes = view(&store, rest.len());
 
-    let msgs = parse(bytes);
-    // At most one message per 16 bytes (the header), and a framing error
-    // only as the last one.
-    assert!(msgs.len() <= bytes.len() / 16);
-    let mut table = AddrTable::default();
-    for (i, m) in msgs.iter().enumerate() {
-        if let RtMsg::Malformed(why) = m.msg {
-            if why.starts_with("netlink message length") {
-                assert_eq!(i, msgs.len() - 1, "framing error not last");
+    // The splitter: messages lie in the buffer one after the other at
+    // 4-byte aligned offsets, each at least a header long and as long as
+    // its length field; a framing error only as the last item.
+    let split: Vec<_> = messages(bytes).collect();
+    assert!(split.len() <= bytes.len() / NLMSG_HDRLEN);
+    let mut at = 0usize;
+    for (i, m) in split.iter().enumerate() {
+        match m {
+            Ok(m) => {
+                let start = m.raw.as_ptr() as usize - bytes.as_ptr() as usize;
+                assert_eq!(start, at, "message not where the last one ended");
+                assert!(m.raw.len() >= NLMSG_HDRLEN && start + m.raw.len() <= bytes.len());
+                let len = u32::from_ne_bytes(m.raw[..4].try_into().unwrap()) as usize;
+                assert_eq!(len, m.raw.len());
+                at = (start + len).next_multiple_of(4);
+                if let Ok(e) = m.error() {
+                    assert!(m.payload().len() >= 4);
+                    assert_eq!(e.request_seq.is_some(), m.payload().len() >= 4 + NLMSG_HDRLEN);
+                }
             }
+            Err(FrameError::Length { len, left }) => {
+                assert_eq!(i, split.len() - 1, "framing error not last");
+                assert_eq!(*left, bytes.len() - at);
+                assert!(*len < NLMSG_HDRLEN || len > left);
+            }
+            Err(e) => panic!("the splitter reported {e}"),
         }
-        table.apply(&m.msg);
+    }
+
+    // The address decoder: one result per message, a framing error where
+    // the splitter has one, and the header fields the splitter read.
+    let msgs = parse(bytes);
+    assert_eq!(msgs.len(), split.len());
+    let mut table = AddrTable::default();
+    for (p, m) in msgs.iter().zip(&split) {
+        match m {
+            Ok(m) => {
+                assert_eq!((p.ty, p.flags, p.seq, p.pid), (m.ty, m.flags, m.seq, m.pid));
+                if matches!(p.msg, RtMsg::New(_) | RtMsg::Del(_)) {
+                    assert!(m.ty == 20 || m.ty == 21, "address from type {}", m.ty);
+                }
+            }
+            Err(_) => assert_eq!(p.msg, RtMsg::Malformed("netlink message length out of range")),
+        }
+        table.apply(&p.msg);
     }
     let _ = table.addrs();
     let _ = pptp_alg::nft::fuzzing::parse_replies(bytes, false);

@@ -17,12 +17,17 @@
 //!
 //! The thread blocks only on its own route socket and a wake-up socket, and shares nothing
 //! with the packet thread but the table socket's mutex (held for one netlink round trip).
+//!
+//! This module owns the policy (which addresses go into the set, the diffing, when to read
+//! everything again) and the thread's loop. The route socket, the dump and the decoding of
+//! rtnetlink messages are [`crate::netlink::route`]'s: nothing here touches netlink bytes.
 
+use crate::netlink::route::{IfAddr, Received, RouteSocket, RtMsg};
 use crate::nft::{LocalAddrSet, NftError};
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,157 +38,6 @@ use std::time::{Duration, Instant};
 const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failure (dump or set change), how long until the next attempt.
 const RETRY: Duration = Duration::from_secs(5);
-/// Receive buffer: larger than any one netlink message (a dump part is at most a few pages).
-const RECV_BUF: usize = 64 * 1024;
-/// Socket receive queue for notifications, so that a burst of changes (an interface with
-/// many addresses going away) is not lost.
-const RCVBUF_BYTES: i32 = 1 << 20;
-
-const NLMSG_HDRLEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-const RTA_HDRLEN: usize = 4;
-
-/// One IPv4 address of one interface, as rtnetlink reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IfAddr {
-    /// The interface.
-    pub ifindex: u32,
-    /// The local address (`IFA_LOCAL`, or `IFA_ADDRESS` where there is no `IFA_LOCAL`).
-    pub addr: Ipv4Addr,
-    /// The prefix length.
-    pub prefixlen: u8,
-}
-
-/// What one rtnetlink message says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RtMsg {
-    /// `RTM_NEWADDR`: an IPv4 address exists (dump) or was added or changed (notification).
-    New(IfAddr),
-    /// `RTM_DELADDR`: an IPv4 address was removed.
-    Del(IfAddr),
-    /// End of a dump.
-    Done,
-    /// `NLMSG_ERROR`: the negative of the errno, 0 for an acknowledgement.
-    Error(i32),
-    /// Something else: another address family, another message type.
-    Other,
-    /// An address message that cannot be read (too short, no IPv4 address), or broken
-    /// framing (then the last message of the buffer).
-    Malformed(&'static str),
-}
-
-/// One parsed message with the header fields that tell a dump part from a notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    /// `nlmsg_type`
-    pub ty: u16,
-    /// `nlmsg_flags`
-    pub flags: u16,
-    /// `nlmsg_seq`
-    pub seq: u32,
-    /// `nlmsg_pid`
-    pub pid: u32,
-    /// The content.
-    pub msg: RtMsg,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Splits a buffer received from a route socket into messages and reads the address
-/// messages among them. Never panics, whatever the bytes: every length is checked against
-/// what is there. A message whose length field is impossible ends the buffer with
-/// [`RtMsg::Malformed`].
-pub fn parse(mut buf: &[u8]) -> Vec<Parsed> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32_at(buf, 0) as usize;
-        let (ty, flags) = (u16_at(buf, 4), u16_at(buf, 6));
-        let (seq, pid) = (u32_at(buf, 8), u32_at(buf, 12));
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            out.push(Parsed {
-                ty,
-                flags,
-                seq,
-                pid,
-                msg: RtMsg::Malformed("netlink message length out of range"),
-            });
-            break;
-        }
-        let payload = &buf[NLMSG_HDRLEN..len];
-        let msg = match ty {
-            t if t == libc::NLMSG_DONE as u16 => RtMsg::Done,
-            t if t == libc::NLMSG_ERROR as u16 => {
-                if payload.len() < 4 {
-                    RtMsg::Malformed("short NLMSG_ERROR")
-                } else {
-                    RtMsg::Error(u32_at(payload, 0) as i32)
-                }
-            }
-            libc::RTM_NEWADDR | libc::RTM_DELADDR => match parse_ifaddr(payload) {
-                Ok(Some(a)) if ty == libc::RTM_NEWADDR => RtMsg::New(a),
-                Ok(Some(a)) => RtMsg::Del(a),
-                Ok(None) => RtMsg::Other,
-                Err(why) => RtMsg::Malformed(why),
-            },
-            _ => RtMsg::Other,
-        };
-        out.push(Parsed {
-            ty,
-            flags,
-            seq,
-            pid,
-            msg,
-        });
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    out
-}
-
-/// Reads an `ifaddrmsg` and its attributes: `Ok(None)` for another family than IPv4.
-fn parse_ifaddr(p: &[u8]) -> Result<Option<IfAddr>, &'static str> {
-    if p.len() < IFADDRMSG_LEN {
-        return Err("short ifaddrmsg");
-    }
-    // struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index; }
-    if i32::from(p[0]) != libc::AF_INET {
-        return Ok(None);
-    }
-    let prefixlen = p[1];
-    let ifindex = u32_at(p, 4);
-    let (mut local, mut address) = (None, None);
-    let mut attrs = &p[align4(IFADDRMSG_LEN).min(p.len())..];
-    while attrs.len() >= RTA_HDRLEN {
-        let len = usize::from(u16_at(attrs, 0));
-        let ty = u16_at(attrs, 2) & (libc::NLA_TYPE_MASK as u16);
-        if len < RTA_HDRLEN || len > attrs.len() {
-            return Err("attribute length out of range");
-        }
-        let data = &attrs[RTA_HDRLEN..len];
-        let addr = (data.len() == 4).then(|| Ipv4Addr::new(data[0], data[1], data[2], data[3]));
-        match ty {
-            libc::IFA_LOCAL => local = Some(addr.ok_or("IFA_LOCAL is not 4 bytes")?),
-            libc::IFA_ADDRESS => address = Some(addr.ok_or("IFA_ADDRESS is not 4 bytes")?),
-            _ => {}
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    let addr = local.or(address).ok_or("no IFA_LOCAL or IFA_ADDRESS")?;
-    Ok(Some(IfAddr {
-        ifindex,
-        addr,
-        prefixlen,
-    }))
-}
 
 /// The addresses of all interfaces. An address configured on two interfaces (or twice with
 /// different prefixes) stays local until the last of them goes.
@@ -361,252 +215,6 @@ impl<S: AddrSink> SetSync<S> {
     }
 }
 
-/// A route netlink socket subscribed to IPv4 address changes.
-struct RouteSocket {
-    fd: OwnedFd,
-    portid: u32,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-/// What a receive brought.
-enum Received {
-    /// Messages (possibly none: nothing was waiting).
-    Msgs(Vec<Parsed>),
-    /// The kernel dropped notifications (`ENOBUFS`), or one did not fit the buffer.
-    Lost,
-}
-
-impl RouteSocket {
-    fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned by OwnedFd from here.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = RCVBUF_BYTES;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: valid descriptor and option buffer.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const i32).cast(),
-                    std::mem::size_of::<i32>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-        }
-        // SAFETY: zeroed sockaddr_nl is valid; we fill the fields we need.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        sa.nl_groups = libc::RTMGRP_IPV4_IFADDR as u32;
-        let salen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: valid descriptor and address.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                salen,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let mut len = salen;
-        // SAFETY: valid descriptor, address buffer and length.
-        if unsafe {
-            libc::getsockname(
-                fd.as_raw_fd(),
-                (&mut sa as *mut libc::sockaddr_nl).cast(),
-                &mut len,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RouteSocket {
-            fd,
-            portid: sa.nl_pid,
-            seq: 0,
-            buf: vec![0; RECV_BUF],
-        })
-    }
-
-    /// Every IPv4 address now, and the notifications that arrived meanwhile (in order: they
-    /// are newer than or as new as the dump and must be applied after it).
-    fn dump(&mut self) -> io::Result<(AddrTable, Vec<RtMsg>)> {
-        let mut events = Vec::new();
-        // A dump interrupted by changes (NLM_F_DUMP_INTR) or notifications lost meanwhile
-        // make it start again; changes do not come that fast for long.
-        for _ in 0..5 {
-            let mut table = AddrTable::default();
-            let mut again = false;
-            self.seq = self.seq.wrapping_add(1).max(1);
-            let seq = self.seq;
-            self.send_dump_request(seq)?;
-            let deadline = Instant::now() + DUMP_TIMEOUT;
-            'parts: loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no complete answer to the address dump",
-                    ));
-                }
-                if !poll_in(self.fd.as_raw_fd(), None, left)?.0 {
-                    continue;
-                }
-                let msgs = match self.recv()? {
-                    Received::Msgs(m) => m,
-                    Received::Lost => {
-                        again = true;
-                        continue;
-                    }
-                };
-                for p in msgs {
-                    let ours = p.pid == self.portid && p.seq == seq;
-                    if !ours {
-                        if matches!(p.msg, RtMsg::New(_) | RtMsg::Del(_)) {
-                            events.push(p.msg);
-                        }
-                        continue;
-                    }
-                    if p.flags & (libc::NLM_F_DUMP_INTR as u16) != 0 {
-                        again = true;
-                    }
-                    match p.msg {
-                        RtMsg::Done => break 'parts,
-                        RtMsg::Error(0) => {}
-                        RtMsg::Error(e) => return Err(io::Error::from_raw_os_error(-e)),
-                        m => table.apply(&m),
-                    }
-                }
-            }
-            if !again {
-                return Ok((table, events));
-            }
-            // The events so far are older than the next dump: applying them after it is
-            // still right (each address ends in the state of its last notification).
-        }
-        Err(io::Error::other(
-            "the address dump kept being interrupted by changes",
-        ))
-    }
-
-    fn send_dump_request(&self, seq: u32) -> io::Result<()> {
-        let mut req = [0u8; NLMSG_HDRLEN + IFADDRMSG_LEN];
-        let len = req.len() as u32;
-        req[0..4].copy_from_slice(&len.to_ne_bytes());
-        req[4..6].copy_from_slice(&libc::RTM_GETADDR.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        req[6..8].copy_from_slice(&flags.to_ne_bytes());
-        req[8..12].copy_from_slice(&seq.to_ne_bytes());
-        // nlmsg_pid 0: to the kernel. ifaddrmsg: family AF_INET, the rest 0 (all addresses).
-        req[NLMSG_HDRLEN] = libc::AF_INET as u8;
-        // SAFETY: zeroed sockaddr_nl (pid 0, groups 0) addresses the kernel.
-        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
-            // SAFETY: valid descriptor, buffer and address.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    req.as_ptr().cast(),
-                    req.len(),
-                    0,
-                    (&to as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r == req.len() as isize {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// One non-blocking receive. Only the kernel's messages count.
-    fn recv(&mut self) -> io::Result<Received> {
-        loop {
-            // SAFETY: zeroed sockaddr_nl is valid as an output buffer.
-            let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            let mut fromlen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: valid descriptor, buffer, address buffer and length.
-            let r = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_nl).cast(),
-                    &mut fromlen,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => Ok(Received::Msgs(Vec::new())),
-                    Some(libc::ENOBUFS) => Ok(Received::Lost),
-                    _ => Err(e),
-                };
-            }
-            let n = r as usize;
-            if n > self.buf.len() {
-                return Ok(Received::Lost);
-            }
-            if from.nl_pid != 0 {
-                // Not from the kernel: nothing we asked for.
-                continue;
-            }
-            return Ok(Received::Msgs(parse(&self.buf[..n])));
-        }
-    }
-}
-
-/// Waits until `fd` (or `wake`) is readable or `timeout` passes; returns (fd readable, wake
-/// readable).
-fn poll_in(fd: i32, wake: Option<i32>, timeout: Duration) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: two valid pollfd (a negative fd is ignored).
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok((false, false));
-        }
-        return Err(e);
-    }
-    Ok((fds[0].revents != 0, fds[1].revents != 0))
-}
-
 /// Asks the watcher to read all addresses again and replace the set's content: after the
 /// table was reinstalled (its set is then empty). Never blocks.
 #[derive(Debug, Clone)]
@@ -712,20 +320,22 @@ impl<S: AddrSink> Worker<S> {
             let timeout = self
                 .retry_at
                 .map_or(IDLE, |t| t.saturating_duration_since(now));
-            let (readable, woken) =
-                match poll_in(self.sock.fd.as_raw_fd(), Some(wake.as_raw_fd()), timeout) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log::warn!("fast path: waiting for address changes: {e}");
-                        std::thread::sleep(RETRY);
-                        (false, false)
-                    }
-                };
+            let [readable, woken] = match crate::netlink::readable(
+                [Some(self.sock.as_fd().as_raw_fd()), Some(wake.as_raw_fd())],
+                timeout,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("fast path: waiting for address changes: {e}");
+                    std::thread::sleep(RETRY);
+                    [false, false]
+                }
+            };
             if woken {
                 let mut b = [0u8; 64];
                 while matches!(wake.read(&mut b), Ok(n) if n > 0) {}
             }
-            if readable && read_changes(&mut self.sock, &mut self.sync) {
+            if readable && read_changes(|| self.sock.recv(), &mut self.sync) {
                 self.need_dump = true;
             }
         }
@@ -738,10 +348,11 @@ impl<S: AddrSink> Worker<S> {
         }
         self.retry_at = None;
         if self.need_dump {
-            match self.sock.dump() {
-                Ok((mut table, events)) => {
-                    for e in &events {
-                        table.apply(e);
+            match self.sock.dump(DUMP_TIMEOUT) {
+                Ok(msgs) => {
+                    let mut table = AddrTable::default();
+                    for m in &msgs {
+                        table.apply(m);
                     }
                     self.sync.table = table;
                     self.sync.mark_dirty();
@@ -768,11 +379,14 @@ impl<S: AddrSink> Worker<S> {
     }
 }
 
-/// Applies every notification waiting on the socket to `sync.table`. Returns whether some
-/// were lost, so that everything must be read again.
-fn read_changes<S: AddrSink>(sock: &mut RouteSocket, sync: &mut SetSync<S>) -> bool {
+/// Applies every notification waiting on the socket (`recv` receives without blocking) to
+/// `sync.table`. Returns whether some were lost, so that everything must be read again.
+fn read_changes<S: AddrSink>(
+    mut recv: impl FnMut() -> io::Result<Received>,
+    sync: &mut SetSync<S>,
+) -> bool {
     loop {
-        match sock.recv() {
+        match recv() {
             Ok(Received::Msgs(m)) if m.is_empty() => return false,
             Ok(Received::Msgs(m)) => {
                 for p in m {
@@ -801,35 +415,7 @@ fn read_changes<S: AddrSink>(sock: &mut RouteSocket, sync: &mut SetSync<S>) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An `RTM_NEWADDR`/`RTM_DELADDR` message as the kernel writes it.
-    fn addr_msg(ty: u16, family: u8, prefix: u8, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut p = vec![family, prefix, 0x80, 0];
-        p.extend_from_slice(&ifindex.to_ne_bytes());
-        for (t, data) in attrs {
-            let len = (RTA_HDRLEN + data.len()) as u16;
-            p.extend_from_slice(&len.to_ne_bytes());
-            p.extend_from_slice(&t.to_ne_bytes());
-            p.extend_from_slice(data);
-            while p.len() % 4 != 0 {
-                p.push(0);
-            }
-        }
-        nl_msg(ty, 0, 7, 0, &p)
-    }
-
-    fn nl_msg(ty: u16, flags: u16, seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&pid.to_ne_bytes());
-        m.extend_from_slice(payload);
-        m
-    }
-
-    const AF_INET: u8 = libc::AF_INET as u8;
+    use crate::netlink::route::Parsed;
 
     fn ifa(ifindex: u32, addr: [u8; 4], prefixlen: u8) -> IfAddr {
         IfAddr {
@@ -837,189 +423,6 @@ mod tests {
             addr: addr.into(),
             prefixlen,
         }
-    }
-
-    #[test]
-    fn local_wins_over_address() {
-        // A point-to-point address: IFA_ADDRESS is the peer, IFA_LOCAL ours.
-        let m = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            32,
-            5,
-            &[
-                (libc::IFA_ADDRESS, &[10, 0, 0, 2]),
-                (libc::IFA_LABEL, b"ppp0\0"),
-                (libc::IFA_LOCAL, &[10, 0, 0, 1]),
-            ],
-        );
-        let p = parse(&m);
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].msg, RtMsg::New(ifa(5, [10, 0, 0, 1], 32)));
-        assert_eq!((p[0].ty, p[0].seq), (libc::RTM_NEWADDR, 7));
-    }
-
-    #[test]
-    fn address_when_no_local() {
-        let m = addr_msg(
-            libc::RTM_DELADDR,
-            AF_INET,
-            24,
-            2,
-            &[(libc::IFA_ADDRESS, &[192, 0, 2, 1])],
-        );
-        assert_eq!(parse(&m)[0].msg, RtMsg::Del(ifa(2, [192, 0, 2, 1], 24)));
-    }
-
-    #[test]
-    fn several_messages_other_families_done_and_errors() {
-        let mut buf = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            8,
-            1,
-            &[
-                (libc::IFA_ADDRESS, &[127, 0, 0, 1]),
-                (libc::IFA_LOCAL, &[127, 0, 0, 1]),
-            ],
-        );
-        // IPv6: ignored, whatever its attributes hold.
-        buf.extend(addr_msg(
-            libc::RTM_NEWADDR,
-            libc::AF_INET6 as u8,
-            64,
-            1,
-            &[(libc::IFA_ADDRESS, &[0xfe; 16])],
-        ));
-        buf.extend(nl_msg(libc::RTM_NEWLINK, 0, 0, 0, &[0; 16]));
-        buf.extend(nl_msg(
-            libc::NLMSG_DONE as u16,
-            2,
-            7,
-            0,
-            &0u32.to_ne_bytes(),
-        ));
-        buf.extend(nl_msg(
-            libc::NLMSG_ERROR as u16,
-            0,
-            8,
-            0,
-            &(-libc::EPERM).to_ne_bytes(),
-        ));
-        let msgs: Vec<RtMsg> = parse(&buf).into_iter().map(|p| p.msg).collect();
-        assert_eq!(
-            msgs,
-            [
-                RtMsg::New(ifa(1, [127, 0, 0, 1], 8)),
-                RtMsg::Other,
-                RtMsg::Other,
-                RtMsg::Done,
-                RtMsg::Error(-libc::EPERM),
-            ]
-        );
-    }
-
-    #[test]
-    fn malformed_input_never_panics() {
-        let good = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            24,
-            3,
-            &[(libc::IFA_LOCAL, &[10, 1, 2, 3])],
-        );
-        // Every truncation and every single-byte corruption of a valid message.
-        for n in 0..good.len() {
-            let _ = parse(&good[..n]);
-            for v in [0u8, 1, 3, 4, 0x7f, 0xff] {
-                let mut m = good.clone();
-                m[n] = v;
-                let _ = parse(&m);
-            }
-        }
-        assert!(parse(&good[..NLMSG_HDRLEN - 1]).is_empty());
-
-        // Message length beyond the buffer: reported, and the end of the buffer.
-        let mut m = good.clone();
-        m[0..4].copy_from_slice(&1000u32.to_ne_bytes());
-        let p = parse(&m);
-        assert_eq!(p.len(), 1);
-        assert!(matches!(p[0].msg, RtMsg::Malformed(_)));
-        // Length below the header: the same.
-        m[0..4].copy_from_slice(&3u32.to_ne_bytes());
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-
-        // An attribute longer than its message.
-        let mut m = good.clone();
-        let at = NLMSG_HDRLEN + IFADDRMSG_LEN;
-        m[at..at + 2].copy_from_slice(&200u16.to_ne_bytes());
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-        // An attribute shorter than its header.
-        m[at..at + 2].copy_from_slice(&2u16.to_ne_bytes());
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-
-        // An address of the wrong size, no address, a truncated ifaddrmsg.
-        let m = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            24,
-            3,
-            &[(libc::IFA_LOCAL, &[1, 2, 3])],
-        );
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-        let m = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            24,
-            3,
-            &[(libc::IFA_LABEL, b"x\0")],
-        );
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-        let m = nl_msg(libc::RTM_DELADDR, 0, 0, 0, &[AF_INET, 24, 0]);
-        assert!(matches!(parse(&m)[0].msg, RtMsg::Malformed(_)));
-
-        // A malformed message in the middle does not hide the next one.
-        let mut buf = nl_msg(libc::RTM_NEWADDR, 0, 0, 0, &[AF_INET]);
-        buf.extend([0, 0, 0]);
-        buf.extend(&good);
-        let p = parse(&buf);
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[1].msg, RtMsg::New(ifa(3, [10, 1, 2, 3], 24)));
-    }
-
-    #[test]
-    fn unaligned_message_lengths_are_padded() {
-        // An attribute whose length is not a multiple of 4, last in its message, and a
-        // message length that is not either: the next message starts at the aligned offset.
-        let mut first = addr_msg(
-            libc::RTM_NEWADDR,
-            AF_INET,
-            24,
-            3,
-            &[
-                (libc::IFA_LOCAL, &[10, 1, 2, 3]),
-                (libc::IFA_LABEL, b"ab\0"),
-            ],
-        );
-        first.truncate(first.len() - 1);
-        let len = first.len() as u32;
-        first[0..4].copy_from_slice(&len.to_ne_bytes());
-        first.push(0);
-        first.extend(addr_msg(
-            libc::RTM_DELADDR,
-            AF_INET,
-            24,
-            4,
-            &[(libc::IFA_LOCAL, &[10, 9, 9, 9])],
-        ));
-        let msgs: Vec<RtMsg> = parse(&first).into_iter().map(|p| p.msg).collect();
-        assert_eq!(
-            msgs,
-            [
-                RtMsg::New(ifa(3, [10, 1, 2, 3], 24)),
-                RtMsg::Del(ifa(4, [10, 9, 9, 9], 24))
-            ]
-        );
     }
 
     #[test]
@@ -1104,5 +507,41 @@ mod tests {
                 "replace [127.0.0.1, 192.0.2.9, 198.51.100.1]",
             ]
         );
+    }
+
+    #[test]
+    fn notifications_change_the_table_and_a_loss_asks_for_everything_again() {
+        let msg = |m| Parsed {
+            ty: 0,
+            flags: 0,
+            seq: 0,
+            pid: 0,
+            msg: m,
+        };
+        let (a, b) = (ifa(2, [192, 0, 2, 1], 24), ifa(2, [192, 0, 2, 2], 24));
+        let mut s = SetSync::new(Recorder::default());
+        let mut queue = vec![
+            Ok(Received::Msgs(vec![msg(RtMsg::New(a)), msg(RtMsg::New(b))])),
+            Ok(Received::Msgs(vec![
+                msg(RtMsg::Malformed("short ifaddrmsg")),
+                msg(RtMsg::Del(a)),
+                msg(RtMsg::Other),
+            ])),
+            Ok(Received::Msgs(Vec::new())),
+        ]
+        .into_iter();
+        assert!(!read_changes(|| queue.next().unwrap(), &mut s));
+        assert_eq!(queue.len(), 0, "read until nothing was waiting");
+        assert_eq!(s.table.addrs(), BTreeSet::from([b.addr]));
+
+        for lost in [
+            Ok(Received::Lost),
+            Err(io::Error::from_raw_os_error(libc::EBADF)),
+        ] {
+            let mut queue = vec![Ok(Received::Msgs(vec![msg(RtMsg::New(a))])), lost].into_iter();
+            assert!(read_changes(|| queue.next().unwrap(), &mut s));
+            assert_eq!(queue.len(), 0);
+        }
+        assert_eq!(s.table.addrs(), BTreeSet::from([a.addr, b.addr]));
     }
 }

@@ -440,45 +440,11 @@ impl PacketLoop {
         } else {
             timeout.min(FALLBACK_SLEEP)
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: queue_fd.unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: gre_fd.unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // ppoll(2) as a bare system call: glibc's wrappers make every call a
-        // thread cancellation point (about 60 instructions per wake-up,
-        // measured), which this thread never uses. Nanosecond timeout: no
-        // rounding, so a timer due in 0.4 ms is not polled for 0 ms in a loop.
-        // SAFETY: `fds` is a valid array of three pollfd and `ts` a valid
-        // timespec, both live for the call; no signal mask is passed. A
-        // negative fd is ignored; EINTR just returns early.
-        unsafe {
-            libc::syscall(
-                libc::SYS_ppoll,
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                &ts as *const libc::timespec,
-                std::ptr::null::<libc::sigset_t>(),
-                0usize,
-            )
-        };
-        fds[0].revents != 0
+        // A failed or interrupted wait is an early wake-up with nothing to read.
+        matches!(
+            crate::netlink::readable([Some(self.wake.as_raw_fd()), queue_fd, gre_fd], timeout),
+            Ok([true, ..])
+        )
     }
 
     fn drain_wake(&mut self) {

@@ -1,4 +1,5 @@
-//! nftables: the only code that talks to nf_tables (through libnftnl and libmnl).
+//! nftables: the only code that talks to nf_tables (through libnftnl; the socket is
+//! [`crate::netlink`]'s).
 //!
 //! The daemon owns one table (`ip pptp_alg` by default) and never touches any other:
 //!
@@ -431,7 +432,7 @@ pub mod fuzzing {
     pub fn parse_replies(buf: &[u8], libnftnl: bool) -> usize {
         let mut ok = 0;
         let (mut keys, mut counters, mut outs) = (Vec::new(), Vec::new(), Vec::new());
-        for msg in super::netlink::messages(buf) {
+        for msg in crate::netlink::messages(buf) {
             let Ok(msg) = msg else { break };
             if msg.ty as i32 == libc::NLMSG_ERROR {
                 ok += usize::from(super::netlink::parse_error(&msg).is_ok());
