@@ -130,6 +130,10 @@ fn stat_place(name: &str) -> Option<Place> {
         "packets" => plain("packets", "Packets handed to the engine by the queues"),
         "control_packets" => plain("control_packets", "Control (tcp/1723) packets queued"),
         "gre_packets" => plain("gre_packets", "GRE packets queued"),
+        "gre_hairpin" => plain(
+            "gre_hairpin",
+            "GRE of hairpinned calls the daemon sent on to the inside server",
+        ),
         "rewritten" => plain("rewritten", "Packets accepted with rewritten bytes"),
         "gre_inside_unmatched" => plain(
             "gre_inside_unmatched",
@@ -619,6 +623,7 @@ mod tests {
             queue_backend: None,
         };
         let mut r = StatusReport::snapshot(&Shared::new(Alg::new(AlgConfig::default()), rules));
+        r.offload = true;
         r.queues = vec![QueueRow {
             queue: 1725,
             carries: QueueRole::Gre,
