@@ -283,11 +283,10 @@ fn cmd_status(args: StatusArgs) -> ExitCode {
 }
 
 fn cmd_check(args: PreflightArgs) -> ExitCode {
-    let source = ConfigSource {
+    let cfg = match config_or_exit(&ConfigSource {
         path: args.config,
         overrides: args.overrides,
-    };
-    let cfg = match config_or_exit(&source) {
+    }) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -80,34 +80,24 @@ impl NlSocket {
     /// Asks for a socket receive queue of `bytes`, beyond `rmem_max` where allowed
     /// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN), else as large as `rmem_max` lets it be.
     pub fn set_queue_size(&self, bytes: i32) -> io::Result<()> {
-        // SAFETY: valid descriptor and option buffer.
-        let r = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&bytes as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
+        let set = |opt| {
+            // SAFETY: valid descriptor and option buffer.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&bytes as *const i32).cast(),
+                    std::mem::size_of::<i32>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
         };
-        if r == 0 {
-            return Ok(());
-        }
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&bytes as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
     }
 
     /// Sends one buffer (one message or a batch of them) to the kernel, whole.
