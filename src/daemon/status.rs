@@ -82,8 +82,9 @@ pub enum Installed {
     /// The daemon, as the table's owner: the kernel removes it if the
     /// daemon dies.
     Owned,
-    /// The daemon, without an owner (a kernel before 5.12): left behind if
-    /// the daemon dies, until the unit's ExecStopPost or the next start.
+    /// The daemon, without an owner (the default, `table_owner = false`,
+    /// or a kernel before 5.12): left behind if the daemon dies, until the
+    /// unit's ExecStopPost or the next start.
     Unowned,
     /// Someone else (`pptp-alg rules install`, `nft -f`): the daemon only
     /// uses it.
