@@ -20,7 +20,7 @@ use nftnl_sys::libc;
 use super::netlink::Txn;
 use super::objects::ElemsMsg;
 use super::ruleset::{hairpin_key, HAIRPIN_DADDR, HAIRPIN_SADDR};
-use super::{table_cname, NftError, RulesConfig, TableSocket};
+use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
 /// A hairpinned call as its elements need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,13 +139,26 @@ impl HairpinMaps {
         self.nl.lock().commit(txn)
     }
 
+    /// Appends the add (`add`) or the deletion of every element `call` has so far to `b`
+    /// (see [`ElemBatch`]; all or nothing, where [`HairpinMaps::add_call`] replaces stale
+    /// elements and [`HairpinMaps::remove_call`] passes over absent ones).
+    pub fn batch(&self, b: &mut ElemBatch, add: bool, call: &HairpinCall) {
+        let ty = if add { MsgType::Add } else { MsgType::Del };
+        self.push(&mut b.txn, ty, &call.elements(self.offload));
+    }
+
     fn commit(
         &mut self,
         ty: MsgType,
         elems: &[(&'static CStr, Vec<u8>, Ipv4Addr)],
     ) -> Result<(), NftError> {
-        let verb = if ty == MsgType::Add { "add" } else { "delete" };
         let mut txn = Txn::new();
+        self.push(&mut txn, ty, elems);
+        self.nl.lock().commit(txn)
+    }
+
+    fn push(&self, txn: &mut Txn, ty: MsgType, elems: &[(&'static CStr, Vec<u8>, Ipv4Addr)]) {
+        let verb = if ty == MsgType::Add { "add" } else { "delete" };
         for (map, k, data) in elems {
             let data = if ty == MsgType::Add {
                 data.octets().to_vec()
@@ -171,7 +184,6 @@ impl HairpinMaps {
                 ),
             );
         }
-        self.nl.lock().commit(txn)
     }
 }
 

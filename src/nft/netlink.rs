@@ -29,6 +29,9 @@ const RECV_BUF_BYTES: usize = 256 * 1024;
 pub struct Netlink {
     sock: NlSocket,
     next_seq: u32,
+    /// Sends that waited for the kernel's answer (batches and requests): what a call's
+    /// element changes cost the kernel and the daemon, shown to tests.
+    round_trips: u64,
 }
 
 impl From<FrameError> for NftError {
@@ -53,7 +56,14 @@ impl Netlink {
             // Batches number their messages from 1; keep single requests well apart so a
             // stray late reply can never be mistaken for a current one.
             next_seq: 0x1000_0000,
+            round_trips: 0,
         })
+    }
+
+    /// How many batches and requests went to the kernel through this socket, each one send
+    /// and one wait for its answer.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
     }
 
     /// The port id the kernel knows this socket by (the owner of the tables it creates with
@@ -71,6 +81,7 @@ impl Netlink {
         let seqs = batch.sequence_numbers();
         // Kernels >= 6.10 also ack the batch begin/end messages; nftnl numbers them too.
         let first = seqs.start + (seqs.len() - n) as u32 / 2;
+        self.round_trips += 1;
         for part in &batch {
             self.sock
                 .send(part)
@@ -118,47 +129,98 @@ impl Netlink {
         build: impl FnOnce(&mut [u8], u32),
         mut each: impl FnMut(&Msg<'_>) -> Result<(), NftError>,
     ) -> Result<(), NftError> {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let mut req = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-        build(&mut req, seq);
-        let len = u32::from_ne_bytes([req[0], req[1], req[2], req[3]]) as usize;
-        let req = req.get(..len).ok_or_else(|| {
-            NftError::Protocol(format!(
-                "request {what} claims {len} bytes, more than built"
-            ))
-        })?;
+        let mut build = Some(build);
+        let mut r = self.requests(
+            &[what],
+            |_, buf, seq| {
+                if let Some(b) = build.take() {
+                    b(buf, seq)
+                }
+            },
+            |_, msg| each(msg),
+        )?;
+        r.pop()
+            .unwrap_or_else(|| Err(NftError::Timeout(what.to_string())))
+    }
+
+    /// Sends one request per entry of `what` (the `i`th built by `build(i, buf, seq)`) in
+    /// ONE send, and collects the data messages of every answer with `each(i, msg)`: several
+    /// reads for one wait. Returns each request's own outcome (one can fail while the others
+    /// answer); `Err` only when nothing could be sent or the answers cannot be read.
+    pub fn requests(
+        &mut self,
+        what: &[&str],
+        mut build: impl FnMut(usize, &mut [u8], u32),
+        mut each: impl FnMut(usize, &Msg<'_>) -> Result<(), NftError>,
+    ) -> Result<Vec<Result<(), NftError>>, NftError> {
+        let n = what.len();
+        let first = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(n as u32);
+        let max = nftnl::nft_nlmsg_maxsize() as usize;
+        let mut out = Vec::with_capacity(n * 128);
+        for (i, w) in what.iter().enumerate() {
+            let mut part = vec![0u8; max];
+            build(i, &mut part, first.wrapping_add(i as u32));
+            let len = u32::from_ne_bytes([part[0], part[1], part[2], part[3]]) as usize;
+            let msg = part.get(..len).ok_or_else(|| {
+                NftError::Protocol(format!("request {w} claims {len} bytes, more than built"))
+            })?;
+            out.extend_from_slice(msg);
+            // Netlink messages follow each other at 4-byte boundaries.
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        self.round_trips += 1;
         self.sock
-            .send(req)
+            .send(&out)
             .map_err(|source| NftError::Io { op: "send", source })?;
 
+        let mut done: Vec<Option<Result<(), NftError>>> = (0..n).map(|_| None).collect();
+        let mut left = n;
         let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            self.wait_readable(deadline, what)?;
+        while left > 0 {
+            match self.wait_readable(deadline, "") {
+                Ok(()) => {}
+                Err(NftError::Timeout(_)) => {
+                    for (d, w) in done.iter_mut().zip(what) {
+                        if d.is_none() {
+                            *d = Some(Err(NftError::Timeout(w.to_string())));
+                        }
+                    }
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
             let Some(bytes) = self.sock.recv().map_err(receive_error)? else {
                 continue;
             };
             for msg in messages(bytes) {
                 let msg = msg?;
-                if msg.seq != seq {
+                let i = msg.seq.wrapping_sub(first) as usize;
+                let Some(slot @ None) = done.get_mut(i) else {
                     continue;
-                }
-                match msg.ty as i32 {
-                    libc::NLMSG_DONE => return Ok(()),
-                    libc::NLMSG_ERROR => {
-                        let (errno, _) = parse_error(&msg)?;
-                        if errno == 0 {
-                            return Ok(());
-                        }
-                        return Err(NftError::Kernel {
-                            what: what.to_string(),
+                };
+                let r = match msg.ty as i32 {
+                    libc::NLMSG_DONE => Ok(()),
+                    libc::NLMSG_ERROR => match parse_error(&msg)? {
+                        (0, _) => Ok(()),
+                        (errno, _) => Err(NftError::Kernel {
+                            what: what[i].to_string(),
                             errno,
-                        });
-                    }
-                    _ => each(&msg)?,
-                }
+                        }),
+                    },
+                    _ => match each(i, &msg) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    },
+                };
+                *slot = Some(r);
+                left -= 1;
             }
         }
+        Ok(done
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| Err(NftError::Protocol("no answer".into()))))
+            .collect())
     }
 
     fn wait_readable(&self, deadline: Instant, what: &str) -> Result<(), NftError> {
@@ -207,6 +269,11 @@ impl Txn {
             batch: Batch::new(),
             what: Vec::new(),
         }
+    }
+
+    /// Whether the batch has no message.
+    pub fn is_empty(&self) -> bool {
+        self.what.is_empty()
     }
 
     /// Appends one message.
