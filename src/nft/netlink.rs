@@ -32,6 +32,10 @@ pub struct Netlink {
     /// Sends that waited for the kernel's answer (batches and requests): what a call's
     /// element changes cost the kernel and the daemon, shown to tests.
     round_trips: u64,
+    /// Where requests are built: as large as any message libnftnl builds, zeroed once and
+    /// cleared after each use (zeroing all of it per request cost more than the rest of a
+    /// call's netlink work together).
+    req: Vec<u8>,
 }
 
 impl From<FrameError> for NftError {
@@ -57,6 +61,7 @@ impl Netlink {
             // stray late reply can never be mistaken for a current one.
             next_seq: 0x1000_0000,
             round_trips: 0,
+            req: vec![0u8; nftnl::nft_nlmsg_maxsize() as usize],
         })
     }
 
@@ -156,18 +161,29 @@ impl Netlink {
         let n = what.len();
         let first = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(n as u32);
-        let max = nftnl::nft_nlmsg_maxsize() as usize;
         let mut out = Vec::with_capacity(n * 128);
         for (i, w) in what.iter().enumerate() {
-            let mut part = vec![0u8; max];
-            build(i, &mut part, first.wrapping_add(i as u32));
+            let part = &mut self.req;
+            build(i, part, first.wrapping_add(i as u32));
             let len = u32::from_ne_bytes([part[0], part[1], part[2], part[3]]) as usize;
-            let msg = part.get(..len).ok_or_else(|| {
-                NftError::Protocol(format!("request {w} claims {len} bytes, more than built"))
-            })?;
-            out.extend_from_slice(msg);
-            // Netlink messages follow each other at 4-byte boundaries.
-            out.resize(out.len().next_multiple_of(4), 0);
+            let built = match part.get(..len) {
+                Some(msg) => {
+                    out.extend_from_slice(msg);
+                    // Netlink messages follow each other at 4-byte boundaries.
+                    out.resize(out.len().next_multiple_of(4), 0);
+                    true
+                }
+                None => false,
+            };
+            // The next request is built on zeros, as on a fresh buffer.
+            let used = len.next_multiple_of(4).min(part.len());
+            part[..used].fill(0);
+            if !built {
+                part.fill(0);
+                return Err(NftError::Protocol(format!(
+                    "request {w} claims {len} bytes, more than built"
+                )));
+            }
         }
         self.round_trips += 1;
         self.sock
