@@ -1089,5 +1089,15 @@ fn call_events_are_one_netlink_batch_each() {
         assert!(out.contains("10.0.0.2 . 192.0.2.7 . 0x77"), "{out}");
         let s = lock(&shared);
         assert_eq!((s.fastpath_errors, s.offload_pending), (0, 0));
+        drop(s);
+
+        // A refused batch names the element it was refused for (described only then).
+        let mut b = nft::ElemBatch::new();
+        fp.batch_remove(&mut b, a("192.0.2.9"), 5);
+        let err = sock.commit_elems(b).unwrap_err().to_string();
+        assert!(
+            err.contains("delete element 192.0.2.9 . 0x0005 of map gre_daddr in table ip pptp_alg"),
+            "{err}"
+        );
     });
 }

@@ -68,23 +68,22 @@ pub fn read_call_counters(
 ) {
     let fr = fast.map(|(fp, peer, nat_id)| fp.read_call(peer, nat_id));
     let or = out.map(|(set, inside, peer, id)| set.read_call(inside, peer, id));
-    let mut what = Vec::with_capacity(2);
     // Index of each request in the send, when asked.
-    let fi = fr.as_ref().map(|r| {
-        what.push(r.what.as_str());
-        what.len() - 1
-    });
-    let oi = or.as_ref().map(|r| {
-        what.push(r.what.as_str());
-        what.len() - 1
-    });
-    if what.is_empty() {
+    let fi = fr.as_ref().map(|_| 0);
+    let oi = or.as_ref().map(|_| usize::from(fr.is_some()));
+    let n = usize::from(fr.is_some()) + usize::from(or.is_some());
+    if n == 0 {
         return (None, None);
     }
     let mut fc = Vec::new();
     let mut oc = Vec::new();
     let done = sock.lock().requests(
-        &what,
+        n,
+        |i| match (&fr, &or) {
+            (Some(r), _) if Some(i) == fi => r.what(),
+            (_, Some(r)) => r.what(),
+            _ => String::new(),
+        },
         |i, buf, seq| match (&fr, &or) {
             (Some(r), _) if Some(i) == fi => r.build()(buf, seq),
             (_, Some(r)) if Some(i) == oi => r.build()(buf, seq),
@@ -98,7 +97,6 @@ pub fn read_call_counters(
             }
         },
     );
-    let n = what.len();
     let mut rs: Vec<Option<Result<(), NftError>>> = match done {
         Ok(v) => v.into_iter().map(Some).collect(),
         // Nothing sent or the answers unreadable: every read failed alike.

@@ -200,10 +200,9 @@ impl FastPath {
     ) -> Result<Option<ElementCounter>, NftError> {
         let r = self.read_call(outside_peer, nat_id);
         let mut out = Vec::new();
-        let done = self
-            .nl
-            .lock()
-            .request(&r.what, r.build(), |msg| parse_counters(msg.raw, &mut out));
+        let done = self.nl.lock().request(&r.what(), r.build(), |msg| {
+            parse_counters(msg.raw, &mut out)
+        });
         r.answer(done, out)
     }
 
@@ -211,11 +210,6 @@ impl FastPath {
     /// [`super::read_call_counters`]).
     pub(super) fn read_call(&self, outside_peer: Ipv4Addr, nat_id: u16) -> CallRead {
         CallRead {
-            what: format!(
-                "get element {outside_peer} . {nat_id:#06x} of map {} in table ip {}",
-                GRE_DADDR.to_string_lossy(),
-                self.table.to_string_lossy()
-            ),
             table: self.table.clone(),
             key: key(outside_peer, nat_id),
             peer: outside_peer,
@@ -242,28 +236,30 @@ impl FastPath {
         &self,
         txn: &mut Txn,
         ty: MsgType,
-        map: &CStr,
+        map: &'static CStr,
         k: &[u8],
         data: &[u8],
         peer: Ipv4Addr,
         nat_id: u16,
     ) {
         let verb = if ty == MsgType::Add { "add" } else { "delete" };
-        txn.add(
+        let table = self.table.clone();
+        txn.add_lazy(
             &ElemsMsg::new(&self.table, map, vec![(k.to_vec(), data.to_vec())]),
             ty,
-            format!(
-                "{verb} element {peer} . {nat_id:#06x} of map {} in table ip {}",
-                map.to_string_lossy(),
-                self.table.to_string_lossy()
-            ),
+            move || {
+                format!(
+                    "{verb} element {peer} . {nat_id:#06x} of map {} in table ip {}",
+                    map.to_string_lossy(),
+                    table.to_string_lossy()
+                )
+            },
         );
     }
 }
 
 /// One call's counter request on `gre_daddr`.
 pub(super) struct CallRead {
-    pub(super) what: String,
     table: CString,
     key: Vec<u8>,
     peer: Ipv4Addr,
@@ -271,6 +267,16 @@ pub(super) struct CallRead {
 }
 
 impl CallRead {
+    pub(super) fn what(&self) -> String {
+        format!(
+            "get element {} . {:#06x} of map {} in table ip {}",
+            self.peer,
+            self.nat_id,
+            GRE_DADDR.to_string_lossy(),
+            self.table.to_string_lossy()
+        )
+    }
+
     pub(super) fn build(&self) -> impl FnOnce(&mut [u8], u32) + '_ {
         get_elem(&self.table, GRE_DADDR, &self.key)
     }

@@ -115,17 +115,20 @@ impl GreOut {
 
     fn push(&self, txn: &mut Txn, ty: MsgType, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) {
         let verb = if ty == MsgType::Add { "add" } else { "delete" };
-        txn.add(
+        let table = self.table.clone();
+        txn.add_lazy(
             &ElemsMsg::new(
                 &self.table,
                 GRE_OUT,
                 vec![(out_key(inside, peer, id), Vec::new())],
             ),
             ty,
-            format!(
-                "{verb} element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
-                self.table.to_string_lossy()
-            ),
+            move || {
+                format!(
+                    "{verb} element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
+                    table.to_string_lossy()
+                )
+            },
         );
     }
 
@@ -168,7 +171,7 @@ impl GreOut {
     ) -> Result<Option<OutCounter>, NftError> {
         let r = self.read_call(inside, peer, id);
         let mut out = Vec::new();
-        let done = self.nl.lock().request(&r.what, r.build(), |msg| {
+        let done = self.nl.lock().request(&r.what(), r.build(), |msg| {
             parse_out_counters(msg.raw, &mut out)
         });
         r.answer(done, out)
@@ -178,10 +181,6 @@ impl GreOut {
     /// [`super::read_call_counters`]).
     pub(super) fn read_call(&self, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) -> OutRead {
         OutRead {
-            what: format!(
-                "get element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
-                self.table.to_string_lossy()
-            ),
             table: self.table.clone(),
             key: out_key(inside, peer, id),
             elem: (inside, peer, id),
@@ -191,13 +190,20 @@ impl GreOut {
 
 /// One call's counter request on `gre_out`.
 pub(super) struct OutRead {
-    pub(super) what: String,
     table: CString,
     key: Vec<u8>,
     elem: (Ipv4Addr, Ipv4Addr, u16),
 }
 
 impl OutRead {
+    pub(super) fn what(&self) -> String {
+        let (inside, peer, id) = self.elem;
+        format!(
+            "get element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
+            self.table.to_string_lossy()
+        )
+    }
+
     pub(super) fn build(&self) -> impl FnOnce(&mut [u8], u32) + '_ {
         get_elem(&self.table, GRE_OUT, &self.key)
     }

@@ -165,23 +165,26 @@ impl HairpinMaps {
             } else {
                 Vec::new()
             };
-            txn.add(
-                &ElemsMsg::new(&self.table, map, vec![(k.clone(), data)]),
+            let (map, k, table) = (*map, k.clone(), self.table.clone());
+            txn.add_lazy(
+                &ElemsMsg::new(&table, map, vec![(k.clone(), data)]),
                 ty,
-                format!(
-                    "{verb} element {}.{}.{}.{} . {}.{}.{}.{} . {:#06x} of map {} in table ip {}",
-                    k[0],
-                    k[1],
-                    k[2],
-                    k[3],
-                    k[4],
-                    k[5],
-                    k[6],
-                    k[7],
-                    u16::from_be_bytes([k[8], k[9]]),
-                    map.to_string_lossy(),
-                    self.table.to_string_lossy()
-                ),
+                move || {
+                    format!(
+                        "{verb} element {}.{}.{}.{} . {}.{}.{}.{} . {:#06x} of map {} in table ip {}",
+                        k[0],
+                        k[1],
+                        k[2],
+                        k[3],
+                        k[4],
+                        k[5],
+                        k[6],
+                        k[7],
+                        u16::from_be_bytes([k[8], k[9]]),
+                        map.to_string_lossy(),
+                        table.to_string_lossy()
+                    )
+                },
             );
         }
     }

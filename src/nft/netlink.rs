@@ -110,7 +110,7 @@ impl Netlink {
                 }
                 if errno != 0 && first_error.is_none() {
                     let what = match txn.what.get(idx) {
-                        Some(w) => w.clone(),
+                        Some(w) => w.text(),
                         None => "the batch".to_string(),
                     };
                     first_error = Some(NftError::Kernel { what, errno });
@@ -121,7 +121,7 @@ impl Netlink {
             return Err(e);
         }
         if let Some(idx) = acked.iter().position(|a| !a) {
-            return Err(NftError::Timeout(txn.what[idx].clone()));
+            return Err(NftError::Timeout(txn.what[idx].text()));
         }
         Ok(())
     }
@@ -136,7 +136,8 @@ impl Netlink {
     ) -> Result<(), NftError> {
         let mut build = Some(build);
         let mut r = self.requests(
-            &[what],
+            1,
+            |_| what.to_string(),
             |_, buf, seq| {
                 if let Some(b) = build.take() {
                     b(buf, seq)
@@ -148,21 +149,21 @@ impl Netlink {
             .unwrap_or_else(|| Err(NftError::Timeout(what.to_string())))
     }
 
-    /// Sends one request per entry of `what` (the `i`th built by `build(i, buf, seq)`) in
-    /// ONE send, and collects the data messages of every answer with `each(i, msg)`: several
+    /// Sends `n` requests (the `i`th built by `build(i, buf, seq)`, about `what(i)`) in ONE
+    /// send, and collects the data messages of every answer with `each(i, msg)`: several
     /// reads for one wait. Returns each request's own outcome (one can fail while the others
     /// answer); `Err` only when nothing could be sent or the answers cannot be read.
     pub fn requests(
         &mut self,
-        what: &[&str],
+        n: usize,
+        what: impl Fn(usize) -> String,
         mut build: impl FnMut(usize, &mut [u8], u32),
         mut each: impl FnMut(usize, &Msg<'_>) -> Result<(), NftError>,
     ) -> Result<Vec<Result<(), NftError>>, NftError> {
-        let n = what.len();
         let first = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(n as u32);
         let mut out = Vec::with_capacity(n * 128);
-        for (i, w) in what.iter().enumerate() {
+        for i in 0..n {
             let part = &mut self.req;
             build(i, part, first.wrapping_add(i as u32));
             let len = u32::from_ne_bytes([part[0], part[1], part[2], part[3]]) as usize;
@@ -181,7 +182,8 @@ impl Netlink {
             if !built {
                 part.fill(0);
                 return Err(NftError::Protocol(format!(
-                    "request {w} claims {len} bytes, more than built"
+                    "request {} claims {len} bytes, more than built",
+                    what(i)
                 )));
             }
         }
@@ -197,9 +199,9 @@ impl Netlink {
             match self.wait_readable(deadline, "") {
                 Ok(()) => {}
                 Err(NftError::Timeout(_)) => {
-                    for (d, w) in done.iter_mut().zip(what) {
+                    for (i, d) in done.iter_mut().enumerate() {
                         if d.is_none() {
-                            *d = Some(Err(NftError::Timeout(w.to_string())));
+                            *d = Some(Err(NftError::Timeout(what(i))));
                         }
                     }
                     break;
@@ -220,7 +222,7 @@ impl Netlink {
                     libc::NLMSG_ERROR => match parse_error(&msg)? {
                         (0, _) => Ok(()),
                         (errno, _) => Err(NftError::Kernel {
-                            what: what[i].to_string(),
+                            what: what(i),
                             errno,
                         }),
                     },
@@ -275,7 +277,24 @@ pub(super) fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
 /// rejection can be reported as "add rule ... to chain ctl" rather than "batch failed".
 pub struct Txn {
     batch: Batch,
-    what: Vec<String>,
+    what: Vec<What>,
+}
+
+/// What a message of a [`Txn`] is about: a text, or a function that writes it, called only
+/// when the message is refused (a call's element messages are sent by the thousand and
+/// formatting their descriptions up front cost more than building them).
+enum What {
+    Text(String),
+    Lazy(Box<dyn Fn() -> String>),
+}
+
+impl What {
+    fn text(&self) -> String {
+        match self {
+            What::Text(s) => s.clone(),
+            What::Lazy(f) => f(),
+        }
+    }
 }
 
 impl Txn {
@@ -295,7 +314,13 @@ impl Txn {
     /// Appends one message.
     pub fn add(&mut self, msg: &impl NlMsg, ty: MsgType, what: impl Into<String>) {
         self.batch.add(msg, ty);
-        self.what.push(what.into());
+        self.what.push(What::Text(what.into()));
+    }
+
+    /// Appends one message whose description `what` writes only if it is needed.
+    pub fn add_lazy(&mut self, msg: &impl NlMsg, ty: MsgType, what: impl Fn() -> String + 'static) {
+        self.batch.add(msg, ty);
+        self.what.push(What::Lazy(Box::new(what)));
     }
 }
 
