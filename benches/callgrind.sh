@@ -2,7 +2,8 @@
 # User-space instructions per packet on pptp-alg's NFQUEUE path, with valgrind's callgrind
 # (instruction counts do not depend on the machine's load, unlike time).
 #
-#   benches/callgrind.sh [--gre N] [--calls M] [--out DIR]
+#   benches/callgrind.sh [--gre N] [--calls M] [--out DIR] [--offload] [--calls-only]
+#   [--strace]
 #
 # Root only; not part of CI. Same namespace lab as throughput.sh. The daemon runs under
 # callgrind with --no-offload, so every GRE packet and every tcp/1723 packet goes through
@@ -16,6 +17,11 @@
 # (Ir(ctl) - Ir(ctl0)) / control packets counted by the daemon. Each pair has the same wall
 # time, so timer wake-ups cancel. The profile of the gre run is summarised (callgrind_annotate)
 # to show what dominates the per-packet cost.
+#   --offload     the daemon runs with the kernel fast path (no --no-offload): a call's setup
+#                 and teardown then also change the fast path's maps
+#   --calls-only  only the ctl0 and ctl runs (instructions per call)
+#   --strace      the ctl0/ctl daemons run under `strace -c -f` instead of callgrind; prints
+#                 the netlink sendmsg/recvmsg calls per call (a proxy for kernel-side cost)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,18 +30,27 @@ M=500
 RATE=2000
 FAST_RATE=20000
 OUT=
+OFFLOAD=0
+CALLS_ONLY=0
+STRACE=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --gre) N=$2; shift ;;
         --calls) M=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --offload) OFFLOAD=1 ;;
+        --calls-only) CALLS_ONLY=1 ;;
+        --strace) STRACE=1; CALLS_ONLY=1 ;;
+        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 [ "$(id -u)" -eq 0 ] || { echo "callgrind.sh: needs root" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind" >&2; exit 1; }
+[ "$STRACE" -eq 0 ] || command -v strace >/dev/null || { echo "callgrind.sh: needs strace" >&2; exit 1; }
+NO_OFFLOAD=--no-offload
+[ "$OFFLOAD" -eq 0 ] || NO_OFFLOAD=
 
 P=pcg$$
 NS_S=$P-srv NS_R=$P-rtr NS_C=$P-cli
@@ -54,9 +69,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "building (release, with debug info)"
-(cd "$ROOT" && cargo build --release --quiet --bins --example gre-load)
-BIN=$ROOT/target/release
+# CALLGRIND_BIN: a directory with pptp-alg and examples/gre-load built already (e.g. a copy
+# of an earlier commit's, to compare); otherwise they are built here.
+BIN=${CALLGRIND_BIN:-}
+if [ -z "$BIN" ]; then
+    log "building (release, with debug info)"
+    (cd "$ROOT" && cargo build --release --quiet --bins --example gre-load)
+    BIN=$ROOT/target/release
+fi
 GL=$BIN/examples/gre-load
 ALG=$BIN/pptp-alg
 
@@ -69,9 +89,11 @@ SOCK=$WORK/status.sock
 run() {
     local name=$1 held=$2 gre=$3 ctl=$4
     rm -f "$SOCK" "$WORK/$name.ready"
-    bg "$WORK/$name.daemon" "$NS_R" valgrind --tool=callgrind \
-        --callgrind-out-file="$WORK/$name.callgrind" \
-        "$ALG" run --install-rules --no-offload --status-socket "$SOCK" --state-file "$WORK/$name.state.json" --log-level warn \
+    local tool=(valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.callgrind")
+    [ "$STRACE" -eq 0 ] || tool=(strace -c -f -e trace=sendmsg,recvmsg,sendto,recvfrom -o "$WORK/$name.strace")
+    # shellcheck disable=SC2086 # NO_OFFLOAD is one flag or none
+    bg "$WORK/$name.daemon" "$NS_R" "${tool[@]}" \
+        "$ALG" run --install-rules $NO_OFFLOAD --status-socket "$SOCK" --state-file "$WORK/$name.state.json" --log-level warn \
         --max-calls-per-host 16384
     local daemon=$LAST_PID i
     for i in $(seq 1 600); do
@@ -108,10 +130,36 @@ run() {
     fi
     kill "$pac"
     wait "$pac" || true
-    kill "$daemon"
+    if [ "$STRACE" -eq 1 ]; then
+        # The daemon is strace's child: stopping it lets strace print its summary.
+        pgrep -P "$daemon" | xargs -r kill
+    else
+        kill "$daemon"
+    fi
     wait "$daemon" || true
-    awk '/^(summary|totals):/{print $2; exit}' "$WORK/$name.callgrind"
+    if [ "$STRACE" -eq 0 ]; then
+        awk '/^(summary|totals):/{print $2; exit}' "$WORK/$name.callgrind"
+    else
+        # Total calls of the traced system calls (strace -c's summary line).
+        awk '$NF == "total" {print $(NF-2); exit}' "$WORK/$name.strace"
+    fi
 }
+
+if [ "$CALLS_ONLY" -eq 1 ]; then
+    log "run ctl0: no calls"
+    IR_CTL0=$(run ctl0 0 0 0)
+    log "run ctl: $M calls set up and cleared"
+    IR_CTL=$(run ctl 0 0 "$M")
+    if [ "$STRACE" -eq 1 ]; then
+        for r in ctl0 ctl; do echo "--- $r: strace -c"; cat "$WORK/$r.strace"; done
+        echo "=> $(( (IR_CTL - IR_CTL0) )) netlink+queue syscalls for $M calls (${NO_OFFLOAD:-with offload})"
+    else
+        echo "=== callgrind (${NO_OFFLOAD:-with offload}): ctl0 $IR_CTL0 Ir, ctl $IR_CTL Ir," \
+            "$(( (IR_CTL - IR_CTL0) / M )) Ir per call (setup + teardown)"
+    fi
+    echo "(raw data: $WORK)"
+    exit 0
+fi
 
 log "run base0: one call, no GRE"
 IR_BASE0=$(run base0 1 0 0)
@@ -124,7 +172,7 @@ IR_CTL0=$(run ctl0 0 0 0)
 log "run ctl: $M calls set up and cleared"
 IR_CTL=$(run ctl 0 0 "$M")
 
-python3 - "$WORK" "$N" "$M" "$IR_BASE0" "$IR_GRE" "$IR_CTL0" "$IR_CTL" "$IR_GREFAST" "$RATE" "$FAST_RATE" <<'EOF'
+python3 - "$WORK" "$N" "$M" "$IR_BASE0" "$IR_GRE" "$IR_CTL0" "$IR_CTL" "$IR_GREFAST" "$RATE" "$FAST_RATE" "$NO_OFFLOAD" <<'EOF'
 import json, sys
 w, n, m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 base0, gre, ctl0, ctl, grefast = map(int, sys.argv[4:9])
@@ -138,7 +186,7 @@ sc, sc0 = stats("ctl"), stats("ctl0")
 gre_pk = stat(sg, "gre_packets") - stat(sg0, "gre_packets") if "gre_packets" in sg else stat(sg, "packets") - stat(sg0, "packets")
 ctl_pk = stat(sc, "control_packets") - stat(sc0, "control_packets")
 ctl_msgs = m * 4 + 4  # OCRQ, OCRP, CCRQ, CDN per call; SCCRQ/RP, StopCCRQ/RP
-print(f"\n=== callgrind: user-space instructions on the NFQUEUE path (pptp-alg --no-offload) ===")
+print(f"\n=== callgrind: user-space instructions on the NFQUEUE path (pptp-alg {sys.argv[11] or 'with offload'}) ===")
 print(f"startup + 1 call + idle (base0):   {base0:,} Ir")
 print(f"  + {n} GRE packets (gre):        {gre:,} Ir   daemon counted {gre_pk} GRE packets, "
       f"{stat(sg, 'rewritten') - stat(sg0, 'rewritten')} rewritten")

@@ -975,3 +975,136 @@ fn fast_path_rewrites_gre() {
         "translated GRE carries the mark:\n{obs}"
     );
 }
+
+/// A call event's kernel elements go to the kernel as ONE netlink batch (what makes a call's
+/// setup cost one round trip, not one per element kind): its start (fast path + `gre_out`),
+/// its answer (`gre_out` + hairpin maps) one round trip each, its end two (one send reading
+/// both counters, one batch deleting every element). The elements are checked where the
+/// kernel lists them; a batch the kernel refuses (here a stale fast path element with other
+/// data) falls back to each kind on its own, and no kind loses its elements.
+#[test]
+fn call_events_are_one_netlink_batch_each() {
+    use pptp_alg::alg::{Alg, AlgConfig, CallInfo, CallState, Hairpin};
+    use pptp_alg::daemon::offload::{InstalledTable, Offload, OffloadConfig};
+    use pptp_alg::daemon::shared::{lock, Shared};
+    use pptp_alg::daemon::status::{Installed, RulesInfo};
+    use std::time::{Duration, Instant};
+
+    in_fresh_netns("call_events_are_one_netlink_batch_each", |_| {
+        let sock = TableSocket::open().unwrap();
+        install_owned(&sock);
+        let rules = RulesConfig::default();
+        let backend = nft::detect_backend().unwrap();
+        let shared = Shared::new(
+            Alg::new(AlgConfig::default()),
+            RulesInfo {
+                table: rules.table.clone(),
+                installed: Installed::Owned,
+                queue_backend: Some(backend),
+            },
+        );
+        let now = Instant::now();
+        let mut off = Offload::new(
+            OffloadConfig {
+                rules: rules.clone(),
+                offload: true,
+                table: Some(InstalledTable {
+                    socket: sock.clone(),
+                    table: rules.table.clone(),
+                    backend,
+                    owned: true,
+                }),
+                local_addrs: None,
+            },
+            now,
+        );
+        assert!(off.start(&shared), "fast path on");
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut c = CallInfo {
+            inside_host: a("10.0.0.2"),
+            inside_id: 0x4000,
+            outside_peer: a("192.0.2.7"),
+            outside_id: Some(0x77),
+            nat_id: 0x1234,
+            conn: None,
+            state: CallState::Requested,
+            age: Duration::ZERO,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            hairpin: None,
+        };
+        let trips = || sock.round_trips();
+
+        let t0 = trips();
+        off.call_started(&c, now, &shared);
+        assert_eq!(trips() - t0, 1, "a call's start is one netlink round trip");
+        assert!(map_elements("gre_daddr").contains("192.0.2.7 . 0x1234"));
+        assert!(map_elements("gre_cid").contains("192.0.2.7 . 0x1234"));
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert!(out.contains("10.0.0.2 . 192.0.2.7 . 0x77"), "{out}");
+
+        c.hairpin = Some(Hairpin {
+            public: a("192.0.2.1"),
+            masq: a("10.0.0.1"),
+        });
+        let t0 = trips();
+        off.call_answered(&c, now, &shared);
+        assert_eq!(trips() - t0, 1, "a call's answer is one netlink round trip");
+        let saddr = map_elements("hairpin_saddr");
+        assert!(saddr.contains("192.0.2.7 . 10.0.0.2 . 0x4000"), "{saddr}");
+        assert!(saddr.contains("10.0.0.2 . 192.0.2.7 . 0x77"), "{saddr}");
+        assert!(map_elements("hairpin_daddr").contains("10.0.0.2 . 192.0.2.1 . 0x77"));
+
+        let t0 = trips();
+        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert_eq!(
+            trips() - t0,
+            2,
+            "a call's end is one read of its counters and one delete batch"
+        );
+        for map in ["gre_daddr", "gre_cid", "hairpin_saddr", "hairpin_daddr"] {
+            let l = map_elements(map);
+            assert!(!l.contains("elements"), "{map} still has elements: {l}");
+        }
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert!(!out.contains("elements"), "{out}");
+        assert_eq!(lock(&shared).fastpath_errors, 0);
+
+        // A stale fast path element with other data (an earlier run's) makes the batch fail:
+        // the fast path replaces it on its own, and gre_out still gets its element.
+        let mut fp = nft::FastPath::open_on(&rules, sock.clone()).unwrap();
+        fp.add_call(c.outside_peer, c.nat_id, a("10.0.0.99"), 0x1111)
+            .unwrap();
+        c.hairpin = None;
+        off.call_started(&c, now, &shared);
+        let daddr = map_elements("gre_daddr");
+        assert!(
+            daddr.contains("192.0.2.7 . 0x1234") && daddr.contains("10.0.0.2"),
+            "{daddr}"
+        );
+        assert!(!daddr.contains("10.0.0.99"), "{daddr}");
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert!(out.contains("10.0.0.2 . 192.0.2.7 . 0x77"), "{out}");
+        let s = lock(&shared);
+        assert_eq!((s.fastpath_errors, s.offload_pending), (0, 0));
+        drop(s);
+
+        // An end whose elements are gone already (both reads answered ENOENT, the delete
+        // batch refused, each kind then removed on its own): nothing counted as an error.
+        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert!(!map_elements("gre_daddr").contains("elements"));
+        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert_eq!(lock(&shared).fastpath_errors, 0);
+
+        // A refused batch names the element it was refused for (described only then).
+        let mut b = nft::ElemBatch::new();
+        fp.batch_remove(&mut b, a("192.0.2.9"), 5);
+        let err = sock.commit_elems(b).unwrap_err().to_string();
+        assert!(
+            err.contains("delete element 192.0.2.9 . 0x0005 of map gre_daddr in table ip pptp_alg"),
+            "{err}"
+        );
+    });
+}

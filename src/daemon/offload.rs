@@ -20,8 +20,8 @@ use super::outcount::OutCounting;
 use super::shared::{lock, SharedRef};
 use crate::alg::{CallInfo, ConnKey, Hairpin, PPTP_PORT};
 use crate::nft::{
-    Conntrack, ElementCounter, FastPath, HairpinCall, HairpinMaps, QueueBackend, RulesConfig,
-    TableSocket,
+    read_call_counters, Conntrack, ElemBatch, ElementCounter, FastPath, HairpinCall, HairpinMaps,
+    NftError, QueueBackend, RulesConfig, TableSocket,
 };
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
@@ -89,6 +89,9 @@ pub struct OffloadConfig {
 /// The fast path controller (see the module documentation).
 pub struct Offload {
     cfg: OffloadConfig,
+    /// The one socket through which every element kind below is changed,
+    /// so one call event's changes go to the kernel as one batch.
+    sock: Option<TableSocket>,
     fast: Option<FastPath>,
     /// The kernel's per-call count of GRE from inside hosts.
     out: Option<OutCounting>,
@@ -138,6 +141,7 @@ impl Offload {
         Offload {
             installed: cfg.table.is_some(),
             cfg,
+            sock: None,
             fast: None,
             out: None,
             hairpin: None,
@@ -163,15 +167,26 @@ impl Offload {
     /// earlier run outlives the calls it belonged to. Returns whether the
     /// fast path is active; without it all GRE is translated in userspace.
     pub fn start(&mut self, shared: &SharedRef) -> bool {
-        let sock = self.cfg.table.as_ref().map(|t| &t.socket);
-        self.out = OutCounting::open(&self.cfg.rules, sock);
-        self.hairpin = open_hairpin_maps(&self.cfg.rules, sock);
+        let sock = match &self.cfg.table {
+            Some(t) => t.socket.clone(),
+            None => match TableSocket::open() {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!(
+                        "kernel fast path, hairpin NAT and per-call counts of GRE from inside \
+                         hosts off: {e}"
+                    );
+                    return false;
+                }
+            },
+        };
+        self.out = OutCounting::open(&self.cfg.rules, Some(&sock));
+        self.hairpin = open_hairpin_maps(&self.cfg.rules, &sock);
+        self.sock = Some(sock.clone());
         if self.cfg.offload {
-            let fp = match &self.cfg.table {
-                Some(t) => FastPath::open_on(&self.cfg.rules, t.socket.clone()),
-                None => FastPath::open(&self.cfg.rules),
-            };
-            match fp.and_then(|mut fp| fp.flush().map(|()| fp)) {
+            match FastPath::open_on(&self.cfg.rules, sock)
+                .and_then(|mut fp| fp.flush().map(|()| fp))
+            {
                 Ok(fp) => {
                     log::info!(
                         "kernel fast path on (maps of table ip {})",
@@ -191,15 +206,75 @@ impl Offload {
         on
     }
 
-    /// Adds a new call's elements; on failure the call is retried every
-    /// second (see [`Offload::poll_timeout`]).
+    /// Adds a new call's elements (fast path, `gre_out` once the outside
+    /// peer's id is known, hairpin maps) in one batch; on failure each kind
+    /// is added on its own, and what the kernel still refuses is retried
+    /// every second (see [`Offload::poll_timeout`]).
     pub fn call_started(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) {
+        let hp = c
+            .conn
+            .and_then(|k| self.classify(k, now, shared))
+            .map(|hp| hairpin_call(c, hp));
+        self.add_elements(c, hp, true, now, shared);
+    }
+
+    /// The outside peer told its id for call `c`: the elements keyed by it,
+    /// in one batch.
+    pub fn call_answered(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) {
+        let hp = c.hairpin.map(|hp| hairpin_call(c, hp));
+        self.add_elements(c, hp, false, now, shared);
+    }
+
+    /// Adds call `c`'s `gre_out` element, its hairpin elements `hp` and,
+    /// with `fast`, its fast path elements, as ONE batch: one round trip to
+    /// the kernel per call event. The batch is all or nothing, so when the
+    /// kernel refuses it (a stale element with other data, a full map) each
+    /// kind is added on its own, with its own replace, retry and count:
+    /// one kind's trouble never costs another its elements.
+    fn add_elements(
+        &mut self,
+        c: &CallInfo,
+        hp: Option<HairpinCall>,
+        fast: bool,
+        now: Instant,
+        shared: &SharedRef,
+    ) {
+        let fast = fast && self.fast.is_some();
+        let hp = hp.filter(|_| self.hairpin.is_some());
+        let mut b = ElemBatch::new();
+        if let Some(out) = &self.out {
+            out.batch_known(&mut b, c);
+        }
+        if let (Some(maps), Some(call)) = (&self.hairpin, &hp) {
+            maps.batch(&mut b, true, call);
+        }
+        if let (true, Some(fp)) = (fast, &self.fast) {
+            fp.batch_add(&mut b, c.outside_peer, c.nat_id, c.inside_host, c.inside_id);
+        }
+        if b.is_empty() {
+            return;
+        }
+        if self.commit(b).is_ok() {
+            if let Some(call) = &hp {
+                // A later state of the call replaces an earlier one still pending.
+                self.hairpin_pending.retain(|p| !same_hairpin(p, call));
+            }
+            return;
+        }
         if let Some(out) = &mut self.out {
             out.call_known(c, shared);
         }
-        if let Some(hp) = c.conn.and_then(|k| self.classify(k, now, shared)) {
-            self.hairpin_elements(c, hp, true, now, shared);
+        if let Some(call) = hp {
+            self.hairpin_change(call, true, now, shared);
         }
+        if fast {
+            self.fast_add(c, now, shared);
+        }
+    }
+
+    /// Adds a call's fast path elements on their own; on failure the call
+    /// is pending, retried every second.
+    fn fast_add(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) {
         let Some(fp) = &mut self.fast else { return };
         if let Err(e) = fp.add_call(c.outside_peer, c.nat_id, c.inside_host, c.inside_id) {
             self.pending
@@ -218,63 +293,103 @@ impl Offload {
         }
     }
 
-    /// The outside peer told its id for call `c`: the elements keyed by it.
-    pub fn call_answered(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) {
-        if let Some(out) = &mut self.out {
-            out.call_known(c, shared);
-        }
-        if let Some(hp) = c.hairpin {
-            self.hairpin_elements(c, hp, true, now, shared);
+    /// Sends `b` through the socket every element kind shares.
+    fn commit(&self, b: ElemBatch) -> Result<(), NftError> {
+        match &self.sock {
+            Some(sock) => sock.commit_elems(b),
+            None => Err(NftError::Protocol("no netlink socket".into())),
         }
     }
 
     /// Removes an ended call's elements. Returns the packets the kernel
     /// translated for it and counted from its inside host since the last
     /// counter poll, read before its elements go, so the call's end line is
-    /// complete.
+    /// complete. Two round trips to the kernel: one read of both counters,
+    /// one batch deleting every element (each kind on its own if the kernel
+    /// refuses the batch, e.g. for an element already gone).
     pub fn call_ended(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) -> (u64, u64) {
-        if let Some(hp) = c.hairpin {
-            self.hairpin_elements(c, hp, false, now, shared);
-        }
-        let kernel_out = match &mut self.out {
-            Some(out) => out.call_ended(c, shared, now),
-            None => 0,
-        };
-        (self.fast_call_ended(c, now, shared), kernel_out)
-    }
-
-    fn fast_call_ended(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) -> u64 {
         let key = (c.outside_peer, c.nat_id);
-        let Some(fp) = &mut self.fast else { return 0 };
-        let kernel_in = match fp.call_counter(c.outside_peer, c.nat_id) {
-            Ok(Some(e)) => offload_delta(&self.seen, &e).0,
-            Ok(None) => 0,
-            Err(e) => {
-                log::debug!(
-                    "fast path: no counter for call {}:{}: {e}",
-                    c.outside_peer,
-                    c.nat_id
-                );
-                0
-            }
-        };
-        self.seen.remove(&key);
-        // The last read of its counter: the engine counts it delivered.
-        lock(shared)
-            .alg
-            .note_offloaded(now, c.outside_peer, c.nat_id, kernel_in, 0);
-        // A call whose elements never made it has none to remove.
-        if self.pending.remove(&key).is_some() {
+        // A call whose fast path elements never made it has none to read or remove.
+        let was_pending = self.pending.remove(&key).is_some();
+        if was_pending {
             lock(shared).offload_pending = self.pending.len() as u64;
-        } else if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
-            lock(shared).fastpath_errors += 1;
-            log::warn!(
-                "fast path: cannot remove call {}:{}: {e}",
-                c.outside_peer,
-                c.nat_id
-            );
         }
-        kernel_in
+        let fast_read = match &self.fast {
+            Some(fp) if !was_pending => Some((fp, c.outside_peer, c.nat_id)),
+            _ => None,
+        };
+        let out_read = self.out.as_ref().and_then(|out| out.end_read(c));
+        let (fast_counter, out_counter) = match &self.sock {
+            Some(sock) => read_call_counters(sock, fast_read, out_read),
+            None => (None, None),
+        };
+
+        let mut kernel_in = 0;
+        if self.fast.is_some() {
+            kernel_in = match fast_counter {
+                Some(Ok(Some(e))) => offload_delta(&self.seen, &e).0,
+                Some(Ok(None)) | None => 0,
+                Some(Err(e)) => {
+                    log::debug!(
+                        "fast path: no counter for call {}:{}: {e}",
+                        c.outside_peer,
+                        c.nat_id
+                    );
+                    0
+                }
+            };
+            self.seen.remove(&key);
+            // The last read of its counter: the engine counts it delivered.
+            lock(shared)
+                .alg
+                .note_offloaded(now, c.outside_peer, c.nat_id, kernel_in, 0);
+        }
+        let (kernel_out, out_key) = match &mut self.out {
+            Some(out) => out.ended(c, out_counter, shared, now),
+            None => (0, None),
+        };
+
+        let hp = c
+            .hairpin
+            .filter(|_| self.hairpin.is_some())
+            .map(|hp| hairpin_call(c, hp));
+        // Elements of a pending hairpin call may be partly absent: removed on their own.
+        let hp_pending = hp.is_some_and(|call| {
+            let before = self.hairpin_pending.len();
+            self.hairpin_pending.retain(|p| !same_hairpin(p, &call));
+            before != self.hairpin_pending.len()
+        });
+        let fast_remove = self.fast.is_some() && !was_pending;
+        let mut b = ElemBatch::new();
+        if let (Some(maps), Some(call), false) = (&self.hairpin, &hp, hp_pending) {
+            maps.batch(&mut b, false, call);
+        }
+        if let (Some(out), Some(k)) = (&self.out, out_key) {
+            out.batch_remove(&mut b, k);
+        }
+        if let (true, Some(fp)) = (fast_remove, &self.fast) {
+            fp.batch_remove(&mut b, c.outside_peer, c.nat_id);
+        }
+        let refused = !b.is_empty() && self.commit(b).is_err();
+        if let Some(call) = hp.filter(|_| refused || hp_pending) {
+            self.hairpin_change(call, false, now, shared);
+        }
+        if refused {
+            if let (Some(out), Some(k)) = (&mut self.out, out_key) {
+                out.remove(k, shared);
+            }
+            if let (true, Some(fp)) = (fast_remove, &mut self.fast) {
+                if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
+                    lock(shared).fastpath_errors += 1;
+                    log::warn!(
+                        "fast path: cannot remove call {}:{}: {e}",
+                        c.outside_peer,
+                        c.nat_id
+                    );
+                }
+            }
+        }
+        (kernel_in, kernel_out)
     }
 
     /// When [`Offload::handle_timeout`] has work next (`None`: never).
@@ -407,7 +522,7 @@ impl Offload {
         // A reinstalled table starts with empty hairpin maps and counters too.
         for c in &calls {
             if let Some(hp) = c.hairpin {
-                self.hairpin_elements(c, hp, true, now, shared);
+                self.hairpin_change(hairpin_call(c, hp), true, now, shared);
             }
         }
         if let Some(out) = &mut self.out {
@@ -490,32 +605,12 @@ impl Offload {
             .map(|(public, masq)| Hairpin { public, masq }))
     }
 
-    /// Adds (`add`) or removes the hairpin elements of call `c` whose
-    /// connection is hairpinned through `hp`.
-    fn hairpin_elements(
-        &mut self,
-        c: &CallInfo,
-        hp: Hairpin,
-        add: bool,
-        now: Instant,
-        shared: &SharedRef,
-    ) {
+    /// Adds (`add`) or removes the hairpin elements of `call` on their own.
+    fn hairpin_change(&mut self, call: HairpinCall, add: bool, now: Instant, shared: &SharedRef) {
         let Some(maps) = &mut self.hairpin else {
             return;
         };
-        let call = HairpinCall {
-            client: c.inside_host,
-            client_id: c.inside_id,
-            server: c.outside_peer,
-            server_id: c.outside_id,
-            public: hp.public,
-            masq: hp.masq,
-        };
-        // A later state of the call replaces an earlier one still pending.
-        let same = |p: &HairpinCall| {
-            (p.client, p.client_id, p.server) == (call.client, call.client_id, call.server)
-        };
-        self.hairpin_pending.retain(|p| !same(p));
+        self.hairpin_pending.retain(|p| !same_hairpin(p, &call));
         let r = if add {
             maps.add_call(&call)
         } else {
@@ -530,8 +625,8 @@ impl Offload {
             log::warn!(
                 "hairpin: cannot {} the elements of call {}:{}: {e}{}",
                 if add { "add" } else { "remove" },
-                c.inside_host,
-                c.inside_id,
+                call.client,
+                call.client_id,
                 if add {
                     "; its GRE is not sent on until they are in, tried again every second"
                 } else {
@@ -614,16 +709,27 @@ impl Offload {
     }
 }
 
+/// The hairpin elements' view of call `c`, hairpinned through `hp`.
+fn hairpin_call(c: &CallInfo, hp: Hairpin) -> HairpinCall {
+    HairpinCall {
+        client: c.inside_host,
+        client_id: c.inside_id,
+        server: c.outside_peer,
+        server_id: c.outside_id,
+        public: hp.public,
+        masq: hp.masq,
+    }
+}
+
+/// Whether `a` and `b` are states of the same hairpinned call.
+fn same_hairpin(a: &HairpinCall, b: &HairpinCall) -> bool {
+    (a.client, a.client_id, a.server) == (b.client, b.client_id, b.server)
+}
+
 /// Opens the hairpin maps (with or without the fast path) and empties them,
 /// as [`Offload::start`] does the fast path's.
-fn open_hairpin_maps(rules: &RulesConfig, sock: Option<&TableSocket>) -> Option<HairpinMaps> {
-    let sock = match sock {
-        Some(sock) => Ok(sock.clone()),
-        None => TableSocket::open(),
-    };
-    let maps = sock
-        .and_then(|sock| HairpinMaps::open_on(rules, sock))
-        .and_then(|mut m| m.flush().map(|()| m));
+fn open_hairpin_maps(rules: &RulesConfig, sock: &TableSocket) -> Option<HairpinMaps> {
+    let maps = HairpinMaps::open_on(rules, sock.clone()).and_then(|mut m| m.flush().map(|()| m));
     match maps {
         Ok(m) => Some(m),
         Err(e) => {

@@ -4,17 +4,18 @@
 //! when the call starts or is answered, so before the message that tells the inside host that
 //! id leaves), reads the counters with the fast path's and gives the engine the deltas (the
 //! call's `packets_out`, its idle timer, the `call_gre_out` counter), and reads a call's last
-//! delta when it ends, for the call-end log line.
+//! delta when it ends, for the call-end log line. A call event's add or removal goes in the
+//! offload controller's one batch for the event (see [`super::offload`]).
 
 use super::shared::SharedRef;
 use crate::alg::CallInfo;
-use crate::nft::{GreOut, NftError, OutCounter, RulesConfig, TableSocket};
+use crate::nft::{ElemBatch, GreOut, NftError, OutCounter, RulesConfig, TableSocket};
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
 /// (inside host, outside peer, outside peer's Call ID).
-type Key = (Ipv4Addr, Ipv4Addr, u16);
+pub type Key = (Ipv4Addr, Ipv4Addr, u16);
 
 /// The packet thread's handle on `gre_out`.
 #[derive(Debug)]
@@ -59,37 +60,68 @@ impl OutCounting {
         }
     }
 
-    /// A call ended: returns the packets its inside host sent since the
-    /// last read (for its log line), and removes its element.
-    pub fn call_ended(&mut self, c: &CallInfo, shared: &SharedRef, now: Instant) -> u64 {
-        self.ended(c, shared, now).unwrap_or_else(|e| {
-            failed(shared, &e);
-            0
-        })
+    /// Appends the add of the call's element to `b` once the outside peer's id is known (see
+    /// [`crate::nft::ElemBatch`]); [`OutCounting::call_known`] is the way on its own.
+    pub fn batch_known(&self, b: &mut ElemBatch, c: &CallInfo) {
+        if let Some(id) = c.outside_id {
+            self.set.batch(b, true, c.inside_host, c.outside_peer, id);
+        }
     }
 
-    fn ended(&mut self, c: &CallInfo, shared: &SharedRef, now: Instant) -> Result<u64, NftError> {
+    /// What to read when call `c` ends: the set and the call's element, if it has one.
+    pub fn end_read(&self, c: &CallInfo) -> Option<(&GreOut, Ipv4Addr, Ipv4Addr, u16)> {
+        let id = c.outside_id?;
+        Some((&self.set, c.inside_host, c.outside_peer, id))
+    }
+
+    /// A call ended and `read` is its element's counter (see [`OutCounting::end_read`]):
+    /// gives the engine the last delta and returns the packets its inside host sent since
+    /// the last read (for its log line), and the element to remove unless another live call
+    /// has the same ids (a peer that reuses its ids keeps counting).
+    pub fn ended(
+        &mut self,
+        c: &CallInfo,
+        read: Option<Result<Option<OutCounter>, NftError>>,
+        shared: &SharedRef,
+        now: Instant,
+    ) -> (u64, Option<Key>) {
         let Some(id) = c.outside_id else {
-            return Ok(0);
+            return (0, None);
         };
         let key = (c.inside_host, c.outside_peer, id);
-        let delta = match self.set.counter(key.0, key.1, key.2)? {
-            Some(k) => delta(&self.seen, &k),
-            None => (0, 0),
+        let delta = match read {
+            Some(Ok(Some(k))) => delta(&self.seen, &k),
+            Some(Ok(None)) | None => (0, 0),
+            Some(Err(e)) => {
+                failed(shared, &e);
+                (0, 0)
+            }
         };
         let mut s = super::shared::lock(shared);
         s.alg.note_sent(now, key.0, key.1, key.2, delta.0, delta.1);
-        // Another live call with the same ids (a peer that reuses its ids) keeps counting.
         let keep = s.alg.has_live_outside(key.0, key.1, key.2);
         drop(s);
-        if !keep {
-            self.seen.remove(&key);
-            self.set.remove(key.0, key.1, key.2)?;
-        } else if let Some(seen) = self.seen.get_mut(&key) {
-            seen.0 += delta.0;
-            seen.1 += delta.1;
+        if keep {
+            if let Some(seen) = self.seen.get_mut(&key) {
+                seen.0 += delta.0;
+                seen.1 += delta.1;
+            }
+            return (delta.0, None);
         }
-        Ok(delta.0)
+        self.seen.remove(&key);
+        (delta.0, Some(key))
+    }
+
+    /// Appends the removal of an ended call's element to `b`.
+    pub fn batch_remove(&self, b: &mut ElemBatch, key: Key) {
+        self.set.batch(b, false, key.0, key.1, key.2);
+    }
+
+    /// Removes an ended call's element on its own (when the batch it was in was refused).
+    pub fn remove(&mut self, key: Key, shared: &SharedRef) {
+        if let Err(e) = self.set.remove(key.0, key.1, key.2) {
+            failed(shared, &e);
+        }
     }
 
     /// Reads every call's counter and gives the engine what the kernel counted since the last

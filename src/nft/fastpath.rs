@@ -10,7 +10,7 @@ use super::detect::netlink_owner;
 use super::netlink::Txn;
 use super::objects::{dump_elems, elem_key, for_each_elem, get_elem, get_set, ElemsMsg};
 use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
-use super::{table_cname, ElementCounter, NftError, RulesConfig, TableSocket};
+use super::{table_cname, ElemBatch, ElementCounter, NftError, RulesConfig, TableSocket};
 
 /// A handle on the fast path maps.
 ///
@@ -101,6 +101,41 @@ impl FastPath {
         }
     }
 
+    /// Appends [`FastPath::add_call`]'s messages to `b` (see [`ElemBatch`]); the batch's
+    /// refusal leaves a stale element with other data, which [`FastPath::add_call`] replaces.
+    pub fn batch_add(
+        &self,
+        b: &mut ElemBatch,
+        outside_peer: Ipv4Addr,
+        nat_id: u16,
+        inside_host: Ipv4Addr,
+        inside_id: u16,
+    ) {
+        let k = key(outside_peer, nat_id);
+        let cid = inside_id.to_be_bytes();
+        let daddr = inside_host.octets();
+        for (map, data) in [(GRE_CID, &cid[..]), (GRE_DADDR, &daddr[..])] {
+            self.push(
+                &mut b.txn,
+                MsgType::Add,
+                map,
+                &k,
+                data,
+                outside_peer,
+                nat_id,
+            );
+        }
+    }
+
+    /// Appends the deletion of a call's two elements to `b` (all or nothing: an absent one
+    /// makes the batch fail, and [`FastPath::remove_call`] deletes what is there).
+    pub fn batch_remove(&self, b: &mut ElemBatch, outside_peer: Ipv4Addr, nat_id: u16) {
+        let k = key(outside_peer, nat_id);
+        for map in [GRE_DADDR, GRE_CID] {
+            self.push(&mut b.txn, MsgType::Del, map, &k, &[], outside_peer, nat_id);
+        }
+    }
+
     /// Stops translating a call in the kernel. Removing an absent call is not an error.
     pub fn remove_call(&mut self, outside_peer: Ipv4Addr, nat_id: u16) -> Result<(), NftError> {
         let k = key(outside_peer, nat_id);
@@ -163,19 +198,22 @@ impl FastPath {
         outside_peer: Ipv4Addr,
         nat_id: u16,
     ) -> Result<Option<ElementCounter>, NftError> {
-        let what = format!(
-            "get element {outside_peer} . {nat_id:#06x} of map {} in table ip {}",
-            GRE_DADDR.to_string_lossy(),
-            self.table.to_string_lossy()
-        );
-        let k = key(outside_peer, nat_id);
-        let table = self.table.clone();
-        match self.read_counters(&what, get_elem(&table, GRE_DADDR, &k)) {
-            Ok(out) => Ok(out
-                .into_iter()
-                .find(|c| c.outside_peer == outside_peer && c.nat_id == nat_id)),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
+        let r = self.read_call(outside_peer, nat_id);
+        let mut out = Vec::new();
+        let done = self.nl.lock().request(&r.what(), r.build(), |msg| {
+            parse_counters(msg.raw, &mut out)
+        });
+        r.answer(done, out)
+    }
+
+    /// The request [`FastPath::call_counter`] sends, to send it with others (see
+    /// [`super::read_call_counters`]).
+    pub(super) fn read_call(&self, outside_peer: Ipv4Addr, nat_id: u16) -> CallRead {
+        CallRead {
+            table: self.table.clone(),
+            key: key(outside_peer, nat_id),
+            peer: outside_peer,
+            nat_id,
         }
     }
 
@@ -198,22 +236,64 @@ impl FastPath {
         &self,
         txn: &mut Txn,
         ty: MsgType,
-        map: &CStr,
+        map: &'static CStr,
         k: &[u8],
         data: &[u8],
         peer: Ipv4Addr,
         nat_id: u16,
     ) {
         let verb = if ty == MsgType::Add { "add" } else { "delete" };
-        txn.add(
+        let table = self.table.clone();
+        txn.add_lazy(
             &ElemsMsg::new(&self.table, map, vec![(k.to_vec(), data.to_vec())]),
             ty,
-            format!(
-                "{verb} element {peer} . {nat_id:#06x} of map {} in table ip {}",
-                map.to_string_lossy(),
-                self.table.to_string_lossy()
-            ),
+            move || {
+                format!(
+                    "{verb} element {peer} . {nat_id:#06x} of map {} in table ip {}",
+                    map.to_string_lossy(),
+                    table.to_string_lossy()
+                )
+            },
         );
+    }
+}
+
+/// One call's counter request on `gre_daddr`.
+pub(super) struct CallRead {
+    table: CString,
+    key: Vec<u8>,
+    peer: Ipv4Addr,
+    nat_id: u16,
+}
+
+impl CallRead {
+    pub(super) fn what(&self) -> String {
+        format!(
+            "get element {} . {:#06x} of map {} in table ip {}",
+            self.peer,
+            self.nat_id,
+            GRE_DADDR.to_string_lossy(),
+            self.table.to_string_lossy()
+        )
+    }
+
+    pub(super) fn build(&self) -> impl FnOnce(&mut [u8], u32) + '_ {
+        get_elem(&self.table, GRE_DADDR, &self.key)
+    }
+
+    /// The call's counter from the request's outcome and the counters its answer carried.
+    pub(super) fn answer(
+        &self,
+        done: Result<(), NftError>,
+        out: Vec<ElementCounter>,
+    ) -> Result<Option<ElementCounter>, NftError> {
+        match done {
+            Ok(()) => Ok(out
+                .into_iter()
+                .find(|c| c.outside_peer == self.peer && c.nat_id == self.nat_id)),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

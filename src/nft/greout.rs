@@ -15,7 +15,7 @@ use super::fastpath::elem_counters;
 use super::netlink::Txn;
 use super::objects::{dump_elems, get_elem, get_set, ElemsMsg};
 use super::ruleset::{out_key, GRE_OUT, OUT_KEY_LEN};
-use super::{table_cname, NftError, RulesConfig, TableSocket};
+use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
 /// Packets and bytes one inside host sent for one call, as the kernel counted them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,13 @@ impl GreOut {
         }
     }
 
+    /// Appends the add (`add`) or the deletion of a call's element to `b` (see
+    /// [`ElemBatch`]).
+    pub fn batch(&self, b: &mut ElemBatch, add: bool, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) {
+        let ty = if add { MsgType::Add } else { MsgType::Del };
+        self.push(&mut b.txn, ty, inside, peer, id);
+    }
+
     fn change(
         &mut self,
         ty: MsgType,
@@ -101,21 +108,28 @@ impl GreOut {
         peer: Ipv4Addr,
         id: u16,
     ) -> Result<(), NftError> {
-        let verb = if ty == MsgType::Add { "add" } else { "delete" };
         let mut txn = Txn::new();
-        txn.add(
+        self.push(&mut txn, ty, inside, peer, id);
+        self.nl.lock().commit(txn)
+    }
+
+    fn push(&self, txn: &mut Txn, ty: MsgType, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) {
+        let verb = if ty == MsgType::Add { "add" } else { "delete" };
+        let table = self.table.clone();
+        txn.add_lazy(
             &ElemsMsg::new(
                 &self.table,
                 GRE_OUT,
                 vec![(out_key(inside, peer, id), Vec::new())],
             ),
             ty,
-            format!(
-                "{verb} element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
-                self.table.to_string_lossy()
-            ),
+            move || {
+                format!(
+                    "{verb} element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
+                    table.to_string_lossy()
+                )
+            },
         );
-        self.nl.lock().commit(txn)
     }
 
     /// Removes every element (start-up, and a reinstalled table's fresh start).
@@ -155,23 +169,55 @@ impl GreOut {
         peer: Ipv4Addr,
         id: u16,
     ) -> Result<Option<OutCounter>, NftError> {
-        let what = format!(
+        let r = self.read_call(inside, peer, id);
+        let mut out = Vec::new();
+        let done = self.nl.lock().request(&r.what(), r.build(), |msg| {
+            parse_out_counters(msg.raw, &mut out)
+        });
+        r.answer(done, out)
+    }
+
+    /// The request [`GreOut::counter`] sends, to send it with others (see
+    /// [`super::read_call_counters`]).
+    pub(super) fn read_call(&self, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) -> OutRead {
+        OutRead {
+            table: self.table.clone(),
+            key: out_key(inside, peer, id),
+            elem: (inside, peer, id),
+        }
+    }
+}
+
+/// One call's counter request on `gre_out`.
+pub(super) struct OutRead {
+    table: CString,
+    key: Vec<u8>,
+    elem: (Ipv4Addr, Ipv4Addr, u16),
+}
+
+impl OutRead {
+    pub(super) fn what(&self) -> String {
+        let (inside, peer, id) = self.elem;
+        format!(
             "get element {inside} . {peer} . {id:#06x} of set gre_out in table ip {}",
             self.table.to_string_lossy()
-        );
-        let table = self.table.clone();
-        let k = out_key(inside, peer, id);
-        let mut out = Vec::new();
-        let r = self
-            .nl
-            .lock()
-            .request(&what, get_elem(&table, GRE_OUT, &k), |msg| {
-                parse_out_counters(msg.raw, &mut out)
-            });
-        match r {
+        )
+    }
+
+    pub(super) fn build(&self) -> impl FnOnce(&mut [u8], u32) + '_ {
+        get_elem(&self.table, GRE_OUT, &self.key)
+    }
+
+    /// The element's counter from the request's outcome and the counters its answer carried.
+    pub(super) fn answer(
+        &self,
+        done: Result<(), NftError>,
+        out: Vec<OutCounter>,
+    ) -> Result<Option<OutCounter>, NftError> {
+        match done {
             Ok(()) => Ok(out
                 .into_iter()
-                .find(|c| (c.inside_host, c.outside_peer, c.outside_id) == (inside, peer, id))),
+                .find(|c| (c.inside_host, c.outside_peer, c.outside_id) == self.elem)),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }

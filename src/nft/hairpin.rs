@@ -20,7 +20,7 @@ use nftnl_sys::libc;
 use super::netlink::Txn;
 use super::objects::ElemsMsg;
 use super::ruleset::{hairpin_key, HAIRPIN_DADDR, HAIRPIN_SADDR};
-use super::{table_cname, NftError, RulesConfig, TableSocket};
+use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
 /// A hairpinned call as its elements need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,39 +139,54 @@ impl HairpinMaps {
         self.nl.lock().commit(txn)
     }
 
+    /// Appends the add (`add`) or the deletion of every element `call` has so far to `b`
+    /// (see [`ElemBatch`]; all or nothing, where [`HairpinMaps::add_call`] replaces stale
+    /// elements and [`HairpinMaps::remove_call`] passes over absent ones).
+    pub fn batch(&self, b: &mut ElemBatch, add: bool, call: &HairpinCall) {
+        let ty = if add { MsgType::Add } else { MsgType::Del };
+        self.push(&mut b.txn, ty, &call.elements(self.offload));
+    }
+
     fn commit(
         &mut self,
         ty: MsgType,
         elems: &[(&'static CStr, Vec<u8>, Ipv4Addr)],
     ) -> Result<(), NftError> {
-        let verb = if ty == MsgType::Add { "add" } else { "delete" };
         let mut txn = Txn::new();
+        self.push(&mut txn, ty, elems);
+        self.nl.lock().commit(txn)
+    }
+
+    fn push(&self, txn: &mut Txn, ty: MsgType, elems: &[(&'static CStr, Vec<u8>, Ipv4Addr)]) {
+        let verb = if ty == MsgType::Add { "add" } else { "delete" };
         for (map, k, data) in elems {
             let data = if ty == MsgType::Add {
                 data.octets().to_vec()
             } else {
                 Vec::new()
             };
-            txn.add(
-                &ElemsMsg::new(&self.table, map, vec![(k.clone(), data)]),
+            let (map, k, table) = (*map, k.clone(), self.table.clone());
+            txn.add_lazy(
+                &ElemsMsg::new(&table, map, vec![(k.clone(), data)]),
                 ty,
-                format!(
-                    "{verb} element {}.{}.{}.{} . {}.{}.{}.{} . {:#06x} of map {} in table ip {}",
-                    k[0],
-                    k[1],
-                    k[2],
-                    k[3],
-                    k[4],
-                    k[5],
-                    k[6],
-                    k[7],
-                    u16::from_be_bytes([k[8], k[9]]),
-                    map.to_string_lossy(),
-                    self.table.to_string_lossy()
-                ),
+                move || {
+                    format!(
+                        "{verb} element {}.{}.{}.{} . {}.{}.{}.{} . {:#06x} of map {} in table ip {}",
+                        k[0],
+                        k[1],
+                        k[2],
+                        k[3],
+                        k[4],
+                        k[5],
+                        k[6],
+                        k[7],
+                        u16::from_be_bytes([k[8], k[9]]),
+                        map.to_string_lossy(),
+                        table.to_string_lossy()
+                    )
+                },
             );
         }
-        self.nl.lock().commit(txn)
     }
 }
 

@@ -28,6 +28,7 @@
 //! daemon listens. Queueing uses the nft `queue` expression where the kernel has it, else the
 //! xt NFQUEUE target through nft_compat ([`detect_backend`] finds out which).
 
+mod callelems;
 mod conntrack;
 mod detect;
 mod error;
@@ -49,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nftnl::MsgType;
 use nftnl_sys::libc;
 
+pub use callelems::{read_call_counters, ElemBatch};
 pub use conntrack::{local_addrs, Conntrack, CtEntry};
 pub use error::NftError;
 pub use fastpath::FastPath;

@@ -29,6 +29,13 @@ const RECV_BUF_BYTES: usize = 256 * 1024;
 pub struct Netlink {
     sock: NlSocket,
     next_seq: u32,
+    /// Sends that waited for the kernel's answer (batches and requests): what a call's
+    /// element changes cost the kernel and the daemon, shown to tests.
+    round_trips: u64,
+    /// Where requests are built: as large as any message libnftnl builds, zeroed once and
+    /// cleared after each use (zeroing all of it per request cost more than the rest of a
+    /// call's netlink work together).
+    req: Vec<u8>,
 }
 
 impl From<FrameError> for NftError {
@@ -53,7 +60,15 @@ impl Netlink {
             // Batches number their messages from 1; keep single requests well apart so a
             // stray late reply can never be mistaken for a current one.
             next_seq: 0x1000_0000,
+            round_trips: 0,
+            req: vec![0u8; nftnl::nft_nlmsg_maxsize() as usize],
         })
+    }
+
+    /// How many batches and requests went to the kernel through this socket, each one send
+    /// and one wait for its answer.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
     }
 
     /// The port id the kernel knows this socket by (the owner of the tables it creates with
@@ -71,6 +86,7 @@ impl Netlink {
         let seqs = batch.sequence_numbers();
         // Kernels >= 6.10 also ack the batch begin/end messages; nftnl numbers them too.
         let first = seqs.start + (seqs.len() - n) as u32 / 2;
+        self.round_trips += 1;
         for part in &batch {
             self.sock
                 .send(part)
@@ -94,7 +110,7 @@ impl Netlink {
                 }
                 if errno != 0 && first_error.is_none() {
                     let what = match txn.what.get(idx) {
-                        Some(w) => w.clone(),
+                        Some(w) => w.text(),
                         None => "the batch".to_string(),
                     };
                     first_error = Some(NftError::Kernel { what, errno });
@@ -105,7 +121,7 @@ impl Netlink {
             return Err(e);
         }
         if let Some(idx) = acked.iter().position(|a| !a) {
-            return Err(NftError::Timeout(txn.what[idx].clone()));
+            return Err(NftError::Timeout(txn.what[idx].text()));
         }
         Ok(())
     }
@@ -118,47 +134,111 @@ impl Netlink {
         build: impl FnOnce(&mut [u8], u32),
         mut each: impl FnMut(&Msg<'_>) -> Result<(), NftError>,
     ) -> Result<(), NftError> {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let mut req = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-        build(&mut req, seq);
-        let len = u32::from_ne_bytes([req[0], req[1], req[2], req[3]]) as usize;
-        let req = req.get(..len).ok_or_else(|| {
-            NftError::Protocol(format!(
-                "request {what} claims {len} bytes, more than built"
-            ))
-        })?;
+        let mut build = Some(build);
+        let mut r = self.requests(
+            1,
+            |_| what.to_string(),
+            |_, buf, seq| {
+                if let Some(b) = build.take() {
+                    b(buf, seq)
+                }
+            },
+            |_, msg| each(msg),
+        )?;
+        r.pop()
+            .unwrap_or_else(|| Err(NftError::Timeout(what.to_string())))
+    }
+
+    /// Sends `n` requests (the `i`th built by `build(i, buf, seq)`, about `what(i)`) in ONE
+    /// send, and collects the data messages of every answer with `each(i, msg)`: several
+    /// reads for one wait. Returns each request's own outcome (one can fail while the others
+    /// answer); `Err` only when nothing could be sent or the answers cannot be read.
+    pub fn requests(
+        &mut self,
+        n: usize,
+        what: impl Fn(usize) -> String,
+        mut build: impl FnMut(usize, &mut [u8], u32),
+        mut each: impl FnMut(usize, &Msg<'_>) -> Result<(), NftError>,
+    ) -> Result<Vec<Result<(), NftError>>, NftError> {
+        let first = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(n as u32);
+        let mut out = Vec::with_capacity(n * 128);
+        for i in 0..n {
+            let part = &mut self.req;
+            build(i, part, first.wrapping_add(i as u32));
+            let len = u32::from_ne_bytes([part[0], part[1], part[2], part[3]]) as usize;
+            let built = match part.get(..len) {
+                Some(msg) => {
+                    out.extend_from_slice(msg);
+                    // Netlink messages follow each other at 4-byte boundaries.
+                    out.resize(out.len().next_multiple_of(4), 0);
+                    true
+                }
+                None => false,
+            };
+            // The next request is built on zeros, as on a fresh buffer.
+            let used = len.next_multiple_of(4).min(part.len());
+            part[..used].fill(0);
+            if !built {
+                part.fill(0);
+                return Err(NftError::Protocol(format!(
+                    "request {} claims {len} bytes, more than built",
+                    what(i)
+                )));
+            }
+        }
+        self.round_trips += 1;
         self.sock
-            .send(req)
+            .send(&out)
             .map_err(|source| NftError::Io { op: "send", source })?;
 
+        let mut done: Vec<Option<Result<(), NftError>>> = (0..n).map(|_| None).collect();
+        let mut left = n;
         let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            self.wait_readable(deadline, what)?;
+        while left > 0 {
+            match self.wait_readable(deadline, "") {
+                Ok(()) => {}
+                Err(NftError::Timeout(_)) => {
+                    for (i, d) in done.iter_mut().enumerate() {
+                        if d.is_none() {
+                            *d = Some(Err(NftError::Timeout(what(i))));
+                        }
+                    }
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
             let Some(bytes) = self.sock.recv().map_err(receive_error)? else {
                 continue;
             };
             for msg in messages(bytes) {
                 let msg = msg?;
-                if msg.seq != seq {
+                let i = msg.seq.wrapping_sub(first) as usize;
+                let Some(slot @ None) = done.get_mut(i) else {
                     continue;
-                }
-                match msg.ty as i32 {
-                    libc::NLMSG_DONE => return Ok(()),
-                    libc::NLMSG_ERROR => {
-                        let (errno, _) = parse_error(&msg)?;
-                        if errno == 0 {
-                            return Ok(());
-                        }
-                        return Err(NftError::Kernel {
-                            what: what.to_string(),
+                };
+                let r = match msg.ty as i32 {
+                    libc::NLMSG_DONE => Ok(()),
+                    libc::NLMSG_ERROR => match parse_error(&msg)? {
+                        (0, _) => Ok(()),
+                        (errno, _) => Err(NftError::Kernel {
+                            what: what(i),
                             errno,
-                        });
-                    }
-                    _ => each(&msg)?,
-                }
+                        }),
+                    },
+                    _ => match each(i, &msg) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    },
+                };
+                *slot = Some(r);
+                left -= 1;
             }
         }
+        Ok(done
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| Err(NftError::Protocol("no answer".into()))))
+            .collect())
     }
 
     fn wait_readable(&self, deadline: Instant, what: &str) -> Result<(), NftError> {
@@ -197,7 +277,24 @@ pub(super) fn parse_error(msg: &Msg<'_>) -> Result<(i32, u32), NftError> {
 /// rejection can be reported as "add rule ... to chain ctl" rather than "batch failed".
 pub struct Txn {
     batch: Batch,
-    what: Vec<String>,
+    what: Vec<What>,
+}
+
+/// What a message of a [`Txn`] is about: a text, or a function that writes it, called only
+/// when the message is refused (a call's element messages are sent by the thousand and
+/// formatting their descriptions up front cost more than building them).
+enum What {
+    Text(String),
+    Lazy(Box<dyn Fn() -> String>),
+}
+
+impl What {
+    fn text(&self) -> String {
+        match self {
+            What::Text(s) => s.clone(),
+            What::Lazy(f) => f(),
+        }
+    }
 }
 
 impl Txn {
@@ -209,10 +306,21 @@ impl Txn {
         }
     }
 
+    /// Whether the batch has no message.
+    pub fn is_empty(&self) -> bool {
+        self.what.is_empty()
+    }
+
     /// Appends one message.
     pub fn add(&mut self, msg: &impl NlMsg, ty: MsgType, what: impl Into<String>) {
         self.batch.add(msg, ty);
-        self.what.push(what.into());
+        self.what.push(What::Text(what.into()));
+    }
+
+    /// Appends one message whose description `what` writes only if it is needed.
+    pub fn add_lazy(&mut self, msg: &impl NlMsg, ty: MsgType, what: impl Fn() -> String + 'static) {
+        self.batch.add(msg, ty);
+        self.what.push(What::Lazy(Box::new(what)));
     }
 }
 
