@@ -813,7 +813,7 @@ impl Alg {
             };
             let ids = &self.calls.ids;
             ids.can_map(ci, high, block)
-                .then(|| ids.free_in_block(peer, block, start))
+                .then(|| ids.free_in_block(peer, block, start, self.cfg.id_partition))
                 .flatten()
                 .ok_or_else(|| {
                     let (live, quarantined) = ids.peer_counts(peer);

@@ -16,7 +16,7 @@ pub mod stats;
 pub mod stream;
 pub mod table;
 
-pub use config::{AlgConfig, IdPolicy};
+pub use config::{AlgConfig, IdPartition, IdPolicy};
 pub use hairpin::Hairpin;
 pub use stats::{DropReason, EndCause, Stats};
 pub use table::{CallState, RefuseReason};
