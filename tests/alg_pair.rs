@@ -197,3 +197,59 @@ fn no_partition_keeps_odd_and_even_ids() {
         assert_eq!(u16_at(&out, 12), id);
     }
 }
+
+/// Items 1 to 3 together: node 0's engine events become records, cross
+/// the replication protocol, and node 1's engine takes the started calls
+/// with `restore_calls` (a replicated call is a restored call): their GRE
+/// reaches the right hosts on node 1.
+#[test]
+fn engine_events_replicate_into_the_other_engine() {
+    use pptp_alg::replication::{Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role};
+
+    let key = Key::new(b"pair key, sixteen bytes at least").unwrap();
+    let mut a = node(IdPartition::Even);
+    let mut b = node(IdPartition::Odd);
+    let t = a.now;
+    let mut ra = Replica::new(ReplicaConfig::new(0, Role::Active, key.clone(), 1), t);
+    let mut rb = Replica::new(ReplicaConfig::new(1, Role::Backup, key, 2), t);
+    let exchange = |ra: &mut Replica, rb: &mut Replica| {
+        for _ in 0..4 {
+            while let Some(m) = ra.poll_transmit() {
+                rb.handle(t, &m).unwrap();
+            }
+            while let Some(m) = rb.poll_transmit() {
+                ra.handle(t, &m).unwrap();
+            }
+        }
+    };
+    exchange(&mut ra, &mut rb);
+    assert!(ra.in_sync() && rb.in_sync());
+
+    let quarantine = a.alg.config().quarantine;
+    let mut nat = vec![];
+    for h in 1..=3u8 {
+        let mut c = Conn::client_inside(host(h), 40000 + u16::from(h), SERVER);
+        a.start_control(&mut c);
+        let (_, out) = a.send(&mut c, OUT, &ocrq(0x4000));
+        nat.push(u16_at(&out, 12));
+    }
+    for e in &a.events {
+        if let Some(r) = Record::from_event(e, quarantine) {
+            ra.record(t, r);
+        }
+    }
+    exchange(&mut ra, &mut rb);
+    let mut started = vec![];
+    while let Some(e) = rb.poll_event() {
+        if let ReplicaEvent::Apply(Record::Started(c)) = e {
+            started.push(c);
+        }
+    }
+    assert_eq!(started.len(), 3);
+    assert_eq!(b.alg.restore_calls(b.now, &started), 3);
+    for (i, &id) in nat.iter().enumerate() {
+        let (v, out) = b.gre_in(SERVER, id, b"ppp");
+        assert_eq!(v, Verdict::Modified);
+        assert_eq!(gre_dst_and_id(&out), (host(i as u8 + 1), 0x4000));
+    }
+}

@@ -222,7 +222,8 @@ impl Key {
             .map_err(|_| Error::BadKey(bytes.len()))
     }
 
-    fn tag(&self, bytes: &[u8]) -> [u8; TAG_LEN] {
+    /// The tag of `bytes` (a message up to the end of its payload).
+    pub fn tag(&self, bytes: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = self.0.clone();
         mac.update(bytes);
         mac.finalize().into_bytes().into()
