@@ -556,7 +556,16 @@ fn a_silent_peer_is_dead_and_comes_back() {
     for _ in 0..15 {
         p.run_step(false);
     }
-    assert!(matches!(p.events[0].last(), Some(ReplicaEvent::PeerUp(_))) || p.r[0].peer().is_some());
+    let dead = p.events[0]
+        .iter()
+        .rposition(|e| *e == ReplicaEvent::PeerDead)
+        .unwrap();
+    let back = Status {
+        node: 1,
+        role: Role::Active,
+    };
+    assert!(p.events[0][dead..].contains(&ReplicaEvent::PeerUp(back)));
+    assert_eq!(p.r[0].peer(), Some(back));
     assert!(p.r[0].in_sync());
 }
 
