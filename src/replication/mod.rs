@@ -517,9 +517,10 @@ impl Replica {
         let Some(peer) = self.peer.as_mut() else {
             return Err(Error::WrongSession);
         };
-        if peer.expected.is_some() {
-            // In sync: a snapshot nobody asked for (a late duplicate of
-            // an earlier resync) would only take the mirror back.
+        if peer.expected.is_some_and(|e| base <= e) {
+            // Not newer than the mirror (a late answer to an earlier
+            // resync request): it would only take the mirror back. A newer
+            // one (a retried request's answer) is taken even in sync.
             return Ok(());
         }
         if base < peer.applied_base {
@@ -554,6 +555,10 @@ impl Replica {
         let Some(a) = peer.assembly.take() else {
             return Ok(());
         };
+        if peer.expected.is_some_and(|e| a.base < e) {
+            // Records past it were applied while it came together.
+            return Ok(());
+        }
         peer.expected = Some(a.base);
         peer.applied_base = a.base;
         peer.resync_due = None;
