@@ -199,11 +199,13 @@ fn no_partition_keeps_odd_and_even_ids() {
 }
 
 /// Items 1 to 3 together: node 0's engine events become records, cross
-/// the replication protocol, and node 1's engine takes the started calls
-/// with `restore_calls` (a replicated call is a restored call): their GRE
-/// reaches the right hosts on node 1.
+/// the replication protocol, and node 1's engine applies them
+/// (`apply_replicated`: started calls are restored, as after a restart):
+/// their GRE reaches the right hosts on node 1, their answers and ends
+/// follow.
 #[test]
 fn engine_events_replicate_into_the_other_engine() {
+    use pptp_alg::alg::{CallState, EndCause};
     use pptp_alg::replication::{Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role};
 
     let key = Key::new(b"pair key, sixteen bytes at least").unwrap();
@@ -212,7 +214,17 @@ fn engine_events_replicate_into_the_other_engine() {
     let t = a.now;
     let mut ra = Replica::new(ReplicaConfig::new(0, Role::Active, key.clone(), 1), t);
     let mut rb = Replica::new(ReplicaConfig::new(1, Role::Backup, key, 2), t);
-    let exchange = |ra: &mut Replica, rb: &mut Replica| {
+    let quarantine = a.alg.config().quarantine;
+    // Node 0's new events through the protocol into node 1's engine;
+    // returns how many records node 1 applied.
+    let mut sent = 0;
+    let mut sync = |a: &mut Sim, b: &mut Sim, ra: &mut Replica, rb: &mut Replica| {
+        for e in &a.events[sent..] {
+            if let Some(r) = Record::from_event(e, quarantine) {
+                ra.record(t, r);
+            }
+        }
+        sent = a.events.len();
         for _ in 0..4 {
             while let Some(m) = ra.poll_transmit() {
                 rb.handle(t, &m).unwrap();
@@ -221,35 +233,58 @@ fn engine_events_replicate_into_the_other_engine() {
                 ra.handle(t, &m).unwrap();
             }
         }
+        let mut n = 0;
+        while let Some(e) = rb.poll_event() {
+            if let ReplicaEvent::Apply(r) = e {
+                assert!(b.alg.apply_replicated(b.now, r.call()), "{r:?}");
+                n += 1;
+            }
+        }
+        b.drain();
+        n
     };
-    exchange(&mut ra, &mut rb);
+    assert_eq!(sync(&mut a, &mut b, &mut ra, &mut rb), 0);
     assert!(ra.in_sync() && rb.in_sync());
 
-    let quarantine = a.alg.config().quarantine;
+    let mut conns = vec![];
     let mut nat = vec![];
     for h in 1..=3u8 {
         let mut c = Conn::client_inside(host(h), 40000 + u16::from(h), SERVER);
         a.start_control(&mut c);
         let (_, out) = a.send(&mut c, OUT, &ocrq(0x4000));
         nat.push(u16_at(&out, 12));
+        conns.push(c);
     }
-    for e in &a.events {
-        if let Some(r) = Record::from_event(e, quarantine) {
-            ra.record(t, r);
-        }
-    }
-    exchange(&mut ra, &mut rb);
-    let mut started = vec![];
-    while let Some(e) = rb.poll_event() {
-        if let ReplicaEvent::Apply(Record::Started(c)) = e {
-            started.push(c);
-        }
-    }
-    assert_eq!(started.len(), 3);
-    assert_eq!(b.alg.restore_calls(b.now, &started), 3);
+    assert_eq!(sync(&mut a, &mut b, &mut ra, &mut rb), 3);
     for (i, &id) in nat.iter().enumerate() {
         let (v, out) = b.gre_in(SERVER, id, b"ppp");
         assert_eq!(v, Verdict::Modified);
         assert_eq!(gre_dst_and_id(&out), (host(i as u8 + 1), 0x4000));
     }
+    // The server answers call 1 and 2 through node 0; host 3 clears.
+    for i in 0..2 {
+        a.send(&mut conns[i], IN, &ocrp(0x0700 + i as u16, nat[i], 1));
+    }
+    a.send(&mut conns[2], OUT, &cdn(0x4000));
+    assert_eq!(sync(&mut a, &mut b, &mut ra, &mut rb), 3);
+    let calls = b.alg.calls(b.now);
+    let state = |id: u16| {
+        calls
+            .iter()
+            .find(|c| c.nat_id == id)
+            .map(|c| (c.state, c.outside_id))
+    };
+    assert_eq!(state(nat[0]), Some((CallState::Established, Some(0x0700))));
+    assert_eq!(state(nat[1]), Some((CallState::Established, Some(0x0701))));
+    assert_eq!(state(nat[2]), None);
+    assert!(b.events.iter().any(|e| matches!(
+        e,
+        Event::CallEnded(c, EndCause::Peer) if c.nat_id == nat[2]
+    )));
+    assert_eq!(b.alg.stats().ended_by(EndCause::Peer), 1);
+    let (v, _) = b.gre_in(SERVER, nat[2], b"ppp");
+    assert_eq!(v, Verdict::UnknownCall);
+    // Applying the same record again changes nothing.
+    let again = b.alg.saved_calls();
+    assert!(again.iter().all(|c| !b.alg.apply_replicated(b.now, c)));
 }
