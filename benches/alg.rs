@@ -367,11 +367,94 @@ fn bench_colliding_gre(c: &mut Criterion) {
     });
 }
 
+/// The replication protocol (issue 10): 1,000 call records (start and
+/// end of 500 calls) from one replica to the other, batched as the
+/// replica batches them, encoded, authenticated, checked and applied.
+fn bench_replication(c: &mut Criterion) {
+    use pptp_alg::alg::{ConnKey, SavedCall};
+    use pptp_alg::replication::{Key, Record, Replica, ReplicaConfig, Role};
+    use std::net::SocketAddrV4;
+
+    let key = Key::new(b"benchmark key, 32 bytes long....").unwrap();
+    let records: Vec<Record> = (0..500u16)
+        .flat_map(|k| {
+            let call = SavedCall {
+                conn: ConnKey {
+                    inside: SocketAddrV4::new(host(k), 40000),
+                    outside: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 1723),
+                },
+                inside_id: 0x4000,
+                outside_id: Some(k),
+                nat_id: 2 * k,
+                established: true,
+                quarantine_left: None,
+            };
+            let ended = SavedCall {
+                quarantine_left: Some(60),
+                ..call.clone()
+            };
+            [Record::Started(call), Record::Ended(ended)]
+        })
+        .collect();
+    let mut g = c.benchmark_group("replication");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    let pair = || {
+        let t = Instant::now();
+        let mut a = Replica::new(ReplicaConfig::new(0, Role::Active, key.clone(), 1), t);
+        let mut bb = Replica::new(ReplicaConfig::new(1, Role::Backup, key.clone(), 2), t);
+        for _ in 0..4 {
+            while let Some(m) = a.poll_transmit() {
+                bb.handle(t, &m).unwrap();
+            }
+            while let Some(m) = bb.poll_transmit() {
+                a.handle(t, &m).unwrap();
+            }
+        }
+        (a, bb, t)
+    };
+    // As a busy daemon sends them: 55 records a message.
+    g.bench_function("records_1000_batched", |b| {
+        b.iter_batched(
+            pair,
+            |(mut a, mut bb, t)| {
+                for r in &records {
+                    a.record(t, r.clone());
+                }
+                while let Some(m) = a.poll_transmit() {
+                    bb.handle(t, black_box(&m)).unwrap();
+                }
+                assert_eq!(bb.stats().records_applied, 1000);
+                bb
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The worst case: every record its own message (two HMACs a record).
+    g.bench_function("records_1000_one_per_message", |b| {
+        b.iter_batched(
+            pair,
+            |(mut a, mut bb, t)| {
+                for r in &records {
+                    a.record(t, r.clone());
+                    while let Some(m) = a.poll_transmit() {
+                        bb.handle(t, black_box(&m)).unwrap();
+                    }
+                }
+                assert_eq!(bb.stats().records_applied, 1000);
+                bb
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench,
     bench_setup,
     bench_colliding_setup,
-    bench_colliding_gre
+    bench_colliding_gre,
+    bench_replication
 );
 criterion_main!(benches);

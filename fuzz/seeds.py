@@ -248,6 +248,26 @@ def netlink_built():
     write("netlink", "nft-built", bytes([1, 3]) + table + elems + obj + bytes([3, 1]))
 
 
+def replication():
+    # First byte 1: the rest is a header and payload the target signs
+    # (fuzz_targets/replication.rs), so the payload parsers are reached.
+    # Header: magic, version 1, kind, payload length, sessions 1 -> 2 (the
+    # target's replica is session 2), counter, sequence.
+    def msg(kind, payload, to=2, seq=1):
+        return b"PPHA" + bytes([1, kind]) + struct.pack(">H", len(payload)) \
+            + struct.pack(">QQQQ", 1, to, 1, seq) + payload
+
+    def rec(kind, flags=0, quarantine=0, outside=0):
+        return bytes([kind, flags]) + bytes([10, 0, 0, 1]) + struct.pack(">H", 40001) \
+            + bytes(SERVER) + struct.pack(">HHHHI", 1723, 0x4000, outside, 0x4000, quarantine)
+
+    write("replication", "hello", b"\x01" + msg(1, bytes([1, 1, 0, 0]), to=0))
+    write("replication", "heartbeat", b"\x01" + msg(2, bytes([1, 0, 0, 0]), seq=5))
+    write("replication", "records", b"\x01" + msg(3, rec(1) + rec(2, 3, 0, 0x700) + rec(3, 1, 60)))
+    write("replication", "snapshot", b"\x01" + msg(4, struct.pack(">HH", 0, 1) + rec(2, 1) + rec(3, 0, 30)))
+    write("replication", "resync", b"\x01" + msg(5, b""))
+
+
 if __name__ == "__main__":
     wire()
     stream()
@@ -256,3 +276,4 @@ if __name__ == "__main__":
     state()
     netlink()
     netlink_built()
+    replication()

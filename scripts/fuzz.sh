@@ -3,7 +3,7 @@
 # after the other, and fails if any of them crashes (a panic, a failed
 # invariant, a sanitizer report, a timeout or running out of memory).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: wire stream engine config state netlink
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: wire stream engine config state netlink replication
 #
 # Needs the nightly toolchain and cargo-fuzz:
 #   rustup toolchain install nightly --profile minimal
@@ -27,7 +27,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(wire stream engine config state netlink)
+    targets=(wire stream engine config state netlink replication)
 fi
 case "$secs" in
 '' | *[!0-9]*)

@@ -16,4 +16,5 @@ pub mod daemon;
 pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
+pub mod replication;
 pub mod wire;

@@ -28,6 +28,44 @@ pub enum IdPolicy {
     Random,
 }
 
+/// Which NAT ids this engine may hand out, so that the two routers of a
+/// high-availability pair never give one id towards a peer to two calls,
+/// even while both are active (split brain). The split is by the id's
+/// low byte (the slot), not its high byte (the block): a connection whose
+/// calls were replicated in from the other node keeps mapping its inside
+/// high byte to the block those calls hold (see [`crate::alg::ids`]), so
+/// its next call must find a slot of this node's in that very block.
+/// Calls replicated in ([`crate::alg::Alg::restore_calls`]) keep their ids
+/// whatever half they are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdPartition {
+    /// Every id (a single router): the behaviour without a pair.
+    #[default]
+    None,
+    /// Ids with an even low byte (node 0 of a pair).
+    Even,
+    /// Ids with an odd low byte (node 1 of a pair).
+    Odd,
+}
+
+impl IdPartition {
+    /// The slots of a block this engine may not take, as a slot bitmap
+    /// (bit `i` of word `i / 64` is slot `i`).
+    pub(crate) fn foreign_slots(self) -> u64 {
+        match self {
+            IdPartition::None => 0,
+            IdPartition::Even => 0xaaaa_aaaa_aaaa_aaaa,
+            IdPartition::Odd => 0x5555_5555_5555_5555,
+        }
+    }
+
+    /// Whether this engine may hand out `id`.
+    pub fn owns(self, id: u16) -> bool {
+        self.foreign_slots() & (1 << (id & 63)) == 0
+    }
+}
+
 /// Limits and timeouts of the engine. `Default` gives the documented
 /// defaults; each is justified at its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +82,8 @@ pub struct AlgConfig {
     pub max_connections: usize,
     /// NAT id selection.
     pub id_policy: IdPolicy,
+    /// The half of the id space this engine hands out (a router pair).
+    pub id_partition: IdPartition,
     /// Seed of the random policy (deterministic tests pass a constant).
     pub seed: u64,
     /// A call without a successful reply is dropped after this long.
@@ -72,6 +112,7 @@ impl Default for AlgConfig {
             max_calls_per_host: 64,
             max_connections: 8192,
             id_policy: IdPolicy::Keep,
+            id_partition: IdPartition::None,
             seed: 0x5eed_1723,
             call_setup_timeout: Duration::from_secs(60),
             call_idle_timeout: Duration::from_secs(600),

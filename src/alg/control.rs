@@ -813,7 +813,7 @@ impl Alg {
             };
             let ids = &self.calls.ids;
             ids.can_map(ci, high, block)
-                .then(|| ids.free_in_block(peer, block, start))
+                .then(|| ids.free_in_block(peer, block, start, self.cfg.id_partition))
                 .flatten()
                 .ok_or_else(|| {
                     let (live, quarantined) = ids.peer_counts(peer);
@@ -985,6 +985,40 @@ impl Alg {
         let info = self.info(idx, now);
         self.push_event(Event::CallStarted(info));
         true
+    }
+
+    /// Applies one call replicated from the other node of a pair (see
+    /// [`Alg::apply_replicated`]).
+    pub(super) fn apply_replicated_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
+        let Some(idx) = self.calls.by_nat(*sc.conn.outside.ip(), sc.nat_id) else {
+            return self.restore_call(now, sc);
+        };
+        let c = self.calls.get(idx);
+        let same = c.is_live()
+            && c.conn != DETACHED
+            && self.conns.get(c.conn).key == sc.conn
+            && c.inside_id == sc.inside_id;
+        if !same {
+            return false;
+        }
+        if sc.quarantine_left.is_some() {
+            self.end_call(idx, EndCause::Peer, now);
+            return true;
+        }
+        let mut changed = false;
+        if let Some(oid) = sc.outside_id.filter(|&o| c.outside_id != Some(o)) {
+            self.calls.set_outside_id(idx, oid);
+            changed = true;
+        }
+        let c = self.calls.get_mut(idx);
+        if sc.established && c.state == CallState::Requested {
+            c.state = CallState::Established;
+            c.last_activity = now;
+            let info = self.info(idx, now);
+            self.push_event(Event::CallAnswered(info));
+            changed = true;
+        }
+        changed
     }
 
     fn forget_conn(&mut self, ci: ConnIdx) {

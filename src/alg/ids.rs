@@ -15,6 +15,7 @@
 //! when that block is empty), so that connections which grow to many calls
 //! each find room in their block.
 
+use super::config::IdPartition;
 use super::table::ConnIdx;
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
@@ -189,13 +190,21 @@ impl Ids {
             .map_or((0, 0), |p| (p.live, p.quarantined))
     }
 
-    /// A free id in `block` towards `peer`: the slot `start` if free,
-    /// otherwise the next free one.
-    pub fn free_in_block(&self, peer: Ipv4Addr, block: u8, start: u8) -> Option<u16> {
-        let slot = match self.blocks.get(&block_key(peer, block)) {
-            Some(b) => first_clear_from(&b.held, start)?,
-            None => start,
-        };
+    /// A free id in `block` towards `peer` among the slots `part` leaves
+    /// to this engine: the slot `start` if free, otherwise the next one.
+    pub fn free_in_block(
+        &self,
+        peer: Ipv4Addr,
+        block: u8,
+        start: u8,
+        part: IdPartition,
+    ) -> Option<u16> {
+        let held = self
+            .blocks
+            .get(&block_key(peer, block))
+            .map_or([0; 4], |b| b.held);
+        let taken = held.map(|w| w | part.foreign_slots());
+        let slot = first_clear_from(&taken, start)?;
         Some(u16::from(block) << 8 | u16::from(slot))
     }
 
@@ -438,7 +447,7 @@ mod tests {
         for conn in 0..256u32 {
             let b = ids.pick_block(peer, conn, 0x40).unwrap();
             assert_eq!(b, 0x40u8.wrapping_add(conn as u8));
-            let id = ids.free_in_block(peer, b, 0).unwrap();
+            let id = ids.free_in_block(peer, b, 0, IdPartition::None).unwrap();
             ids.hold(peer, id);
             ids.map_call(conn, 0x40, b);
         }
@@ -454,13 +463,16 @@ mod tests {
                 ids.hold(peer, 0x4100 | slot);
             }
         }
-        assert_eq!(ids.free_in_block(peer, 0x41, 9), None);
+        assert_eq!(ids.free_in_block(peer, 0x41, 9, IdPartition::None), None);
         assert_eq!(ids.pick_block(peer, 302, 0x41), Some(0x42));
         assert_eq!(ids.peer_counts(peer), (256 + 1 + 255, 0));
         ids.quarantine(peer);
         assert_eq!(ids.peer_counts(peer), (256 + 255, 1));
         ids.release(peer, 0x4105, false);
-        assert_eq!(ids.free_in_block(peer, 0x41, 0), Some(0x4105));
+        assert_eq!(
+            ids.free_in_block(peer, 0x41, 0, IdPartition::None),
+            Some(0x4105)
+        );
         assert_eq!(ids.peer_counts(peer), (256 + 255, 0));
     }
 
@@ -480,5 +492,47 @@ mod tests {
         assert_eq!(ids.block_of(1, 0x40), None);
         assert_eq!(ids.high_of(1, 0x07), None);
         assert!(ids.can_map(1, 0x41, 0x07));
+    }
+
+    #[test]
+    fn a_partition_hands_out_its_own_half_only() {
+        let peer = Ipv4Addr::new(192, 0, 2, 1);
+        let mut ids = Ids::default();
+        // The other node's call, replicated in, holds an odd slot.
+        ids.hold(peer, 0x4003);
+        for part in [IdPartition::Even, IdPartition::Odd] {
+            for start in 0..=255u8 {
+                let id = ids.free_in_block(peer, 0x40, start, part).unwrap();
+                assert!(
+                    part.owns(id) && !ids.is_held(peer, id),
+                    "{part:?} {id:#06x}"
+                );
+            }
+        }
+        assert_eq!(
+            ids.free_in_block(peer, 0x40, 3, IdPartition::Odd),
+            Some(0x4005)
+        );
+        assert_eq!(
+            ids.free_in_block(peer, 0x40, 3, IdPartition::Even),
+            Some(0x4004)
+        );
+        assert_eq!(
+            ids.free_in_block(peer, 0x40, 255, IdPartition::Even),
+            Some(0x4000)
+        );
+        // A half fills after 128 ids, the other half still has room.
+        for slot in (0..=255u16).step_by(2) {
+            ids.hold(peer, 0x4100 | slot);
+        }
+        assert_eq!(ids.free_in_block(peer, 0x41, 7, IdPartition::Even), None);
+        assert_eq!(
+            ids.free_in_block(peer, 0x41, 7, IdPartition::Odd),
+            Some(0x4107)
+        );
+        assert_eq!(
+            ids.free_in_block(peer, 0x41, 7, IdPartition::None),
+            Some(0x4107)
+        );
     }
 }

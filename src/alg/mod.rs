@@ -16,7 +16,7 @@ pub mod stats;
 pub mod stream;
 pub mod table;
 
-pub use config::{AlgConfig, IdPolicy};
+pub use config::{AlgConfig, IdPartition, IdPolicy};
 pub use hairpin::Hairpin;
 pub use stats::{DropReason, EndCause, Stats};
 pub use table::{CallState, RefuseReason};
@@ -657,6 +657,26 @@ impl Alg {
             self.next_sweep = self.epoch.map(|e| e + SWEEP_INTERVAL);
         }
         n
+    }
+
+    /// Brings this engine's copy of one call of the other node of a router
+    /// pair up to date, as the replication delivers it (a replicated call
+    /// is a restored call, in the same [`SavedCall`] form). A call whose
+    /// NAT id is not held is restored as by [`Alg::restore_calls`]. The
+    /// live call it names (same connection, inside id and NAT id) takes
+    /// its outside id and, when established, becomes so
+    /// ([`Event::CallAnswered`]); given a `quarantine_left` it ends
+    /// ([`EndCause::Peer`], announced as every end is) into this engine's
+    /// quarantine. Anything else (its id held by another call, a limit) is
+    /// left as it is. Returns whether the engine changed.
+    pub fn apply_replicated(&mut self, now: Instant, sc: &SavedCall) -> bool {
+        let now = self.stamp(now);
+        let changed = self.apply_replicated_call(now, sc);
+        self.stats.calls_active = self.calls.live() as u64;
+        if changed && self.next_sweep.is_none() {
+            self.next_sweep = self.epoch.map(|e| e + SWEEP_INTERVAL);
+        }
+        changed
     }
 
     /// Tracked control connections.

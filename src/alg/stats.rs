@@ -21,11 +21,14 @@ pub enum EndCause {
     IdleTimeout,
     /// The control connection was idle past its timeout.
     ConnTimeout,
+    /// Ended on the other node of a router pair, as replicated
+    /// ([`crate::alg::Alg::apply_replicated`]).
+    Peer,
 }
 
 impl EndCause {
     /// All causes, for listings.
-    pub const ALL: [EndCause; 7] = [
+    pub const ALL: [EndCause; 8] = [
         EndCause::Disconnect,
         EndCause::ReplyFailure,
         EndCause::StopControl,
@@ -33,6 +36,7 @@ impl EndCause {
         EndCause::SetupTimeout,
         EndCause::IdleTimeout,
         EndCause::ConnTimeout,
+        EndCause::Peer,
     ];
 }
 
@@ -125,7 +129,7 @@ pub struct Stats {
     /// Calls refused by `max_calls_per_host`.
     pub refused_host_limit: u64,
     /// Ended calls by cause, indexed like [`EndCause::ALL`].
-    pub ended: [u64; 7],
+    pub ended: [u64; 8],
     /// Events discarded because the caller did not drain them.
     pub events_lost: u64,
 }

@@ -546,6 +546,8 @@ impl Config {
             max_calls_per_host: self.max_calls_per_host,
             max_connections: self.max_connections,
             id_policy: self.id_policy,
+            // High availability is not wired into the daemon yet.
+            id_partition: crate::alg::IdPartition::None,
             seed,
             call_setup_timeout: Duration::from_secs(self.call_setup_timeout),
             call_idle_timeout: Duration::from_secs(self.call_idle_timeout),

@@ -125,6 +125,7 @@ fn stat_place(name: &str) -> Option<Place> {
         "ended_setup_timeout" => labelled("calls_ended", ENDED, "cause", "setup_timeout"),
         "ended_idle_timeout" => labelled("calls_ended", ENDED, "cause", "idle_timeout"),
         "ended_conn_timeout" => labelled("calls_ended", ENDED, "cause", "conn_timeout"),
+        "ended_peer" => labelled("calls_ended", ENDED, "cause", "peer"),
         "call_gre_in" => labelled("call_gre_packets", CALL_GRE, "direction", "to_inside"),
         "call_gre_out" => labelled("call_gre_packets", CALL_GRE, "direction", "from_inside"),
         "packets" => plain("packets", "Packets handed to the engine by the queues"),
