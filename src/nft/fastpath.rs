@@ -8,7 +8,7 @@ use nftnl_sys::{self as sys, libc};
 
 use super::detect::netlink_owner;
 use super::netlink::Txn;
-use super::objects::{dump_elems, elem_key, for_each_elem, get_elem, get_set, ElemsMsg};
+use super::objects::{dump_elems, elem_key, flush_txn, for_each_elem, get_elem, get_set, ElemsMsg};
 use super::ruleset::{key, GRE_CID, GRE_DADDR, KEY_LEN};
 use super::{table_cname, ElemBatch, ElementCounter, NftError, RulesConfig, TableSocket};
 
@@ -164,19 +164,9 @@ impl FastPath {
 
     /// Removes every element of both maps (start-up synchronisation and exit).
     pub fn flush(&mut self) -> Result<(), NftError> {
-        let mut txn = Txn::new();
-        for map in [GRE_DADDR, GRE_CID] {
-            txn.add(
-                &ElemsMsg::flush(&self.table, map),
-                MsgType::Del,
-                format!(
-                    "flush map {} of table ip {}",
-                    map.to_string_lossy(),
-                    self.table.to_string_lossy()
-                ),
-            );
-        }
-        self.nl.lock().commit(txn)
+        self.nl
+            .lock()
+            .commit(flush_txn(&self.table, &[GRE_DADDR, GRE_CID]))
     }
 
     /// Packets and bytes the kernel translated, per call (from the per-element counters of

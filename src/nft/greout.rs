@@ -13,7 +13,7 @@ use nftnl_sys::libc;
 use super::detect::netlink_owner;
 use super::fastpath::elem_counters;
 use super::netlink::Txn;
-use super::objects::{dump_elems, get_elem, get_set, ElemsMsg};
+use super::objects::{dump_elems, flush_txn, get_elem, get_set, ElemsMsg};
 use super::ruleset::{out_key, GRE_OUT, OUT_KEY_LEN};
 use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
@@ -134,16 +134,7 @@ impl GreOut {
 
     /// Removes every element (start-up, and a reinstalled table's fresh start).
     pub fn flush(&mut self) -> Result<(), NftError> {
-        let mut txn = Txn::new();
-        txn.add(
-            &ElemsMsg::flush(&self.table, GRE_OUT),
-            MsgType::Del,
-            format!(
-                "flush set gre_out of table ip {}",
-                self.table.to_string_lossy()
-            ),
-        );
-        self.nl.lock().commit(txn)
+        self.nl.lock().commit(flush_txn(&self.table, &[GRE_OUT]))
     }
 
     /// The counters of every element.

@@ -18,7 +18,7 @@ use nftnl::MsgType;
 use nftnl_sys::libc;
 
 use super::netlink::Txn;
-use super::objects::ElemsMsg;
+use super::objects::{flush_txn, ElemsMsg};
 use super::ruleset::{hairpin_key, HAIRPIN_DADDR, HAIRPIN_SADDR};
 use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
@@ -119,24 +119,12 @@ impl HairpinMaps {
 
     /// Removes every element of the hairpin maps (start-up synchronisation and exit).
     pub fn flush(&mut self) -> Result<(), NftError> {
-        let mut txn = Txn::new();
         let maps: &[&CStr] = if self.offload {
             &[HAIRPIN_SADDR, HAIRPIN_DADDR]
         } else {
             &[HAIRPIN_SADDR]
         };
-        for &map in maps {
-            txn.add(
-                &ElemsMsg::flush(&self.table, map),
-                MsgType::Del,
-                format!(
-                    "flush map {} of table ip {}",
-                    map.to_string_lossy(),
-                    self.table.to_string_lossy()
-                ),
-            );
-        }
-        self.nl.lock().commit(txn)
+        self.nl.lock().commit(flush_txn(&self.table, maps))
     }
 
     /// Appends the add (`add`) or the deletion of every element `call` has so far to `b`

@@ -12,7 +12,7 @@ use nftnl_sys::libc;
 
 use super::detect::netlink_owner;
 use super::netlink::Txn;
-use super::objects::{dump_elems, elem_key, for_each_elem, get_set, ElemsMsg};
+use super::objects::{dump_elems, elem_key, flush_txn, for_each_elem, get_set, ElemsMsg};
 use super::ruleset::LOCAL_ADDRS;
 use super::{table_cname, NftError, RulesConfig, TableSocket};
 
@@ -76,12 +76,7 @@ impl LocalAddrSet {
 
     /// Replaces the content of the set by `addrs`, atomically (flush and adds in one batch).
     pub fn replace(&mut self, addrs: &[Ipv4Addr]) -> Result<(), NftError> {
-        let mut txn = Txn::new();
-        txn.add(
-            &ElemsMsg::flush(&self.table, LOCAL_ADDRS),
-            MsgType::Del,
-            format!("flush set local_addrs of table ip {}", self.tname()),
-        );
+        let mut txn = flush_txn(&self.table, &[LOCAL_ADDRS]);
         for chunk in addrs.chunks(CHUNK) {
             let elems = chunk.iter().map(|a| (a.octets().to_vec(), Vec::new()));
             txn.add(

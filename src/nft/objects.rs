@@ -384,6 +384,23 @@ impl ElemsMsg {
     }
 }
 
+/// One transaction emptying every set or map of `sets` in `table`.
+pub fn flush_txn(table: &CStr, sets: &[&CStr]) -> super::netlink::Txn {
+    let mut txn = super::netlink::Txn::new();
+    for &set in sets {
+        txn.add(
+            &ElemsMsg::flush(table, set),
+            MsgType::Del,
+            format!(
+                "flush {} of table ip {}",
+                set.to_string_lossy(),
+                table.to_string_lossy()
+            ),
+        );
+    }
+    txn
+}
+
 unsafe impl NlMsg for ElemsMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         // No NLM_F_EXCL: re-adding an element with identical data is then a no-op, while a
