@@ -30,7 +30,7 @@ use arbitrary::Unstructured;
 use fuzz_common::{gre_packet, ip_header_valid, msg, tcp_checksum_valid, tcp_packet};
 use libfuzzer_sys::fuzz_target;
 use pptp_alg::alg::{
-    Alg, AlgConfig, CallInfo, ConnKey, Direction, Event, Hairpin, IdPolicy, Verdict,
+    Alg, AlgConfig, CallInfo, ConnKey, Direction, Event, Hairpin, IdPartition, IdPolicy, Verdict,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::OnceLock;
@@ -479,6 +479,12 @@ fn config(r: &mut Bytes) -> AlgConfig {
         conn_idle_timeout: Duration::from_secs(r.pick(&[5, 300])),
         conn_linger: Duration::from_secs(r.pick(&[0, 10])),
         quarantine: Duration::from_secs(r.pick(&[0, 1, 60])),
+        // One node of a router pair hands out half the ids (issue 10).
+        id_partition: match r.u8() % 3 {
+            0 => IdPartition::None,
+            1 => IdPartition::Even,
+            _ => IdPartition::Odd,
+        },
     }
 }
 

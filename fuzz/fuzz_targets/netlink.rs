@@ -236,7 +236,10 @@ fuzz_target!(|data: &[u8]| {
                 at = (start + len).next_multiple_of(4);
                 if let Ok(e) = m.error() {
                     assert!(m.payload().len() >= 4);
-                    assert_eq!(e.request_seq.is_some(), m.payload().len() >= 4 + NLMSG_HDRLEN);
+                    assert_eq!(
+                        e.request_seq.is_some(),
+                        m.payload().len() >= 4 + NLMSG_HDRLEN
+                    );
                 }
             }
             Err(FrameError::Length { len, left }) => {
@@ -261,7 +264,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(m.ty == 20 || m.ty == 21, "address from type {}", m.ty);
                 }
             }
-            Err(_) => assert_eq!(p.msg, RtMsg::Malformed("netlink message length out of range")),
+            Err(_) => assert_eq!(
+                p.msg,
+                RtMsg::Malformed("netlink message length out of range")
+            ),
         }
         table.apply(&p.msg);
     }

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         bytes.extend_from_slice(&tag);
     }
     if let Ok(msg) = decode(&bytes, &key) {
-        assert_eq!(encode(&msg, &key).expect("a decoded message encodes"), bytes);
+        assert_eq!(
+            encode(&msg, &key).expect("a decoded message encodes"),
+            bytes
+        );
     }
     // The same bytes, and the message split at every 200th byte, into a
     // replica that greets with the session the seeds address.

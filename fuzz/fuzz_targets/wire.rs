@@ -203,7 +203,10 @@ fn pptp(bytes: &[u8]) {
     assert_eq!(ControlType::from_u16(ty as u16), Some(ty));
     let f = ty.call_id_fields();
     assert_eq!(m.own_call_id(), f.own.clone().map(|o| be16(bytes, o.start)));
-    assert_eq!(m.peer_call_id(), f.peer.clone().map(|o| be16(bytes, o.start)));
+    assert_eq!(
+        m.peer_call_id(),
+        f.peer.clone().map(|o| be16(bytes, o.start))
+    );
     for (_, o) in f.iter() {
         assert!(o.len() == 2 && o.end <= ty.length());
     }
