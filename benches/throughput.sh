@@ -275,7 +275,7 @@ start_daemon() { # extra args...
     DAEMON_PID=$LAST_PID
     local i
     for i in $(seq 1 250); do
-        [ -S "$sock" ] && in_r "$ALG" status --socket "$sock" --json >/dev/null 2>&1 && return 0
+        [ -S "$sock" ] && in_r "${ALG_RUN:-$ALG}" status --socket "$sock" --json >/dev/null 2>&1 && return 0
         sleep 0.02
     done
     echo "daemon did not start:" >&2
