@@ -560,45 +560,7 @@ fn port_forward(case: &str, server_flags: &[&str], client_flags: &[&str]) {
     lab.port_forward_to(0);
     lab.start_daemon(&[]);
     let srv = lab.server(Host::Lan(0), lan_addr(0), server_flags);
-    let tags = ["out1", "out2"];
-    let pids: Vec<Pid> = tags
-        .iter()
-        .enumerate()
-        .map(|(i, tag)| {
-            lab.client(
-                Host::Wan,
-                ROUTER_WAN,
-                wan_addr(i + 1),
-                tag,
-                &client_args(client_flags),
-            )
-        })
-        .collect();
-    let up = lab.wait_established(2);
-    assert_distinct_nat_ids(&up, 2);
-    for c in up["calls"].as_array().expect("calls") {
-        assert_eq!(c["inside_host"], lan_addr(0).to_string(), "{c}");
-    }
-    let vs: Vec<Value> = pids
-        .into_iter()
-        .zip(tags)
-        .map(|(p, t)| lab.client_ok(p, t))
-        .collect();
-    for (tag, v) in tags.iter().zip(&vs) {
-        assert_exactly_own_echoes(tag, v, 1, GRE_COUNT);
-    }
-    let server = lab.stop_server(srv);
-    let runs: Vec<ClientRun> = tags
-        .iter()
-        .zip(&vs)
-        .enumerate()
-        .map(|(i, (tag, v))| ClientRun {
-            tag,
-            summary: v,
-            seen_from: wan_addr(i + 1),
-        })
-        .collect();
-    assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
+    two_outside_clients_through_port_forward(&mut lab, srv, &client_args(client_flags), GRE_COUNT);
     lab.wait_no_calls();
     stop_cleanly(&mut lab);
 }

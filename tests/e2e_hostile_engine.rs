@@ -367,46 +367,13 @@ fn syn_flood_at_a_port_forwarded_server_takes_no_connection_slot() {
     assert!(reached > 8192, "the flood did not reach the engine: {st:#}");
     assert_eq!(st["connections"], 0, "a bare handshake took a slot: {st:#}");
 
-    let tags = ["out1", "out2"];
-    let pids: Vec<Pid> = tags
-        .iter()
-        .enumerate()
-        .map(|(i, tag)| {
-            lab.client(
-                Host::Wan,
-                ROUTER_WAN,
-                wan_addr(i + 1),
-                tag,
-                &["--call-id", "1000", "--gre-count", "3", "--hold", "2"],
-            )
-        })
-        .collect();
-    let up = lab.wait_established(2);
-    assert_distinct_nat_ids(&up, 2);
+    let up = two_outside_clients_through_port_forward(
+        &mut lab,
+        srv,
+        &["--call-id", "1000", "--gre-count", "3", "--hold", "2"],
+        GRE_COUNT,
+    );
     assert_eq!(up["connections"], 2, "{up:#}");
-    for c in up["calls"].as_array().expect("calls") {
-        assert_eq!(c["inside_host"], lan_addr(0).to_string(), "{c}");
-    }
-    let vs: Vec<Value> = pids
-        .into_iter()
-        .zip(tags)
-        .map(|(p, t)| lab.client_ok(p, t))
-        .collect();
-    for (tag, v) in tags.iter().zip(&vs) {
-        assert_exactly_own_echoes(tag, v, 1, GRE_COUNT);
-    }
-    let server = lab.stop_server(srv);
-    let runs: Vec<ClientRun> = tags
-        .iter()
-        .zip(&vs)
-        .enumerate()
-        .map(|(i, (tag, v))| ClientRun {
-            tag,
-            summary: v,
-            seen_from: wan_addr(i + 1),
-        })
-        .collect();
-    assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
     let end = lab.wait_no_calls();
     assert_eq!(stat(&end, "gre_unknown_call"), 0, "{end:#}");
     assert_eq!(stat(&end, "connection_limit"), 0, "{end:#}");

@@ -1080,6 +1080,51 @@ pub fn assert_server_view(
         }
     }
 }
+/// The port-forward case: two outside clients (WAN addresses 1 and 2, tags `out1` and
+/// `out2`, both with `client_args`, which give `gre_count` echoes and the same Call ID)
+/// call the server `srv` at LAN host 0 through the router's public address. Asserts that
+/// both calls come up on distinct NAT ids for that one inside host, that each client gets
+/// exactly its own echoes, and that the server sees each client from its own address.
+/// Returns the status with both calls up.
+pub fn two_outside_clients_through_port_forward(
+    lab: &mut Lab,
+    srv: Pid,
+    client_args: &[&str],
+    gre_count: u64,
+) -> Value {
+    let tags = ["out1", "out2"];
+    let pids: Vec<Pid> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| lab.client(Host::Wan, ROUTER_WAN, wan_addr(i + 1), tag, client_args))
+        .collect();
+    let up = lab.wait_established(2);
+    assert_distinct_nat_ids(&up, 2);
+    for c in up["calls"].as_array().expect("calls") {
+        assert_eq!(c["inside_host"], lan_addr(0).to_string(), "{c}");
+    }
+    let vs: Vec<Value> = pids
+        .into_iter()
+        .zip(tags)
+        .map(|(p, t)| lab.client_ok(p, t))
+        .collect();
+    for (tag, v) in tags.iter().zip(&vs) {
+        assert_exactly_own_echoes(tag, v, 1, gre_count);
+    }
+    let server = lab.stop_server(srv);
+    let runs: Vec<ClientRun> = tags
+        .iter()
+        .zip(&vs)
+        .enumerate()
+        .map(|(i, (tag, v))| ClientRun {
+            tag,
+            summary: v,
+            seen_from: wan_addr(i + 1),
+        })
+        .collect();
+    assert_server_view(&server, &up, &runs, Some(lan_addr(0)));
+    up
+}
 
 /// NAT ids of the live calls must be distinct per outside peer.
 pub fn assert_distinct_nat_ids(status: &Value, n: usize) {
