@@ -23,8 +23,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_pptp-alg");
 const NOGROUP: u32 = 65534;
 const NOBODY: u32 = 65534;
 
+/// Runs `pptp-alg status` as `uid`/`gid` from a copy of the binary beside the socket: the
+/// build's own directory may be closed to other users (a checkout under `mktemp -d` is
+/// mode 0700).
 fn status_as(uid: u32, gid: u32, sock: &std::path::Path) -> Output {
-    Command::new(BIN)
+    let bin = sock.with_file_name("pptp-alg");
+    if !bin.exists() {
+        std::fs::copy(BIN, &bin).expect("copy pptp-alg beside the socket");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new(&bin)
         .args(["status", "--json", "--socket"])
         .arg(sock)
         .uid(uid)
