@@ -73,6 +73,9 @@ fn hairpin_with(
         .collect();
     let up = lab.wait_established(2);
     assert_distinct_nat_ids(&up, 2);
+    // The chain that rewrites routed hairpinned GRE's source is there while they are up ...
+    let table = lab.exec(Host::Router, "nft", &["list", "table", "ip", "pptp_alg"]);
+    assert!(table.contains("chain gre_post {"), "{table}");
     let summaries: Vec<Value> = pids
         .into_iter()
         .zip(tags)
@@ -155,6 +158,9 @@ fn hairpin_with(
         &["list", "map", "ip", "pptp_alg", "hairpin_saddr"],
     );
     assert!(!left.contains("elements"), "{left}");
+    // ... and gone with them: no other packet the router sends pays for it.
+    let table = lab.exec(Host::Router, "nft", &["list", "table", "ip", "pptp_alg"]);
+    assert!(!table.contains("gre_post"), "{table}");
     assert!(
         log.contains(&format!("hairpin: public {ROUTER_WAN}")),
         "the daemon must say it recognised the hairpin:\n{log}"

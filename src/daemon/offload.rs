@@ -23,7 +23,7 @@ use crate::nft::{
     read_call_counters, Conntrack, ElemBatch, ElementCounter, FastPath, HairpinCall, HairpinMaps,
     NftError, QueueBackend, RulesConfig, TableSocket,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,9 @@ pub struct Offload {
     /// Hairpinned calls whose elements could not be added: tried again with
     /// the fast path's pending calls, until they are in or the call ends.
     hairpin_pending: Vec<HairpinCall>,
+    /// Hairpinned calls alive (client, client's id, server), whether their
+    /// elements are in or pending: the chain `gre_post` goes with the last.
+    hairpinned: FxHashSet<(Ipv4Addr, u16, Ipv4Addr)>,
     /// Conntrack, asked once per control connection whether it is
     /// hairpinned; opened at the first call.
     conntrack: Option<Conntrack>,
@@ -146,6 +149,7 @@ impl Offload {
             out: None,
             hairpin: None,
             hairpin_pending: Vec::new(),
+            hairpinned: FxHashSet::default(),
             conntrack: None,
             warn_hairpin: RateLimit::new(Duration::from_secs(60), 5),
             table_handle,
@@ -241,6 +245,9 @@ impl Offload {
     ) {
         let fast = fast && self.fast.is_some();
         let hp = hp.filter(|_| self.hairpin.is_some());
+        if let Some(call) = &hp {
+            self.hairpinned.insert(hairpin_key(call));
+        }
         let mut b = ElemBatch::new();
         if let Some(out) = &self.out {
             out.batch_known(&mut b, c);
@@ -359,10 +366,18 @@ impl Offload {
             self.hairpin_pending.retain(|p| !same_hairpin(p, &call));
             before != self.hairpin_pending.len()
         });
+        let last_hairpin = hp.is_some_and(|call| {
+            self.hairpinned.remove(&hairpin_key(&call)) && self.hairpinned.is_empty()
+        });
         let fast_remove = self.fast.is_some() && !was_pending;
         let mut b = ElemBatch::new();
+        let mut post_dropped = false;
         if let (Some(maps), Some(call), false) = (&self.hairpin, &hp, hp_pending) {
             maps.batch(&mut b, false, call);
+            if last_hairpin {
+                maps.batch_drop_post(&mut b);
+                post_dropped = true;
+            }
         }
         if let (Some(out), Some(k)) = (&self.out, out_key) {
             out.batch_remove(&mut b, k);
@@ -387,6 +402,13 @@ impl Offload {
                         c.nat_id
                     );
                 }
+            }
+        }
+        if let (true, false, Some(maps)) =
+            (last_hairpin, post_dropped && !refused, &mut self.hairpin)
+        {
+            if let Err(e) = maps.drop_post() {
+                log::debug!("hairpin: chain gre_post not removed with the last call: {e}");
             }
         }
         (kernel_in, kernel_out)
@@ -520,9 +542,12 @@ impl Offload {
         }
         self.seen.clear();
         // A reinstalled table starts with empty hairpin maps and counters too.
+        self.hairpinned.clear();
         for c in &calls {
-            if let Some(hp) = c.hairpin {
-                self.hairpin_change(hairpin_call(c, hp), true, now, shared);
+            if let Some(hp) = c.hairpin.filter(|_| self.hairpin.is_some()) {
+                let call = hairpin_call(c, hp);
+                self.hairpinned.insert(hairpin_key(&call));
+                self.hairpin_change(call, true, now, shared);
             }
         }
         if let Some(out) = &mut self.out {
@@ -721,9 +746,14 @@ fn hairpin_call(c: &CallInfo, hp: Hairpin) -> HairpinCall {
     }
 }
 
+/// What stays the same through a hairpinned call's states.
+fn hairpin_key(c: &HairpinCall) -> (Ipv4Addr, u16, Ipv4Addr) {
+    (c.client, c.client_id, c.server)
+}
+
 /// Whether `a` and `b` are states of the same hairpinned call.
 fn same_hairpin(a: &HairpinCall, b: &HairpinCall) -> bool {
-    (a.client, a.client_id, a.server) == (b.client, b.client_id, b.server)
+    hairpin_key(a) == hairpin_key(b)
 }
 
 /// Opens the hairpin maps (with or without the fast path) and empties them,

@@ -10,6 +10,10 @@
 //!   `hairpin_daddr[client . public . server's id] = server`: the client's GRE to the public
 //!   address goes on to the server, from the address the server knows; known once the
 //!   server's reply names its id.
+//!
+//! The chain that reads the source map, `gre_post`, exists only while hairpinned calls do:
+//! every batch that adds a call's elements (re)creates it, and the daemon removes it with the
+//! last call's (see [`crate::nft`]'s ruleset, `hairpin_post`).
 
 use std::ffi::{CStr, CString};
 use std::net::Ipv4Addr;
@@ -19,7 +23,9 @@ use nftnl_sys::libc;
 
 use super::netlink::Txn;
 use super::objects::{flush_txn, ElemsMsg};
-use super::ruleset::{hairpin_key, HAIRPIN_DADDR, HAIRPIN_SADDR};
+use super::ruleset::{
+    add_drop_hairpin_post, add_hairpin_post, hairpin_key, HAIRPIN_DADDR, HAIRPIN_SADDR,
+};
 use super::{table_cname, ElemBatch, NftError, RulesConfig, TableSocket};
 
 /// A hairpinned call as its elements need it.
@@ -71,6 +77,8 @@ pub struct HairpinMaps {
     nl: TableSocket,
     table: CString,
     offload: bool,
+    /// For the rule of `gre_post` (the mark).
+    rules: RulesConfig,
 }
 
 impl std::fmt::Debug for HairpinMaps {
@@ -90,6 +98,7 @@ impl HairpinMaps {
             nl,
             table: table_cname(&cfg.table)?,
             offload: cfg.offload,
+            rules: cfg.clone(),
         })
     }
 
@@ -117,22 +126,41 @@ impl HairpinMaps {
         Ok(())
     }
 
-    /// Removes every element of the hairpin maps (start-up synchronisation and exit).
+    /// Removes every element of the hairpin maps, and the chain that reads them (start-up
+    /// synchronisation and exit).
     pub fn flush(&mut self) -> Result<(), NftError> {
         let maps: &[&CStr] = if self.offload {
             &[HAIRPIN_SADDR, HAIRPIN_DADDR]
         } else {
             &[HAIRPIN_SADDR]
         };
-        self.nl.lock().commit(flush_txn(&self.table, maps))
+        let mut txn = flush_txn(&self.table, maps);
+        add_drop_hairpin_post(&mut txn, &self.rules, &self.table);
+        self.nl.lock().commit(txn)
     }
 
     /// Appends the add (`add`) or the deletion of every element `call` has so far to `b`
     /// (see [`ElemBatch`]; all or nothing, where [`HairpinMaps::add_call`] replaces stale
-    /// elements and [`HairpinMaps::remove_call`] passes over absent ones).
+    /// elements and [`HairpinMaps::remove_call`] passes over absent ones). An add brings the
+    /// chain `gre_post` along.
     pub fn batch(&self, b: &mut ElemBatch, add: bool, call: &HairpinCall) {
         let ty = if add { MsgType::Add } else { MsgType::Del };
+        if add {
+            add_hairpin_post(&mut b.txn, &self.rules, &self.table);
+        }
         self.push(&mut b.txn, ty, &call.elements(self.offload));
+    }
+
+    /// Appends the removal of the chain `gre_post` to `b`: no hairpinned call is left.
+    pub fn batch_drop_post(&self, b: &mut ElemBatch) {
+        add_drop_hairpin_post(&mut b.txn, &self.rules, &self.table);
+    }
+
+    /// Removes the chain `gre_post` on its own (absent is no error).
+    pub fn drop_post(&mut self) -> Result<(), NftError> {
+        let mut txn = Txn::new();
+        add_drop_hairpin_post(&mut txn, &self.rules, &self.table);
+        self.nl.lock().commit(txn)
     }
 
     fn commit(
@@ -141,6 +169,9 @@ impl HairpinMaps {
         elems: &[(&'static CStr, Vec<u8>, Ipv4Addr)],
     ) -> Result<(), NftError> {
         let mut txn = Txn::new();
+        if ty == MsgType::Add {
+            add_hairpin_post(&mut txn, &self.rules, &self.table);
+        }
         self.push(&mut txn, ty, elems);
         self.nl.lock().commit(txn)
     }

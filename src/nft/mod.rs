@@ -14,11 +14,12 @@
 //!   these rules `notrack`s what it takes: conntrack never sees this GRE.
 //!   With the fast path, a hairpinned client's GRE to the public address it dialed is sent on
 //!   to the inside server through the map `hairpin_daddr` (see [`HairpinMaps`]).
-//! - chain `gre_post` (postrouting, priority filter): hairpinned GRE that the kernel or the
-//!   daemon sent on (it carries the mark) gets, once routed, the source its receiver expects
-//!   from the map `hairpin_saddr`, with and without the fast path. A local source before
-//!   routing would make the kernel drop it as a martian.
-//! - chain `ctl` (forward, priority filter + 10): PPTP control connections (server port 1723)
+//! - chain `gre_post` (postrouting, priority filter), only while hairpinned calls exist:
+//!   hairpinned GRE that the kernel or the daemon sent on (it carries the mark) gets, once
+//!   routed, the source its receiver expects from the map `hairpin_saddr`, with and without
+//!   the fast path. A local source before routing would make the kernel drop it as a martian.
+//! - chain `ctl` (forward, priority filter + 10): the GRE translated above (untracked) leaves
+//!   at its first rule; PPTP control connections (server port 1723)
 //!   that the kernel NATs, queued by direction; before them, tracked GRE that inside hosts
 //!   send is counted per call in the set `gre_out` (see [`GreOut`]).
 //!

@@ -31,6 +31,8 @@ pub const HAIRPIN_SADDR: &CStr = c"hairpin_saddr";
 /// with per-element counters: the GRE each inside host sends for its calls, counted in the
 /// forward hook (masquerade needs no help from the daemon, so this GRE never reaches it).
 pub const GRE_OUT: &CStr = c"gre_out";
+/// The chain the daemon adds while hairpinned calls exist (see [`hairpin_post`]).
+pub const HAIRPIN_POST: &CStr = c"gre_post";
 
 /// The batch-local ids of the sets, so rules in the same batch can refer to them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,9 +93,9 @@ pub enum Stmt {
     /// the fast path's test. An address the set does not hold yet fails it, and the packet
     /// falls through to the queue rule.
     InLocalAddrs,
-    /// Tracked by conntrack: not the GRE pptp-alg translated towards inside hosts, which both
-    /// of its rules leave untracked.
-    Tracked,
+    /// Not tracked by conntrack: the GRE pptp-alg translated towards inside hosts, which all
+    /// of its rules leave untracked (and nothing the control rules could queue).
+    Untracked,
     /// Counts GRE of a call an inside host sends, in the call's element of [`GRE_OUT`].
     CountGreOut,
     /// Any transport protocol but TCP.
@@ -156,7 +158,7 @@ impl Stmt {
             Stmt::NotFragment => "ip frag-off & 8191 == 0".into(),
             Stmt::LocalDaddr => "fib daddr type local".into(),
             Stmt::InLocalAddrs => format!("ip daddr @{}", name(LOCAL_ADDRS)),
-            Stmt::Tracked => "ct state != untracked".into(),
+            Stmt::Untracked => "ct state untracked".into(),
             Stmt::CountGreOut => format!("ip saddr . ip daddr . @th,48,16 @{}", name(GRE_OUT)),
             Stmt::NotTcp => "meta l4proto != tcp".into(),
             Stmt::TcpDport(p) => format!("tcp dport {p}"),
@@ -218,9 +220,11 @@ impl Stmt {
                 expr::payload_load(Base::Network, 16, 4, REG_1),
                 expr::set_lookup(LOCAL_ADDRS, ids.local_addrs),
             ],
-            Stmt::Tracked => vec![
+            // As nft encodes a flag match, so that it lists as `ct state untracked`.
+            Stmt::Untracked => vec![
                 expr::ct_load(libc::NFT_CT_STATE),
-                expr::cmp(CmpOp::Neq, &CT_STATE_UNTRACKED.to_ne_bytes()),
+                expr::and_mask(&CT_STATE_UNTRACKED.to_ne_bytes()),
+                expr::cmp(CmpOp::Neq, &0u32.to_ne_bytes()),
             ],
             Stmt::CountGreOut => vec![
                 expr::payload_load(Base::Network, 12, 4, REG_1),
@@ -536,12 +540,14 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
         vec![port, CtDirection(dir), CtStatus(nat), Queue(queue, backend)]
     };
     let ctl_rules = vec![
-        // GRE an inside host sends for a call, counted per call (`PKTS OUT`). Tracked only:
-        // the GRE this table translated towards inside hosts is untracked and passes without
-        // a lookup. No verdict: the packet goes on to the next rule.
-        vec![GreV1, NotFragment, Tracked, CountGreOut],
-        // Everything else forwarded (all GRE, and the fast path's GRE at line rate) leaves
-        // after one test instead of walking the four port rules.
+        // The GRE this table (or the daemon) translated towards inside hosts, at line rate:
+        // it leaves after one test, before the lookup below and the port rules.
+        vec![Untracked, Accept],
+        // GRE an inside host sends for a call, counted per call (`PKTS OUT`). No verdict:
+        // the packet goes on to the next rule.
+        vec![GreV1, NotFragment, CountGreOut],
+        // Everything else forwarded (all other GRE) leaves after one test instead of walking
+        // the four port rules.
         vec![NotTcp, Accept],
         ctl(
             TcpDport(1723),
@@ -572,17 +578,6 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             prio_text: "raw",
             rules: gre_rules,
         },
-        // Hairpinned GRE, routed: the source the receiver expects. Only GRE this table (or the
-        // daemon's verdict) translated carries the mark, and only hairpinned calls have
-        // elements, so everything else passes after the mark test.
-        ChainSpec {
-            name: c"gre_post",
-            hook: Hook::PostRouting,
-            hook_text: "postrouting",
-            prio: 0,
-            prio_text: "filter",
-            rules: vec![vec![mark_is(cfg), GreV1, NotFragment, RewriteHairpinSaddr]],
-        },
         ChainSpec {
             name: c"ctl",
             hook: Hook::Forward,
@@ -592,6 +587,28 @@ pub fn chains(cfg: &RulesConfig, backend: QueueBackend) -> Vec<ChainSpec> {
             rules: ctl_rules,
         },
     ]
+}
+
+/// The chain `gre_post`: hairpinned GRE, routed, gets the source its receiver expects. It is
+/// not in [`chains`]: the daemon adds it with a hairpinned call's first elements and removes it
+/// after the last call ends (see [`add_hairpin_post`]), because as a postrouting base chain it
+/// costs every packet the router sends, and the fast path's GRE (which carries the mark too)
+/// a lookup that always misses: measured, that made the fast path slower than the kernel's
+/// PPTP helper at one call.
+pub fn hairpin_post(cfg: &RulesConfig) -> ChainSpec {
+    ChainSpec {
+        name: HAIRPIN_POST,
+        hook: Hook::PostRouting,
+        hook_text: "postrouting",
+        prio: 0,
+        prio_text: "filter",
+        rules: vec![vec![
+            mark_is(cfg),
+            Stmt::GreV1,
+            Stmt::NotFragment,
+            Stmt::RewriteHairpinSaddr,
+        ]],
+    }
 }
 
 // nft's numbers for its own types and expressions, as found in the user data that
@@ -817,43 +834,80 @@ pub fn add_install(
         }
     }
 
+    for spec in chains(cfg, backend) {
+        add_chain(txn, table, &spec, ids);
+    }
+}
+
+/// Appends "add base chain `spec` with its rules" to `txn`; `ids` name the sets created in
+/// the same batch (a set that exists already is found by name).
+fn add_chain(txn: &mut Txn, table: &CString, spec: &ChainSpec, ids: SetIds) {
     // nftnl's Chain and Rule want a Table to take the name and family from.
     let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
-    for spec in chains(cfg, backend) {
-        let mut chain = Chain::new(spec.name, &anchor);
-        chain.set_hook(spec.hook, spec.prio);
-        chain.set_type(nftnl::ChainType::Filter);
-        chain.set_policy(Policy::Accept);
-        let cname = name(spec.name);
+    let tname = table.to_string_lossy();
+    let mut chain = Chain::new(spec.name, &anchor);
+    chain.set_hook(spec.hook, spec.prio);
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_policy(Policy::Accept);
+    let cname = name(spec.name);
+    txn.add(
+        &chain,
+        MsgType::Add,
+        format!(
+            "add chain {cname} (hook {}) to table ip {tname}",
+            spec.hook_text
+        ),
+    );
+    for stmts in &spec.rules {
+        let mut rule = Rule::new(&chain);
+        for s in stmts {
+            for e in s.exprs(ids) {
+                rule.add_expr(&e);
+            }
+        }
+        if let Some(c) = rule_comment(stmts) {
+            let c = CString::new(c).expect("comment has no NUL");
+            rule.set_comment(c).expect("comment fits nft's limit");
+        }
         txn.add(
-            &chain,
+            &rule,
             MsgType::Add,
             format!(
-                "add chain {cname} (hook {}) to table ip {tname}",
-                spec.hook_text
+                "rule `{}` in chain {cname} of table ip {tname}",
+                rule_text(stmts)
             ),
         );
-        for stmts in &spec.rules {
-            let mut rule = Rule::new(&chain);
-            for s in stmts {
-                for e in s.exprs(ids) {
-                    rule.add_expr(&e);
-                }
-            }
-            if let Some(c) = rule_comment(stmts) {
-                let c = CString::new(c).expect("comment has no NUL");
-                rule.set_comment(c).expect("comment fits nft's limit");
-            }
-            txn.add(
-                &rule,
-                MsgType::Add,
-                format!(
-                    "rule `{}` in chain {cname} of table ip {tname}",
-                    rule_text(stmts)
-                ),
-            );
-        }
     }
+}
+
+/// Appends "remove chain `gre_post` if it is there" to `txn`: an add (which changes nothing
+/// about an existing chain) makes the delete valid either way, as for the table.
+pub fn add_drop_hairpin_post(txn: &mut Txn, cfg: &RulesConfig, table: &CString) {
+    let spec = hairpin_post(cfg);
+    let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
+    let mut chain = Chain::new(spec.name, &anchor);
+    chain.set_hook(spec.hook, spec.prio);
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_policy(Policy::Accept);
+    let tname = table.to_string_lossy();
+    txn.add(
+        &chain,
+        MsgType::Add,
+        format!("add chain gre_post to table ip {tname}"),
+    );
+    // Without NLM_F_NONREC the kernel deletes the chain's rules with it.
+    txn.add(
+        &chain,
+        MsgType::Del,
+        format!("delete chain gre_post of table ip {tname}"),
+    );
+}
+
+/// Appends "chain `gre_post` with its one rule, whether or not it was there" to `txn`
+/// (removed and added anew, so never two copies of the rule).
+pub fn add_hairpin_post(txn: &mut Txn, cfg: &RulesConfig, table: &CString) {
+    add_drop_hairpin_post(txn, cfg, table);
+    add_chain(txn, table, &hairpin_post(cfg), SetIds::default());
 }
 
 /// A rule's statements (and comment) joined as nft prints them.
@@ -990,8 +1044,12 @@ mod tests {
         // The source rewrite of routed hairpinned GRE, with or without the fast path: only
         // marked GRE looks it up.
         for cfg in [&cfg, &no_offload] {
-            let out = &chains(cfg, QueueBackend::NftQueue)[1];
+            let out = hairpin_post(cfg);
             assert_eq!(out.name, c"gre_post");
+            // Added with the first hairpinned call only: it would cost every packet sent.
+            assert!(chains(cfg, QueueBackend::NftQueue)
+                .iter()
+                .all(|c| c.name != c"gre_post"));
             assert_eq!(out.rules.len(), 1);
             let r = rule_text(&out.rules[0]);
             assert!(
@@ -1000,6 +1058,17 @@ mod tests {
             );
             assert!(r.ends_with(" ip saddr set ip saddr . ip daddr . @th,48,16 map @hairpin_saddr"));
         }
+        // With a mark mask, only the bits pptp-alg owns say "translated here".
+        let masked = RulesConfig {
+            mark_mask: 0xfff,
+            mark: 0xabc,
+            ..cfg
+        };
+        let r = rule_text(&hairpin_post(&masked).rules[0]);
+        assert!(
+            r.starts_with("meta mark & 0x00000fff == 0x00000abc ip protocol gre "),
+            "{r}"
+        );
     }
 
     /// The user data `nft` 1.0.6 sent for
