@@ -202,7 +202,15 @@ impl StatusReport {
             }
         }
         if let Some(table) = unknown_gre_table {
-            let kernel = crate::nft::unknown_gre_packets(&table).map_or(0, |(p, _)| p);
+            // A read can fail transiently (the dump races the packet thread's own batches):
+            // tried three times before the count is left out as 0, which the log says.
+            let read = (0..3)
+                .map(|_| crate::nft::unknown_gre_packets(&table))
+                .find_map(Result::ok);
+            if read.is_none() {
+                log::warn!("status: kernel count of unknown GRE in table {table} unreadable");
+            }
+            let kernel = read.map_or(0, |(p, _)| p);
             report
                 .stats
                 .insert("gre_unknown_kernel".to_string(), kernel);
