@@ -1313,10 +1313,12 @@ fn teardown_share(a: &PnsArgs, conns: &mut [PnsConn]) -> u64 {
     cleared
 }
 
-/// Echo-Request every `interval` on `c` (the schedule kept from the first send, so a slow
-/// reply delays only the echoes behind it) until `until` (mono ns) or a signal; writes
-/// "send_real_ns rtt_ns" per reply to `out`. Returns (echoes answered, the error that
-/// stopped it early).
+/// Echo-Request every `interval` on `c`, each awaited, until `until` (mono ns) or a signal;
+/// writes "send_real_ns rtt_ns" per reply to `out`. After a reply later than `interval` the
+/// next echo goes `interval` after it, not at once: catching up with the schedule would
+/// follow every slow round trip by a burst of fast ones, as if the control plane had been
+/// sampled more often when it was fast. Returns (echoes answered, the error that stopped it
+/// early).
 fn echo_loop(
     c: &mut PnsConn,
     interval: Duration,
@@ -1332,7 +1334,7 @@ fn echo_loop(
             std::thread::sleep(Duration::from_nanos((due - now).min(20_000_000)));
             continue;
         }
-        due += step;
+        due = due.max(now) + step;
         id = id.wrapping_add(1);
         let mut req = ctl_msg(5, 16);
         req[12..16].copy_from_slice(&id.to_be_bytes());
