@@ -1033,6 +1033,8 @@ struct PnsConn {
     ids: Vec<u16>,
     /// A request got no reply: nothing more is sent.
     broken: bool,
+    /// The last `expect` failed because no reply came within the read timeout.
+    timed_out: bool,
 }
 
 impl PnsConn {
@@ -1053,10 +1055,16 @@ impl PnsConn {
                     continue;
                 }
             }
-            let n = self
-                .stream
-                .read(&mut tmp)
-                .map_err(|e| format!("waiting for message type {ty}: {e}"))?;
+            let n = match self.stream.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.timed_out = matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    );
+                    return Err(format!("waiting for message type {ty}: {e}"));
+                }
+            };
             if n == 0 {
                 return Err(format!("connection closed waiting for message type {ty}"));
             }
@@ -1254,6 +1262,7 @@ fn setup_share(
             buf: Vec::new(),
             ids: Vec::new(),
             broken: false,
+            timed_out: false,
         };
         if let Err(e) = c.send(&sccrq(false)).and_then(|()| c.expect(2).map(|_| ())) {
             fail(
@@ -1314,20 +1323,23 @@ fn teardown_share(a: &PnsArgs, conns: &mut [PnsConn]) -> u64 {
 }
 
 /// Echo-Request every `interval` on `c`, each awaited, until `until` (mono ns) or a signal;
-/// writes "send_real_ns rtt_ns" per reply to `out`. After a reply later than `interval` the
-/// next echo goes `interval` after it, not at once: catching up with the schedule would
-/// follow every slow round trip by a burst of fast ones, as if the control plane had been
-/// sampled more often when it was fast. Returns (echoes answered, the error that stopped it
+/// writes "send_real_ns rtt_ns" per reply to `out`, or "send_real_ns -1" for an echo not
+/// answered within the connection's read timeout (then the next one is sent; a late reply
+/// is told apart by its identifier). After a reply later than `interval` the next echo goes
+/// `interval` after it, not at once: catching up with the schedule would follow every slow
+/// round trip by a burst of fast ones, as if the control plane had been sampled more often
+/// when it was fast. Returns (echoes answered, echoes timed out, the error that stopped it
 /// early).
 fn echo_loop(
     c: &mut PnsConn,
     interval: Duration,
     until: u64,
     out: &mut impl Write,
-) -> (u64, Option<String>) {
+) -> (u64, u64, Option<String>) {
     let step = interval.as_nanos().max(1) as u64;
     let mut due = mono_ns();
     let mut id = 0u32;
+    let (mut answered, mut lost) = (0u64, 0u64);
     while !STOP.load(Ordering::Relaxed) && (until == 0 || mono_ns() < until) {
         let now = mono_ns();
         if now < due {
@@ -1340,19 +1352,26 @@ fn echo_loop(
         req[12..16].copy_from_slice(&id.to_be_bytes());
         let (t_real, t0) = (real_ns(), mono_ns());
         if let Err(e) = c.send(&req) {
-            return (u64::from(id - 1), Some(e));
+            return (answered, lost, Some(e));
         }
-        // A reply to an earlier echo (none is left behind: each is awaited) is skipped.
-        loop {
+        // A late reply to an earlier echo that timed out is skipped.
+        let got = loop {
             match c.expect(6) {
-                Ok(m) if m.len() >= 16 && m[12..16] == id.to_be_bytes() => break,
+                Ok(m) if m.len() >= 16 && m[12..16] == id.to_be_bytes() => break true,
                 Ok(_) => continue,
-                Err(e) => return (u64::from(id - 1), Some(e)),
+                Err(_) if c.timed_out => break false,
+                Err(e) => return (answered, lost, Some(e)),
             }
+        };
+        if got {
+            answered += 1;
+            let _ = writeln!(out, "{t_real} {}", mono_ns() - t0);
+        } else {
+            lost += 1;
+            let _ = writeln!(out, "{t_real} -1");
         }
-        let _ = writeln!(out, "{t_real} {}", mono_ns() - t0);
     }
-    (u64::from(id), None)
+    (answered, lost, None)
 }
 
 fn pns(a: PnsArgs) -> Result<(), String> {
@@ -1431,12 +1450,12 @@ fn pns(a: PnsArgs) -> Result<(), String> {
         };
         let until = if a.hold == 0.0 { 0 } else { hold_until };
         let interval = Duration::from_millis(a.echo_interval_ms);
-        let (answered, err) = echo_loop(c, interval, until, &mut out);
+        let (answered, lost, err) = echo_loop(c, interval, until, &mut out);
         let _ = out.flush();
-        if err.is_some() {
+        if err.is_some() || lost > 0 {
             c.broken = true;
         }
-        echo = json!({"answered": answered, "error": err});
+        echo = json!({"answered": answered, "timed_out": lost, "error": err});
     }
     while !STOP.load(Ordering::Relaxed) && (a.hold == 0.0 || mono_ns() < hold_until) {
         std::thread::sleep(Duration::from_millis(20));
