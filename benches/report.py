@@ -351,6 +351,22 @@ for cfg in ("c", "d"):
         if c == cfg and n >= 1000 and d0:
             print(f"  {cfg} growth 0 -> {n} calls: VmRSS {(med(v) - d0)/1024:+.2f} MB, anon {(med(anon[(c, n)]) - a0)/1024:+.2f} MB"
                   + ("  (target: 10,000 calls in <= 2.5 MB)" if n == 10000 else ""))
+def ocrp_line(name, v):
+    if not v:
+        return f"{name} -"
+    return (f"{name} p50 {pct(v, 50):.0f}, p90 {pct(v, 90):.0f}, p99 {pct(v, 99):.0f}, "
+            f"max {max(v):.0f}")
+
+for r in (r for r in rows if r["kind"] == "ocrp"):
+    # Per repetition: the target holds in every one. The delay is the server's write of the
+    # reply, then its lateness in sending that probe, then the probe's path to the client.
+    print(f"  OCRP rep {r['rep']}{' (RPS)' if r.get('rps') else ''}: {len(r['lat_us'])} calls, "
+          + ocrp_line("us", r["lat_us"])
+          + (f"; write(OCRP){ocrp_line('', r['write_us'])}; then to the probe's send"
+             f"{ocrp_line('', r['late_us'])}; path{ocrp_line('', r['path_us'])}"
+             if "write_us" in r else "")
+          + (f"; first kernel-translated probe > 0 for {sum(1 for f in r['first_kernel_probe'] if f)}"
+             if "first_kernel_probe" in r else ""))
 oc = [x for r in rows if r["kind"] == "ocrp" for x in r["lat_us"]]
 miss = sum(r["missing"] for r in rows if r["kind"] == "ocrp")
 if oc:

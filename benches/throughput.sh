@@ -38,8 +38,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 PROFILE=
 FLOOD=0
-CFGS=${CFGS:-gen a b c d min}
+CFGS=${CFGS-gen a b c d min}
 CONTROL=${CONTROL:-1}
+CTL_CFGS=${CTL_CFGS-c d}  # configurations whose setup and teardown rates the control part measures
+OCRP_RPS=${OCRP_RPS:-on}  # RPS for the OCRP-to-first-GRE case (see there)
 ALT_ALG=${ALT_ALG:-}
 [ -z "$ALT_ALG" ] || CFGS="$CFGS e"
 RPS=1
@@ -610,7 +612,7 @@ for rep in $(seq 1 "$REPS"); do
 
     [ "$CONTROL" = 1 ] || continue
     log "repetition $rep/$REPS: control plane"
-    for cfg in c d; do
+    for cfg in $CTL_CFGS; do
         # Setups and teardowns per second: one connection, 32 requests in flight.
         if [ "$cfg" = c ]; then start_daemon --no-offload; else start_daemon; fi
         emit "{\"cfg\":\"$cfg\",\"calls\":0,\"rep\":$rep,\"kind\":\"rss\",$(daemon_rss)}"
@@ -625,25 +627,35 @@ for rep in $(seq 1 "$REPS"); do
     done
     # OCRP to first kernel-translated GRE: the server sends 300 probes 10 us apart right
     # after each Outgoing-Call-Reply; the fast path's element counter says how many the kernel
-    # translated, so the first of those is probe (300 - counter).
+    # translated, so the first of those is probe (300 - counter). Its delay is split in three:
+    # the server's write of the reply, the server's lateness from there to that probe's send,
+    # and the probe's path (arrival minus its send time). The server runs on the generator's
+    # core (OCRP_PAC_CPU), idle here, and RPS (OCRP_RPS) puts the router's receive work on
+    # the other core, as if the server were another machine: on the daemon's core, or with
+    # the router's path run inside its write (RPS off), the write carried the reply through
+    # the router up to the daemon's queue, and was preempted by the daemon it woke, taking up
+    # to 3.8 ms, while every probe was translated by the kernel from the first.
+    rps "$OCRP_RPS"
     start_daemon
     rm -f "$WORK/probe.ready"
     bg "$WORK/probe.json" "$NS_C" "$GL" recv --ready-file "$WORK/probe.ready" --idle-ms 2000 \
         --timeout 120 --probe-out "$WORK/probes.txt"
     PROBE_RECV=$LAST_PID
     wait_file "$WORK/probe.ready" 10
+    CTL_PIN=(taskset -c "${OCRP_PAC_CPU:-$GEN_CPU}")
     start_pac --probes 300 --probe-gap-us 10
+    CTL_PIN=(env)
     start_pns 1 "$OCRP_CALLS" 1 --gap 0.01
     sleep 0.1
     in_r nft -j list map ip pptp_alg gre_daddr >"$WORK/gre_daddr.json"
     stop_pid "$PROBE_RECV"
-    python3 - "$WORK/probes.txt" "$WORK/gre_daddr.json" "$rep" >>"$RES" <<'EOF'
+    python3 - "$WORK/probes.txt" "$WORK/gre_daddr.json" "$rep" "$RPS_NOW" >>"$RES" <<'EOF'
 import json, sys
-probes, mapfile, rep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+probes, mapfile, rep, rps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "true"
 arr = {}
 for line in open(probes):
-    cid, seq, t, ref = map(int, line.split())
-    arr[(cid, seq)] = (t, ref)
+    cid, seq, t, ref, sent, written = map(int, line.split())
+    arr[(cid, seq)] = (t, ref, sent, written)
 counters = {}
 for item in json.load(open(mapfile))["nftables"]:
     m = item.get("map")
@@ -654,15 +666,20 @@ for item in json.load(open(mapfile))["nftables"]:
         e = key.get("elem", key)
         cid = e["val"]["concat"][1] if "val" in e else key["concat"][1]
         counters[cid] = e.get("counter", {}).get("packets", 0)
-lat, none = [], 0
+lat, write, late, path, firsts, none = [], [], [], [], [], 0
 for cid, k in counters.items():
     first = 300 - k
     if k == 0 or (cid, first) not in arr:
         none += 1
         continue
-    t, ref = arr[(cid, first)]
+    t, ref, sent, written = arr[(cid, first)]
     lat.append((t - ref) / 1000.0)
-print(json.dumps({"cfg": "d", "calls": 1, "rep": rep, "kind": "ocrp", "lat_us": lat, "missing": none}))
+    write.append((written - ref) / 1000.0)
+    late.append((sent - written) / 1000.0)
+    path.append((t - sent) / 1000.0)
+    firsts.append(first)
+print(json.dumps({"cfg": "d", "calls": 1, "rep": rep, "kind": "ocrp", "rps": rps, "lat_us": lat,
+                  "write_us": write, "late_us": late, "path_us": path, "first_kernel_probe": firsts, "missing": none}))
 EOF
     stop_pid "$PNS_PID"
     stop_calls

@@ -114,8 +114,9 @@ struct RecvArgs {
     /// Pin to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
-    /// Write every packet as "call_id seq arrival_real_ns ref_real_ns" to this file
-    /// (for the OCRP-to-first-GRE probes).
+    /// Write every packet as "call_id seq arrival_real_ns ref_real_ns send_real_ns
+    /// written_real_ns" to this file (for the OCRP-to-first-GRE probes: the reference is
+    /// taken before the reply is written, `written` once the write returned).
     #[arg(long)]
     probe_out: Option<String>,
     /// A file created once the socket is open (for scripts).
@@ -629,7 +630,10 @@ fn recv(a: RecvArgs) -> Result<(), String> {
                 lat_user.push(now_mono.saturating_sub(s_mono));
             }
             if let Some(w) = &mut probe {
-                let _ = writeln!(w, "{call_id} {seq} {k_real} {reference}");
+                let written = p
+                    .get(36..44)
+                    .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+                let _ = writeln!(w, "{call_id} {seq} {k_real} {reference} {s_real} {written}");
             }
         }
     }
@@ -671,8 +675,9 @@ fn parse_gre(b: &[u8]) -> Option<(u16, &[u8])> {
         h += 4;
     }
     let call_id = u16::from_be_bytes([g[6], g[7]]);
-    let p = g.get(h..h + 36)?;
-    (u32::from_be_bytes(p[32..36].try_into().unwrap()) == MAGIC).then_some((call_id, p))
+    let p = g.get(h..)?;
+    (p.len() >= 36 && u32::from_be_bytes(p[32..36].try_into().unwrap()) == MAGIC)
+        .then_some((call_id, p))
 }
 
 fn kernel_stamp(h: &libc::msghdr) -> Option<u64> {
@@ -910,8 +915,10 @@ fn pac(a: PacArgs) -> Result<(), String> {
                     closed = true;
                     break;
                 }
+                let t_written = real_ns();
                 if let (Some(raw), Some(id)) = (&raw, probe_id) {
-                    send_probes(raw, c.peer, id, a.probes, a.probe_gap_us, t_ref);
+                    let stamps = (t_ref, t_written);
+                    send_probes(raw, c.peer, id, a.probes, a.probe_gap_us, stamps);
                 }
             }
             if closed {
@@ -980,7 +987,9 @@ fn write_all_nb(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_ref: u64) {
+/// `n` GRE probes to `call_id`, `gap_us` apart; each carries the reply's (reference, written)
+/// real-time stamps: before its write and once the write returned.
+fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, stamps: (u64, u64)) {
     let sa = sockaddr(dst, 0);
     let mut buf = [0u8; PKT];
     let start = mono_ns();
@@ -989,7 +998,8 @@ fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_re
         while mono_ns() < due {
             std::hint::spin_loop();
         }
-        fill(&mut buf, call_id, i, t_ref);
+        fill(&mut buf, call_id, i, stamps.0);
+        buf[GRE_HDR + 36..GRE_HDR + 44].copy_from_slice(&stamps.1.to_be_bytes());
         // SAFETY: valid buffer and address.
         unsafe {
             libc::sendto(
