@@ -23,6 +23,13 @@
 #
 # --no-rps  leaves the router's receive work on the generator's core (see RPS below).
 # --profile "CFG..."  instead: a perf profile of each configuration at a fixed rate.
+# --flood  instead: the control plane under a flood of GRE with Call IDs no call uses, aimed
+#          at the public address (issue 16): Echo round trips on a live control connection
+#          idle and under the flood, new calls set up during it, the router's NFQUEUE drops
+#          and conntrack count before and after, GRE that reached the inside. Cases CFG:CALLS
+#          in FLOOD_CASES (default "a:10 b:10 c:10 d:10 b:1000"); FLOOD_RATE (150000 pps),
+#          FLOOD_DUR (10 s), FLOOD_IDLE (5 s of idle echoes first), FLOOD_NEW (200 calls),
+#          ECHO_MS (10 ms between echoes).
 # Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
 # sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e).
 set -euo pipefail
@@ -30,8 +37,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 PROFILE=
-CFGS=${CFGS:-gen a b c d min}
+FLOOD=0
+CFGS=${CFGS-gen a b c d min}
 CONTROL=${CONTROL:-1}
+CTL_CFGS=${CTL_CFGS-c d}  # configurations whose setup and teardown rates the control part measures
+OCRP_RPS=${OCRP_RPS:-on}  # RPS for the OCRP-to-first-GRE case (see there)
 ALT_ALG=${ALT_ALG:-}
 [ -z "$ALT_ALG" ] || CFGS="$CFGS e"
 RPS=1
@@ -44,6 +54,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --no-rps) RPS=0 ;;
         --profile) PROFILE=$2; shift ;;
+        --flood) FLOOD=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "throughput.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -258,6 +269,8 @@ gre_suite() {
 
 PAC_PID=
 PNS_PID=
+# The control tools' CPU pinning (the flood keeps them off the generator's core).
+CTL_PIN=(env)
 
 start_daemon() { # extra args...
     local sock=$WORK/status.sock
@@ -296,7 +309,7 @@ daemon_rss() {
 
 start_pac() { # extra args...
     : >"$WORK/ids"
-    bg "$WORK/pac.out" "$NS_S" "$GL" pac --bind $SRV --ids-out "$WORK/ids" "$@"
+    bg "$WORK/pac.out" "$NS_S" "${CTL_PIN[@]}" "$GL" pac --bind $SRV --ids-out "$WORK/ids" "$@"
     PAC_PID=$LAST_PID
     sleep 0.1
 }
@@ -306,7 +319,7 @@ start_pns() {
     local conns=$1 calls=$2 window=$3
     shift 3
     rm -f "$WORK/pns.ready"
-    bg "$WORK/pns.out" "$NS_C" "$GL" pns --server $SRV --conns "$conns" --calls "$calls" \
+    bg "$WORK/pns.out" "$NS_C" "${CTL_PIN[@]}" "$GL" pns --server $SRV --conns "$conns" --calls "$calls" \
         --window "$window" --ready-file "$WORK/pns.ready" "$@"
     PNS_PID=$LAST_PID
     if ! wait_file "$WORK/pns.ready" 300; then
@@ -321,12 +334,17 @@ stop_calls() {
     PNS_PID= PAC_PID=
 }
 
-cfg_up() { # CFG CALLS
+cfg_up() { # CFG CALLS [PNS_ARGS...]: with PNS_ARGS (the flood), a holds calls as well
     local cfg=$1 calls=$2
+    shift 2
     case "$cfg" in
         a)
             # The client speaks first (Call ID 0), so the server's Call ID 0 GRE is a reply.
             in_c "$GL" send --dst $SRV --rate 1000 --count 3 --call-id 0 >/dev/null
+            if [ $# -gt 0 ]; then
+                start_pac
+                start_pns 1 "$calls" 32 "$@"
+            fi
             ;;
         b)
             in_r nft -f - <<'EOF'
@@ -343,7 +361,7 @@ table ip labhelper {
 EOF
             start_pac
             # The kernel helper tracks one call per control connection.
-            start_pns "$calls" 1 1
+            start_pns "$calls" 1 1 "$@"
             ;;
         c | d | e)
             case "$cfg" in
@@ -352,7 +370,7 @@ EOF
                 e) ALG_RUN=$ALT_ALG start_daemon ;;
             esac
             start_pac
-            start_pns 1 "$calls" 32
+            start_pns 1 "$calls" 32 "$@"
             ;;
         min)
             in_r "$ALG" rules install --no-offload >/dev/null
@@ -367,6 +385,7 @@ EOF
 cfg_down() {
     local cfg=$1
     case "$cfg" in
+        a) stop_calls ;;
         b)
             stop_calls
             in_r nft delete table ip labhelper
@@ -426,6 +445,142 @@ if [ -n "$PROFILE" ]; then
     exit 0
 fi
 
+# ------------------------------------------------------------------ flood
+
+# --flood (issue 16): with CALLS calls up, FLOOD_RATE pps of enhanced GRE with Call IDs that no
+# call uses, from the server to the public address, for FLOOD_DUR s. Measured per case:
+# - Echo-Request/Reply round trips on the first of the held calls' control connections, one
+#   every ECHO_MS ms, FLOOD_IDLE s before the flood ("idle") and during it;
+# - FLOOD_NEW new calls during the flood, each on a new connection from the client (connect,
+#   SCCRQ, OCRQ; paced evenly over the flood), each one's setup time;
+# - the router's /proc/net/netfilter/nfnetlink_queue per queue (waiting, queue full drops,
+#   socket full drops, packets queued) and `conntrack -C` just before and right after it;
+# - GRE that reached the client (a raw socket there), the rate the generator achieved, and
+#   for pptp-alg its unknown-GRE counters.
+# The flood's ids: every id but those with low byte 0x00 (the new calls all use inside id
+# 0x4000, so pptp-alg gives each its own block and the low byte stays 0x00), 0x0100-0x01ff
+# (the held calls' ids, inside and NAT) and the client's ephemeral ports 58000-62999 (the
+# Linux helper's NAT id is the masqueraded source port of the control connection, which
+# masquerade keeps): about 58,000 ids, so a table that tracks them grows by as many.
+if [ "$FLOOD" = 1 ]; then
+    FLOOD_CASES=${FLOOD_CASES:-a:10 b:10 c:10 d:10 b:1000}
+    FLOOD_RATE=${FLOOD_RATE:-150000}
+    FLOOD_DUR=${FLOOD_DUR:-10}
+    FLOOD_IDLE=${FLOOD_IDLE:-5}
+    FLOOD_NEW=${FLOOD_NEW:-200}
+    ECHO_MS=${ECHO_MS:-10}
+    FLOOD_IDS=$WORK/flood.ids
+    # Off the generator's core: the pac, the pns and the echoes are the two ends of the
+    # control plane, not the router, and a busy-waiting generator beside them would add
+    # scheduler delays of its own.
+    CTL_PIN=(taskset -c "$OTHER_CPUS")
+    in_c sysctl -qw net.ipv4.ip_local_port_range="58000 62999"
+    python3 - "$FLOOD_IDS" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for i in range(1, 65536):
+        if i & 0xff and not 0x0100 <= i <= 0x01ff and not 58000 <= i <= 62999:
+            f.write(f"{i}\n")
+PY
+    log "flood: $(wc -l <"$FLOOD_IDS") unknown Call IDs at $FLOOD_RATE pps for $FLOOD_DUR s; cases $FLOOD_CASES; RPS $([ "$RPS_MASK" != 0 ] && echo on || echo off)"
+
+    # {"QUEUE": [waiting, dropped (queue full), dropped (socket full), packets queued]} of the
+    # router's queues (a queue appears while a process is bound to it).
+    queues_json() {
+        in_r cat /proc/net/netfilter/nfnetlink_queue |
+            awk 'BEGIN{printf "{"} {printf "%s\"%s\":[%s,%s,%s,%s]", (NR>1?",":""), $1, $3, $6, $7, $8} END{printf "}"}'
+    }
+    jfile() { # the JSON value in FILE, or null
+        [ -s "$1" ] && jq -ce . "$1" 2>/dev/null || echo null
+    }
+    alg_unknown() { # pptp-alg's unknown-GRE counters, or null
+        if [ -n "$DAEMON_PID" ]; then
+            in_r "$ALG" status --socket "$WORK/status.sock" --json |
+                jq -c '.stats | {gre_unknown_call, gre_unknown_kernel}' || echo null
+        else
+            echo null
+        fi
+    }
+
+    flood_case() { # CFG CALLS REP
+        local cfg=$1 n=$2 rep=$3 echo=$WORK/echo.txt new=$WORK/new
+        rm -f "$echo" "$new.ready" "$WORK/leak.ready"
+        cfg_up "$cfg" "$n" --echo-interval-ms "$ECHO_MS" --echo-out "$echo"
+        local up overlap
+        up=$(jq -r .calls "$WORK/pns.ready")
+        [ "$up" -eq "$n" ] || log "  $cfg: only $up of $n calls set up"
+        overlap=$(grep -cxFf "$WORK/ids" "$FLOOD_IDS" || true)
+        [ "$overlap" -eq 0 ] || log "  $cfg: $overlap held calls' ids are among the flood's"
+        sleep "$FLOOD_IDLE"
+        bg "$WORK/leak.json" "$NS_C" "${CTL_PIN[@]}" "$GL" recv --ready-file "$WORK/leak.ready" \
+            --idle-ms 600000 --timeout "$((FLOOD_DUR + 120))"
+        local leak_pid=$LAST_PID
+        wait_file "$WORK/leak.ready" 10
+        local q0 ct0 u0 q1 ct1 u1 t0 t1 gpid npid
+        q0=$(queues_json)
+        ct0=$(in_r conntrack -C)
+        u0=$(alg_unknown)
+        rps on
+        local rps_flood=$RPS_NOW
+        t0=$(date +%s%N)
+        in_s taskset -c "$GEN_CPU" "$GL" send --dst "$PUB" --rate "$FLOOD_RATE" \
+            --duration "$FLOOD_DUR" --ids-file "$FLOOD_IDS" >"$WORK/flood.send.json" &
+        gpid=$!
+        sleep 0.5
+        # New calls over the flood's middle: from 0.5 s in to 1 s before its end.
+        bg "$new.out" "$NS_C" "${CTL_PIN[@]}" "$GL" pns --server "$SRV" --conns "$FLOOD_NEW" \
+            --calls 1 --call-id 0x4000 --same-ids --threads 50 --conn-times --hold 0.01 \
+            --conn-interval "$(awk -v d="$FLOOD_DUR" -v k="$FLOOD_NEW" 'BEGIN{print (d - 1.5) / k}')" \
+            --ready-file "$new.ready"
+        npid=$LAST_PID
+        wait "$gpid"
+        t1=$(date +%s%N)
+        q1=$(queues_json)
+        ct1=$(in_r conntrack -C)
+        u1=$(alg_unknown)
+        rps off
+        wait "$npid" || log "  $cfg: the new calls' client failed: $(cat "$new.out.err")"
+        stop_pid "$leak_pid"
+        stop_calls
+        python3 - "$echo" "$t0" "$t1" >"$WORK/echo.json" <<'PY'
+import json, sys
+t0, t1 = int(sys.argv[2]), int(sys.argv[3])
+idle, flood, lost = [], [], {"idle_lost": 0, "flood_lost": 0}
+for line in open(sys.argv[1]):
+    t, rtt = map(int, line.split())
+    phase = "idle" if t < t0 else "flood" if t < t1 else None
+    if phase and rtt < 0:  # no reply within the client's timeout
+        lost[phase + "_lost"] += 1
+    elif phase:
+        (idle if phase == "idle" else flood).append(rtt / 1000.0)
+print(json.dumps({"idle_us": idle, "flood_us": flood, **lost}))
+PY
+        emit "$(jq -cn --arg cfg "$cfg" --argjson calls "$n" --argjson rep "$rep" \
+            --argjson rps "$rps_flood" --argjson flood_ns "$((t1 - t0))" \
+            --argjson held "$(jfile "$WORK/pns.ready")" --argjson held_pns "$(jfile "$WORK/pns.out")" \
+            --argjson echo "$(jfile "$WORK/echo.json")" --argjson send "$(jfile "$WORK/flood.send.json")" \
+            --argjson leak "$(jfile "$WORK/leak.json")" --argjson new_pns "$(jfile "$new.out")" \
+            --argjson new "$(jfile "$new.ready")" --argjson queues_before "$q0" --argjson queues_after "$q1" \
+            --argjson conntrack_before "$ct0" --argjson conntrack_after "$ct1" \
+            --argjson alg_before "$u0" --argjson alg_after "$u1" --argjson ids_overlap "$overlap" \
+            --argjson conntrack_max "$(in_r cat /proc/sys/net/netfilter/nf_conntrack_max)" \
+            '$ARGS.named + {kind: "flood"}')"
+        log "  $(python3 "$ROOT/benches/report.py" --flood-line "$RES")"
+        cfg_down "$cfg"
+    }
+
+    T0=$(date +%s)
+    for rep in $(seq 1 "$REPS"); do
+        log "repetition $rep/$REPS: flood"
+        for c in $(rotate "$rep" $FLOOD_CASES); do
+            flood_case "${c%%:*}" "${c##*:}" "$rep"
+        done
+    done
+    log "done in $(($(date +%s) - T0)) s; raw results in $RES"
+    python3 "$ROOT/benches/report.py" "$RES"
+    exit 0
+fi
+
 # ------------------------------------------------------------------ run
 
 T0=$(date +%s)
@@ -457,7 +612,7 @@ for rep in $(seq 1 "$REPS"); do
 
     [ "$CONTROL" = 1 ] || continue
     log "repetition $rep/$REPS: control plane"
-    for cfg in c d; do
+    for cfg in $CTL_CFGS; do
         # Setups and teardowns per second: one connection, 32 requests in flight.
         if [ "$cfg" = c ]; then start_daemon --no-offload; else start_daemon; fi
         emit "{\"cfg\":\"$cfg\",\"calls\":0,\"rep\":$rep,\"kind\":\"rss\",$(daemon_rss)}"
@@ -472,25 +627,35 @@ for rep in $(seq 1 "$REPS"); do
     done
     # OCRP to first kernel-translated GRE: the server sends 300 probes 10 us apart right
     # after each Outgoing-Call-Reply; the fast path's element counter says how many the kernel
-    # translated, so the first of those is probe (300 - counter).
+    # translated, so the first of those is probe (300 - counter). Its delay is split in three:
+    # the server's write of the reply, the server's lateness from there to that probe's send,
+    # and the probe's path (arrival minus its send time). The server runs on the generator's
+    # core (OCRP_PAC_CPU), idle here, and RPS (OCRP_RPS) puts the router's receive work on
+    # the other core, as if the server were another machine: on the daemon's core, or with
+    # the router's path run inside its write (RPS off), the write carried the reply through
+    # the router up to the daemon's queue, and was preempted by the daemon it woke, taking up
+    # to 3.8 ms, while every probe was translated by the kernel from the first.
+    rps "$OCRP_RPS"
     start_daemon
     rm -f "$WORK/probe.ready"
     bg "$WORK/probe.json" "$NS_C" "$GL" recv --ready-file "$WORK/probe.ready" --idle-ms 2000 \
         --timeout 120 --probe-out "$WORK/probes.txt"
     PROBE_RECV=$LAST_PID
     wait_file "$WORK/probe.ready" 10
+    CTL_PIN=(taskset -c "${OCRP_PAC_CPU:-$GEN_CPU}")
     start_pac --probes 300 --probe-gap-us 10
+    CTL_PIN=(env)
     start_pns 1 "$OCRP_CALLS" 1 --gap 0.01
     sleep 0.1
     in_r nft -j list map ip pptp_alg gre_daddr >"$WORK/gre_daddr.json"
     stop_pid "$PROBE_RECV"
-    python3 - "$WORK/probes.txt" "$WORK/gre_daddr.json" "$rep" >>"$RES" <<'EOF'
+    python3 - "$WORK/probes.txt" "$WORK/gre_daddr.json" "$rep" "$RPS_NOW" >>"$RES" <<'EOF'
 import json, sys
-probes, mapfile, rep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+probes, mapfile, rep, rps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "true"
 arr = {}
 for line in open(probes):
-    cid, seq, t, ref = map(int, line.split())
-    arr[(cid, seq)] = (t, ref)
+    cid, seq, t, ref, sent, written = map(int, line.split())
+    arr[(cid, seq)] = (t, ref, sent, written)
 counters = {}
 for item in json.load(open(mapfile))["nftables"]:
     m = item.get("map")
@@ -501,15 +666,20 @@ for item in json.load(open(mapfile))["nftables"]:
         e = key.get("elem", key)
         cid = e["val"]["concat"][1] if "val" in e else key["concat"][1]
         counters[cid] = e.get("counter", {}).get("packets", 0)
-lat, none = [], 0
+lat, write, late, path, firsts, none = [], [], [], [], [], 0
 for cid, k in counters.items():
     first = 300 - k
     if k == 0 or (cid, first) not in arr:
         none += 1
         continue
-    t, ref = arr[(cid, first)]
+    t, ref, sent, written = arr[(cid, first)]
     lat.append((t - ref) / 1000.0)
-print(json.dumps({"cfg": "d", "calls": 1, "rep": rep, "kind": "ocrp", "lat_us": lat, "missing": none}))
+    write.append((written - ref) / 1000.0)
+    late.append((sent - written) / 1000.0)
+    path.append((t - sent) / 1000.0)
+    firsts.append(first)
+print(json.dumps({"cfg": "d", "calls": 1, "rep": rep, "kind": "ocrp", "rps": rps, "lat_us": lat,
+                  "write_us": write, "late_us": late, "path_us": path, "first_kernel_probe": firsts, "missing": none}))
 EOF
     stop_pid "$PNS_PID"
     stop_calls

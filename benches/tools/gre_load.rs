@@ -9,7 +9,9 @@
 //! - `pac`: a minimal PPTP server (PAC) for many connections and calls (epoll), which can
 //!   send a burst of GRE probes right after each Outgoing-Call-Reply.
 //! - `pns`: a minimal PPTP client (PNS) that opens C control connections with K calls each,
-//!   holds them until SIGTERM/SIGINT, then clears them; reports setup and teardown rates.
+//!   holds them until SIGTERM/SIGINT, then clears them; reports setup and teardown rates,
+//!   optionally each connection's setup time, and while holding can time Echo-Request/Reply
+//!   round trips on its first connection.
 //!
 //! The control tools carry no GRE socket, so they add no per-packet work to the namespaces
 //! while GRE is measured.
@@ -112,8 +114,9 @@ struct RecvArgs {
     /// Pin to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
-    /// Write every packet as "call_id seq arrival_real_ns ref_real_ns" to this file
-    /// (for the OCRP-to-first-GRE probes).
+    /// Write every packet as "call_id seq arrival_real_ns ref_real_ns send_real_ns
+    /// written_real_ns" to this file (for the OCRP-to-first-GRE probes: the reference is
+    /// taken before the reply is written, `written` once the write returned).
     #[arg(long)]
     probe_out: Option<String>,
     /// A file created once the socket is open (for scripts).
@@ -204,6 +207,25 @@ struct PnsArgs {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Every connection's calls use --call-id, --call-id + 1, ... (as separate hosts
+    /// would), instead of continuing from the previous connection's.
+    #[arg(long)]
+    same_ids: bool,
+    /// Seconds between connection starts (0: each thread opens its next connection as
+    /// soon as the previous one is set up): new calls arriving at a steady pace.
+    #[arg(long, default_value_t = 0.0)]
+    conn_interval: f64,
+    /// Report each connection's setup time (connect to its last Outgoing-Call-Reply, in
+    /// ms; failed connections are not listed) as `conn_setup_ms`.
+    #[arg(long)]
+    conn_times: bool,
+    /// While holding the calls, send an Echo-Request on the first connection every this
+    /// many milliseconds and time its Echo-Reply (0: none).
+    #[arg(long, default_value_t = 0)]
+    echo_interval_ms: u64,
+    /// Write each echo as "send_real_ns rtt_ns" to this file (with --echo-interval-ms).
+    #[arg(long)]
+    echo_out: Option<String>,
 }
 
 fn parse_u16(s: &str) -> Result<u16, String> {
@@ -608,7 +630,10 @@ fn recv(a: RecvArgs) -> Result<(), String> {
                 lat_user.push(now_mono.saturating_sub(s_mono));
             }
             if let Some(w) = &mut probe {
-                let _ = writeln!(w, "{call_id} {seq} {k_real} {reference}");
+                let written = p
+                    .get(36..44)
+                    .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+                let _ = writeln!(w, "{call_id} {seq} {k_real} {reference} {s_real} {written}");
             }
         }
     }
@@ -650,8 +675,9 @@ fn parse_gre(b: &[u8]) -> Option<(u16, &[u8])> {
         h += 4;
     }
     let call_id = u16::from_be_bytes([g[6], g[7]]);
-    let p = g.get(h..h + 36)?;
-    (u32::from_be_bytes(p[32..36].try_into().unwrap()) == MAGIC).then_some((call_id, p))
+    let p = g.get(h..)?;
+    (p.len() >= 36 && u32::from_be_bytes(p[32..36].try_into().unwrap()) == MAGIC)
+        .then_some((call_id, p))
 }
 
 fn kernel_stamp(h: &libc::msghdr) -> Option<u64> {
@@ -889,8 +915,10 @@ fn pac(a: PacArgs) -> Result<(), String> {
                     closed = true;
                     break;
                 }
+                let t_written = real_ns();
                 if let (Some(raw), Some(id)) = (&raw, probe_id) {
-                    send_probes(raw, c.peer, id, a.probes, a.probe_gap_us, t_ref);
+                    let stamps = (t_ref, t_written);
+                    send_probes(raw, c.peer, id, a.probes, a.probe_gap_us, stamps);
                 }
             }
             if closed {
@@ -959,7 +987,9 @@ fn write_all_nb(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_ref: u64) {
+/// `n` GRE probes to `call_id`, `gap_us` apart; each carries the reply's (reference, written)
+/// real-time stamps: before its write and once the write returned.
+fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, stamps: (u64, u64)) {
     let sa = sockaddr(dst, 0);
     let mut buf = [0u8; PKT];
     let start = mono_ns();
@@ -968,7 +998,8 @@ fn send_probes(raw: &Raw, dst: Ipv4Addr, call_id: u16, n: u32, gap_us: u64, t_re
         while mono_ns() < due {
             std::hint::spin_loop();
         }
-        fill(&mut buf, call_id, i, t_ref);
+        fill(&mut buf, call_id, i, stamps.0);
+        buf[GRE_HDR + 36..GRE_HDR + 44].copy_from_slice(&stamps.1.to_be_bytes());
         // SAFETY: valid buffer and address.
         unsafe {
             libc::sendto(
@@ -1012,6 +1043,8 @@ struct PnsConn {
     ids: Vec<u16>,
     /// A request got no reply: nothing more is sent.
     broken: bool,
+    /// The last `expect` failed because no reply came within the read timeout.
+    timed_out: bool,
 }
 
 impl PnsConn {
@@ -1032,10 +1065,16 @@ impl PnsConn {
                     continue;
                 }
             }
-            let n = self
-                .stream
-                .read(&mut tmp)
-                .map_err(|e| format!("waiting for message type {ty}: {e}"))?;
+            let n = match self.stream.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.timed_out = matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    );
+                    return Err(format!("waiting for message type {ty}: {e}"));
+                }
+            };
             if n == 0 {
                 return Err(format!("connection closed waiting for message type {ty}"));
             }
@@ -1090,6 +1129,9 @@ fn plan(a: &PnsArgs) -> Result<Vec<Plan>, String> {
         None => {
             let mut next = a.call_id;
             for _ in 0..a.conns {
+                if a.same_ids {
+                    next = a.call_id;
+                }
                 let ids = (0..a.calls)
                     .map(|_| {
                         let id = next;
@@ -1181,19 +1223,32 @@ struct SetupResult {
     refused: u64,
     failed: u64,
     first_error: Option<String>,
+    /// Setup time (ms) of each connection whose calls all came up.
+    conn_ms: Vec<f64>,
 }
 
-/// Opens the planned connections one after another and sets up their calls; stops early
-/// once `failures` (shared by all threads) reaches `a.max_failures`.
-fn setup_share(a: &PnsArgs, share: &[&Plan], failures: &AtomicU64) -> SetupResult {
+/// Opens the planned connections one after another (connection `i` of the plan not before
+/// `t0 + i * a.conn_interval`) and sets up their calls; stops early once `failures`
+/// (shared by all threads) reaches `a.max_failures`.
+fn setup_share(
+    a: &PnsArgs,
+    share: &[(usize, &Plan)],
+    failures: &AtomicU64,
+    t0: u64,
+) -> SetupResult {
     let to = Duration::from_secs_f64(a.timeout);
     let server = SocketAddrV4::new(a.server, a.port);
     let mut r = SetupResult::default();
     let mut serial = 0u16;
-    for p in share {
+    for &(i, p) in share {
+        let due = t0 + (i as f64 * a.conn_interval * 1e9) as u64;
+        while !STOP.load(Ordering::Relaxed) && mono_ns() < due {
+            std::thread::sleep(Duration::from_nanos((due - mono_ns()).min(20_000_000)));
+        }
         if STOP.load(Ordering::Relaxed) || failures.load(Ordering::Relaxed) >= a.max_failures {
             break;
         }
+        let c0 = mono_ns();
         let fail = |r: &mut SetupResult, n: u64, e: String| {
             r.failed += n;
             failures.fetch_add(n, Ordering::Relaxed);
@@ -1217,6 +1272,7 @@ fn setup_share(a: &PnsArgs, share: &[&Plan], failures: &AtomicU64) -> SetupResul
             buf: Vec::new(),
             ids: Vec::new(),
             broken: false,
+            timed_out: false,
         };
         if let Err(e) = c.send(&sccrq(false)).and_then(|()| c.expect(2).map(|_| ())) {
             fail(
@@ -1251,6 +1307,8 @@ fn setup_share(a: &PnsArgs, share: &[&Plan], failures: &AtomicU64) -> SetupResul
             c.broken = true;
             let n = (p.ids.len() - replies.len()) as u64;
             fail(&mut r, n, format!("OCRQ from {:?}: {e}", p.bind));
+        } else if c.ids.len() == p.ids.len() {
+            r.conn_ms.push((mono_ns() - c0) as f64 / 1e6);
         }
         r.conns.push(c);
     }
@@ -1274,14 +1332,66 @@ fn teardown_share(a: &PnsArgs, conns: &mut [PnsConn]) -> u64 {
     cleared
 }
 
+/// Echo-Request every `interval` on `c`, each awaited, until `until` (mono ns) or a signal;
+/// writes "send_real_ns rtt_ns" per reply to `out`, or "send_real_ns -1" for an echo not
+/// answered within the connection's read timeout (then the next one is sent; a late reply
+/// is told apart by its identifier). After a reply later than `interval` the next echo goes
+/// `interval` after it, not at once: catching up with the schedule would follow every slow
+/// round trip by a burst of fast ones, as if the control plane had been sampled more often
+/// when it was fast. Returns (echoes answered, echoes timed out, the error that stopped it
+/// early).
+fn echo_loop(
+    c: &mut PnsConn,
+    interval: Duration,
+    until: u64,
+    out: &mut impl Write,
+) -> (u64, u64, Option<String>) {
+    let step = interval.as_nanos().max(1) as u64;
+    let mut due = mono_ns();
+    let mut id = 0u32;
+    let (mut answered, mut lost) = (0u64, 0u64);
+    while !STOP.load(Ordering::Relaxed) && (until == 0 || mono_ns() < until) {
+        let now = mono_ns();
+        if now < due {
+            std::thread::sleep(Duration::from_nanos((due - now).min(20_000_000)));
+            continue;
+        }
+        due = due.max(now) + step;
+        id = id.wrapping_add(1);
+        let mut req = ctl_msg(5, 16);
+        req[12..16].copy_from_slice(&id.to_be_bytes());
+        let (t_real, t0) = (real_ns(), mono_ns());
+        if let Err(e) = c.send(&req) {
+            return (answered, lost, Some(e));
+        }
+        // A late reply to an earlier echo that timed out is skipped.
+        let got = loop {
+            match c.expect(6) {
+                Ok(m) if m.len() >= 16 && m[12..16] == id.to_be_bytes() => break true,
+                Ok(_) => continue,
+                Err(_) if c.timed_out => break false,
+                Err(e) => return (answered, lost, Some(e)),
+            }
+        };
+        if got {
+            answered += 1;
+            let _ = writeln!(out, "{t_real} {}", mono_ns() - t0);
+        } else {
+            lost += 1;
+            let _ = writeln!(out, "{t_real} -1");
+        }
+    }
+    (answered, lost, None)
+}
+
 fn pns(a: PnsArgs) -> Result<(), String> {
     install_signals();
     raise_nofile();
     let plans = plan(&a)?;
     let threads = a.threads.max(1) as usize;
     // Round-robin shares, so every thread meets early and late hosts alike.
-    let shares: Vec<Vec<&Plan>> = (0..threads)
-        .map(|t| plans.iter().skip(t).step_by(threads).collect())
+    let shares: Vec<Vec<(usize, &Plan)>> = (0..threads)
+        .map(|t| plans.iter().enumerate().skip(t).step_by(threads).collect())
         .collect();
     let failures = AtomicU64::new(0);
     // CLOCK_REALTIME stamps as well, so a script can combine several processes' reports.
@@ -1292,7 +1402,7 @@ fn pns(a: PnsArgs) -> Result<(), String> {
             .iter()
             .map(|sh| {
                 let (a, f) = (&a, &failures);
-                sc.spawn(move || setup_share(a, sh, f))
+                sc.spawn(move || setup_share(a, sh, f, t0))
             })
             .collect();
         hs.into_iter()
@@ -1308,7 +1418,7 @@ fn pns(a: PnsArgs) -> Result<(), String> {
     let first_error = results.iter().find_map(|r| r.first_error.clone());
     let setup_s = (t_up - t0) as f64 / 1e9;
     let planned: usize = plans.iter().map(|p| p.ids.len()).sum();
-    let ready = json!({
+    let mut ready = json!({
         "conns": open,
         "planned_conns": plans.len(),
         "planned_calls": planned,
@@ -1323,16 +1433,45 @@ fn pns(a: PnsArgs) -> Result<(), String> {
         "t0_real_ns": t0_real,
         "t_up_real_ns": t_up_real,
     });
+    if a.conn_times {
+        let ms: Vec<f64> = results
+            .iter()
+            .flat_map(|r| r.conn_ms.iter().copied())
+            .collect();
+        ready["conn_setup_ms"] = json!(ms);
+    }
     if let Some(f) = &a.ready_file {
         std::fs::write(f, format!("{ready}\n")).map_err(|e| format!("{f}: {e}"))?;
     }
+    let mut conns: Vec<Vec<PnsConn>> = results.into_iter().map(|r| r.conns).collect();
     let hold_until = mono_ns() + (a.hold * 1e9) as u64;
+    let mut echo = json!(null);
+    if a.echo_interval_ms > 0 {
+        let c = conns
+            .iter_mut()
+            .flatten()
+            .find(|c| !c.broken)
+            .ok_or("no connection to send echoes on")?;
+        let mut out: Box<dyn Write> = match &a.echo_out {
+            Some(f) => Box::new(io::BufWriter::new(
+                std::fs::File::create(f).map_err(|e| format!("{f}: {e}"))?,
+            )),
+            None => Box::new(io::sink()),
+        };
+        let until = if a.hold == 0.0 { 0 } else { hold_until };
+        let interval = Duration::from_millis(a.echo_interval_ms);
+        let (answered, lost, err) = echo_loop(c, interval, until, &mut out);
+        let _ = out.flush();
+        if err.is_some() || lost > 0 {
+            c.broken = true;
+        }
+        echo = json!({"answered": answered, "timed_out": lost, "error": err});
+    }
     while !STOP.load(Ordering::Relaxed) && (a.hold == 0.0 || mono_ns() < hold_until) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let t_down0 = mono_ns();
     let t_down0_real = real_ns();
-    let mut conns: Vec<Vec<PnsConn>> = results.into_iter().map(|r| r.conns).collect();
     let cleared: u64 = std::thread::scope(|sc| {
         let hs: Vec<_> = conns
             .iter_mut()
@@ -1346,6 +1485,7 @@ fn pns(a: PnsArgs) -> Result<(), String> {
     let teardown_s = (mono_ns() - t_down0) as f64 / 1e9;
     let out = json!({
         "setup": ready,
+        "echo": echo,
         "cleared": cleared,
         "t_down0_real_ns": t_down0_real,
         "t_down_real_ns": real_ns(),
