@@ -27,6 +27,8 @@ pub mod shared;
 pub mod state;
 pub mod status;
 
-pub use config::{Apply, Config, ConfigError, ConfigSource, LogLevel, Overrides};
+pub use config::{
+    Apply, Config, ConfigError, ConfigSource, HaNode, HaSettings, LogLevel, Overrides,
+};
 pub use run::{run, DaemonError};
 pub use status::StatusReport;
