@@ -216,9 +216,14 @@ impl Ha {
     pub fn start(s: &HaSettings, alg: &Alg, session: u64, now: Instant) -> io::Result<Ha> {
         let key = Key::new(&s.key).map_err(io::Error::other)?;
         let sock = UdpSocket::bind(s.listen).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+                "; under the packaged unit, add RestrictAddressFamilies=AF_INET in a drop-in"
+            } else {
+                ""
+            };
             io::Error::new(
                 e.kind(),
-                format!("binding the replication socket to {}: {e}", s.listen),
+                format!("binding the replication socket to {}: {e}{hint}", s.listen),
             )
         })?;
         sock.set_nonblocking(true)?;
