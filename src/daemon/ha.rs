@@ -17,7 +17,7 @@
 use super::addrs::{read_changes, AddrTable};
 use super::config::HaSettings;
 use super::logging::RateLimit;
-use crate::alg::{Alg, EndCause, Event, SavedCall};
+use crate::alg::{Alg, EndCause, Event, IdPartition, SavedCall};
 use crate::netlink::route::RouteSocket;
 use crate::replication::{
     wire::MAX_MESSAGE, Error, Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role, Status,
@@ -186,6 +186,8 @@ pub struct Ha {
     follower: Option<Follower>,
     /// The engine's quarantine, which ended calls' records carry.
     quarantine: Duration,
+    /// This node's half of the NAT ids.
+    partition: IdPartition,
     /// How often the peer's live calls are kept from timing out here.
     refresh_every: Duration,
     next_refresh: Instant,
@@ -266,6 +268,7 @@ impl Ha {
             replica: Replica::new(rc, now),
             follower,
             quarantine: cfg.quarantine,
+            partition: cfg.id_partition,
             refresh_every,
             next_refresh: now + refresh_every,
             last_peer: None,
@@ -293,20 +296,34 @@ impl Ha {
         self.replica.role()
     }
 
+    /// Whether the live peer, not this node, carries the packets of the
+    /// call on `nat_id`, so that only its timers may end the call: all
+    /// calls while this node is the backup; while both are active (no
+    /// `ha_address`, or split brain) those of the peer's half of the ids.
+    /// The active node of a pair times out every call itself, as a single
+    /// router does.
+    fn defers_to_peer(&self, nat_id: u16) -> bool {
+        let Some(peer) = self.replica.peer() else {
+            return false;
+        };
+        match (self.replica.role(), peer.role) {
+            (Role::Backup, _) => true,
+            (Role::Active, Role::Backup) => false,
+            (Role::Active, Role::Active) => !self.partition.owns(nat_id),
+        }
+    }
+
     /// An engine event of a call this node handled (its packets or its
     /// timers, or restored at start), to send to the peer. The timeout of
-    /// a call the live peer holds is not this node's to tell: it saw none
-    /// of its packets (the peer ends it when it ends).
+    /// a call whose packets the peer carries (see `defers_to_peer`) is not
+    /// this node's to tell: it saw none of them.
     pub fn record(&mut self, now: Instant, ev: &Event) {
         if let Event::CallEnded(c, cause) = ev {
             let timeout = matches!(
                 cause,
                 EndCause::SetupTimeout | EndCause::IdleTimeout | EndCause::ConnTimeout
             );
-            if timeout
-                && self.replica.peer().is_some()
-                && self.replica.peer_holds_live(c.outside_peer, c.nat_id)
-            {
+            if timeout && self.defers_to_peer(c.nat_id) {
                 return;
             }
         }
@@ -430,19 +447,23 @@ impl Ha {
         }
     }
 
-    /// Keeps the peer's live calls from timing out in `alg` (see
-    /// [`Alg::refresh_replicated`]) while the peer is alive, every few
-    /// seconds.
+    /// Every few seconds, keeps the calls whose packets the live peer
+    /// carries (see `defers_to_peer`) from timing out in `alg` (see
+    /// [`Alg::refresh_replicated`]): the peer's, and this node's own that
+    /// the peer took over, so the standby keeps their fast path.
     pub fn refresh(&mut self, now: Instant, alg: &mut Alg) {
         if now < self.next_refresh {
             return;
         }
         self.next_refresh = now + self.refresh_every;
-        if self.replica.peer().is_none() {
-            return;
-        }
-        for c in self.replica.peer_live_calls() {
-            alg.refresh_replicated(now, c);
+        let calls = self
+            .replica
+            .peer_live_calls()
+            .chain(self.replica.own_live_calls());
+        for c in calls {
+            if self.defers_to_peer(c.nat_id) {
+                alg.refresh_replicated(now, c);
+            }
         }
     }
 

@@ -192,6 +192,13 @@ impl Table {
         true
     }
 
+    fn live(&self) -> impl Iterator<Item = &SavedCall> {
+        self.0
+            .values()
+            .filter(|e| e.expires.is_none())
+            .map(|e| &e.call)
+    }
+
     fn expire(&mut self, now: Instant) {
         self.0.retain(|_, e| e.expires.is_none_or(|t| t > now));
     }
@@ -344,11 +351,12 @@ impl Replica {
 
     /// The peer's live calls as replicated here.
     pub fn peer_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
-        self.mirror
-            .0
-            .values()
-            .filter(|e| e.expires.is_none())
-            .map(|e| &e.call)
+        self.mirror.live()
+    }
+
+    /// This node's live calls as last recorded.
+    pub fn own_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.own.live()
     }
 
     /// Whether the mirror is current: the peer is alive and no resync is
@@ -534,6 +542,16 @@ impl Replica {
     }
 
     fn apply(&mut self, now: Instant, r: Record) {
+        if let Record::Ended(c) = &r {
+            // One of this node's calls that the peer carried (a failover)
+            // and ended: it is over here too, and must not go back to the
+            // peer as live in a snapshot.
+            if let Some(e) = self.own.0.get_mut(&key_of(c)) {
+                if e.expires.is_none() {
+                    *e = Entry::from_record(&r, now);
+                }
+            }
+        }
         if self.mirror.apply(&r, now, self.cfg.max_calls) {
             self.stats.records_applied += 1;
             self.events.push_back(ReplicaEvent::Apply(r));
