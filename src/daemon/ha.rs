@@ -36,6 +36,9 @@ const RECV_BATCH: usize = 64;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// How long the initial address dump may take.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The status is brought up to date at most this often: a report counts
+/// the peer's calls, too much work for every wake-up of a busy thread.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// What `pptp-alg status` shows of the pair (its JSON `ha` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +204,9 @@ pub struct Ha {
     warn_refused: RateLimit,
     warn_io: RateLimit,
     buf: Vec<u8>,
+    /// Something changed since the last report.
+    changed: bool,
+    next_report: Instant,
 }
 
 impl std::fmt::Debug for Ha {
@@ -279,6 +285,8 @@ impl Ha {
             warn_refused: RateLimit::new(Duration::from_secs(60), 10),
             warn_io: RateLimit::new(Duration::from_secs(60), 10),
             buf: vec![0; MAX_MESSAGE + 1],
+            changed: true,
+            next_report: now,
         })
     }
 
@@ -329,6 +337,7 @@ impl Ha {
         }
         if let Some(r) = Record::from_event(ev, self.quarantine) {
             self.replica.record(now, r);
+            self.changed = true;
         }
     }
 
@@ -351,6 +360,7 @@ impl Ha {
                     }
                 );
                 self.replica.set_role(role);
+                self.changed = true;
             }
         }
         for _ in 0..RECV_BATCH {
@@ -364,6 +374,7 @@ impl Ha {
                     break;
                 }
             };
+            self.changed = true;
             if from != SocketAddr::V4(self.peer) {
                 self.refused += 1;
                 self.refusal(now, from, &format!("not from the peer {}", self.peer));
@@ -471,6 +482,7 @@ impl Ha {
     /// take now is dropped (counted); the protocol recovers from loss.
     pub fn transmit(&mut self, now: Instant) {
         while let Some(bytes) = self.replica.poll_transmit() {
+            self.changed = true;
             match self.sock.send_to(&bytes, self.peer) {
                 Ok(_) => {}
                 // The peer's daemon is not running: its hello will come.
@@ -503,18 +515,35 @@ impl Ha {
         self.logged = now;
     }
 
-    /// When [`Ha::handle_timeout`] wants to run.
+    /// When [`Ha::handle_timeout`] (or a report) wants to run.
     pub fn poll_timeout(&self) -> Instant {
-        self.replica
+        let mut t = self
+            .replica
             .poll_timeout()
-            .map_or(self.next_refresh, |t| t.min(self.next_refresh))
+            .map_or(self.next_refresh, |t| t.min(self.next_refresh));
+        if self.changed {
+            t = t.min(self.next_report);
+        }
+        t
     }
 
     /// Runs the replica's timers (heartbeats, peer death, resync retries).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
             self.replica.handle_timeout(now);
+            self.changed = true;
         }
+    }
+
+    /// The report for `pptp-alg status` when something changed since the
+    /// last one, at most every [`REPORT_EVERY`].
+    pub fn take_report(&mut self, now: Instant) -> Option<HaReport> {
+        if !self.changed || now < self.next_report {
+            return None;
+        }
+        self.changed = false;
+        self.next_report = now + REPORT_EVERY;
+        Some(self.report(now))
     }
 
     /// The state for `pptp-alg status`, as of `now`.
