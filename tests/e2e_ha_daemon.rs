@@ -10,7 +10,7 @@
 //! router 2's, from the daemons' log stamps) is printed over 100 calls.
 //! Moving `VIP` swaps the roles. A call made through router 2 then shows on
 //! router 1 (failback). Router 2 restarted with another key is refused by
-//! both sides, counted and logged.
+//! both sides, counted and logged, and router 1 then calls its peer lost.
 //!
 //! Without root the test prints "skipped: needs root" and passes, unless
 //! `PPTP_ALG_E2E=1` demands that it really run.
@@ -204,6 +204,9 @@ fn two_daemons_replicate_calls_both_ways() {
     assert_eq!(ha(&st2)["peer"]["role"], "active");
     assert_eq!(ha(&st2)["peer"]["node"], 0);
     assert!(r1.daemon_log().contains("ha: peer up: node 1 backup"));
+    assert!(r2
+        .daemon_log()
+        .contains("ha: resync: took the peer's whole table (0 live calls)"));
     let table = r2.exec(
         Host::Router,
         ALG,
@@ -384,6 +387,13 @@ fn two_daemons_replicate_calls_both_ways() {
     );
     assert!(r1.daemon_log().contains(&refused), "{}", r1.daemon_log());
     assert!(r2.daemon_log().contains("refused: authentication failed"));
+    // Nothing valid from router 2 any more: router 1 calls it lost.
+    r1.wait_status(Duration::from_secs(5), "the peer lost", |s| {
+        ha(s)["peer"]["alive"] == false && ha(s)["in_sync"] == false
+    });
+    assert!(r1.daemon_log().contains(&format!(
+        "ha: peer lost: nothing valid from {SYNC_2}:1729 for 3 s"
+    )));
     r2.stop_daemon();
     r1.stop_daemon();
     r1.stop_server(s1);

@@ -471,6 +471,11 @@ fn a_gap_is_filled_by_a_snapshot_and_missed_ends_are_forgotten() {
         p.run_step(false);
     }
     assert_eq!(p.r[1].stats().resyncs_requested, before + 1);
+    assert_eq!(
+        p.r[1].stats().gaps,
+        1,
+        "greeting asks for a snapshot but is no gap"
+    );
     assert_eq!(p.r[1].stats().snapshots_applied, 2);
     let calls = p.r[1].peer_calls(p.now);
     assert_eq!(calls, vec![call(0, 2)]);

@@ -479,7 +479,7 @@ impl Replica {
             self.snapshot_out.clear();
             self.events.push_back(ReplicaEvent::PeerUp(status));
             self.hello_now = true;
-            self.gap(now);
+            self.want_snapshot(now);
             return Ok(());
         }
         let Some(peer) = self.peer.as_mut() else {
@@ -510,11 +510,17 @@ impl Replica {
         }
     }
 
-    /// Records were missed: ask for a snapshot now, and again until one
-    /// arrives whole.
+    /// Records were missed (counted): ask for a snapshot.
     fn gap(&mut self, now: Instant) {
-        if let Some(p) = self.peer.as_mut() {
+        if self.peer.is_some() {
             self.stats.gaps += 1;
+        }
+        self.want_snapshot(now);
+    }
+
+    /// Asks for a snapshot now, and again until one arrives whole.
+    fn want_snapshot(&mut self, now: Instant) {
+        if let Some(p) = self.peer.as_mut() {
             p.expected = None;
             p.resync_due = Some(now + self.cfg.resync_retry);
             self.resync_now = true;
