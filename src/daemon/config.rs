@@ -218,10 +218,10 @@ config_keys! {
     /// This router's node in a high-availability pair, 0 or 1, or none [default: none].
     [Restart, value_name = "0|1|none", value_parser = parse_ha_node]
     ha_node: HaNode,
-    /// ADDR[:PORT] the replication socket binds on the sync link [default: "", port 1729].
+    /// ADDR or ADDR:PORT the replication socket binds on the sync link (port 1729) [default: ""].
     [Restart, value_name = "ADDR[:PORT]"]
     ha_listen: String,
-    /// ADDR[:PORT] of the other node's replication socket [default: "", port 1729].
+    /// ADDR or ADDR:PORT of the other node's replication socket (port 1729) [default: ""].
     [Restart, value_name = "ADDR[:PORT]"]
     ha_peer: String,
     /// File holding the pair's pre-shared key (mode 0600 or stricter) [default: ""].

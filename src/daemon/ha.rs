@@ -341,7 +341,7 @@ impl Ha {
         }
     }
 
-    /// Reads what waits on the sockets (at most [`RECV_BATCH`] datagrams):
+    /// Reads what waits on the sockets (at most `RECV_BATCH` datagrams):
     /// the peer's messages and address changes. Never blocks.
     pub fn receive(&mut self, now: Instant) {
         if let Some(f) = &mut self.follower {
@@ -536,7 +536,7 @@ impl Ha {
     }
 
     /// The report for `pptp-alg status` when something changed since the
-    /// last one, at most every [`REPORT_EVERY`].
+    /// last one, at most every `REPORT_EVERY`.
     pub fn take_report(&mut self, now: Instant) -> Option<HaReport> {
         if !self.changed || now < self.next_report {
             return None;

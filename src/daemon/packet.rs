@@ -2,16 +2,22 @@
 //! `handle` it in the engine, drain `poll_event` (journal, log, fast path),
 //! give the verdict; run `handle_timeout` when `poll_timeout` is due.
 //!
-//! Owns the queue sockets, the wake-up socket, the journal writer and the
-//! [`Offload`] controller. It must not decide anything about packets (the
-//! engine does) nor touch nftables itself (the controller does).
+//! Owns the queue sockets, the wake-up socket, the journal writer, the
+//! [`Offload`] controller and, in a router pair, the [`Ha`] shell: the
+//! engine's events of this node's calls go to it, the peer's calls it
+//! gives are applied to the engine, and their events take the same way
+//! as any call's (journal, log, fast path) but never back to the peer. It
+//! must not decide anything about packets (the engine does) nor touch
+//! nftables itself (the controller does).
 //!
 //! Waiting. nfq 0.2.5 has no descriptor accessor, so a blocking `recv`
 //! could not be interrupted for timers or shutdown. The queue socket is
-//! non-blocking instead, and the thread waits in `poll(2)` on two
-//! descriptors: the queue socket (found by [`NfQueue::poll_fd`]) and a
-//! wake-up socket the main thread writes to on shutdown. The timeout is
-//! the next engine timer, fast-path counter poll or watchdog ping, so an
+//! non-blocking instead, and the thread waits in `poll(2)` on the queue
+//! sockets (found by [`NfQueue::poll_fd`]), a wake-up socket the main
+//! thread writes to on shutdown and, in a pair, the replication and route
+//! sockets (read at every wake-up, so a packet load that never lets the
+//! thread wait does not starve them). The timeout is the next engine
+//! timer, fast-path counter poll, replication timer or watchdog ping, so an
 //! idle daemon sleeps and a busy one never waits. Should the queue's
 //! descriptor not be identifiable, the thread polls the wake-up socket
 //! with a 1 ms timeout and tries the queue after each: slower to react,
