@@ -890,9 +890,15 @@ impl fmt::Debug for HaSettings {
 /// call table a node takes from the network.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = path.display();
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    // Non-blocking: a FIFO at the path must not hang the start (or a
+    // check-config) until someone writes to it.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot read {name}: {e}"))?;
