@@ -269,6 +269,17 @@ fn two_daemons_replicate_calls_both_ways() {
 
     // Replication lag over 100 calls: router 1's "call started" line to
     // router 2's "peer's call started" line for the same NAT id.
+    let sent = |lab: &Lab| {
+        let st = lab.status();
+        let h = ha(&st);
+        [
+            u64_of(&h["bytes_sent"]),
+            u64_of(&h["messages_sent"]),
+            u64_of(&h["records_sent"]),
+        ]
+    };
+    let before = sent(&r1);
+    let t_many = std::time::Instant::now();
     let many = r1.client(
         Host::Lan(0),
         SERVER,
@@ -316,6 +327,18 @@ fn two_daemons_replicate_calls_both_ways() {
     r2.wait_status(Duration::from_secs(5), "the 100 calls' ends", |s| {
         calls(s).is_empty()
     });
+    let after = sent(&r1);
+    let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert!(d[2] >= 300, "a start, an answer and an end a call: {d:?}");
+    println!(
+        "sync traffic for 100 calls set up, answered and cleared in {:.1} s: {} records in {} \
+         messages, {} bytes of UDP payload ({} bytes a call, heartbeats included)",
+        t_many.elapsed().as_secs_f64(),
+        d[2],
+        d[1],
+        d[0],
+        d[0] / 100
+    );
 
     // Failover: the virtual address moves, the roles follow.
     r1.ip(

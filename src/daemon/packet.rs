@@ -247,6 +247,11 @@ impl PacketLoop {
                     }
                 }
             }
+            // The records of this batch's calls in as few datagrams as
+            // they fit, before the thread may sleep.
+            if let Some(ha) = &mut self.ha {
+                ha.transmit(now);
+            }
             if self.wait(self.next_timer, now) {
                 self.drain_wake();
             }
@@ -382,6 +387,10 @@ impl PacketLoop {
         // carries its NAT id (or starts its GRE) leaves.
         if !self.events.is_empty() {
             self.handle_events(now, Origin::Local);
+        }
+        // Reads the clock only while records wait.
+        if let Some(ha) = &mut self.ha {
+            ha.transmit_if_due();
         }
         let action = match verdict {
             Verdict::Accept | Verdict::UnknownCall => Action::Accept,
@@ -559,9 +568,9 @@ impl PacketLoop {
         }
     }
 
-    /// Journals the call changes (unless restored), sends this node's to
-    /// the peer of a pair, logs events and keeps the fast path in step with
-    /// the call table.
+    /// Journals the call changes (unless restored), records this node's for
+    /// the peer of a pair (sent once per batch of packets), logs events and
+    /// keeps the fast path in step with the call table.
     fn handle_events(&mut self, now: Instant, origin: Origin) {
         if origin != Origin::Restored && !self.events.is_empty() {
             self.journal_events(now);
@@ -674,9 +683,6 @@ impl PacketLoop {
                     }
                 }
             }
-        }
-        if let Some(ha) = &mut self.ha {
-            ha.transmit(now);
         }
     }
 }
