@@ -181,7 +181,7 @@ impl Follower {
     }
 
     fn role(&self) -> Role {
-        if self.table.addrs().contains(&self.address) {
+        if self.table.has(self.address) {
             Role::Active
         } else {
             Role::Backup
