@@ -61,6 +61,11 @@ impl AddrTable {
         }
     }
 
+    /// Whether `addr` is one of them.
+    pub fn has(&self, addr: Ipv4Addr) -> bool {
+        self.entries.iter().any(|e| e.addr == addr)
+    }
+
     /// The distinct local addresses.
     pub fn addrs(&self) -> BTreeSet<Ipv4Addr> {
         self.entries.iter().map(|e| e.addr).collect()
@@ -335,7 +340,7 @@ impl<S: AddrSink> Worker<S> {
                 let mut b = [0u8; 64];
                 while matches!(wake.read(&mut b), Ok(n) if n > 0) {}
             }
-            if readable && read_changes(|| self.sock.recv(), &mut self.sync) {
+            if readable && read_changes(|| self.sock.recv(), &mut self.sync.table) {
                 self.need_dump = true;
             }
         }
@@ -380,10 +385,10 @@ impl<S: AddrSink> Worker<S> {
 }
 
 /// Applies every notification waiting on the socket (`recv` receives without blocking) to
-/// `sync.table`. Returns whether some were lost, so that everything must be read again.
-fn read_changes<S: AddrSink>(
+/// `table` (the fast path's set and the high-availability role both follow one). Returns whether some were lost, so that everything must be read again.
+pub(super) fn read_changes(
     mut recv: impl FnMut() -> io::Result<Received>,
-    sync: &mut SetSync<S>,
+    table: &mut AddrTable,
 ) -> bool {
     loop {
         match recv() {
@@ -391,21 +396,17 @@ fn read_changes<S: AddrSink>(
             Ok(Received::Msgs(m)) => {
                 for p in m {
                     if let RtMsg::Malformed(why) = p.msg {
-                        log::warn!("fast path: unreadable address notification: {why}");
+                        log::warn!("unreadable address notification: {why}");
                     }
-                    sync.table.apply(&p.msg);
+                    table.apply(&p.msg);
                 }
             }
             Ok(Received::Lost) => {
-                log::info!(
-                    "fast path: address notifications were lost; reading all addresses again"
-                );
+                log::info!("address notifications were lost; reading all addresses again");
                 return true;
             }
             Err(e) => {
-                log::warn!(
-                    "fast path: reading address notifications: {e}; reading all addresses again"
-                );
+                log::warn!("reading address notifications: {e}; reading all addresses again");
                 return true;
             }
         }
@@ -436,8 +437,10 @@ mod tests {
         t.apply(&RtMsg::Done);
         t.apply(&RtMsg::Del(a));
         assert_eq!(t.addrs(), BTreeSet::from([Ipv4Addr::new(10, 0, 0, 1)]));
+        assert!(t.has(Ipv4Addr::new(10, 0, 0, 1)));
         t.apply(&RtMsg::Del(b));
         assert!(t.addrs().is_empty());
+        assert!(!t.has(Ipv4Addr::new(10, 0, 0, 1)));
         t.apply(&RtMsg::Del(b));
         assert!(t.addrs().is_empty());
     }
@@ -530,7 +533,7 @@ mod tests {
             Ok(Received::Msgs(Vec::new())),
         ]
         .into_iter();
-        assert!(!read_changes(|| queue.next().unwrap(), &mut s));
+        assert!(!read_changes(|| queue.next().unwrap(), &mut s.table));
         assert_eq!(queue.len(), 0, "read until nothing was waiting");
         assert_eq!(s.table.addrs(), BTreeSet::from([b.addr]));
 
@@ -539,7 +542,7 @@ mod tests {
             Err(io::Error::from_raw_os_error(libc::EBADF)),
         ] {
             let mut queue = vec![Ok(Received::Msgs(vec![msg(RtMsg::New(a))])), lost].into_iter();
-            assert!(read_changes(|| queue.next().unwrap(), &mut s));
+            assert!(read_changes(|| queue.next().unwrap(), &mut s.table));
             assert_eq!(queue.len(), 0);
         }
         assert_eq!(s.table.addrs(), BTreeSet::from([a.addr, b.addr]));

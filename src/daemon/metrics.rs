@@ -13,6 +13,7 @@
 
 use super::shared::SharedRef;
 use super::status::{write_within, Slots, Stalled, StatusReport};
+use crate::replication::Role;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -309,6 +310,95 @@ fn registry(report: &StatusReport) -> Registry {
             "Packets waiting in an NFQUEUE for the daemon's verdict",
             waiting,
         );
+    }
+    if let Some(ha) = &report.ha {
+        gauge(
+            &mut reg,
+            "ha_role",
+            "1 while this node of the pair is active (holds ha_address), 0 as backup",
+            u64::from(ha.role == Role::Active),
+        );
+        gauge(
+            &mut reg,
+            "ha_node",
+            "This node of the pair (0 or 1)",
+            u64::from(ha.node),
+        );
+        gauge(
+            &mut reg,
+            "ha_peer_alive",
+            "1 while the other node's messages arrive",
+            u64::from(ha.peer.alive),
+        );
+        gauge(
+            &mut reg,
+            "ha_in_sync",
+            "1 while the peer is alive and its calls here are current",
+            u64::from(ha.in_sync),
+        );
+        gauge(
+            &mut reg,
+            "ha_peer_calls",
+            "The peer's live calls held here (hot standby)",
+            ha.peer_calls as u64,
+        );
+        if let Some(ms) = ha.last_message_age_ms {
+            gauge(
+                &mut reg,
+                "ha_last_message_age_milliseconds",
+                "Time since the peer's last valid message",
+                ms,
+            );
+        }
+        const RECORDS: &str = "Call records replicated, by direction (sent: this node's; \
+                               received: the peer's, applied)";
+        const MESSAGES: &str = "Replication messages, by direction (received: taken)";
+        const BYTES: &str = "Bytes of replication datagrams (UDP payload), by direction";
+        for (dir, records, messages, bytes) in [
+            ("sent", ha.records_sent, ha.messages_sent, ha.bytes_sent),
+            (
+                "received",
+                ha.records_received,
+                ha.messages_received,
+                ha.bytes_received,
+            ),
+        ] {
+            let l = labels(&[("direction", dir)]);
+            add("ha_records", RECORDS, l.clone(), records);
+            add("ha_messages", MESSAGES, l.clone(), messages);
+            add("ha_bytes", BYTES, l, bytes);
+        }
+        for (metric, help, v) in [
+            ("ha_gaps", "Gaps found in the peer's records", ha.gaps),
+            (
+                "ha_resyncs",
+                "Snapshots of the peer's table taken whole",
+                ha.resyncs,
+            ),
+            (
+                "ha_snapshots_sent",
+                "Snapshots of this node's table sent",
+                ha.snapshots_sent,
+            ),
+            (
+                "ha_auth_failures",
+                "Replication messages refused for a wrong tag (another key, or altered)",
+                ha.auth_failures,
+            ),
+            (
+                "ha_refused",
+                "Replication messages refused otherwise (replays, other sessions or addresses, \
+                 malformed)",
+                ha.refused,
+            ),
+            (
+                "ha_send_errors",
+                "Replication datagrams that could not be sent",
+                ha.send_errors,
+            ),
+        ] {
+            add(metric, help, Labels::new(), v);
+        }
     }
     for (metric, (help, fam)) in families {
         reg.register(metric, help, fam);
@@ -636,6 +726,68 @@ mod tests {
         r.stats.insert("gre_unknown_kernel".into(), 6);
         r.stats.insert("status_clients_dropped".into(), 0);
         r
+    }
+
+    /// The pair's state: the status's `ha` object, and its table line.
+    #[test]
+    fn ha_metrics_follow_the_status() {
+        use crate::daemon::ha::{HaReport, PeerReport};
+        let mut r = report();
+        assert!(!render(&r, Format::OpenMetrics).contains("pptp_alg_ha_"));
+        let ha = HaReport {
+            node: 1,
+            role: Role::Backup,
+            address: Some("192.0.2.10".parse().unwrap()),
+            listen: "10.0.9.2:1729".parse().unwrap(),
+            peer: PeerReport {
+                address: "10.0.9.1:1729".parse().unwrap(),
+                alive: true,
+                role: Some(Role::Active),
+                node: Some(0),
+            },
+            in_sync: true,
+            peer_calls: 3,
+            records_sent: 5,
+            records_received: 9,
+            messages_sent: 20,
+            messages_received: 21,
+            bytes_sent: 2000,
+            bytes_received: 2100,
+            gaps: 1,
+            resyncs: 2,
+            snapshots_sent: 1,
+            auth_failures: 4,
+            refused: 6,
+            send_errors: 0,
+            last_message_age_ms: Some(1300),
+        };
+        assert_eq!(
+            ha.text(),
+            "high availability: node 1 backup; peer 10.0.9.1:1729 node 0 active, alive, in sync; \
+             3 of its calls; records 5 sent, 9 received; 1 gaps, 2 resyncs, 4 auth failures; \
+             last message 1.3 s ago"
+        );
+        r.ha = Some(ha);
+        let text = render(&r, Format::OpenMetrics);
+        for line in [
+            "pptp_alg_ha_role 0",
+            "pptp_alg_ha_node 1",
+            "pptp_alg_ha_peer_alive 1",
+            "pptp_alg_ha_in_sync 1",
+            "pptp_alg_ha_peer_calls 3",
+            "pptp_alg_ha_last_message_age_milliseconds 1300",
+            "pptp_alg_ha_records_total{direction=\"sent\"} 5",
+            "pptp_alg_ha_records_total{direction=\"received\"} 9",
+            "pptp_alg_ha_messages_total{direction=\"received\"} 21",
+            "pptp_alg_ha_bytes_total{direction=\"sent\"} 2000",
+            "pptp_alg_ha_gaps_total 1",
+            "pptp_alg_ha_resyncs_total 2",
+            "pptp_alg_ha_auth_failures_total 4",
+            "pptp_alg_ha_refused_total 6",
+            "# TYPE pptp_alg_ha_records counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

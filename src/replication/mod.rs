@@ -129,6 +129,10 @@ pub struct ReplicaStats {
     pub outbox_dropped: u64,
     /// Calls not kept because a table was full.
     pub table_full: u64,
+    /// Own records sent (in record messages; snapshots not counted).
+    pub records_sent: u64,
+    /// Gaps found in the peer's records (each starts a resync).
+    pub gaps: u64,
 }
 
 /// One call of a table: the call (its `quarantine_left` unset) and, once
@@ -186,6 +190,13 @@ impl Table {
         }
         self.0.insert(key, Entry::from_record(r, now));
         true
+    }
+
+    fn live(&self) -> impl Iterator<Item = &SavedCall> {
+        self.0
+            .values()
+            .filter(|e| e.expires.is_none())
+            .map(|e| &e.call)
     }
 
     fn expire(&mut self, now: Instant) {
@@ -294,6 +305,16 @@ impl Replica {
         &self.stats
     }
 
+    /// This node: 0 or 1.
+    pub fn node(&self) -> u8 {
+        self.cfg.node
+    }
+
+    /// How long the peer may be silent before it is dead.
+    pub fn dead_after(&self) -> Duration {
+        self.cfg.dead_after
+    }
+
     /// This node's role.
     pub fn role(&self) -> Role {
         self.cfg.role
@@ -310,6 +331,37 @@ impl Replica {
     /// The peer's status while it is alive.
     pub fn peer(&self) -> Option<Status> {
         self.peer.as_ref().filter(|p| p.alive).map(|p| p.status)
+    }
+
+    /// How long ago the peer's last valid message came, if one ever did.
+    pub fn peer_silent_for(&self, now: Instant) -> Option<Duration> {
+        self.peer
+            .as_ref()
+            .map(|p| now.saturating_duration_since(p.last_heard))
+    }
+
+    /// Whether the mirror holds the peer's call on `nat_id` towards
+    /// `outside` as live.
+    pub fn peer_holds_live(&self, outside: Ipv4Addr, nat_id: u16) -> bool {
+        self.mirror
+            .0
+            .get(&(outside, nat_id))
+            .is_some_and(|e| e.expires.is_none())
+    }
+
+    /// The peer's live calls as replicated here.
+    pub fn peer_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.mirror.live()
+    }
+
+    /// Own records waiting to be sent.
+    pub fn queued_records(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// This node's live calls as last recorded.
+    pub fn own_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.own.live()
     }
 
     /// Whether the mirror is current: the peer is alive and no resync is
@@ -432,7 +484,7 @@ impl Replica {
             self.snapshot_out.clear();
             self.events.push_back(ReplicaEvent::PeerUp(status));
             self.hello_now = true;
-            self.gap(now);
+            self.want_snapshot(now);
             return Ok(());
         }
         let Some(peer) = self.peer.as_mut() else {
@@ -463,9 +515,16 @@ impl Replica {
         }
     }
 
-    /// Records were missed: ask for a snapshot now, and again until one
-    /// arrives whole.
+    /// Records were missed (counted): ask for a snapshot.
     fn gap(&mut self, now: Instant) {
+        if self.peer.is_some() {
+            self.stats.gaps += 1;
+        }
+        self.want_snapshot(now);
+    }
+
+    /// Asks for a snapshot now, and again until one arrives whole.
+    fn want_snapshot(&mut self, now: Instant) {
         if let Some(p) = self.peer.as_mut() {
             p.expected = None;
             p.resync_due = Some(now + self.cfg.resync_retry);
@@ -494,6 +553,16 @@ impl Replica {
     }
 
     fn apply(&mut self, now: Instant, r: Record) {
+        if let Record::Ended(c) = &r {
+            // One of this node's calls that the peer carried (a failover)
+            // and ended: it is over here too, and must not go back to the
+            // peer as live in a snapshot.
+            if let Some(e) = self.own.0.get_mut(&key_of(c)) {
+                if e.expires.is_none() {
+                    *e = Entry::from_record(&r, now);
+                }
+            }
+        }
         if self.mirror.apply(&r, now, self.cfg.max_calls) {
             self.stats.records_applied += 1;
             self.events.push_back(ReplicaEvent::Apply(r));
@@ -645,6 +714,7 @@ impl Replica {
         if let Some(&(first, _)) = self.outbox.front() {
             let n = self.outbox.len().min(MAX_RECORDS);
             let records = self.outbox.drain(..n).map(|(_, r)| r).collect();
+            self.stats.records_sent += n as u64;
             return Some((to, first, Body::Records(records)));
         }
         if self.heartbeat_now {
