@@ -291,3 +291,91 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The sync link is down while calls are set up: nothing of them reaches the
+/// backup (neither conntrackd's connections nor pptp-alg's calls), and both
+/// are carried over once the link is back, so a failover after that keeps
+/// the calls.
+#[test]
+fn sync_link_down_during_setup_recovers() {
+    if !lab::have_root() {
+        return;
+    }
+    let ha = alg_has_ha();
+    let mut pair = Pair::new("sync", 3);
+    pair.start_daemons(0);
+    pair.wait_vips(0, SETTLE);
+    pair.start_daemons(1);
+    let cut = Instant::now();
+    pair.set_cable(0, "sync0", false);
+
+    let mut calls: Vec<Pns> = (0..3)
+        .map(|c| Pns::call(&pair, c, INSIDE_ID).unwrap_or_else(|e| panic!("client {c}: {e}")))
+        .collect();
+    pair.wait_status(0, SETTLE, "3 established calls", |v| {
+        established(v).len() == 3
+    });
+    // What is lost, and what says so: r1's conntrackd drops the updates it
+    // cannot send, r2 holds none of the connections.
+    wait_for("r1's conntrackd to log the dead link", || {
+        pair.routers[0]
+            .log("conntrackd")
+            .contains("[ERROR] no dedicated links available!")
+    });
+    // Both are master of the sync link's instance meanwhile; the pair's
+    // addresses stay on r1.
+    wait_for("r2 to claim the sync link's instance", || {
+        pair.routers[1]
+            .log("keepalived")
+            .contains("(SYNC_LINK) Entering MASTER STATE")
+    });
+    assert_eq!(
+        pair.routers[1].external_cache(),
+        Vec::<String>::new(),
+        "nothing crosses a link that is down"
+    );
+    assert!(pair.routers[0].addrs().contains(&WAN_VIP));
+    assert!(!pair.routers[1].addrs().contains(&WAN_VIP));
+    if ha {
+        let st = pair.wait_status(1, SETTLE, "r2's status", |_| true);
+        assert!(
+            (0..3).all(|c| row(&st, c, INSIDE_ID).is_none()),
+            "calls crossed a link that is down: {st:#}"
+        );
+    }
+
+    let backups = pair.routers[1]
+        .log("keepalived")
+        .matches("(SYNC_LINK) Entering BACKUP STATE")
+        .count();
+    let restored = Instant::now();
+    pair.set_cable(0, "sync0", true);
+    wait_for(
+        "r2 to hand the sync link's instance back (its resync hook)",
+        || {
+            pair.routers[1]
+                .log("keepalived")
+                .matches("(SYNC_LINK) Entering BACKUP STATE")
+                .count()
+                > backups
+        },
+    );
+    wait_for(
+        "r2's conntrackd to receive the 3 control connections",
+        || pair.routers[1].external_cache().len() == 3,
+    );
+    if ha {
+        pair.wait_status(1, SETTLE, "the 3 calls resynced", |v| {
+            (0..3).all(|c| row(v, c, INSIDE_ID).is_some())
+        });
+    }
+    println!(
+        "sync link down {} ms; r2 caught up {} ms after it came back",
+        (restored - cut).as_millis(),
+        restored.elapsed().as_millis()
+    );
+
+    pair.crash(0);
+    pair.wait_vips(1, SETTLE);
+    echo_all(&pair, 1, &mut calls, 300);
+}

@@ -4,7 +4,7 @@
 # own primary-backup.sh documents them. pptp-alg needs no hook: it is
 # active while this router holds its ha_address.
 #
-# Usage: pptp-alg-ha.sh primary|backup|fault
+# Usage: pptp-alg-ha.sh primary|backup|fault|resync
 
 CONNTRACKD="conntrackd -C /etc/conntrackd/conntrackd.conf"
 
@@ -30,8 +30,14 @@ backup)
 fault)
     step -t
     ;;
+resync)
+    # The sync link is back: ask the peer for its whole table and send
+    # ours, whichever router is master.
+    step -n
+    step -B
+    ;;
 *)
-    echo "usage: $0 primary|backup|fault" >&2
+    echo "usage: $0 primary|backup|fault|resync" >&2
     exit 1
     ;;
 esac

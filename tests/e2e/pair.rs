@@ -177,7 +177,7 @@ impl Pair {
         for (ifname, sw, addr) in [
             ("lan0", 0, format!("192.168.10.{}/24", 2 + n)),
             ("wan0", 1, format!("203.0.113.{}/24", 2 + n)),
-            ("sync0", 2, format!("172.31.255.{}/30", 1 + n)),
+            ("sync0", 2, format!("172.31.255.{}/29", 1 + n)),
         ] {
             self.plug(&ns, ifname, sw, id);
             ns.ip(&["addr", "add", &addr, "dev", ifname]);
