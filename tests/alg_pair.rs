@@ -288,3 +288,43 @@ fn engine_events_replicate_into_the_other_engine() {
     let again = b.alg.saved_calls();
     assert!(again.iter().all(|c| !b.alg.apply_replicated(b.now, c)));
 }
+
+/// The backup sees none of the active node's packets: without a refresh
+/// its copy of a replicated call ends at the idle timeouts (and with it
+/// the call's fast path there); refreshed, as the daemon does while the
+/// peer holds the call, it stays up and keeps translating.
+#[test]
+fn refreshed_replicated_calls_outlive_the_idle_timeouts() {
+    let mut a = node(IdPartition::Even);
+    let mut c = Conn::client_inside(host(1), 40001, SERVER);
+    a.start_control(&mut c);
+    let (_, out) = a.send(&mut c, OUT, &ocrq(0x4000));
+    let id = u16_at(&out, 12);
+    a.send(&mut c, IN, &ocrp(0x0701, id, 1));
+    let saved = a.alg.saved_calls();
+    assert_eq!(saved.len(), 1);
+
+    let mut refreshed = node(IdPartition::Odd);
+    let mut left = node(IdPartition::Odd);
+    for b in [&mut refreshed, &mut left] {
+        assert!(b.alg.apply_replicated(b.now, &saved[0]));
+        b.drain();
+    }
+    // Past both idle timeouts (conn 300 s, call 600 s), a sweep a second.
+    for _ in 0..700 {
+        for b in [&mut refreshed, &mut left] {
+            b.advance(std::time::Duration::from_secs(1));
+        }
+        let now = refreshed.now;
+        assert!(refreshed.alg.refresh_replicated(now, &saved[0]));
+    }
+    assert_eq!(refreshed.alg.calls(refreshed.now).len(), 1);
+    let (v, out) = refreshed.gre_in(SERVER, id, b"ppp");
+    assert_eq!(v, Verdict::Modified);
+    assert_eq!(gre_dst_and_id(&out), (host(1), 0x4000));
+    assert!(left.alg.calls(left.now).is_empty(), "timed out unrefreshed");
+    assert!(
+        !left.alg.refresh_replicated(left.now, &saved[0]),
+        "an ended call is not live"
+    );
+}

@@ -365,3 +365,115 @@ fn queue_max_len_is_documented_as_fail_closed() {
         );
     }
 }
+
+/// A key file with `bytes` and `mode`, for the high-availability keys.
+fn key_file(name: &str, bytes: &[u8], mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = temp_path(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn ha_text(node: &str, key: &Path) -> String {
+    format!(
+        "ha_node = {node}\nha_listen = \"10.9.0.1\"\nha_peer = \"10.9.0.2:4000\"\n\
+         ha_key_file = \"{}\"\nha_address = \"192.0.2.10\"\n",
+        key.display()
+    )
+}
+
+#[test]
+fn ha_keys_give_the_node_its_half_of_the_ids() {
+    use pptp_alg::alg::IdPartition;
+    use pptp_alg::daemon::HaNode;
+    let key = key_file("ha-key-ok", b"0123456789abcdef0123\n", 0o600);
+    for (node, partition) in [("0", IdPartition::Even), ("1", IdPartition::Odd)] {
+        let c = parse(&ha_text(node, &key)).unwrap();
+        assert_eq!(c.alg_config(1).id_partition, partition);
+        let ha = c.ha_settings().unwrap().unwrap();
+        assert_eq!(ha.node, node.parse::<u8>().unwrap());
+        assert_eq!(ha.listen.to_string(), "10.9.0.1:1729", "the default port");
+        assert_eq!(ha.peer.to_string(), "10.9.0.2:4000");
+        assert_eq!(ha.address, Some("192.0.2.10".parse().unwrap()));
+        // The trailing newline is not part of the key, and the key never
+        // shows in a debug print.
+        assert_eq!(ha.key, b"0123456789abcdef0123");
+        assert!(!format!("{ha:?}").contains("0123456789"), "{ha:?}");
+        // A change of any of them is for a restart.
+        for (k, apply) in Config::default().changed_keys(&c) {
+            assert!(k.starts_with("ha_"), "{k}");
+            assert_eq!(apply, pptp_alg::daemon::Apply::Restart, "{k}");
+        }
+    }
+    // Without ha_node: no pair, every id, as before.
+    let c = parse("ha_node = \"none\"").unwrap();
+    assert_eq!(c.ha_node, HaNode::None);
+    assert_eq!(c.alg_config(1).id_partition, IdPartition::None);
+    assert!(c.ha_settings().unwrap().is_none());
+    // The flag.
+    let o = Overrides {
+        ha_node: Some(HaNode::Node(1)),
+        ..Overrides::default()
+    };
+    let mut c = Config::default();
+    c.apply(&o);
+    assert_eq!(c.ha_node, HaNode::Node(1));
+    remove_temp(&key);
+}
+
+#[test]
+fn ha_keys_missing_or_bad_name_the_key() {
+    let key = key_file("ha-key-ok2", b"0123456789abcdef", 0o400);
+    let full = ha_text("0", &key);
+    // Each of the four needed ones, left out, is named.
+    for missing in ["ha_listen", "ha_peer", "ha_key_file"] {
+        let text: String = full
+            .lines()
+            .filter(|l| !l.starts_with(missing))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(err_key(&text), missing);
+    }
+    let text: String = full.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(err_key(&text), "ha_node");
+    assert_eq!(
+        err_key(&full.replace("ha_node = 0", "ha_node = 2")),
+        "ha_node"
+    );
+    assert_eq!(
+        err_key(&full.replace("10.9.0.2:4000", "peer.example")),
+        "ha_peer"
+    );
+    assert_eq!(
+        err_key(&full.replace("\"10.9.0.1\"", "\"::1\"")),
+        "ha_listen"
+    );
+    assert_eq!(
+        err_key(&full.replace("10.9.0.2:4000", "10.9.0.1:1729")),
+        "ha_peer"
+    );
+    assert_eq!(
+        err_key(&full.replace("192.0.2.10", "192.0.2.300")),
+        "ha_address"
+    );
+    // The key file: readable by others, too short, absent.
+    let open = key_file("ha-key-open", b"0123456789abcdef", 0o644);
+    let e = parse(&ha_text("0", &open)).unwrap_err();
+    assert_eq!(e.key(), Some("ha_key_file"));
+    assert!(
+        e.to_string().contains("readable by its group or others"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    let short = key_file("ha-key-short", b"0123456789abcde\n", 0o600);
+    let e = parse(&ha_text("0", &short)).unwrap_err();
+    assert!(e.to_string().contains("key of 15 bytes"), "{e}");
+    let gone = temp_path("ha-key-gone");
+    let e = parse(&ha_text("0", &gone)).unwrap_err();
+    assert_eq!(e.key(), Some("ha_key_file"));
+    assert!(e.to_string().contains("cannot read"), "{e}");
+    for p in [key, open, short, gone] {
+        remove_temp(&p);
+    }
+}

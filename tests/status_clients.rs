@@ -89,6 +89,7 @@ fn build_report() -> StatusReport {
         offload: true,
         offloaded_counters: Vec::new(),
         queues: Vec::new(),
+        ha: None,
     }
 }
 

@@ -1021,6 +1021,26 @@ impl Alg {
         changed
     }
 
+    pub(super) fn refresh_replicated_call(&mut self, now: Stamp, sc: &SavedCall) -> bool {
+        let Some(idx) = self.calls.by_nat(*sc.conn.outside.ip(), sc.nat_id) else {
+            return false;
+        };
+        let c = self.calls.get(idx);
+        let ci = c.conn;
+        if !c.is_live() || ci == DETACHED || self.conns.get(ci).key != sc.conn {
+            return false;
+        }
+        if c.inside_id != sc.inside_id {
+            return false;
+        }
+        self.calls.get_mut(idx).last_activity = now;
+        let conn = self.conns.get_mut(ci);
+        if conn.closing.is_none() {
+            conn.last_seen = now;
+        }
+        true
+    }
+
     fn forget_conn(&mut self, ci: ConnIdx) {
         let conn = self.conns.remove(ci);
         for idx in conn.calls {

@@ -679,6 +679,17 @@ impl Alg {
         changed
     }
 
+    /// Keeps the other node's live call `sc` (as [`Alg::apply_replicated`]
+    /// gave it) from timing out here: this engine sees none of its
+    /// packets while the other node is active, so without this its
+    /// connection and call would end after their idle timeouts and the
+    /// standby would lose their fast path. The call and its connection
+    /// count as active at `now`. Returns whether `sc` named a live call.
+    pub fn refresh_replicated(&mut self, now: Instant, sc: &SavedCall) -> bool {
+        let now = self.stamp(now);
+        self.refresh_replicated_call(now, sc)
+    }
+
     /// Tracked control connections.
     pub fn connections(&self) -> usize {
         self.conns.len()

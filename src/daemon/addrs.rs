@@ -335,7 +335,7 @@ impl<S: AddrSink> Worker<S> {
                 let mut b = [0u8; 64];
                 while matches!(wake.read(&mut b), Ok(n) if n > 0) {}
             }
-            if readable && read_changes(|| self.sock.recv(), &mut self.sync) {
+            if readable && read_changes(|| self.sock.recv(), &mut self.sync.table) {
                 self.need_dump = true;
             }
         }
@@ -380,10 +380,10 @@ impl<S: AddrSink> Worker<S> {
 }
 
 /// Applies every notification waiting on the socket (`recv` receives without blocking) to
-/// `sync.table`. Returns whether some were lost, so that everything must be read again.
-fn read_changes<S: AddrSink>(
+/// `table` (the fast path's set and the high-availability role both follow one). Returns whether some were lost, so that everything must be read again.
+pub(super) fn read_changes(
     mut recv: impl FnMut() -> io::Result<Received>,
-    sync: &mut SetSync<S>,
+    table: &mut AddrTable,
 ) -> bool {
     loop {
         match recv() {
@@ -391,21 +391,17 @@ fn read_changes<S: AddrSink>(
             Ok(Received::Msgs(m)) => {
                 for p in m {
                     if let RtMsg::Malformed(why) = p.msg {
-                        log::warn!("fast path: unreadable address notification: {why}");
+                        log::warn!("unreadable address notification: {why}");
                     }
-                    sync.table.apply(&p.msg);
+                    table.apply(&p.msg);
                 }
             }
             Ok(Received::Lost) => {
-                log::info!(
-                    "fast path: address notifications were lost; reading all addresses again"
-                );
+                log::info!("address notifications were lost; reading all addresses again");
                 return true;
             }
             Err(e) => {
-                log::warn!(
-                    "fast path: reading address notifications: {e}; reading all addresses again"
-                );
+                log::warn!("reading address notifications: {e}; reading all addresses again");
                 return true;
             }
         }
@@ -530,7 +526,7 @@ mod tests {
             Ok(Received::Msgs(Vec::new())),
         ]
         .into_iter();
-        assert!(!read_changes(|| queue.next().unwrap(), &mut s));
+        assert!(!read_changes(|| queue.next().unwrap(), &mut s.table));
         assert_eq!(queue.len(), 0, "read until nothing was waiting");
         assert_eq!(s.table.addrs(), BTreeSet::from([b.addr]));
 
@@ -539,7 +535,7 @@ mod tests {
             Err(io::Error::from_raw_os_error(libc::EBADF)),
         ] {
             let mut queue = vec![Ok(Received::Msgs(vec![msg(RtMsg::New(a))])), lost].into_iter();
-            assert!(read_changes(|| queue.next().unwrap(), &mut s));
+            assert!(read_changes(|| queue.next().unwrap(), &mut s.table));
             assert_eq!(queue.len(), 0);
         }
         assert_eq!(s.table.addrs(), BTreeSet::from([a.addr, b.addr]));

@@ -10,10 +10,12 @@
 //! an operator editing a config file under pressure needs the key, not a
 //! serde type name.
 
-use crate::alg::{AlgConfig, IdPolicy};
+use crate::alg::{AlgConfig, IdPartition, IdPolicy};
 use crate::nft::RulesConfig;
+use crate::replication::wire::{MAX_KEY_LEN, MIN_KEY_LEN};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -213,6 +215,21 @@ config_keys! {
     /// Write Prometheus metrics to this node_exporter textfile, "" for none [default: ""].
     [Restart, value_name = "PATH", value_parser = parse_path_or_empty]
     metrics_textfile: PathBuf,
+    /// This router's node in a high-availability pair, 0 or 1, or none [default: none].
+    [Restart, value_name = "0|1|none", value_parser = parse_ha_node]
+    ha_node: HaNode,
+    /// ADDR[:PORT] the replication socket binds on the sync link [default: "", port 1729].
+    [Restart, value_name = "ADDR[:PORT]"]
+    ha_listen: String,
+    /// ADDR[:PORT] of the other node's replication socket [default: "", port 1729].
+    [Restart, value_name = "ADDR[:PORT]"]
+    ha_peer: String,
+    /// File holding the pair's pre-shared key (mode 0600 or stricter) [default: ""].
+    [Restart, value_name = "PATH", value_parser = parse_path_or_empty]
+    ha_key_file: PathBuf,
+    /// Virtual public address: this node is active while it holds it [default: "": always].
+    [Restart, value_name = "ADDR"]
+    ha_address: String,
 }
 
 impl Default for Config {
@@ -247,6 +264,11 @@ impl Default for Config {
             log_level: LogLevel::Info,
             metrics_listen: String::new(),
             metrics_textfile: PathBuf::new(),
+            ha_node: HaNode::None,
+            ha_listen: String::new(),
+            ha_peer: String::new(),
+            ha_key_file: PathBuf::new(),
+            ha_address: String::new(),
         }
     }
 }
@@ -513,7 +535,78 @@ impl Config {
                 format!("{} is not a file name", self.metrics_textfile.display()),
             );
         }
+        self.ha_settings()?;
         Ok(())
+    }
+
+    /// The high-availability settings, checked: `None` without `ha_node`.
+    /// Reads the key file (see [`read_key_file`]).
+    pub fn ha_settings(&self) -> Result<Option<HaSettings>, ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let set = [
+            ("ha_listen", !self.ha_listen.is_empty()),
+            ("ha_peer", !self.ha_peer.is_empty()),
+            ("ha_key_file", !self.ha_key_file.as_os_str().is_empty()),
+            ("ha_address", !self.ha_address.is_empty()),
+        ];
+        let HaNode::Node(node) = self.ha_node else {
+            if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+                return bad(
+                    "ha_node",
+                    format!("is needed with `{key}`: 0 on one router of the pair, 1 on the other"),
+                );
+            }
+            return Ok(None);
+        };
+        if let Some((key, _)) = set[..3].iter().find(|(_, s)| !*s) {
+            return bad(
+                key,
+                "is needed with `ha_node` (`ha_node`, `ha_listen`, `ha_peer` and \
+                 `ha_key_file` go together)"
+                    .into(),
+            );
+        }
+        let addr = |key, text: &str| {
+            parse_ha_addr(text).ok_or_else(|| ConfigError::Invalid {
+                key,
+                reason: format!(
+                    "{text:?} is not an IPv4 address with an optional port, such as \
+                     \"192.0.2.1\" or \"192.0.2.1:{HA_PORT}\""
+                ),
+            })
+        };
+        let listen = addr("ha_listen", &self.ha_listen)?;
+        let peer = addr("ha_peer", &self.ha_peer)?;
+        if peer.ip().is_unspecified() || peer.port() == 0 {
+            return bad(
+                "ha_peer",
+                format!("{peer} is not an address a datagram can be sent to"),
+            );
+        }
+        if listen == peer {
+            return bad(
+                "ha_peer",
+                format!("is `ha_listen` ({listen}): it names the other node"),
+            );
+        }
+        let address = match self.ha_address.as_str() {
+            "" => None,
+            a => match a.parse::<Ipv4Addr>() {
+                Ok(a) => Some(a),
+                Err(_) => return bad("ha_address", format!("{a:?} is not an IPv4 address")),
+            },
+        };
+        let key = match read_key_file(&self.ha_key_file) {
+            Ok(k) => k,
+            Err(reason) => return bad("ha_key_file", reason),
+        };
+        Ok(Some(HaSettings {
+            node,
+            listen,
+            peer,
+            key,
+            address,
+        }))
     }
 
     /// The metrics listener's address, if one is configured (and valid).
@@ -546,8 +639,13 @@ impl Config {
             max_calls_per_host: self.max_calls_per_host,
             max_connections: self.max_connections,
             id_policy: self.id_policy,
-            // High availability is not wired into the daemon yet.
-            id_partition: crate::alg::IdPartition::None,
+            // The pair's nodes take disjoint halves of the NAT ids, so
+            // that both active at once (split brain) never give one id twice.
+            id_partition: match self.ha_node {
+                HaNode::None => IdPartition::None,
+                HaNode::Node(0) => IdPartition::Even,
+                HaNode::Node(_) => IdPartition::Odd,
+            },
             seed,
             call_setup_timeout: Duration::from_secs(self.call_setup_timeout),
             call_idle_timeout: Duration::from_secs(self.call_idle_timeout),
@@ -687,6 +785,145 @@ pub fn group_id(name: &str) -> Result<u32, String> {
         return Err(format!("no group {name:?} on this system"));
     }
     Ok(grp.gr_gid)
+}
+
+/// The replication port when `ha_listen` or `ha_peer` names none.
+pub const HA_PORT: u16 = 1729;
+
+/// `ha_node`: this router's node in a pair (its half of the NAT ids), or
+/// none. The file writes `0`, `1` or `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HaNode {
+    /// A single router.
+    #[default]
+    None,
+    /// Node 0 or 1 of a pair.
+    Node(u8),
+}
+
+impl Serialize for HaNode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HaNode::None => s.serialize_str("none"),
+            HaNode::Node(n) => s.serialize_u8(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HaNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HaNode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("0, 1 or \"none\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HaNode, E> {
+                match v {
+                    0 | 1 => Ok(HaNode::Node(v as u8)),
+                    _ => Err(E::custom(format!("{v} is not a node: 0, 1 or \"none\""))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HaNode, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HaNode, E> {
+                parse_ha_node(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `--ha-node`: 0, 1 or none.
+pub fn parse_ha_node(s: &str) -> Result<HaNode, String> {
+    match s.trim() {
+        "0" => Ok(HaNode::Node(0)),
+        "1" => Ok(HaNode::Node(1)),
+        "none" | "" => Ok(HaNode::None),
+        other => Err(format!("{other:?} is not a node: 0, 1 or \"none\"")),
+    }
+}
+
+/// `ADDR` or `ADDR:PORT` (IPv4; the port defaults to [`HA_PORT`]).
+pub fn parse_ha_addr(s: &str) -> Option<SocketAddrV4> {
+    let s = s.trim();
+    s.parse::<SocketAddrV4>().ok().or_else(|| {
+        s.parse::<Ipv4Addr>()
+            .ok()
+            .map(|a| SocketAddrV4::new(a, HA_PORT))
+    })
+}
+
+/// The high-availability settings of a pair's node, checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HaSettings {
+    /// 0 or 1.
+    pub node: u8,
+    /// Where the replication socket binds.
+    pub listen: SocketAddrV4,
+    /// The other node's replication socket.
+    pub peer: SocketAddrV4,
+    /// The pre-shared key's bytes.
+    pub key: Vec<u8>,
+    /// The virtual address whose holder is active; `None`: always active.
+    pub address: Option<Ipv4Addr>,
+}
+
+impl fmt::Debug for HaSettings {
+    // Never the key: a Debug print ends up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HaSettings")
+            .field("node", &self.node)
+            .field("listen", &self.listen)
+            .field("peer", &self.peer)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+/// Reads the pre-shared key: the file's bytes as they are (so `openssl rand
+/// -hex 32 > FILE` gives a 64-byte key), one trailing newline stripped, at
+/// least [`MIN_KEY_LEN`] and at most [`MAX_KEY_LEN`] bytes. A file that
+/// its group or others may read is refused: the key authenticates the
+/// call table a node takes from the network.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.display();
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 != 0 {
+        return Err(format!(
+            "{name} is readable by its group or others (mode {mode:04o}): the key must be \
+             secret; chmod 600 {name}"
+        ));
+    }
+    let mut key = Vec::new();
+    f.take(MAX_KEY_LEN as u64 + 2)
+        .read_to_end(&mut key)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if key.last() == Some(&b'\n') {
+        key.pop();
+        if key.last() == Some(&b'\r') {
+            key.pop();
+        }
+    }
+    if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
+        return Err(format!(
+            "{name} holds a key of {} bytes; it needs {MIN_KEY_LEN} to {MAX_KEY_LEN} (e.g. \
+             `openssl rand -hex 32 > {name}`)",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 /// A path where the empty string means "none" (clap's path parser refuses

@@ -13,6 +13,7 @@
 
 use super::shared::SharedRef;
 use super::status::{write_within, Slots, Stalled, StatusReport};
+use crate::replication::Role;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -309,6 +310,97 @@ fn registry(report: &StatusReport) -> Registry {
             "Packets waiting in an NFQUEUE for the daemon's verdict",
             waiting,
         );
+    }
+    if let Some(ha) = &report.ha {
+        gauge(
+            &mut reg,
+            "ha_role",
+            "1 while this node of the pair is active (holds ha_address), 0 as backup",
+            u64::from(ha.role == Role::Active),
+        );
+        gauge(
+            &mut reg,
+            "ha_node",
+            "This node of the pair (0 or 1)",
+            u64::from(ha.node),
+        );
+        gauge(
+            &mut reg,
+            "ha_peer_alive",
+            "1 while the other node's messages arrive",
+            u64::from(ha.peer.alive),
+        );
+        gauge(
+            &mut reg,
+            "ha_in_sync",
+            "1 while the peer is alive and its calls here are current",
+            u64::from(ha.in_sync),
+        );
+        gauge(
+            &mut reg,
+            "ha_peer_calls",
+            "The peer's live calls held here (hot standby)",
+            ha.peer_calls as u64,
+        );
+        if let Some(ms) = ha.last_message_age_ms {
+            gauge(
+                &mut reg,
+                "ha_last_message_age_milliseconds",
+                "Time since the peer's last valid message",
+                ms,
+            );
+        }
+        const RECORDS: &str = "Call records replicated, by direction (sent: this node's; \
+                               received: the peer's, applied)";
+        const MESSAGES: &str = "Replication messages, by direction";
+        for (dir, records, messages) in [
+            ("sent", ha.records_sent, ha.messages_sent),
+            ("received", ha.records_received, ha.messages_received),
+        ] {
+            add(
+                "ha_records",
+                RECORDS,
+                labels(&[("direction", dir)]),
+                records,
+            );
+            add(
+                "ha_messages",
+                MESSAGES,
+                labels(&[("direction", dir)]),
+                messages,
+            );
+        }
+        for (metric, help, v) in [
+            ("ha_gaps", "Gaps found in the peer's records", ha.gaps),
+            (
+                "ha_resyncs",
+                "Snapshots of the peer's table taken whole",
+                ha.resyncs,
+            ),
+            (
+                "ha_snapshots_sent",
+                "Snapshots of this node's table sent",
+                ha.snapshots_sent,
+            ),
+            (
+                "ha_auth_failures",
+                "Replication messages refused for a wrong tag (another key, or altered)",
+                ha.auth_failures,
+            ),
+            (
+                "ha_refused",
+                "Replication messages refused otherwise (replays, other sessions or addresses, \
+                 malformed)",
+                ha.refused,
+            ),
+            (
+                "ha_send_errors",
+                "Replication datagrams that could not be sent",
+                ha.send_errors,
+            ),
+        ] {
+            add(metric, help, Labels::new(), v);
+        }
     }
     for (metric, (help, fam)) in families {
         reg.register(metric, help, fam);

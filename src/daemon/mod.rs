@@ -3,6 +3,7 @@
 //!
 //! - [`addrs`]: the router's own addresses in the fast path's set `local_addrs`.
 //! - [`config`]: the TOML file and command-line overrides.
+//! - [`ha`]: high availability: the replication socket, the role, the peer's calls.
 //! - [`run`](mod@run): `pptp-alg run` (start-up steps, signals, reload, clean stop).
 //! - [`packet`]: the packet thread (NFQUEUE, engine calls, verdicts, timers).
 //! - [`offload`]: the kernel fast path and the daemon's own table, driven by the packet thread.
@@ -16,6 +17,7 @@
 
 pub mod addrs;
 pub mod config;
+pub mod ha;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
@@ -27,6 +29,8 @@ pub mod shared;
 pub mod state;
 pub mod status;
 
-pub use config::{Apply, Config, ConfigError, ConfigSource, LogLevel, Overrides};
+pub use config::{
+    Apply, Config, ConfigError, ConfigSource, HaNode, HaSettings, LogLevel, Overrides,
+};
 pub use run::{run, DaemonError};
 pub use status::StatusReport;

@@ -24,6 +24,7 @@
 //! is empty, reads the wake-up socket only when poll says it is readable,
 //! and rewrites GRE in the receive buffer instead of a copy.
 
+use super::ha::Ha;
 use super::journal;
 use super::logging::RateLimit;
 use super::offload::{Offload, OffloadConfig};
@@ -73,6 +74,20 @@ pub struct LoopConfig {
     /// log) before the first packet, but not journaled, since the snapshot
     /// written at start holds those calls.
     pub restored: Vec<Event>,
+    /// The other node of a router pair, if this is one.
+    pub ha: Option<Ha>,
+}
+
+/// Where a batch of engine events comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Calls restored at start: the snapshot written at start holds them,
+    /// so they are not journaled; the peer learns them.
+    Restored,
+    /// This node's packets and timers: journaled, and sent to the peer.
+    Local,
+    /// The peer's calls, replicated: journaled, never sent back.
+    Peer,
 }
 
 /// Where and how the packet thread journals call changes.
@@ -124,6 +139,8 @@ pub struct PacketLoop {
     warn_io: RateLimit,
     /// Set when the engine panicked: the thread stops after the verdict.
     fatal: Option<String>,
+    /// The replication with the other node of a pair.
+    ha: Option<Ha>,
 }
 
 impl std::fmt::Debug for PacketLoop {
@@ -174,6 +191,7 @@ impl PacketLoop {
             warn_desync: RateLimit::new(Duration::from_secs(60), 20),
             warn_io: RateLimit::new(Duration::from_secs(60), 10),
             fatal: None,
+            ha: cfg.ha,
         }
     }
 
@@ -189,11 +207,16 @@ impl PacketLoop {
         // After the fast path was flushed, before any packet.
         if !self.restored.is_empty() {
             self.events = std::mem::take(&mut self.restored);
-            self.handle_events(Instant::now(), false);
+            self.handle_events(Instant::now(), Origin::Restored);
         }
         let mut recv_errors = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
+            // At every wake-up, also under a load that never lets the
+            // thread wait: the peer's messages must not starve.
+            if self.ha.is_some() {
+                self.ha_step(now);
+            }
             if now >= self.next_timer {
                 self.handle_timeout(now);
                 self.next_timer = self.poll_timeout(now);
@@ -352,7 +375,7 @@ impl PacketLoop {
         // and its fast path element in place before the message that
         // carries its NAT id (or starts its GRE) leaves.
         if !self.events.is_empty() {
-            self.handle_events(now, true);
+            self.handle_events(now, Origin::Local);
         }
         let action = match verdict {
             Verdict::Accept | Verdict::UnknownCall => Action::Accept,
@@ -402,7 +425,11 @@ impl PacketLoop {
             }
             self.events_gen = s.journal_gen;
         }
-        self.handle_events(now, true);
+        self.handle_events(now, Origin::Local);
+        if let Some(ha) = &mut self.ha {
+            ha.handle_timeout(now);
+            self.ha_step(now);
+        }
         self.offload.handle_timeout(now, &self.shared);
         if let Some(every) = self.watchdog {
             if now >= self.next_watchdog {
@@ -422,6 +449,9 @@ impl PacketLoop {
         if let Some(fast) = self.offload.poll_timeout() {
             t = t.min(fast);
         }
+        if let Some(ha) = &self.ha {
+            t = t.min(ha.poll_timeout());
+        }
         if self.watchdog.is_some() {
             t = t.min(self.next_watchdog);
         }
@@ -440,11 +470,51 @@ impl PacketLoop {
         } else {
             timeout.min(FALLBACK_SLEEP)
         };
+        // The replication's sockets wake the thread; the loop reads them at
+        // every wake-up.
+        let [udp_fd, route_fd] = self.ha.as_ref().map_or([None, None], Ha::fds);
+        let fds = [
+            Some(self.wake.as_raw_fd()),
+            queue_fd,
+            gre_fd,
+            udp_fd,
+            route_fd,
+        ];
         // A failed or interrupted wait is an early wake-up with nothing to read.
-        matches!(
-            crate::netlink::readable([Some(self.wake.as_raw_fd()), queue_fd, gre_fd], timeout),
-            Ok([true, ..])
-        )
+        matches!(crate::netlink::readable(fds, timeout), Ok([true, ..]))
+    }
+
+    /// The replication's turn: reads the peer's messages and address
+    /// changes, applies the peer's call changes to the engine (their
+    /// events then go to the fast path and the journal as any call's),
+    /// keeps the peer's calls from timing out here, sends what is due, and
+    /// publishes the pair's state for `pptp-alg status`.
+    fn ha_step(&mut self, now: Instant) {
+        let Some(mut ha) = self.ha.take() else { return };
+        ha.receive(now);
+        {
+            let mut s = lock(&self.shared);
+            while let Some(call) = ha.poll_apply() {
+                s.alg.apply_replicated(now, &call);
+            }
+            ha.refresh(now, &mut s.alg);
+            while let Some(ev) = s.alg.poll_event() {
+                self.events.push(ev);
+            }
+            self.events_gen = s.journal_gen;
+            if let Some(t) = s.alg.poll_timeout() {
+                if t < self.next_timer {
+                    self.next_timer = t;
+                }
+            }
+            s.ha = Some((ha.report(now), now));
+        }
+        ha.transmit(now);
+        self.next_timer = self.next_timer.min(ha.poll_timeout());
+        self.ha = Some(ha);
+        if !self.events.is_empty() {
+            self.handle_events(now, Origin::Peer);
+        }
     }
 
     fn drain_wake(&mut self) {
@@ -481,17 +551,29 @@ impl PacketLoop {
         }
     }
 
-    /// Journals the call changes (if `journal`), logs events and keeps the
-    /// fast path in step with the call table.
-    fn handle_events(&mut self, now: Instant, journal: bool) {
-        if journal && !self.events.is_empty() {
+    /// Journals the call changes (unless restored), sends this node's to
+    /// the peer of a pair, logs events and keeps the fast path in step with
+    /// the call table.
+    fn handle_events(&mut self, now: Instant, origin: Origin) {
+        if origin != Origin::Restored && !self.events.is_empty() {
             self.journal_events(now);
         }
+        // The peer's calls are told apart in the log.
+        let whose = if origin == Origin::Peer {
+            "peer's call"
+        } else {
+            "call"
+        };
         for ev in self.events.drain(..) {
+            if origin != Origin::Peer {
+                if let Some(ha) = &mut self.ha {
+                    ha.record(now, &ev);
+                }
+            }
             match ev {
                 Event::CallStarted(c) => {
                     log::info!(
-                        "call started: inside {}:{} <-> outside {} as NAT id {} ({})",
+                        "{whose} started: inside {}:{} <-> outside {} as NAT id {} ({})",
                         c.inside_host,
                         c.inside_id,
                         c.outside_peer,
@@ -511,7 +593,7 @@ impl PacketLoop {
                 }
                 Event::CallAnswered(c) => {
                     log::debug!(
-                        "call answered: inside {}:{} <-> outside {}:{} NAT id {}",
+                        "{whose} answered: inside {}:{} <-> outside {}:{} NAT id {}",
                         c.inside_host,
                         c.inside_id,
                         c.outside_peer,
@@ -523,7 +605,7 @@ impl PacketLoop {
                 Event::CallEnded(c, cause) => {
                     let (kernel_in, kernel_out) = self.offload.call_ended(&c, now, &self.shared);
                     log::info!(
-                        "call ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
+                        "{whose} ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
                         c.inside_host,
                         c.inside_id,
                         c.outside_peer,
@@ -584,6 +666,9 @@ impl PacketLoop {
                     }
                 }
             }
+        }
+        if let Some(ha) = &mut self.ha {
+            ha.transmit(now);
         }
     }
 }

@@ -28,6 +28,7 @@
 
 use super::addrs::AddrWatcher;
 use super::config::{Apply, Config, ConfigSource};
+use super::ha::Ha;
 use super::journal;
 use super::metrics::{MetricsServer, TextfileWriter};
 use super::offload::{InstalledTable, OffloadConfig};
@@ -79,6 +80,14 @@ pub enum DaemonError {
     /// The packet thread stopped with an error.
     #[error("packet thread: {0}")]
     PacketThread(String),
+    /// The high-availability settings or socket.
+    #[error("high availability: {reason}")]
+    Ha {
+        /// What is wrong.
+        reason: String,
+        /// A configuration problem (a restart cannot help).
+        config: bool,
+    },
     /// The state file could not be written; found at start rather than
     /// at the first save, when the calls it should keep are already lost.
     #[error(
@@ -96,7 +105,10 @@ pub enum DaemonError {
 impl DaemonError {
     /// Whether a restart cannot help (a configuration problem).
     pub fn is_config(&self) -> bool {
-        matches!(self, DaemonError::StateFile { .. })
+        matches!(
+            self,
+            DaemonError::StateFile { .. } | DaemonError::Ha { config: true, .. }
+        )
     }
 }
 
@@ -135,6 +147,7 @@ pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
     let (tx, rx) = mpsc::channel::<Msg>();
     start_signal_thread(tx.clone())?;
     let restored = restore_calls(cfg)?;
+    let ha = start_ha(cfg, &restored.alg)?;
     check_no_helper()?;
     let table_socket = clear_old_table(cfg)?;
     let (queue, gre_queue) = open_queues(cfg)?;
@@ -190,6 +203,7 @@ pub fn run(cfg: &Config, source: &ConfigSource) -> Result<(), DaemonError> {
             }
         }),
         restored: restored.events,
+        ha,
     };
     let packets = PacketThread::start(loop_cfg, queue, gre_queue, shared.clone(), tx)?;
     let mut main = MainLoop {
@@ -265,6 +279,29 @@ fn restore_calls(cfg: &Config) -> Result<Restored, DaemonError> {
         events,
         generation: saved.generation,
     })
+}
+
+/// With `ha_node`: binds the replication socket and reads the role, before
+/// any packet is queued (the calls restored meanwhile go to the peer once it
+/// greets). The key file is read again here: it may have changed since the
+/// configuration was checked.
+fn start_ha(cfg: &Config, alg: &Alg) -> Result<Option<Ha>, DaemonError> {
+    let settings = match cfg.ha_settings() {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(DaemonError::Ha {
+                reason: e.to_string(),
+                config: true,
+            })
+        }
+    };
+    Ha::start(&settings, alg, random_seed(), Instant::now())
+        .map(Some)
+        .map_err(|e| DaemonError::Ha {
+            reason: e.to_string(),
+            config: false,
+        })
 }
 
 /// Refuses to start beside the kernel's PPTP helper.

@@ -52,6 +52,8 @@ pub struct Shared {
     /// Journal writes that failed (disk full, EIO, a generation at its
     /// bound): their calls are safe only once the next snapshot is written.
     pub journal_errors: u64,
+    /// The pair's state as the packet thread last published it, and when.
+    pub ha: Option<(super::ha::HaReport, Instant)>,
 }
 
 /// A handle on the shared state.
@@ -76,6 +78,7 @@ impl Shared {
             journal_gen: 0,
             journal_records: 0,
             journal_errors: 0,
+            ha: None,
         }))
     }
 }

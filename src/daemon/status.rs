@@ -6,6 +6,7 @@
 //! socket and its clients, and the table format. It only reads the shared
 //! state, under the lock for as long as a copy takes, and changes nothing.
 
+use super::ha::HaReport;
 use super::logging::RateLimit;
 use super::shared::{lock, SharedRef};
 use crate::alg::{CallInfo, CallState, EndCause};
@@ -62,6 +63,9 @@ pub struct StatusReport {
     pub offloaded_counters: Vec<ElementCounter>,
     /// The kernel's numbers of each queue, read at the request.
     pub queues: Vec<QueueRow>,
+    /// The router pair's replication (`null` without `ha_node`).
+    #[serde(default)]
+    pub ha: Option<HaReport>,
 }
 
 /// The daemon's nftables table.
@@ -172,6 +176,15 @@ impl StatusReport {
                         dropped_socket: 0,
                     })
                     .collect(),
+                ha: s.ha.as_ref().map(|(r, at)| {
+                    let mut r = r.clone();
+                    // Published when the packet thread last woke for it.
+                    let since = now.saturating_duration_since(*at).as_millis();
+                    r.last_message_age_ms = r
+                        .last_message_age_ms
+                        .map(|ms| ms.saturating_add(u64::try_from(since).unwrap_or(u64::MAX)));
+                    r
+                }),
             };
             let mut extra = BTreeMap::new();
             extra.insert("fastpath_errors".to_string(), s.fastpath_errors);
@@ -260,6 +273,9 @@ impl StatusReport {
             if self.offload { "on" } else { "off" }
         );
         let _ = writeln!(out, "{}", self.rules.text());
+        if let Some(ha) = &self.ha {
+            let _ = writeln!(out, "{}", ha.text());
+        }
         let _ = writeln!(
             out,
             "{} live call(s), {} control connection(s), {} NAT id(s) in quarantine",

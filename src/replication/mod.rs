@@ -129,6 +129,10 @@ pub struct ReplicaStats {
     pub outbox_dropped: u64,
     /// Calls not kept because a table was full.
     pub table_full: u64,
+    /// Own records sent (in record messages; snapshots not counted).
+    pub records_sent: u64,
+    /// Gaps found in the peer's records (each starts a resync).
+    pub gaps: u64,
 }
 
 /// One call of a table: the call (its `quarantine_left` unset) and, once
@@ -294,6 +298,16 @@ impl Replica {
         &self.stats
     }
 
+    /// This node: 0 or 1.
+    pub fn node(&self) -> u8 {
+        self.cfg.node
+    }
+
+    /// How long the peer may be silent before it is dead.
+    pub fn dead_after(&self) -> Duration {
+        self.cfg.dead_after
+    }
+
     /// This node's role.
     pub fn role(&self) -> Role {
         self.cfg.role
@@ -310,6 +324,31 @@ impl Replica {
     /// The peer's status while it is alive.
     pub fn peer(&self) -> Option<Status> {
         self.peer.as_ref().filter(|p| p.alive).map(|p| p.status)
+    }
+
+    /// How long ago the peer's last valid message came, if one ever did.
+    pub fn peer_silent_for(&self, now: Instant) -> Option<Duration> {
+        self.peer
+            .as_ref()
+            .map(|p| now.saturating_duration_since(p.last_heard))
+    }
+
+    /// Whether the mirror holds the peer's call on `nat_id` towards
+    /// `outside` as live.
+    pub fn peer_holds_live(&self, outside: Ipv4Addr, nat_id: u16) -> bool {
+        self.mirror
+            .0
+            .get(&(outside, nat_id))
+            .is_some_and(|e| e.expires.is_none())
+    }
+
+    /// The peer's live calls as replicated here.
+    pub fn peer_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.mirror
+            .0
+            .values()
+            .filter(|e| e.expires.is_none())
+            .map(|e| &e.call)
     }
 
     /// Whether the mirror is current: the peer is alive and no resync is
@@ -467,6 +506,7 @@ impl Replica {
     /// arrives whole.
     fn gap(&mut self, now: Instant) {
         if let Some(p) = self.peer.as_mut() {
+            self.stats.gaps += 1;
             p.expected = None;
             p.resync_due = Some(now + self.cfg.resync_retry);
             self.resync_now = true;
@@ -645,6 +685,7 @@ impl Replica {
         if let Some(&(first, _)) = self.outbox.front() {
             let n = self.outbox.len().min(MAX_RECORDS);
             let records = self.outbox.drain(..n).map(|(_, r)| r).collect();
+            self.stats.records_sent += n as u64;
             return Some((to, first, Body::Records(records)));
         }
         if self.heartbeat_now {

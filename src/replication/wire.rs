@@ -116,7 +116,7 @@ pub enum Error {
 }
 
 /// A node's role in the pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Holds the replicated table, does not translate new calls.
