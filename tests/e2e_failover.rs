@@ -376,6 +376,12 @@ fn sync_link_down_during_setup_recovers() {
             (0..3).all(|c| row(&st, c, INSIDE_ID).is_none()),
             "calls crossed a link that is down: {st:#}"
         );
+        // Each daemon notices its peer is gone (3 s without a heartbeat).
+        for r in 0..2 {
+            wait_for("pptp-alg to log the lost peer", || {
+                pair.routers[r].log("pptp-alg").contains("ha: peer lost")
+            });
+        }
     }
 
     let backups = pair.routers[1]
@@ -402,6 +408,12 @@ fn sync_link_down_during_setup_recovers() {
         pair.wait_status(1, SETTLE, "the 3 calls resynced", |v| {
             (0..3).all(|c| row(v, c, INSIDE_ID).is_some())
         });
+        let log = pair.routers[1].log("pptp-alg");
+        assert!(log.contains("ha: peer up: node 0 active"), "{log}");
+        assert!(
+            log.contains("ha: resync: took the peer's whole table (3 live calls)"),
+            "{log}"
+        );
     }
     println!(
         "sync link down {} ms; r2 caught up {} ms after it came back",
