@@ -318,6 +318,40 @@ fn set_targets(streams: &GreStreams, live: &[Live]) {
         live.iter().map(|(_, t, n)| (*n, t.clone())).collect();
 }
 
+/// The README's section "High availability" shows every file of
+/// `examples/ha/` as it is, and only those: they cannot drift apart.
+#[test]
+fn readme_shows_the_example_files() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut files: Vec<String> = std::fs::read_dir(pair::EXAMPLES)
+        .expect("examples/ha")
+        .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+        .collect();
+    files.sort();
+    let mut shown = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(i) = rest.find("`examples/ha/") {
+        rest = &rest[i + "`examples/ha/".len()..];
+        let name = &rest[..rest.find('`').expect("closing backtick")];
+        let Some(after) = rest[name.len()..].strip_prefix("`:\n\n```text\n") else {
+            continue;
+        };
+        let end = after.find("\n```\n").expect("end of the block");
+        let text = &after[..=end];
+        let file = std::fs::read_to_string(format!("{}/{name}", pair::EXAMPLES))
+            .unwrap_or_else(|e| panic!("README shows examples/ha/{name}, which is not there: {e}"));
+        assert_eq!(
+            text, file,
+            "README's examples/ha/{name} differs from the file"
+        );
+        shown.push(name.to_string());
+        rest = &after[end..];
+    }
+    shown.sort();
+    assert_eq!(shown, files, "README must show each example file once");
+}
+
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + SETTLE;
     while !cond() {
