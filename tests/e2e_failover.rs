@@ -300,6 +300,10 @@ fn failover(n: usize, failback: bool) {
     let mut cleared: Vec<Pns> = Vec::new();
     if ha {
         print_gaps("failover", gre_back(&streams, &live, failed));
+        println!(
+            "  (the server sent each call a packet every {} us)",
+            streams.round().as_micros()
+        );
     } else {
         assert_gre_lost(&streams, &live, failed + moved);
     }

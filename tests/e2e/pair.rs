@@ -20,7 +20,7 @@ use std::io;
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -645,6 +645,9 @@ pub struct GreStreams {
     stop: Arc<AtomicBool>,
     /// (NAT id, tag) of every call the server sends to.
     pub targets: Arc<Mutex<Vec<(u16, String)>>>,
+    /// Rounds sent (one packet to every target each).
+    rounds: Arc<AtomicU64>,
+    started: Instant,
     threads: Vec<JoinHandle<()>>,
     pub received: Vec<Arc<Mutex<Vec<Rx>>>>,
 }
@@ -682,7 +685,8 @@ impl GreStreams {
             received.push(got);
         }
         let raw = in_netns(&pair.server_ns, || RawGre::open(Some(SERVER)))?;
-        let (st, tg) = (stop.clone(), targets.clone());
+        let rounds = Arc::new(AtomicU64::new(0));
+        let (st, tg, rd) = (stop.clone(), targets.clone(), rounds.clone());
         threads.push(thread::spawn(move || {
             let mut seq = 0u32;
             let mut next = Instant::now();
@@ -701,6 +705,7 @@ impl GreStreams {
                     let _ = raw.send_to(&pkt, WAN_VIP);
                 }
                 seq += 1;
+                rd.fetch_add(1, Ordering::Relaxed);
                 next += Duration::from_millis(1);
                 let left = next.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -714,9 +719,17 @@ impl GreStreams {
         Ok(GreStreams {
             stop,
             targets,
+            rounds,
+            started: Instant::now(),
             threads,
             received,
         })
+    }
+
+    /// The mean time between two packets of one call so far: 1 ms unless
+    /// the calls are too many for one round a millisecond.
+    pub fn round(&self) -> Duration {
+        self.started.elapsed() / self.rounds.load(Ordering::Relaxed).max(1) as u32
     }
 
     /// What client `c` received so far.
