@@ -35,6 +35,17 @@ fn free_port() -> SocketAddrV4 {
 }
 
 fn node(n: u8, listen: SocketAddrV4, peer: SocketAddrV4, key: &[u8]) -> Node {
+    node_at(n, listen, peer, key, None)
+}
+
+/// A node whose role follows `address` (active while this host has it).
+fn node_at(
+    n: u8,
+    listen: SocketAddrV4,
+    peer: SocketAddrV4,
+    key: &[u8],
+    address: Option<std::net::Ipv4Addr>,
+) -> Node {
     let sim = Sim::new(AlgConfig {
         id_partition: if n == 0 {
             IdPartition::Even
@@ -48,7 +59,7 @@ fn node(n: u8, listen: SocketAddrV4, peer: SocketAddrV4, key: &[u8]) -> Node {
         listen,
         peer,
         key: key.to_vec(),
-        address: None,
+        address,
     };
     let ha = Ha::start(&s, &sim.alg, 100 + u64::from(n), Instant::now()).unwrap();
     Node {
@@ -190,4 +201,68 @@ fn calls_cross_the_pair_both_ways_and_a_wrong_key_is_refused() {
         bad.ha.report(Instant::now()).auth_failures >= 1,
         "and the other way"
     );
+}
+
+/// With `ha_address`, the backup (which sees none of the calls' packets)
+/// keeps the active node's calls past every idle timeout and never tells
+/// of a timeout; the active node's own timeout of a call ends it on the
+/// backup too. Roles follow the address: 127.0.0.1 is this host's,
+/// 192.0.2.99 (TEST-NET-1) is not.
+#[test]
+fn the_active_node_times_calls_out_and_the_backup_keeps_them() {
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = node_at(0, pa, pb, KEY, Some("127.0.0.1".parse().unwrap()));
+    let mut b = node_at(1, pb, pa, KEY, Some("192.0.2.99".parse().unwrap()));
+    assert!(pump(&mut a, &mut b, |a, b| {
+        let (ra, rb) = (a.ha.report(Instant::now()), b.ha.report(Instant::now()));
+        ra.in_sync && rb.in_sync && rb.peer.role == Some(Role::Active)
+    }));
+    assert_eq!(a.ha.role(), Role::Active);
+    assert_eq!(b.ha.role(), Role::Backup);
+
+    let mut c = Conn::client_inside(host(1), 40001, SERVER);
+    a.sim.start_control(&mut c);
+    let (_, out) = a.sim.send(&mut c, OUT, &ocrq(0x4000));
+    let id = u16_at(&out, 12);
+    a.sim.send(&mut c, IN, &ocrp(0x0701, id, 1));
+    assert!(pump(&mut a, &mut b, |_, b| nat_ids(b).len() == 1));
+
+    // 700 s on the backup's clock: past the connection's (300 s) and the
+    // call's (600 s) idle timeouts.
+    for _ in 0..70 {
+        b.ha.refresh(b.sim.now, &mut b.sim.alg);
+        b.sim.advance(Duration::from_secs(10));
+        b.step();
+    }
+    assert_eq!(nat_ids(&b).len(), 1, "the backup keeps the call");
+    assert!(!b
+        .sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::CallEnded(..))));
+    let (v, _) = b.sim.gre_in(SERVER, id, b"ppp");
+    assert_eq!(v, Verdict::Modified, "and its GRE translation");
+    for _ in 0..50 {
+        a.step();
+        b.step();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(nat_ids(&a).len(), 1, "no end went to the active node");
+
+    // The active node's clock: its call times out there, and so on the backup.
+    for _ in 0..70 {
+        a.ha.refresh(a.sim.now, &mut a.sim.alg);
+        a.sim.advance(Duration::from_secs(10));
+    }
+    assert!(nat_ids(&a).is_empty(), "timed out on the active node");
+    assert!(
+        pump(&mut a, &mut b, |_, b| nat_ids(b).is_empty()),
+        "ended on the backup: {:?}",
+        nat_ids(&b)
+    );
+    assert!(b
+        .sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::CallEnded(c, EndCause::Peer) if c.nat_id == id)));
 }

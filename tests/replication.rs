@@ -471,6 +471,11 @@ fn a_gap_is_filled_by_a_snapshot_and_missed_ends_are_forgotten() {
         p.run_step(false);
     }
     assert_eq!(p.r[1].stats().resyncs_requested, before + 1);
+    assert_eq!(
+        p.r[1].stats().gaps,
+        1,
+        "greeting asks for a snapshot but is no gap"
+    );
     assert_eq!(p.r[1].stats().snapshots_applied, 2);
     let calls = p.r[1].peer_calls(p.now);
     assert_eq!(calls, vec![call(0, 2)]);
@@ -618,4 +623,29 @@ fn tables_and_snapshots_are_bounded() {
         }
     }
     assert_eq!(chunks, 2);
+}
+
+/// Node 1's call, carried and ended by node 0 after a failover: node 1's
+/// own table takes the end too, so a later snapshot of it (a resync) does
+/// not hand the call back to node 0 as live.
+#[test]
+fn an_own_call_the_peer_ended_leaves_the_own_table() {
+    let mut p = Pair::new(11);
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    let now = p.now;
+    p.r[1].record(now, record_of(1, &Change::Start(3)));
+    p.run_step(false);
+    assert_eq!(p.r[0].peer_calls(p.now).len(), 1);
+    assert_eq!(p.r[1].own_live_calls().count(), 1);
+    // Node 0 carried it and saw its end.
+    let mut c = call(1, 3);
+    c.quarantine_left = Some(60);
+    p.r[0].record(p.now, Record::Ended(c));
+    p.run_step(false);
+    assert_eq!(p.r[1].own_live_calls().count(), 0);
+    let own = p.r[1].own_calls(p.now);
+    assert_eq!(own.len(), 1);
+    assert!(own[0].quarantine_left.is_some(), "ended, in quarantine");
 }

@@ -17,7 +17,7 @@
 use super::addrs::{read_changes, AddrTable};
 use super::config::HaSettings;
 use super::logging::RateLimit;
-use crate::alg::{Alg, EndCause, Event, SavedCall};
+use crate::alg::{Alg, EndCause, Event, IdPartition, SavedCall};
 use crate::netlink::route::RouteSocket;
 use crate::replication::{
     wire::MAX_MESSAGE, Error, Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role, Status,
@@ -36,6 +36,9 @@ const RECV_BATCH: usize = 64;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// How long the initial address dump may take.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The status is brought up to date at most this often: a report counts
+/// the peer's calls, too much work for every wake-up of a busy thread.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// What `pptp-alg status` shows of the pair (its JSON `ha` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +189,8 @@ pub struct Ha {
     follower: Option<Follower>,
     /// The engine's quarantine, which ended calls' records carry.
     quarantine: Duration,
+    /// This node's half of the NAT ids.
+    partition: IdPartition,
     /// How often the peer's live calls are kept from timing out here.
     refresh_every: Duration,
     next_refresh: Instant,
@@ -199,6 +204,9 @@ pub struct Ha {
     warn_refused: RateLimit,
     warn_io: RateLimit,
     buf: Vec<u8>,
+    /// Something changed since the last report.
+    changed: bool,
+    next_report: Instant,
 }
 
 impl std::fmt::Debug for Ha {
@@ -216,9 +224,14 @@ impl Ha {
     pub fn start(s: &HaSettings, alg: &Alg, session: u64, now: Instant) -> io::Result<Ha> {
         let key = Key::new(&s.key).map_err(io::Error::other)?;
         let sock = UdpSocket::bind(s.listen).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+                "; under the packaged unit, add RestrictAddressFamilies=AF_INET in a drop-in"
+            } else {
+                ""
+            };
             io::Error::new(
                 e.kind(),
-                format!("binding the replication socket to {}: {e}", s.listen),
+                format!("binding the replication socket to {}: {e}{hint}", s.listen),
             )
         })?;
         sock.set_nonblocking(true)?;
@@ -261,6 +274,7 @@ impl Ha {
             replica: Replica::new(rc, now),
             follower,
             quarantine: cfg.quarantine,
+            partition: cfg.id_partition,
             refresh_every,
             next_refresh: now + refresh_every,
             last_peer: None,
@@ -271,6 +285,8 @@ impl Ha {
             warn_refused: RateLimit::new(Duration::from_secs(60), 10),
             warn_io: RateLimit::new(Duration::from_secs(60), 10),
             buf: vec![0; MAX_MESSAGE + 1],
+            changed: true,
+            next_report: now,
         })
     }
 
@@ -288,25 +304,40 @@ impl Ha {
         self.replica.role()
     }
 
+    /// Whether the live peer, not this node, carries the packets of the
+    /// call on `nat_id`, so that only its timers may end the call: all
+    /// calls while this node is the backup; while both are active (no
+    /// `ha_address`, or split brain) those of the peer's half of the ids.
+    /// The active node of a pair times out every call itself, as a single
+    /// router does.
+    fn defers_to_peer(&self, nat_id: u16) -> bool {
+        let Some(peer) = self.replica.peer() else {
+            return false;
+        };
+        match (self.replica.role(), peer.role) {
+            (Role::Backup, _) => true,
+            (Role::Active, Role::Backup) => false,
+            (Role::Active, Role::Active) => !self.partition.owns(nat_id),
+        }
+    }
+
     /// An engine event of a call this node handled (its packets or its
     /// timers, or restored at start), to send to the peer. The timeout of
-    /// a call the live peer holds is not this node's to tell: it saw none
-    /// of its packets (the peer ends it when it ends).
+    /// a call whose packets the peer carries (see `defers_to_peer`) is not
+    /// this node's to tell: it saw none of them.
     pub fn record(&mut self, now: Instant, ev: &Event) {
         if let Event::CallEnded(c, cause) = ev {
             let timeout = matches!(
                 cause,
                 EndCause::SetupTimeout | EndCause::IdleTimeout | EndCause::ConnTimeout
             );
-            if timeout
-                && self.replica.peer().is_some()
-                && self.replica.peer_holds_live(c.outside_peer, c.nat_id)
-            {
+            if timeout && self.defers_to_peer(c.nat_id) {
                 return;
             }
         }
         if let Some(r) = Record::from_event(ev, self.quarantine) {
             self.replica.record(now, r);
+            self.changed = true;
         }
     }
 
@@ -329,6 +360,7 @@ impl Ha {
                     }
                 );
                 self.replica.set_role(role);
+                self.changed = true;
             }
         }
         for _ in 0..RECV_BATCH {
@@ -342,6 +374,7 @@ impl Ha {
                     break;
                 }
             };
+            self.changed = true;
             if from != SocketAddr::V4(self.peer) {
                 self.refused += 1;
                 self.refusal(now, from, &format!("not from the peer {}", self.peer));
@@ -425,19 +458,23 @@ impl Ha {
         }
     }
 
-    /// Keeps the peer's live calls from timing out in `alg` (see
-    /// [`Alg::refresh_replicated`]) while the peer is alive, every few
-    /// seconds.
+    /// Every few seconds, keeps the calls whose packets the live peer
+    /// carries (see `defers_to_peer`) from timing out in `alg` (see
+    /// [`Alg::refresh_replicated`]): the peer's, and this node's own that
+    /// the peer took over, so the standby keeps their fast path.
     pub fn refresh(&mut self, now: Instant, alg: &mut Alg) {
         if now < self.next_refresh {
             return;
         }
         self.next_refresh = now + self.refresh_every;
-        if self.replica.peer().is_none() {
-            return;
-        }
-        for c in self.replica.peer_live_calls() {
-            alg.refresh_replicated(now, c);
+        let calls = self
+            .replica
+            .peer_live_calls()
+            .chain(self.replica.own_live_calls());
+        for c in calls {
+            if self.defers_to_peer(c.nat_id) {
+                alg.refresh_replicated(now, c);
+            }
         }
     }
 
@@ -445,6 +482,7 @@ impl Ha {
     /// take now is dropped (counted); the protocol recovers from loss.
     pub fn transmit(&mut self, now: Instant) {
         while let Some(bytes) = self.replica.poll_transmit() {
+            self.changed = true;
             match self.sock.send_to(&bytes, self.peer) {
                 Ok(_) => {}
                 // The peer's daemon is not running: its hello will come.
@@ -477,18 +515,35 @@ impl Ha {
         self.logged = now;
     }
 
-    /// When [`Ha::handle_timeout`] wants to run.
+    /// When [`Ha::handle_timeout`] (or a report) wants to run.
     pub fn poll_timeout(&self) -> Instant {
-        self.replica
+        let mut t = self
+            .replica
             .poll_timeout()
-            .map_or(self.next_refresh, |t| t.min(self.next_refresh))
+            .map_or(self.next_refresh, |t| t.min(self.next_refresh));
+        if self.changed {
+            t = t.min(self.next_report);
+        }
+        t
     }
 
     /// Runs the replica's timers (heartbeats, peer death, resync retries).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
             self.replica.handle_timeout(now);
+            self.changed = true;
         }
+    }
+
+    /// The report for `pptp-alg status` when something changed since the
+    /// last one, at most every [`REPORT_EVERY`].
+    pub fn take_report(&mut self, now: Instant) -> Option<HaReport> {
+        if !self.changed || now < self.next_report {
+            return None;
+        }
+        self.changed = false;
+        self.next_report = now + REPORT_EVERY;
+        Some(self.report(now))
     }
 
     /// The state for `pptp-alg status`, as of `now`.

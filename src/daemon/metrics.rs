@@ -730,6 +730,65 @@ mod tests {
         r
     }
 
+    /// The pair's state: the status's `ha` object, and its table line.
+    #[test]
+    fn ha_metrics_follow_the_status() {
+        use crate::daemon::ha::{HaReport, PeerReport};
+        let mut r = report();
+        assert!(!render(&r, Format::OpenMetrics).contains("pptp_alg_ha_"));
+        let ha = HaReport {
+            node: 1,
+            role: Role::Backup,
+            address: Some("192.0.2.10".parse().unwrap()),
+            listen: "10.0.9.2:1729".parse().unwrap(),
+            peer: PeerReport {
+                address: "10.0.9.1:1729".parse().unwrap(),
+                alive: true,
+                role: Some(Role::Active),
+                node: Some(0),
+            },
+            in_sync: true,
+            peer_calls: 3,
+            records_sent: 5,
+            records_received: 9,
+            messages_sent: 20,
+            messages_received: 21,
+            gaps: 1,
+            resyncs: 2,
+            snapshots_sent: 1,
+            auth_failures: 4,
+            refused: 6,
+            send_errors: 0,
+            last_message_age_ms: Some(1300),
+        };
+        assert_eq!(
+            ha.text(),
+            "high availability: node 1 backup; peer 10.0.9.1:1729 node 0 active, alive, in sync; \
+             3 of its calls; records 5 sent, 9 received; 1 gaps, 2 resyncs, 4 auth failures; \
+             last message 1.3 s ago"
+        );
+        r.ha = Some(ha);
+        let text = render(&r, Format::OpenMetrics);
+        for line in [
+            "pptp_alg_ha_role 0",
+            "pptp_alg_ha_node 1",
+            "pptp_alg_ha_peer_alive 1",
+            "pptp_alg_ha_in_sync 1",
+            "pptp_alg_ha_peer_calls 3",
+            "pptp_alg_ha_last_message_age_milliseconds 1300",
+            "pptp_alg_ha_records_total{direction=\"sent\"} 5",
+            "pptp_alg_ha_records_total{direction=\"received\"} 9",
+            "pptp_alg_ha_messages_total{direction=\"received\"} 21",
+            "pptp_alg_ha_gaps_total 1",
+            "pptp_alg_ha_resyncs_total 2",
+            "pptp_alg_ha_auth_failures_total 4",
+            "pptp_alg_ha_refused_total 6",
+            "# TYPE pptp_alg_ha_records counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
     #[test]
     fn every_status_counter_has_a_documented_metric() {
         let r = report();

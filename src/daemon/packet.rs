@@ -507,9 +507,11 @@ impl PacketLoop {
                     self.next_timer = t;
                 }
             }
-            s.ha = Some((ha.report(now), now));
         }
         ha.transmit(now);
+        if let Some(r) = ha.take_report(now) {
+            lock(&self.shared).ha = Some((r, now));
+        }
         self.next_timer = self.next_timer.min(ha.poll_timeout());
         self.ha = Some(ha);
         if !self.events.is_empty() {

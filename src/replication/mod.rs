@@ -192,6 +192,13 @@ impl Table {
         true
     }
 
+    fn live(&self) -> impl Iterator<Item = &SavedCall> {
+        self.0
+            .values()
+            .filter(|e| e.expires.is_none())
+            .map(|e| &e.call)
+    }
+
     fn expire(&mut self, now: Instant) {
         self.0.retain(|_, e| e.expires.is_none_or(|t| t > now));
     }
@@ -344,11 +351,12 @@ impl Replica {
 
     /// The peer's live calls as replicated here.
     pub fn peer_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
-        self.mirror
-            .0
-            .values()
-            .filter(|e| e.expires.is_none())
-            .map(|e| &e.call)
+        self.mirror.live()
+    }
+
+    /// This node's live calls as last recorded.
+    pub fn own_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.own.live()
     }
 
     /// Whether the mirror is current: the peer is alive and no resync is
@@ -471,7 +479,7 @@ impl Replica {
             self.snapshot_out.clear();
             self.events.push_back(ReplicaEvent::PeerUp(status));
             self.hello_now = true;
-            self.gap(now);
+            self.want_snapshot(now);
             return Ok(());
         }
         let Some(peer) = self.peer.as_mut() else {
@@ -502,11 +510,17 @@ impl Replica {
         }
     }
 
-    /// Records were missed: ask for a snapshot now, and again until one
-    /// arrives whole.
+    /// Records were missed (counted): ask for a snapshot.
     fn gap(&mut self, now: Instant) {
-        if let Some(p) = self.peer.as_mut() {
+        if self.peer.is_some() {
             self.stats.gaps += 1;
+        }
+        self.want_snapshot(now);
+    }
+
+    /// Asks for a snapshot now, and again until one arrives whole.
+    fn want_snapshot(&mut self, now: Instant) {
+        if let Some(p) = self.peer.as_mut() {
             p.expected = None;
             p.resync_due = Some(now + self.cfg.resync_retry);
             self.resync_now = true;
@@ -534,6 +548,16 @@ impl Replica {
     }
 
     fn apply(&mut self, now: Instant, r: Record) {
+        if let Record::Ended(c) = &r {
+            // One of this node's calls that the peer carried (a failover)
+            // and ended: it is over here too, and must not go back to the
+            // peer as live in a snapshot.
+            if let Some(e) = self.own.0.get_mut(&key_of(c)) {
+                if e.expires.is_none() {
+                    *e = Entry::from_record(&r, now);
+                }
+            }
+        }
         if self.mirror.apply(&r, now, self.cfg.max_calls) {
             self.stats.records_applied += 1;
             self.events.push_back(ReplicaEvent::Apply(r));
