@@ -10,8 +10,11 @@
 //! call replication (`ha_*` keys, README: High availability) that every
 //! call's GRE reaches its own host again (the gap is printed), that a
 //! Call-Clear of an old call ends it on r2 and that a new call's NAT id is
-//! unique against the old ones. Then r1 boots again, resyncs as backup (no
-//! preemption), r2 hands over and the same checks run on r1.
+//! unique against the old ones. The failback test (ignored: see its note)
+//! then boots r1 again, lets it resync as backup (no preemption), makes r2
+//! hand over and runs the same checks on r1. Another test cuts the sync
+//! link while calls are set up; with `PPTP_ALG_FAILOVER_CALLS=1000` the
+//! failover runs with that many calls (not in CI).
 
 #[path = "e2e/lab.rs"]
 mod lab;

@@ -541,11 +541,6 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Runs `f` on a thread inside network namespace `ns`; sockets it opens stay there.
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    ns.enter(f)
-}
-
 // ---- an inside PNS driven step by step ------------------------------------
 
 /// A control connection from an inside client to [`SERVER`] with one call,
@@ -564,10 +559,9 @@ impl Pns {
     /// Connects from client `client`, starts the control connection and
     /// places one call with Call ID `own_id`.
     pub fn call(pair: &Pair, client: usize, own_id: u16) -> Result<Pns, String> {
-        let stream = in_netns(&pair.clients[client], || {
-            TcpStream::connect_timeout(&(SERVER, 1723).into(), STEP)
-        })
-        .map_err(|e| format!("connect: {e}"))?;
+        let stream = pair.clients[client]
+            .enter(|| TcpStream::connect_timeout(&(SERVER, 1723).into(), STEP))
+            .map_err(|e| format!("connect: {e}"))?;
         let ctl = Control::new(stream, Segmentation::One).map_err(|e| e.to_string())?;
         let mut p = Pns {
             client,
@@ -659,7 +653,7 @@ impl GreStreams {
         let mut threads = Vec::new();
         let mut received = Vec::new();
         for ns in &pair.clients {
-            let raw = in_netns(ns, || {
+            let raw = ns.enter(|| {
                 let r = RawGre::open(None)?;
                 r.set_read_timeout(Duration::from_millis(50))?;
                 Ok::<_, io::Error>(r)
@@ -684,7 +678,7 @@ impl GreStreams {
             }));
             received.push(got);
         }
-        let raw = in_netns(&pair.server_ns, || RawGre::open(Some(SERVER)))?;
+        let raw = pair.server_ns.enter(|| RawGre::open(Some(SERVER)))?;
         let rounds = Arc::new(AtomicU64::new(0));
         let (st, tg, rd) = (stop.clone(), targets.clone(), rounds.clone());
         threads.push(thread::spawn(move || {
