@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use lab::established;
-use pair::{
-    alg_has_ha, client_addr, gap_after, num, GreStreams, Pair, Pns, LAN_VIP, SERVER, WAN_VIP,
-};
+use pair::{client_addr, gap_after, num, GreStreams, Pair, Pns, LAN_VIP, SERVER, WAN_VIP};
 
 /// A call the server streams GRE to, its payloads tagged
 /// "c<client>-<inside id, hex>-<generation>:<seq>".
@@ -194,7 +192,15 @@ fn echo_all(pair: &Pair, r: usize, calls: &mut [Pns], id: u32) {
 
 #[test]
 fn failover_keeps_calls() {
-    failover(3, false);
+    failover(3, false, true);
+}
+
+/// The same pair without pptp-alg's call replication (no `ha_` keys), as
+/// any PPTP gateway in a pair today: conntrackd still carries the control
+/// connections, but the calls' GRE never reaches the clients again.
+#[test]
+fn failover_without_call_replication_loses_the_calls() {
+    failover(3, false, false);
 }
 
 /// r1 reboots empty after the failover; the calls it started are r2's
@@ -203,7 +209,7 @@ fn failover_keeps_calls() {
 #[test]
 #[ignore = "a rebooted node gets back only the calls its peer started (src/daemon/ha.rs)"]
 fn failback_keeps_calls() {
-    failover(3, true);
+    failover(3, true, true);
 }
 
 /// The failover with many calls (`PPTP_ALG_FAILOVER_CALLS=1000`; not in
@@ -219,29 +225,30 @@ fn failover_keeps_many_calls() {
         println!("skipped: set PPTP_ALG_FAILOVER_CALLS (e.g. 1000)");
         return;
     };
-    failover(n, false);
+    failover(n, false, true);
 }
 
 /// The failover of the module documentation with `n` calls (3: one per
 /// client, all with [`INSIDE_ID`]); with `failback`, r1 then boots again,
-/// resyncs and takes over from r2, and the same checks run on r1.
-fn failover(n: usize, failback: bool) {
+/// resyncs and takes over from r2, and the same checks run on r1. Without
+/// `ha` (call replication) the calls' GRE must be lost.
+fn failover(n: usize, failback: bool, ha: bool) {
     if !lab::have_root() {
         return;
     }
-    let ha = alg_has_ha();
     let started = Instant::now();
     let clients = if n <= 3 {
         n
     } else {
         n.div_ceil(CALLS_PER_CLIENT)
     };
-    let case = match (failback, n) {
-        (true, _) => "fb".to_string(),
-        (false, 3) => "fo".to_string(),
-        (false, n) => format!("fo{n}"),
+    let case = match (failback, ha, n) {
+        (true, _, _) => "fb".to_string(),
+        (false, false, _) => "norep".to_string(),
+        (false, true, 3) => "fo".to_string(),
+        (false, true, n) => format!("fo{n}"),
     };
-    let mut pair = Pair::new(&case, clients);
+    let mut pair = Pair::new(&case, clients, ha);
     pair.start_daemons(0);
     pair.wait_vips(0, SETTLE);
     pair.start_daemons(1);
@@ -365,8 +372,8 @@ fn failover(n: usize, failback: bool) {
     } else {
         assert_gre_lost(&streams, &live, handover + moved);
         println!(
-            "pptp-alg has no ha_* keys: the control connections survive failover and \
-             failback, the calls' GRE does not"
+            "without ha_* keys the control connections survive failover and failback, \
+             the calls' GRE does not"
         );
     }
     drop(streams);
@@ -492,8 +499,7 @@ fn sync_link_down_during_setup_recovers() {
     if !lab::have_root() {
         return;
     }
-    let ha = alg_has_ha();
-    let mut pair = Pair::new("sync", 3);
+    let mut pair = Pair::new("sync", 3, true);
     pair.start_daemons(0);
     pair.wait_vips(0, SETTLE);
     pair.start_daemons(1);
@@ -527,18 +533,16 @@ fn sync_link_down_during_setup_recovers() {
     );
     assert!(pair.routers[0].addrs().contains(&WAN_VIP));
     assert!(!pair.routers[1].addrs().contains(&WAN_VIP));
-    if ha {
-        let st = pair.wait_status(1, SETTLE, "r2's status", |_| true);
-        assert!(
-            (0..3).all(|c| row(&st, c, INSIDE_ID).is_none()),
-            "calls crossed a link that is down: {st:#}"
-        );
-        // Each daemon notices its peer is gone (3 s without a heartbeat).
-        for r in 0..2 {
-            wait_for("pptp-alg to log the lost peer", || {
-                pair.routers[r].log("pptp-alg").contains("ha: peer lost")
-            });
-        }
+    let st = pair.wait_status(1, SETTLE, "r2's status", |_| true);
+    assert!(
+        (0..3).all(|c| row(&st, c, INSIDE_ID).is_none()),
+        "calls crossed a link that is down: {st:#}"
+    );
+    // Each daemon notices its peer is gone (3 s without a heartbeat).
+    for r in 0..2 {
+        wait_for("pptp-alg to log the lost peer", || {
+            pair.routers[r].log("pptp-alg").contains("ha: peer lost")
+        });
     }
 
     let backups = pair.routers[1]
@@ -561,17 +565,15 @@ fn sync_link_down_during_setup_recovers() {
         "r2's conntrackd to receive the 3 control connections",
         || pair.routers[1].external_cache().len() == 3,
     );
-    if ha {
-        pair.wait_status(1, SETTLE, "the 3 calls resynced", |v| {
-            (0..3).all(|c| row(v, c, INSIDE_ID).is_some())
-        });
-        let log = pair.routers[1].log("pptp-alg");
-        assert!(log.contains("ha: peer up: node 0 active"), "{log}");
-        assert!(
-            log.contains("ha: resync: took the peer's whole table (3 live calls)"),
-            "{log}"
-        );
-    }
+    pair.wait_status(1, SETTLE, "the 3 calls resynced", |v| {
+        (0..3).all(|c| row(v, c, INSIDE_ID).is_some())
+    });
+    let log = pair.routers[1].log("pptp-alg");
+    assert!(log.contains("ha: peer up: node 0 active"), "{log}");
+    assert!(
+        log.contains("ha: resync: took the peer's whole table (3 live calls)"),
+        "{log}"
+    );
     println!(
         "sync link down {} ms; r2 caught up {} ms after it came back",
         (restored - cut).as_millis(),

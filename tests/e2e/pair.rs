@@ -68,14 +68,16 @@ pub struct Pair {
     pub server_ns: Netns,
     server: Option<Proc>,
     key: Vec<u8>,
+    replicate: bool,
     /// Ordered so that the switches go last.
     switches: [Netns; 3],
 }
 
 impl Pair {
     /// Creates the switches and hosts, boots both routers (no daemons yet)
-    /// and starts the PPTP server.
-    pub fn new(case: &str, clients: usize) -> Pair {
+    /// and starts the PPTP server. Without `replicate` the routers' pptp-alg
+    /// configuration lacks its `ha_` keys.
+    pub fn new(case: &str, clients: usize, replicate: bool) -> Pair {
         let prefix = format!("pf{}-{case}", std::process::id());
         let sw = |s: &str| {
             let ns = Netns::add(&format!("{prefix}-{s}"));
@@ -109,6 +111,7 @@ impl Pair {
             server_ns: Netns::add(&format!("{prefix}-srv")),
             server: None,
             key: (0..32).map(|i| (i * 37 + 11) as u8).collect(),
+            replicate,
             switches,
             prefix,
         };
@@ -193,7 +196,7 @@ impl Pair {
         ] {
             ns.exec("sysctl", &["-qw", s]);
         }
-        let key_bytes = self.key.clone();
+        let (key_bytes, replicate) = (self.key.clone(), self.replicate);
         let rt = &mut self.routers[r];
         let _ = std::fs::remove_dir_all(&rt.dir);
         std::fs::create_dir_all(&rt.dir).expect("router dir");
@@ -240,7 +243,7 @@ impl Pair {
         std::fs::write(&key, key_bytes).expect("key");
         rt.install(&key, "/etc/pptp-alg/ha.key", "0600");
         let conf = rt.dir.join("pptp-alg.toml.src");
-        std::fs::write(&conf, alg_config(id)).expect("config");
+        std::fs::write(&conf, alg_config(id, replicate)).expect("config");
         rt.install(&conf, "/etc/pptp-alg/pptp-alg.toml", "0644");
         rt.sh(&format!("nft -f {}", ex.join("nat.nft").display()));
     }
@@ -365,11 +368,11 @@ impl Drop for Pair {
 }
 
 /// `examples/ha/pptp-alg-<id>.toml` as it is, or without its `ha_` keys
-/// while the daemon does not know them yet ([`alg_has_ha`]).
-pub fn alg_config(id: &str) -> String {
+/// (no call replication: what the pair gives with conntrackd alone).
+pub fn alg_config(id: &str, replicate: bool) -> String {
     let text = std::fs::read_to_string(Path::new(EXAMPLES).join(format!("pptp-alg-{id}.toml")))
         .expect("example config");
-    if alg_has_ha() {
+    if replicate {
         text
     } else {
         text.lines()
@@ -377,16 +380,6 @@ pub fn alg_config(id: &str) -> String {
             .map(|l| format!("{l}\n"))
             .collect()
     }
-}
-
-/// Whether this pptp-alg replicates calls (has the `ha_*` keys); every
-/// config key is also a flag of `pptp-alg run`.
-pub fn alg_has_ha() -> bool {
-    let out = Command::new(ALG)
-        .args(["run", "--help"])
-        .output()
-        .expect("pptp-alg run --help");
-    String::from_utf8_lossy(&out.stdout).contains("--ha-address")
 }
 
 impl Router {
