@@ -60,6 +60,11 @@ fn run_has_a_flag_for_every_config_key() {
         "conn_linger",
         "quarantine",
         "log_level",
+        "ha_node",
+        "ha_listen",
+        "ha_peer",
+        "ha_key_file",
+        "ha_address",
     ];
     for key in keys {
         let flag = format!("--{}", key.replace('_', "-"));
@@ -294,4 +299,35 @@ fn check_config_has_no_side_effects() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!dir.exists(), "check-config created {}", dir.display());
+}
+
+/// check-config checks a router pair's keys: a key file others may read is
+/// refused naming the key and the remedy; a private one passes.
+#[test]
+fn check_config_checks_the_pairs_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let key = temp_file("ha.key", "0123456789abcdef0123456789abcdef\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = temp_file(
+        "ha.toml",
+        &format!(
+            "ha_node = 1\nha_listen = \"10.9.0.2\"\nha_peer = \"10.9.0.1\"\nha_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let o = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("`ha_key_file`"), "{err}");
+    assert!(
+        err.contains("readable by its group or others (mode 0644)"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Without ha_node the others are an error naming it.
+    let o = run(&["check-config", "--ha-peer", "10.9.0.1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`ha_node`"), "{}", stderr(&o));
 }

@@ -473,7 +473,14 @@ fn ha_keys_missing_or_bad_name_the_key() {
     let e = parse(&ha_text("0", &gone)).unwrap_err();
     assert_eq!(e.key(), Some("ha_key_file"));
     assert!(e.to_string().contains("cannot read"), "{e}");
-    for p in [key, open, short, gone] {
+    // A FIFO is refused at once, not waited on.
+    let fifo = temp_path("ha-key-fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = parse(&ha_text("0", &fifo)).unwrap_err();
+    assert!(e.to_string().contains("is not a regular file"), "{e}");
+    for p in [key, open, short, gone, fifo] {
         remove_temp(&p);
     }
 }

@@ -8,8 +8,8 @@
 //! NAT id, and router 2's kernel maps hold its GRE elements (hot standby);
 //! its end removes them. The replication lag (router 1's call start to
 //! router 2's, from the daemons' log stamps) is printed over 100 calls.
-//! Moving `VIP` swaps the roles. A call made through router 2 then shows on
-//! router 1 (failback). Router 2 restarted with another key is refused by
+//! Moving `VIP` swaps the roles. A call made through router 2 while router
+//! 1's daemon is down shows on router 1 once it is back (failback). Router 2 restarted with another key is refused by
 //! both sides, counted and logged, and router 1 then calls its peer lost.
 //!
 //! Without root the test prints "skipped: needs root" and passes, unless
@@ -269,6 +269,17 @@ fn two_daemons_replicate_calls_both_ways() {
 
     // Replication lag over 100 calls: router 1's "call started" line to
     // router 2's "peer's call started" line for the same NAT id.
+    let sent = |lab: &Lab| {
+        let st = lab.status();
+        let h = ha(&st);
+        [
+            u64_of(&h["bytes_sent"]),
+            u64_of(&h["messages_sent"]),
+            u64_of(&h["records_sent"]),
+        ]
+    };
+    let before = sent(&r1);
+    let t_many = std::time::Instant::now();
     let many = r1.client(
         Host::Lan(0),
         SERVER,
@@ -316,6 +327,18 @@ fn two_daemons_replicate_calls_both_ways() {
     r2.wait_status(Duration::from_secs(5), "the 100 calls' ends", |s| {
         calls(s).is_empty()
     });
+    let after = sent(&r1);
+    let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert!(d[2] >= 300, "a start, an answer and an end a call: {d:?}");
+    println!(
+        "sync traffic for 100 calls set up, answered and cleared in {:.1} s: {} records in {} \
+         messages, {} bytes of UDP payload ({} bytes a call, heartbeats included)",
+        t_many.elapsed().as_secs_f64(),
+        d[2],
+        d[1],
+        d[0],
+        d[0] / 100
+    );
 
     // Failover: the virtual address moves, the roles follow.
     r1.ip(
@@ -340,7 +363,9 @@ fn two_daemons_replicate_calls_both_ways() {
         "ha: role backup -> active ({VIP} came to this router)"
     )));
 
-    // A call through router 2 shows on router 1 (failback).
+    // Router 1's daemon is down while a call is made through router 2;
+    // back, it takes router 2's table (failback).
+    r1.stop_daemon();
     let c2 = r2.client(
         Host::Lan(0),
         SERVER,
@@ -359,6 +384,7 @@ fn two_daemons_replicate_calls_both_ways() {
     let on2 = calls(&r2.wait_established(1));
     let nat2 = on2[0].2;
     assert_eq!(nat2 % 2, 1, "node 1's half of the ids");
+    start(&mut r1, "0", SYNC_1, SYNC_2, &k1);
     let on1 = calls(
         &r1.wait_status(Duration::from_secs(3), "router 2's call", |s| {
             calls(s).iter().any(|c| c.3 == "established")
@@ -366,6 +392,17 @@ fn two_daemons_replicate_calls_both_ways() {
     );
     assert_eq!(on1, on2);
     assert!(has_gre_elements(&r1, nat2, lan_addr(0), 0x4000));
+    let st1 = r1.status();
+    assert_eq!(ha(&st1)["role"], "backup", "{VIP} is router 2's");
+    assert!(r1
+        .daemon_log()
+        .contains("ha: resync: took the peer's whole table (1 live calls)"));
+    let log2 = r2.daemon_log();
+    assert!(
+        log2.contains("ha: peer up: node 0 backup"),
+        "the new run greets"
+    );
+    assert!(log2.contains("ha: resync: sent this node's whole table to the peer"));
     r2.signal(c2, libc::SIGUSR1);
     r2.client_ok(c2, "two");
     r1.wait_status(Duration::from_secs(3), "its end", |s| calls(s).is_empty());

@@ -61,6 +61,11 @@ impl AddrTable {
         }
     }
 
+    /// Whether `addr` is one of them.
+    pub fn has(&self, addr: Ipv4Addr) -> bool {
+        self.entries.iter().any(|e| e.addr == addr)
+    }
+
     /// The distinct local addresses.
     pub fn addrs(&self) -> BTreeSet<Ipv4Addr> {
         self.entries.iter().map(|e| e.addr).collect()
@@ -432,8 +437,10 @@ mod tests {
         t.apply(&RtMsg::Done);
         t.apply(&RtMsg::Del(a));
         assert_eq!(t.addrs(), BTreeSet::from([Ipv4Addr::new(10, 0, 0, 1)]));
+        assert!(t.has(Ipv4Addr::new(10, 0, 0, 1)));
         t.apply(&RtMsg::Del(b));
         assert!(t.addrs().is_empty());
+        assert!(!t.has(Ipv4Addr::new(10, 0, 0, 1)));
         t.apply(&RtMsg::Del(b));
         assert!(t.addrs().is_empty());
     }

@@ -218,10 +218,10 @@ config_keys! {
     /// This router's node in a high-availability pair, 0 or 1, or none [default: none].
     [Restart, value_name = "0|1|none", value_parser = parse_ha_node]
     ha_node: HaNode,
-    /// ADDR[:PORT] the replication socket binds on the sync link [default: "", port 1729].
+    /// ADDR or ADDR:PORT the replication socket binds on the sync link (port 1729) [default: ""].
     [Restart, value_name = "ADDR[:PORT]"]
     ha_listen: String,
-    /// ADDR[:PORT] of the other node's replication socket [default: "", port 1729].
+    /// ADDR or ADDR:PORT of the other node's replication socket (port 1729) [default: ""].
     [Restart, value_name = "ADDR[:PORT]"]
     ha_peer: String,
     /// File holding the pair's pre-shared key (mode 0600 or stricter) [default: ""].
@@ -890,9 +890,15 @@ impl fmt::Debug for HaSettings {
 /// call table a node takes from the network.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = path.display();
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    // Non-blocking: a FIFO at the path must not hang the start (or a
+    // check-config) until someone writes to it.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot read {name}: {e}"))?;

@@ -20,7 +20,8 @@ use super::logging::RateLimit;
 use crate::alg::{Alg, EndCause, Event, IdPartition, SavedCall};
 use crate::netlink::route::RouteSocket;
 use crate::replication::{
-    wire::MAX_MESSAGE, Error, Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role, Status,
+    wire::{MAX_MESSAGE, MAX_RECORDS},
+    Error, Key, Record, Replica, ReplicaConfig, ReplicaEvent, Role, Status,
 };
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -36,6 +37,10 @@ const RECV_BATCH: usize = 64;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// How long the initial address dump may take.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A record waits at most this long for others to share its datagram
+/// (the packet thread sends what is queued at the end of every batch of
+/// packets anyway; a long batch must not hold a record back).
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// The status is brought up to date at most this often: a report counts
 /// the peer's calls, too much work for every wake-up of a busy thread.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -65,6 +70,10 @@ pub struct HaReport {
     pub messages_sent: u64,
     /// Messages taken from the peer.
     pub messages_received: u64,
+    /// Bytes of the datagrams sent (UDP payload).
+    pub bytes_sent: u64,
+    /// Bytes of the datagrams read (UDP payload), taken or not.
+    pub bytes_received: u64,
     /// Gaps found in the peer's records.
     pub gaps: u64,
     /// Snapshots of the peer's table taken whole (resyncs).
@@ -172,7 +181,7 @@ impl Follower {
     }
 
     fn role(&self) -> Role {
-        if self.table.addrs().contains(&self.address) {
+        if self.table.has(self.address) {
             Role::Active
         } else {
             Role::Backup
@@ -199,6 +208,8 @@ pub struct Ha {
     auth_failures: u64,
     refused: u64,
     send_errors: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
     /// What the last [`Ha::log_progress`] saw: gaps, snapshots applied and sent.
     logged: (u64, u64, u64),
     warn_refused: RateLimit,
@@ -206,6 +217,8 @@ pub struct Ha {
     buf: Vec<u8>,
     /// Something changed since the last report.
     changed: bool,
+    /// When the oldest record not sent yet was queued.
+    pending_since: Option<Instant>,
     next_report: Instant,
 }
 
@@ -281,11 +294,14 @@ impl Ha {
             auth_failures: 0,
             refused: 0,
             send_errors: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
             logged: (0, 0, 0),
             warn_refused: RateLimit::new(Duration::from_secs(60), 10),
             warn_io: RateLimit::new(Duration::from_secs(60), 10),
             buf: vec![0; MAX_MESSAGE + 1],
             changed: true,
+            pending_since: None,
             next_report: now,
         })
     }
@@ -338,10 +354,26 @@ impl Ha {
         if let Some(r) = Record::from_event(ev, self.quarantine) {
             self.replica.record(now, r);
             self.changed = true;
+            if self.pending_since.is_none() && self.replica.queued_records() > 0 {
+                // The clock, not `now`: that is the batch's start.
+                self.pending_since = Some(Instant::now());
+            }
         }
     }
 
-    /// Reads what waits on the sockets (at most [`RECV_BATCH`] datagrams):
+    /// Sends the queued records if a datagram's worth waits or the oldest
+    /// has waited [`FLUSH_AFTER`]; for the middle of a batch of packets.
+    pub fn transmit_if_due(&mut self) {
+        let Some(since) = self.pending_since else {
+            return;
+        };
+        let now = Instant::now();
+        if self.replica.queued_records() >= MAX_RECORDS || now >= since + FLUSH_AFTER {
+            self.transmit(now);
+        }
+    }
+
+    /// Reads what waits on the sockets (at most `RECV_BATCH` datagrams):
     /// the peer's messages and address changes. Never blocks.
     pub fn receive(&mut self, now: Instant) {
         if let Some(f) = &mut self.follower {
@@ -375,6 +407,7 @@ impl Ha {
                 }
             };
             self.changed = true;
+            self.bytes_received += n as u64;
             if from != SocketAddr::V4(self.peer) {
                 self.refused += 1;
                 self.refusal(now, from, &format!("not from the peer {}", self.peer));
@@ -481,10 +514,11 @@ impl Ha {
     /// Sends what the replica has to send. A datagram the socket does not
     /// take now is dropped (counted); the protocol recovers from loss.
     pub fn transmit(&mut self, now: Instant) {
+        self.pending_since = None;
         while let Some(bytes) = self.replica.poll_transmit() {
             self.changed = true;
             match self.sock.send_to(&bytes, self.peer) {
-                Ok(_) => {}
+                Ok(n) => self.bytes_sent += n as u64,
                 // The peer's daemon is not running: its hello will come.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => {
@@ -536,7 +570,7 @@ impl Ha {
     }
 
     /// The report for `pptp-alg status` when something changed since the
-    /// last one, at most every [`REPORT_EVERY`].
+    /// last one, at most every `REPORT_EVERY`.
     pub fn take_report(&mut self, now: Instant) -> Option<HaReport> {
         if !self.changed || now < self.next_report {
             return None;
@@ -568,6 +602,8 @@ impl Ha {
             records_received: st.records_applied,
             messages_sent: st.sent,
             messages_received: st.received,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
             gaps: st.gaps,
             resyncs: st.snapshots_applied,
             snapshots_sent: st.snapshots_sent,

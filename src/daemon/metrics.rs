@@ -352,23 +352,21 @@ fn registry(report: &StatusReport) -> Registry {
         }
         const RECORDS: &str = "Call records replicated, by direction (sent: this node's; \
                                received: the peer's, applied)";
-        const MESSAGES: &str = "Replication messages, by direction";
-        for (dir, records, messages) in [
-            ("sent", ha.records_sent, ha.messages_sent),
-            ("received", ha.records_received, ha.messages_received),
+        const MESSAGES: &str = "Replication messages, by direction (received: taken)";
+        const BYTES: &str = "Bytes of replication datagrams (UDP payload), by direction";
+        for (dir, records, messages, bytes) in [
+            ("sent", ha.records_sent, ha.messages_sent, ha.bytes_sent),
+            (
+                "received",
+                ha.records_received,
+                ha.messages_received,
+                ha.bytes_received,
+            ),
         ] {
-            add(
-                "ha_records",
-                RECORDS,
-                labels(&[("direction", dir)]),
-                records,
-            );
-            add(
-                "ha_messages",
-                MESSAGES,
-                labels(&[("direction", dir)]),
-                messages,
-            );
+            let l = labels(&[("direction", dir)]);
+            add("ha_records", RECORDS, l.clone(), records);
+            add("ha_messages", MESSAGES, l.clone(), messages);
+            add("ha_bytes", BYTES, l, bytes);
         }
         for (metric, help, v) in [
             ("ha_gaps", "Gaps found in the peer's records", ha.gaps),
@@ -753,6 +751,8 @@ mod tests {
             records_received: 9,
             messages_sent: 20,
             messages_received: 21,
+            bytes_sent: 2000,
+            bytes_received: 2100,
             gaps: 1,
             resyncs: 2,
             snapshots_sent: 1,
@@ -779,6 +779,7 @@ mod tests {
             "pptp_alg_ha_records_total{direction=\"sent\"} 5",
             "pptp_alg_ha_records_total{direction=\"received\"} 9",
             "pptp_alg_ha_messages_total{direction=\"received\"} 21",
+            "pptp_alg_ha_bytes_total{direction=\"sent\"} 2000",
             "pptp_alg_ha_gaps_total 1",
             "pptp_alg_ha_resyncs_total 2",
             "pptp_alg_ha_auth_failures_total 4",

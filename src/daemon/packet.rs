@@ -2,16 +2,22 @@
 //! `handle` it in the engine, drain `poll_event` (journal, log, fast path),
 //! give the verdict; run `handle_timeout` when `poll_timeout` is due.
 //!
-//! Owns the queue sockets, the wake-up socket, the journal writer and the
-//! [`Offload`] controller. It must not decide anything about packets (the
-//! engine does) nor touch nftables itself (the controller does).
+//! Owns the queue sockets, the wake-up socket, the journal writer, the
+//! [`Offload`] controller and, in a router pair, the [`Ha`] shell: the
+//! engine's events of this node's calls go to it, the peer's calls it
+//! gives are applied to the engine, and their events take the same way
+//! as any call's (journal, log, fast path) but never back to the peer. It
+//! must not decide anything about packets (the engine does) nor touch
+//! nftables itself (the controller does).
 //!
 //! Waiting. nfq 0.2.5 has no descriptor accessor, so a blocking `recv`
 //! could not be interrupted for timers or shutdown. The queue socket is
-//! non-blocking instead, and the thread waits in `poll(2)` on two
-//! descriptors: the queue socket (found by [`NfQueue::poll_fd`]) and a
-//! wake-up socket the main thread writes to on shutdown. The timeout is
-//! the next engine timer, fast-path counter poll or watchdog ping, so an
+//! non-blocking instead, and the thread waits in `poll(2)` on the queue
+//! sockets (found by [`NfQueue::poll_fd`]), a wake-up socket the main
+//! thread writes to on shutdown and, in a pair, the replication and route
+//! sockets (read at every wake-up, so a packet load that never lets the
+//! thread wait does not starve them). The timeout is the next engine
+//! timer, fast-path counter poll, replication timer or watchdog ping, so an
 //! idle daemon sleeps and a busy one never waits. Should the queue's
 //! descriptor not be identifiable, the thread polls the wake-up socket
 //! with a 1 ms timeout and tries the queue after each: slower to react,
@@ -241,6 +247,11 @@ impl PacketLoop {
                     }
                 }
             }
+            // The records of this batch's calls in as few datagrams as
+            // they fit, before the thread may sleep.
+            if let Some(ha) = &mut self.ha {
+                ha.transmit(now);
+            }
             if self.wait(self.next_timer, now) {
                 self.drain_wake();
             }
@@ -376,6 +387,10 @@ impl PacketLoop {
         // carries its NAT id (or starts its GRE) leaves.
         if !self.events.is_empty() {
             self.handle_events(now, Origin::Local);
+        }
+        // Reads the clock only while records wait.
+        if let Some(ha) = &mut self.ha {
+            ha.transmit_if_due();
         }
         let action = match verdict {
             Verdict::Accept | Verdict::UnknownCall => Action::Accept,
@@ -553,9 +568,9 @@ impl PacketLoop {
         }
     }
 
-    /// Journals the call changes (unless restored), sends this node's to
-    /// the peer of a pair, logs events and keeps the fast path in step with
-    /// the call table.
+    /// Journals the call changes (unless restored), records this node's for
+    /// the peer of a pair (sent once per batch of packets), logs events and
+    /// keeps the fast path in step with the call table.
     fn handle_events(&mut self, now: Instant, origin: Origin) {
         if origin != Origin::Restored && !self.events.is_empty() {
             self.journal_events(now);
@@ -668,9 +683,6 @@ impl PacketLoop {
                     }
                 }
             }
-        }
-        if let Some(ha) = &mut self.ha {
-            ha.transmit(now);
         }
     }
 }

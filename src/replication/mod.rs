@@ -354,6 +354,11 @@ impl Replica {
         self.mirror.live()
     }
 
+    /// Own records waiting to be sent.
+    pub fn queued_records(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// This node's live calls as last recorded.
     pub fn own_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
         self.own.live()
