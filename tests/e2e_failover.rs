@@ -503,6 +503,18 @@ fn sync_link_down_during_setup_recovers() {
     pair.start_daemons(0);
     pair.wait_vips(0, SETTLE);
     pair.start_daemons(1);
+    // The pair in its steady state first: each daemon has met its peer and
+    // r2's keepalived has heard r1 on the sync link.
+    for r in 0..2 {
+        wait_for("pptp-alg to meet its peer", || {
+            pair.routers[r].log("pptp-alg").contains("ha: peer up")
+        });
+    }
+    wait_for("r2 to settle as backup on the sync link", || {
+        pair.routers[1]
+            .log("keepalived")
+            .contains("(SYNC_LINK) Entering BACKUP STATE")
+    });
     let cut = Instant::now();
     pair.set_cable(0, "sync0", false);
 
@@ -561,10 +573,17 @@ fn sync_link_down_during_setup_recovers() {
                 > backups
         },
     );
-    wait_for(
-        "r2's conntrackd to receive the 3 control connections",
-        || pair.routers[1].external_cache().len() == 3,
-    );
+    let deadline = Instant::now() + SETTLE;
+    while pair.routers[1].external_cache().len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "r2's conntrackd never received the 3 control connections: {:?}\n{}{}",
+            pair.routers[1].external_cache(),
+            pair.routers[0].logs(),
+            pair.routers[1].logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     pair.wait_status(1, SETTLE, "the 3 calls resynced", |v| {
         (0..3).all(|c| row(v, c, INSIDE_ID).is_some())
     });
