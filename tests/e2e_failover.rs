@@ -294,6 +294,13 @@ fn failover(n: usize, failback: bool, ha: bool) {
     );
     if ha {
         pair.wait_status(1, SETTLE, "every call replicated", |v| lists_all(v, &calls));
+        let st = pair.try_status(0).expect("r1's status");
+        println!(
+            "sync traffic from r1 since its start (heartbeats included): pptp-alg {} bytes, \
+             conntrackd {:?} bytes, for {n} calls",
+            st["ha"]["bytes_sent"],
+            pair.routers[0].conntrackd_bytes_sent()
+        );
     }
 
     // r1 fails.

@@ -486,6 +486,17 @@ impl Router {
             .collect()
     }
 
+    /// Bytes conntrackd sent on the sync link so far (`conntrackd -s`).
+    pub fn conntrackd_bytes_sent(&self) -> Option<u64> {
+        let out = self.in_ns(
+            "conntrackd",
+            &["-C", "/etc/conntrackd/conntrackd.conf", "-s"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.contains("Bytes sent"))?;
+        line.split_whitespace().next()?.parse().ok()
+    }
+
     /// The kernel's tcp/1723 conntrack entries.
     pub fn conntrack_1723(&self) -> Vec<String> {
         let out = self.in_ns("conntrack", &["-L", "-p", "tcp", "--dport", "1723"]);
