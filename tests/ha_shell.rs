@@ -226,6 +226,14 @@ fn the_active_node_times_calls_out_and_the_backup_keeps_them() {
     let id = u16_at(&out, 12);
     a.sim.send(&mut c, IN, &ocrp(0x0701, id, 1));
     assert!(pump(&mut a, &mut b, |_, b| nat_ids(b).len() == 1));
+    // A call the backup made (before a failback, say), which the active
+    // node now carries.
+    let mut c2 = Conn::client_inside(host(2), 40002, SERVER);
+    b.sim.start_control(&mut c2);
+    let (_, out) = b.sim.send(&mut c2, OUT, &ocrq(0x4000));
+    let id2 = u16_at(&out, 12);
+    b.sim.send(&mut c2, IN, &ocrp(0x0702, id2, 1));
+    assert!(pump(&mut a, &mut b, |a, _| nat_ids(a).len() == 2));
 
     // 700 s on the backup's clock: past the connection's (300 s) and the
     // call's (600 s) idle timeouts.
@@ -234,7 +242,7 @@ fn the_active_node_times_calls_out_and_the_backup_keeps_them() {
         b.sim.advance(Duration::from_secs(10));
         b.step();
     }
-    assert_eq!(nat_ids(&b).len(), 1, "the backup keeps the call");
+    assert_eq!(nat_ids(&b).len(), 2, "the backup keeps both calls");
     assert!(!b
         .sim
         .events
@@ -247,14 +255,14 @@ fn the_active_node_times_calls_out_and_the_backup_keeps_them() {
         b.step();
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(nat_ids(&a).len(), 1, "no end went to the active node");
+    assert_eq!(nat_ids(&a).len(), 2, "no end went to the active node");
 
     // The active node's clock: its call times out there, and so on the backup.
     for _ in 0..70 {
         a.ha.refresh(a.sim.now, &mut a.sim.alg);
         a.sim.advance(Duration::from_secs(10));
     }
-    assert!(nat_ids(&a).is_empty(), "timed out on the active node");
+    assert!(nat_ids(&a).is_empty(), "both timed out on the active node");
     assert!(
         pump(&mut a, &mut b, |_, b| nat_ids(b).is_empty()),
         "ended on the backup: {:?}",

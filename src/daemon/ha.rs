@@ -493,17 +493,21 @@ impl Ha {
 
     /// Every few seconds, keeps the calls whose packets the live peer
     /// carries (see `defers_to_peer`) from timing out in `alg` (see
-    /// [`Alg::refresh_replicated`]): the peer's, and this node's own that
-    /// the peer took over, so the standby keeps their fast path.
+    /// [`Alg::refresh_replicated`]): the peer's, and those this node made
+    /// that the peer took over, so the standby keeps their fast path. Not
+    /// the other half's calls restored here at start that the peer no
+    /// longer has: they time out.
     pub fn refresh(&mut self, now: Instant, alg: &mut Alg) {
         if now < self.next_refresh {
             return;
         }
         self.next_refresh = now + self.refresh_every;
-        let calls = self
-            .replica
-            .peer_live_calls()
-            .chain(self.replica.own_live_calls());
+        let partition = self.partition;
+        let calls = self.replica.peer_live_calls().chain(
+            self.replica
+                .own_live_calls()
+                .filter(|c| partition.owns(c.nat_id)),
+        );
         for c in calls {
             if self.defers_to_peer(c.nat_id) {
                 alg.refresh_replicated(now, c);
