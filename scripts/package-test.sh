@@ -127,7 +127,8 @@ bash -c 'source /usr/share/bash-completion/completions/pptp-alg && complete -p p
     fail "bash completion does not load"
 [ -s /usr/share/zsh/vendor-completions/_pptp-alg ] || fail "no zsh completion"
 [ -s /usr/share/fish/vendor_completions.d/pptp-alg.fish ] || fail "no fish completion"
-for doc in README.md.gz changelog.gz copyright examples/pptp-alg.toml third-party-licenses.txt.gz; do
+for doc in README.md.gz changelog.gz copyright examples/pptp-alg.toml examples/ha/keepalived.conf \
+    examples/ha/pptp-alg-ha.sh examples/ha/conntrackd-r1.conf examples/ha/pptp-alg-r1.toml third-party-licenses.txt.gz; do
     [ -s "/usr/share/doc/pptp-alg/$doc" ] || fail "no /usr/share/doc/pptp-alg/$doc"
 done
 

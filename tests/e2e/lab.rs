@@ -109,6 +109,138 @@ impl Output {
     }
 }
 
+impl Proc {
+    /// Starts `cmd` with no input; its stdout is collected and its stderr
+    /// drained line by line (kept whole and forwarded for [`Proc::wait_line`]).
+    pub fn start(what: String, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let mut out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let (tx, stderr_lines) = mpsc::channel();
+        let stderr_all = Arc::new(Mutex::new(String::new()));
+        let all = stderr_all.clone();
+        let stderr_done = thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                {
+                    let mut a = all.lock().unwrap_or_else(|p| p.into_inner());
+                    a.push_str(&line);
+                    a.push('\n');
+                }
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            what,
+            child,
+            stdout: Some(stdout),
+            stderr_lines,
+            stderr_all,
+            stderr_done: Some(stderr_done),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The stderr the process has written so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `timeout`
+    /// or if the process ends first.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line with {needle:?} within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    thread::sleep(Duration::from_millis(100));
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "{} ended ({status:?}) before printing {needle:?}; stderr:\n{}",
+                        self.what,
+                        self.stderr_so_far()
+                    )
+                }
+            }
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit (killing it after `timeout`) and collects its output.
+    pub fn finish_within(&mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not finish within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(h) = self.stderr_done.take() {
+            let _ = h.join();
+        }
+        Output {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.stderr_so_far(),
+        }
+    }
+
+    /// Sends `sig` if the process still runs.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if self.is_running() {
+            // SAFETY: plain syscall on a child we started and have not reaped.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// SIGKILL if it still runs, then reaps it.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// The lab; see the module documentation.
 pub struct Lab {
     pub name: String,
@@ -426,129 +558,34 @@ impl Lab {
     pub fn spawn(&mut self, h: Host, what: &str, program: &str, args: &[&str]) -> Pid {
         let ns = self.ns(h).to_string();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns, program])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(["netns", "exec", &ns, program]).args(args);
         if program == PEER {
             cmd.env("RUST_LOG", "info");
         } else {
             cmd.env_remove("RUST_LOG");
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let mut out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let (tx, stderr_lines) = mpsc::channel();
-        let stderr_all = Arc::new(Mutex::new(String::new()));
-        let all = stderr_all.clone();
-        let stderr_done = thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                {
-                    let mut a = all.lock().unwrap_or_else(|p| p.into_inner());
-                    a.push_str(&line);
-                    a.push('\n');
-                }
-                let _ = tx.send(line);
-            }
-        });
-        self.procs.push(Proc {
-            what: format!("{what} in {ns}"),
-            child,
-            stdout: Some(stdout),
-            stderr_lines,
-            stderr_all,
-            stderr_done: Some(stderr_done),
-        });
+        self.procs.push(Proc::start(format!("{what} in {ns}"), cmd));
         Pid(self.procs.len() - 1)
     }
 
     /// The stderr a process has written so far.
     pub fn stderr_so_far(&self, p: Pid) -> String {
-        self.procs[p.0]
-            .stderr_all
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.procs[p.0].stderr_so_far()
     }
 
     /// Waits for a stderr line containing `needle`; panics after `timeout`
     /// or if the process ends first.
     pub fn wait_line(&mut self, p: Pid, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.procs[p.0].stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: no line with {needle:?} within {timeout:?}; stderr:\n{}",
-                    self.procs[p.0].what,
-                    self.stderr_so_far(p)
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    thread::sleep(Duration::from_millis(100));
-                    let status = self.procs[p.0].child.try_wait().ok().flatten();
-                    panic!(
-                        "{} ended ({status:?}) before printing {needle:?}; stderr:\n{}",
-                        self.procs[p.0].what,
-                        self.stderr_so_far(p)
-                    )
-                }
-            }
-        }
+        self.procs[p.0].wait_line(needle, timeout)
     }
 
     pub fn is_running(&mut self, p: Pid) -> bool {
-        matches!(self.procs[p.0].child.try_wait(), Ok(None))
+        self.procs[p.0].is_running()
     }
 
     /// Waits for a process to exit (killing it after `timeout`) and collects its output.
     pub fn finish_within(&mut self, p: Pid, timeout: Duration) -> Output {
-        let proc = &mut self.procs[p.0];
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(st) = proc.child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = proc.child.kill();
-                let _ = proc.child.wait();
-                let err = proc
-                    .stderr_all
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
-                panic!(
-                    "{} did not finish within {timeout:?}; stderr:\n{err}",
-                    proc.what
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = proc
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        if let Some(h) = proc.stderr_done.take() {
-            let _ = h.join();
-        }
-        let stderr = proc
-            .stderr_all
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Output {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
-        }
+        self.procs[p.0].finish_within(timeout)
     }
 
     pub fn finish(&mut self, p: Pid) -> Output {
