@@ -490,6 +490,16 @@ PY
         in_r cat /proc/net/netfilter/nfnetlink_queue |
             awk 'BEGIN{printf "{"} {printf "%s\"%s\":[%s,%s,%s,%s]", (NR>1?",":""), $1, $3, $6, $7, $8} END{printf "}"}'
     }
+    # [[processed, dropped, time_squeeze] per CPU] from /proc/net/softnet_stat (hexadecimal;
+    # global, not per namespace): `dropped` counts packets refused by a full backlog
+    # (netdev_max_backlog), which the flood and, with RPS, the server's segments share.
+    softnet_json() {
+        python3 -c 'import json; print(json.dumps([[int(w, 16) for w in l.split()[:3]] for l in open("/proc/net/softnet_stat")]))'
+    }
+    # [[user, nice, system, idle, iowait, irq, softirq] per CPU] from /proc/stat (ticks).
+    cpustat_json() {
+        python3 -c 'import json; print(json.dumps([[int(w) for w in l.split()[1:8]] for l in open("/proc/stat") if l[:3] == "cpu" and l[3].isdigit()]))'
+    }
     jfile() { # the JSON value in FILE, or null
         [ -s "$1" ] && jq -ce . "$1" 2>/dev/null || echo null
     }
@@ -506,6 +516,19 @@ PY
         local cfg=$1 n=$2 rep=$3 echo=$WORK/echo.txt new=$WORK/new
         rm -f "$echo" "$new.ready" "$WORK/leak.ready"
         cfg_up "$cfg" "$n" --echo-interval-ms "$ECHO_MS" --echo-out "$echo"
+        if [ "${FLOOD_DROP:-0}" = 1 ]; then
+            # An experiment: GRE still addressed to the public address after pptp-alg's
+            # gre_in (priority raw) is dropped right after it, instead of being delivered to
+            # the router's own stack; what a kernel drop of unknown GRE would save.
+            in_r nft -f - <<NFT
+table ip labdrop {
+    chain pre {
+        type filter hook prerouting priority raw + 1; policy accept;
+        ip daddr $PUB ip protocol gre counter drop
+    }
+}
+NFT
+        fi
         local up overlap
         up=$(jq -r .calls "$WORK/pns.ready")
         [ "$up" -eq "$n" ] || log "  $cfg: only $up of $n calls set up"
@@ -516,8 +539,10 @@ PY
             --idle-ms 600000 --timeout "$((FLOOD_DUR + 120))"
         local leak_pid=$LAST_PID
         wait_file "$WORK/leak.ready" 10
-        local q0 ct0 u0 q1 ct1 u1 t0 t1 gpid npid
+        local q0 ct0 u0 q1 ct1 u1 t0 t1 gpid npid sn0 sn1 cs0 cs1
         q0=$(queues_json)
+        sn0=$(softnet_json)
+        cs0=$(cpustat_json)
         ct0=$(in_r conntrack -C)
         u0=$(alg_unknown)
         rps on
@@ -538,12 +563,15 @@ PY
         wait "$gpid"
         t1=$(date +%s%N)
         q1=$(queues_json)
+        sn1=$(softnet_json)
+        cs1=$(cpustat_json)
         ct1=$(in_r conntrack -C)
         u1=$(alg_unknown)
         rps off
         wait "$npid" || log "  $cfg: the new calls' client failed: $(cat "$new.out.err")"
         stop_pid "$leak_pid"
         stop_calls
+        [ "${FLOOD_DROP:-0}" = 1 ] && in_r nft delete table ip labdrop
         python3 - "$echo" "$t0" "$t1" >"$WORK/echo.json" <<'PY'
 import json, sys
 t0, t1 = int(sys.argv[2]), int(sys.argv[3])
@@ -564,6 +592,9 @@ PY
             --argjson leak "$(jfile "$WORK/leak.json")" --argjson new_pns "$(jfile "$new.out")" \
             --argjson new "$(jfile "$new.ready")" --argjson queues_before "$q0" --argjson queues_after "$q1" \
             --argjson conntrack_before "$ct0" --argjson conntrack_after "$ct1" \
+            --argjson softnet_before "$sn0" --argjson softnet_after "$sn1" \
+            --argjson cpustat_before "$cs0" --argjson cpustat_after "$cs1" --argjson gen_cpu "$GEN_CPU" \
+            --argjson netdev_max_backlog "$(sysctl -n net.core.netdev_max_backlog)" \
             --argjson alg_before "$u0" --argjson alg_after "$u1" --argjson ids_overlap "$overlap" \
             --argjson conntrack_max "$(in_r cat /proc/sys/net/netfilter/nf_conntrack_max)" \
             '$ARGS.named + {kind: "flood"}')"
