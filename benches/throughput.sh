@@ -29,7 +29,8 @@
 #          and conntrack count before and after, GRE that reached the inside. Cases CFG:CALLS
 #          in FLOOD_CASES (default "a:10 b:10 c:10 d:10 b:1000"); FLOOD_RATE (150000 pps),
 #          FLOOD_DUR (10 s), FLOOD_IDLE (5 s of idle echoes first), FLOOD_NEW (200 calls),
-#          ECHO_MS (10 ms between echoes).
+#          ECHO_MS (10 ms between echoes); FLOOD_DROP=1 drops GRE still addressed to the
+#          public address right after pptp-alg's gre_in (an experiment).
 # Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
 # sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e).
 set -euo pipefail
