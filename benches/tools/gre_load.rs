@@ -1369,6 +1369,9 @@ fn echo_loop(
             match c.expect(6) {
                 Ok(m) if m.len() >= 16 && m[12..16] == id.to_be_bytes() => break true,
                 Ok(_) => continue,
+                // The stop signal interrupts a read with a timeout (never restarted): the
+                // run is over, not the echo lost.
+                Err(_) if STOP.load(Ordering::Relaxed) => return (answered, lost, None),
                 Err(_) if c.timed_out => break false,
                 Err(e) => return (answered, lost, Some(e)),
             }
