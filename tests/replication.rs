@@ -525,6 +525,84 @@ fn replays_and_old_sessions_are_refused() {
     assert!(p.r[1].peer_calls(p.now).is_empty());
 }
 
+/// Failback: node 0 (active) fails, node 1 takes over as active and holds
+/// node 0's calls; node 0 comes back from a reboot with nothing. Its empty
+/// table must not make node 1 forget the calls it carries: node 1 takes
+/// them as its own and node 0 gets them back in node 1's table, so its
+/// kernel has them before the address returns to it.
+#[test]
+fn an_active_node_keeps_a_restarted_peers_calls_and_gives_them_back() {
+    let mut p = Pair::new(13);
+    p.r[0].set_role(Role::Active);
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    let now = p.now;
+    p.r[0].record(now, record_of(0, &Change::Start(1)));
+    p.r[0].record(now, record_of(0, &Change::Start(2)));
+    let mut ended = call(0, 2);
+    ended.quarantine_left = Some(300);
+    p.r[0].record(now, Record::Ended(ended));
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    assert_eq!(p.r[1].peer_live_calls().count(), 1);
+    // Node 0 is gone; node 1 holds the address now.
+    p.r[1].set_role(Role::Active);
+    p.r[0] = Replica::new(config(0, 0xa0a2), p.now);
+    for _ in 0..10 {
+        p.run_step(false);
+    }
+    assert!(
+        p.events[1].contains(&ReplicaEvent::Adopted(2)),
+        "{:?}",
+        p.events[1]
+    );
+    assert!(!p.events[1]
+        .iter()
+        .any(|e| matches!(e, ReplicaEvent::Forget(_))));
+    let own: Vec<_> = p.r[1].adopted_live_calls().cloned().collect();
+    assert_eq!(own, vec![call(0, 1)]);
+    // Node 0's new run holds them again, the ended one with its quarantine.
+    let back = p.r[0].peer_calls(p.now);
+    assert!(back.contains(&call(0, 1)), "{back:?}");
+    assert!(
+        back.iter()
+            .any(|c| c.nat_id == call(0, 2).nat_id && c.quarantine_left.is_some()),
+        "{back:?}"
+    );
+    // Its end, told by node 0 once it carries the call again, ends it on
+    // node 1 too.
+    let mut c = call(0, 1);
+    c.quarantine_left = Some(300);
+    p.r[0].record(p.now, Record::Ended(c));
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    assert_eq!(p.r[1].adopted_live_calls().count(), 0);
+    assert_eq!(p.r[1].own_live_calls().count(), 0);
+}
+
+/// A backup does not take over a restarted peer's calls: the active peer
+/// carries them and its new table (restored or empty) is the truth.
+#[test]
+fn a_backup_forgets_what_a_restarted_peer_no_longer_has() {
+    let mut p = Pair::new(15);
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    p.r[0].record(p.now, record_of(0, &Change::Start(1)));
+    for _ in 0..5 {
+        p.run_step(false);
+    }
+    p.r[0] = Replica::new(config(0, 0xa0a3), p.now);
+    for _ in 0..10 {
+        p.run_step(false);
+    }
+    assert!(p.events[1].contains(&ReplicaEvent::Forget(call(0, 1))));
+    assert_eq!(p.r[1].own_live_calls().count(), 0);
+}
+
 fn msg_counter(bytes: &[u8]) -> u64 {
     decode(bytes, &key()).unwrap().header.counter
 }

@@ -480,6 +480,11 @@ impl Ha {
                     log::info!("ha: peer node {} is now {}", st.node, role_text(st.role));
                     self.last_peer = Some(st);
                 }
+                ReplicaEvent::Adopted(n) => log::info!(
+                    "ha: the peer started anew while this node is active: the {n} calls of \
+                     its earlier run held here are this node's now, and go back to the peer \
+                     in this node's table"
+                ),
                 ReplicaEvent::PeerDead => log::warn!(
                     "ha: peer lost: nothing valid from {} for {} s; its {} live calls stay \
                      here as they were",
@@ -503,11 +508,20 @@ impl Ha {
         }
         self.next_refresh = now + self.refresh_every;
         let partition = self.partition;
-        let calls = self.replica.peer_live_calls().chain(
-            self.replica
-                .own_live_calls()
-                .filter(|c| partition.owns(c.nat_id)),
-        );
+        let calls = self
+            .replica
+            .peer_live_calls()
+            .chain(
+                self.replica
+                    .own_live_calls()
+                    .filter(|c| partition.owns(c.nat_id)),
+            )
+            .chain(
+                // Taken over from the peer's earlier run: this node's now.
+                self.replica
+                    .adopted_live_calls()
+                    .filter(|c| !partition.owns(c.nat_id)),
+            );
         for c in calls {
             if self.defers_to_peer(c.nat_id) {
                 alg.refresh_replicated(now, c);

@@ -106,6 +106,14 @@ pub enum ReplicaEvent {
     /// A peer's call that a snapshot no longer has (its end was missed and
     /// its quarantine is over): forget it.
     Forget(SavedCall),
+    /// The peer started a new run while this node was active: the calls
+    /// this node held of its earlier run (live ones, and ended ones in
+    /// quarantine) are this node's own from now on, so they go back to the
+    /// peer in this node's table instead of being forgotten when the new
+    /// run's (empty, after a reboot) table arrives. That is failback: the
+    /// calls a node took over reach the returning node's kernel before the
+    /// address does. The count of calls taken over.
+    Adopted(usize),
 }
 
 /// Counters, for logs and tests.
@@ -141,6 +149,9 @@ pub struct ReplicaStats {
 struct Entry {
     call: SavedCall,
     expires: Option<Instant>,
+    /// A call of an earlier run of the peer that this node took over
+    /// (see [`ReplicaEvent::Adopted`]).
+    adopted: bool,
 }
 
 impl Entry {
@@ -155,7 +166,11 @@ impl Entry {
                 None
             }
         };
-        Entry { call, expires }
+        Entry {
+            call,
+            expires,
+            adopted: false,
+        }
     }
 
     fn record(&self, now: Instant) -> Record {
@@ -364,6 +379,16 @@ impl Replica {
         self.own.live()
     }
 
+    /// This node's live calls that it took over from an earlier run of the
+    /// peer (see [`ReplicaEvent::Adopted`]).
+    pub fn adopted_live_calls(&self) -> impl Iterator<Item = &SavedCall> {
+        self.own
+            .0
+            .values()
+            .filter(|e| e.adopted && e.expires.is_none())
+            .map(|e| &e.call)
+    }
+
     /// Whether the mirror is current: the peer is alive and no resync is
     /// under way.
     pub fn in_sync(&self) -> bool {
@@ -483,6 +508,9 @@ impl Replica {
             self.outbox.clear();
             self.snapshot_out.clear();
             self.events.push_back(ReplicaEvent::PeerUp(status));
+            if self.cfg.role == Role::Active {
+                self.adopt(now);
+            }
             self.hello_now = true;
             self.want_snapshot(now);
             return Ok(());
@@ -504,6 +532,30 @@ impl Replica {
         }
         self.status(status);
         Ok(())
+    }
+
+    /// Takes the mirror of the peer's earlier run into the own table (see
+    /// [`ReplicaEvent::Adopted`]); what the own table has of a call already
+    /// (this node handled it: an end, say) stays as it is. The own table's
+    /// bound holds: beyond it calls are left (and counted).
+    fn adopt(&mut self, now: Instant) {
+        self.mirror.expire(now);
+        let mut n = 0;
+        for (k, mut e) in std::mem::take(&mut self.mirror.0) {
+            if self.own.0.contains_key(&k) {
+                continue;
+            }
+            if self.own.0.len() >= self.cfg.max_calls {
+                self.stats.table_full += 1;
+                continue;
+            }
+            e.adopted = true;
+            self.own.0.insert(k, e);
+            n += 1;
+        }
+        if n > 0 {
+            self.events.push_back(ReplicaEvent::Adopted(n));
+        }
     }
 
     fn status(&mut self, status: Status) {
