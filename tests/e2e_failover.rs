@@ -203,12 +203,10 @@ fn failover_without_call_replication_loses_the_calls() {
     failover(3, false, false);
 }
 
-/// r1 reboots empty after the failover. Fails today: the calls r1 started
-/// are r2's mirror of its peer's table, which r1's empty table replaces at
-/// their resync, so r2 forgets them (their GRE stops on r2, the active
-/// router, 1 to 2 s after r1 is back) and r1 gets only the call r2 started.
+/// r1 reboots empty after the failover, comes back as backup, gets the
+/// calls it had started back from r2 (which took them over as its own when
+/// r1's new run greeted it) and then takes the addresses back.
 #[test]
-#[ignore = "a rebooted peer's empty table makes the active node forget the calls it took over"]
 fn failback_keeps_calls() {
     failover(3, true, true);
 }
