@@ -101,6 +101,13 @@ pub enum Action<'a> {
     Drop,
 }
 
+/// What one queued packet of a full-size copy takes of a socket's receive
+/// buffer (the kernel counts an skb's true size, about twice the packet).
+const PACKET_TRUESIZE: u64 = 4096;
+/// The largest receive buffer asked for (the default queues: 2 x 4,096
+/// packets, 32 MiB).
+const MAX_SOCKET_BUFFER: u64 = 64 << 20;
+
 /// A netlink socket bound to a set of queues.
 pub struct NfQueue {
     inner: nfq::Queue,
@@ -160,6 +167,19 @@ impl NfQueue {
                 .map_err(err(format!("disabling GSO on queue {q}")))?;
         }
         inner.set_nonblocking(true);
+        // Room in the socket for every packet the queues may hold: with the
+        // default buffer (about 200 kB, some 90 queued packets) a busy
+        // daemon's socket overflowed long before the queue was full, and
+        // the kernel dropped control segments as "user dropped" (seen with
+        // `--no-offload` under a GRE flood while the daemon's core was 98%
+        // busy). The queue's own limit then decides, as configured.
+        if let Some(fd) = fd {
+            let bytes = (u64::from(max_len) * PACKET_TRUESIZE * queues.len() as u64)
+                .min(MAX_SOCKET_BUFFER) as libc::c_int;
+            if let Err(e) = crate::netlink::set_receive_buffer(fd, bytes) {
+                log::debug!("NFQUEUE socket buffer of {bytes} bytes refused: {e}");
+            }
+        }
         Ok(NfQueue {
             inner,
             fd,
@@ -179,6 +199,26 @@ impl NfQueue {
         // SAFETY: the descriptor belongs to `self.inner`, which outlives the
         // borrow; it is only used for poll(2), never closed.
         self.fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+
+    /// The socket's receive buffer in bytes, as the kernel reports it (twice
+    /// what was asked for: it counts its own overhead), if the descriptor is
+    /// known.
+    pub fn receive_buffer(&self) -> Option<usize> {
+        let fd = self.fd?;
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` live for the call and describe the buffer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then(|| usize::try_from(v).unwrap_or(0))
     }
 
     /// The bound queues.

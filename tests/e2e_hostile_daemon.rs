@@ -119,6 +119,18 @@ fn huge_state_file_is_refused_unread() {
     let refused = log.find("ignoring saved calls").expect("refusal line");
     let bound = log.find("bound queues").expect("bound line");
     assert!(refused < bound, "{log}");
+    // The control socket holds every packet both control queues may hold
+    // (4,096 each by default, about 4 kB a packet; the kernel reports twice
+    // what was asked): a busy daemon's socket must not drop control
+    // segments before the queues are full.
+    let line = &log[bound..log[bound..].find('\n').map_or(log.len(), |e| bound + e)];
+    let control_kb: u64 = line
+        .split("socket buffers ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no socket buffer size: {line}"));
+    assert!(control_kb >= 2 * 2 * 4096 * 4, "{line}");
     assert!(started < Duration::from_secs(10), "start took {started:?}");
     let srv = lab.server(Host::Wan, SERVER, &[]);
     let c = call(&mut lab, 0, "works", "1");

@@ -639,20 +639,7 @@ impl Ha {
 /// Sets a socket buffer size; a refusal only costs resyncs of large tables.
 fn set_buffer(sock: &UdpSocket, opt: libc::c_int, bytes: usize) {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `v` lives for the call and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        log::debug!(
-            "ha: cannot size a socket buffer: {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = crate::netlink::set_socket_int(sock.as_raw_fd(), opt, v) {
+        log::debug!("ha: cannot size a socket buffer: {e}");
     }
 }

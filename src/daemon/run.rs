@@ -363,13 +363,19 @@ fn open_queues(cfg: &Config) -> Result<(NfQueue, NfQueue), DaemonError> {
     // belongs to. So a flood costs GRE only, and control segments never
     // wait behind it (the packet thread serves them first).
     let gre_queue = NfQueue::open(&[cfg.queue_gre], cfg.queue_max_len)?;
+    let kb = |q: &NfQueue| {
+        q.receive_buffer()
+            .map_or("?".into(), |b| (b >> 10).to_string())
+    };
     log::info!(
         "bound queues {} (control from inside), {} (control to inside) and {} (GRE, its own \
-         socket), {} packets each, fail-closed",
+         socket), {} packets each, fail-closed; socket buffers {} kB (control) and {} kB (GRE)",
         cfg.queue_from_inside,
         cfg.queue_to_inside,
         cfg.queue_gre,
-        cfg.queue_max_len
+        cfg.queue_max_len,
+        kb(&queue),
+        kb(&gre_queue)
     );
     if queue.poll_fd().is_none() || gre_queue.poll_fd().is_none() {
         log::warn!("queue socket descriptor not found; polling every millisecond instead");

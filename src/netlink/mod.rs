@@ -23,5 +23,5 @@ mod socket;
 mod split;
 
 pub use poll::readable;
-pub use socket::{Bus, NlSocket, RecvError};
+pub use socket::{set_receive_buffer, set_socket_int, Bus, NlSocket, RecvError};
 pub use split::{messages, ErrorMsg, FrameError, Msg, NLMSG_HDRLEN};

@@ -1,7 +1,7 @@
 //! A bound netlink socket and its receive buffer.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 pub use mnl::Bus;
@@ -80,24 +80,7 @@ impl NlSocket {
     /// Asks for a socket receive queue of `bytes`, beyond `rmem_max` where allowed
     /// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN), else as large as `rmem_max` lets it be.
     pub fn set_queue_size(&self, bytes: i32) -> io::Result<()> {
-        let set = |opt| {
-            // SAFETY: valid descriptor and option buffer.
-            let r = unsafe {
-                libc::setsockopt(
-                    self.sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&bytes as *const i32).cast(),
-                    std::mem::size_of::<i32>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+        set_receive_buffer(self.sock.as_raw_fd(), bytes)
     }
 
     /// Sends one buffer (one message or a batch of them) to the kernel, whole.
@@ -154,4 +137,30 @@ impl AsFd for NlSocket {
         // SAFETY: the descriptor is open as long as `self.sock` is, which outlives the borrow.
         unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) }
     }
+}
+
+/// Sets the socket option `opt` (of level `SOL_SOCKET`) of `fd` to `value`.
+pub fn set_socket_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` lives for the call and its size is passed; a bad descriptor is an error.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks for a receive buffer of `bytes` on `fd`, beyond `rmem_max` where allowed
+/// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN), else as large as `rmem_max` lets it be.
+pub fn set_receive_buffer(fd: RawFd, bytes: libc::c_int) -> io::Result<()> {
+    set_socket_int(fd, libc::SO_RCVBUFFORCE, bytes)
+        .or_else(|_| set_socket_int(fd, libc::SO_RCVBUF, bytes))
 }
