@@ -176,6 +176,14 @@ other_busy_ns() {
         END { printf "%.0f", b * 1e9 / hz }' /proc/stat
 }
 
+# [[processed, dropped, time_squeeze] per CPU] from /proc/net/softnet_stat (hexadecimal;
+# global, not per namespace): `dropped` counts packets refused by a full backlog
+# (netdev_max_backlog), which the flood and, with RPS, the server's segments share; with
+# RPS, the GRE under test (where a saturated trial loses what it does not deliver).
+softnet_json() {
+    python3 -c 'import json; print(json.dumps([[int(w, 16) for w in l.split()[:3]] for l in open("/proc/net/softnet_stat")]))'
+}
+
 # CPU time (ns) a process has run, all threads (schedstat: not time spent on other tasks).
 proc_cpu_ns() {
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END{printf "%d", s}'
@@ -200,10 +208,13 @@ trial() {
         *) rps on ;;
     esac
     [ -n "$DAEMON_PID" ] && c0=$(proc_cpu_ns "$DAEMON_PID")
+    local sn0 sn1
+    sn0=$(softnet_json)
     o0=$(other_busy_ns)
     in_s taskset -c "$GEN_CPU" "$GL" send --dst "$dst" --rate "$rate" --duration "$dur" \
         "${idargs[@]}" >"$s"
     o1=$(other_busy_ns)
+    sn1=$(softnet_json)
     [ -n "$DAEMON_PID" ] && c1=$(proc_cpu_ns "$DAEMON_PID")
     if [ "$cfg" = gen ]; then
         stop_pid "$rpid"
@@ -214,7 +225,7 @@ trial() {
     T_ACH=$(jq -r .rate_achieved "$s")
     T_RATE=$rate
     T_RECV=$(jq -r '.received // 0' "$r" 2>/dev/null || echo 0)
-    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"other_busy_ns\":$((o1 - o0)),\"rps\":$RPS_NOW,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
+    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"other_busy_ns\":$((o1 - o0)),\"softnet_before\":$sn0,\"softnet_after\":$sn1,\"rps\":$RPS_NOW,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
 }
 
 # A trial passes when at most 0.5% of what was sent is lost and the generator kept up with the
@@ -490,12 +501,6 @@ PY
     queues_json() {
         in_r cat /proc/net/netfilter/nfnetlink_queue |
             awk 'BEGIN{printf "{"} {printf "%s\"%s\":[%s,%s,%s,%s]", (NR>1?",":""), $1, $3, $6, $7, $8} END{printf "}"}'
-    }
-    # [[processed, dropped, time_squeeze] per CPU] from /proc/net/softnet_stat (hexadecimal;
-    # global, not per namespace): `dropped` counts packets refused by a full backlog
-    # (netdev_max_backlog), which the flood and, with RPS, the server's segments share.
-    softnet_json() {
-        python3 -c 'import json; print(json.dumps([[int(w, 16) for w in l.split()[:3]] for l in open("/proc/net/softnet_stat")]))'
     }
     # [[user, nice, system, idle, iowait, irq, softirq] per CPU] from /proc/stat (ticks).
     cpustat_json() {
