@@ -57,6 +57,27 @@ fn start(lab: &mut Lab, node: &str, me: &str, peer: &str, key: &Path) -> Pid {
     ])
 }
 
+/// A call with Call ID 0x4000 from LAN host 0 through `lab`'s router, up
+/// and held until the client gets SIGUSR1.
+fn held_call(lab: &mut Lab, tag: &str) -> Pid {
+    let c = lab.client(
+        Host::Lan(0),
+        SERVER,
+        lan_addr(0),
+        tag,
+        &[
+            "--call-id",
+            "0x4000",
+            "--hold",
+            "0.2",
+            "--until-signal",
+            "15",
+        ],
+    );
+    lab.wait_line(c, "holding calls until SIGUSR1", Duration::from_secs(10));
+    c
+}
+
 fn ha(status: &Value) -> &Value {
     &status["ha"]
 }
@@ -220,21 +241,7 @@ fn two_daemons_replicate_calls_both_ways() {
     );
 
     // A call through router 1 shows on router 2, with its GRE elements.
-    let c = r1.client(
-        Host::Lan(0),
-        SERVER,
-        lan_addr(0),
-        "one",
-        &[
-            "--call-id",
-            "0x4000",
-            "--hold",
-            "0.2",
-            "--until-signal",
-            "15",
-        ],
-    );
-    r1.wait_line(c, "holding calls until SIGUSR1", Duration::from_secs(10));
+    let c = held_call(&mut r1, "one");
     let on1 = calls(&r1.wait_established(1));
     let nat = on1[0].2;
     assert_eq!(nat % 2, 0, "node 0's half of the ids");
@@ -369,21 +376,7 @@ fn two_daemons_replicate_calls_both_ways() {
     // Router 1's daemon is down while a call is made through router 2;
     // back, it takes router 2's table (failback).
     r1.stop_daemon();
-    let c2 = r2.client(
-        Host::Lan(0),
-        SERVER,
-        lan_addr(0),
-        "two",
-        &[
-            "--call-id",
-            "0x4000",
-            "--hold",
-            "0.2",
-            "--until-signal",
-            "15",
-        ],
-    );
-    r2.wait_line(c2, "holding calls until SIGUSR1", Duration::from_secs(10));
+    let c2 = held_call(&mut r2, "two");
     let on2 = calls(&r2.wait_established(1));
     let nat2 = on2[0].2;
     assert_eq!(nat2 % 2, 1, "node 1's half of the ids");

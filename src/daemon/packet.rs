@@ -34,7 +34,7 @@ use super::ha::Ha;
 use super::journal;
 use super::logging::RateLimit;
 use super::offload::{Offload, OffloadConfig};
-use super::shared::{lock, SharedRef};
+use super::shared::{lock, Shared, SharedRef};
 use crate::alg::{Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
 use crate::wire::ipv4::{self, PROTO_GRE};
@@ -365,16 +365,13 @@ impl PacketLoop {
             let mut s = lock(&self.shared);
             let alg = &mut s.alg;
             let r = catch_unwind(AssertUnwindSafe(|| alg.handle(now, buf, dir)));
-            while let Some(ev) = s.alg.poll_event() {
-                self.events.push(ev);
-            }
-            self.events_gen = s.journal_gen;
             // The first packet of a call arms the engine's sweep timer.
-            if let Some(t) = s.alg.poll_timeout() {
-                if t < self.next_timer {
-                    self.next_timer = t;
-                }
-            }
+            take_engine_events(
+                &mut s,
+                &mut self.events,
+                &mut self.events_gen,
+                &mut self.next_timer,
+            );
             r
         };
         let Ok(verdict) = verdict else {
@@ -513,15 +510,12 @@ impl PacketLoop {
                 s.alg.apply_replicated(now, &call);
             }
             ha.refresh(now, &mut s.alg);
-            while let Some(ev) = s.alg.poll_event() {
-                self.events.push(ev);
-            }
-            self.events_gen = s.journal_gen;
-            if let Some(t) = s.alg.poll_timeout() {
-                if t < self.next_timer {
-                    self.next_timer = t;
-                }
-            }
+            take_engine_events(
+                &mut s,
+                &mut self.events,
+                &mut self.events_gen,
+                &mut self.next_timer,
+            );
         }
         ha.transmit(now);
         if let Some(r) = ha.take_report(now) {
@@ -683,6 +677,25 @@ impl PacketLoop {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Moves the engine's events to `events` (with the journal generation they
+/// belong to) and brings `next_timer` forward to the engine's next timer.
+fn take_engine_events(
+    s: &mut Shared,
+    events: &mut Vec<Event>,
+    events_gen: &mut u64,
+    next_timer: &mut Instant,
+) {
+    while let Some(ev) = s.alg.poll_event() {
+        events.push(ev);
+    }
+    *events_gen = s.journal_gen;
+    if let Some(t) = s.alg.poll_timeout() {
+        if t < *next_timer {
+            *next_timer = t;
         }
     }
 }
