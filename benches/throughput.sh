@@ -132,14 +132,6 @@ in_s ip link add d0 type ifb # no dummy driver here; ifb drops what it is given
 in_s ip addr add 10.213.9.1/24 dev d0
 in_s ip link set d0 up
 in_r sysctl -qw net.ipv4.conf.all.rp_filter=0
-# CLIENT_GRO=1: GRO on the client's veth, which makes veth hand the router's forwarded packets
-# to the client through a NAPI queue of its own instead of the router core's backlog (the
-# one the router's own input, with RPS, waits in): as if the client sat behind a NIC. Needs
-# ethtool. An experiment on where a saturated trial loses its packets.
-if [ "${CLIENT_GRO:-0}" = 1 ]; then
-    in_c ethtool -K c0 gro on >/dev/null
-    log "GRO on the client's veth (c0): forwarded packets skip the router core's backlog"
-fi
 # veth hands a packet to the receiving namespace on the sender's core, so without RPS the
 # router's whole forwarding path runs on the generator's core, and every rate includes the
 # generator's own cost. For the rate trials, RPS on the router's outside link moves the
