@@ -237,10 +237,13 @@ fn stalled_clients_do_not_block_status_and_are_cut_off() {
         .collect();
     // Rate-limited: the first five of a minute.
     assert_eq!(dropped.len(), 5, "{lines:#?}");
+    // Each client's thread counts its drop, then logs: two cut off at the
+    // same moment may log in either order.
     assert!(
-        dropped[0].contains(&format!("of {full} bytes in 2s (1 dropped since start)")),
-        "{}",
-        dropped[0]
+        dropped
+            .iter()
+            .any(|l| l.contains(&format!("of {full} bytes in 2s (1 dropped since start)"))),
+        "{dropped:#?}"
     );
     drop(server);
     assert!(!sock.exists(), "socket file left behind");
