@@ -32,7 +32,8 @@
 #          ECHO_MS (10 ms between echoes); FLOOD_DROP=1 drops GRE still addressed to the
 #          public address right after pptp-alg's gre_in (an experiment).
 # Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
-# sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e).
+# sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e), PERF_ARGS (more `perf record` options for
+# --profile, e.g. -g).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -441,7 +442,7 @@ if [ -n "$PROFILE" ]; then
         cfg_up "$cfg" 1
         ids=$(ids_for "$cfg")
         trial "$cfg" 1 0 warmup 20000 0.3 "$ids"
-        perf record -a -F 4999 -o "$WORK/perf.$cfg.data" -- sleep 2.5 >/dev/null 2>&1 &
+        perf record ${PERF_ARGS:-} -a -F 4999 -o "$WORK/perf.$cfg.data" -- sleep 2.5 >/dev/null 2>&1 &
         ppid=$!
         sleep 0.2
         trial "$cfg" 1 0 profile "$PROF_RATE" 2 "$ids"
