@@ -32,8 +32,8 @@
 #          ECHO_MS (10 ms between echoes); FLOOD_DROP=1 drops GRE still addressed to the
 #          public address right after pptp-alg's gre_in (an experiment).
 # Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
-# sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e), PERF_ARGS (more `perf record` options for
-# --profile, e.g. -g).
+# sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e), PERF_ARGS
+# (more `perf record` options for --profile, e.g. -g).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
