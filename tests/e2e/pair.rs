@@ -149,6 +149,18 @@ impl Pair {
     /// A veth from `ns`'s `ifname` into switch `sw` (0 LAN, 1 WAN, 2 sync).
     fn plug(&self, ns: &Netns, ifname: &str, sw: usize, port: &str) {
         let port = format!("{port}-{ifname}");
+        // A crashed router's namespace is deleted in the background: the
+        // switch port of its earlier run may still be there at a reboot.
+        let switch = self.switches[sw].name();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("ip")
+            .args(["-n", switch, "link", "del", &port])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
         ns.veth(ifname, &self.switches[sw], &port);
         self.switches[sw].ip(&["link", "set", &port, "master", "br0", "up"]);
     }
