@@ -845,10 +845,7 @@ fn add_chain(txn: &mut Txn, table: &CString, spec: &ChainSpec, ids: SetIds) {
     // nftnl's Chain and Rule want a Table to take the name and family from.
     let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
     let tname = table.to_string_lossy();
-    let mut chain = Chain::new(spec.name, &anchor);
-    chain.set_hook(spec.hook, spec.prio);
-    chain.set_type(nftnl::ChainType::Filter);
-    chain.set_policy(Policy::Accept);
+    let chain = base_chain(&anchor, spec);
     let cname = name(spec.name);
     txn.add(
         &chain,
@@ -880,15 +877,21 @@ fn add_chain(txn: &mut Txn, table: &CString, spec: &ChainSpec, ids: SetIds) {
     }
 }
 
-/// Appends "remove chain `gre_post` if it is there" to `txn`: an add (which changes nothing
-/// about an existing chain) makes the delete valid either way, as for the table.
-pub fn add_drop_hairpin_post(txn: &mut Txn, cfg: &RulesConfig, table: &CString) {
-    let spec = hairpin_post(cfg);
-    let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
-    let mut chain = Chain::new(spec.name, &anchor);
+/// The base chain `spec` describes, in the table `anchor` names (nftnl's Chain wants a Table
+/// to take the name and family from).
+fn base_chain<'a>(anchor: &'a Table, spec: &ChainSpec) -> Chain<'a> {
+    let mut chain = Chain::new(spec.name, anchor);
     chain.set_hook(spec.hook, spec.prio);
     chain.set_type(nftnl::ChainType::Filter);
     chain.set_policy(Policy::Accept);
+    chain
+}
+
+/// Appends "remove chain `gre_post` if it is there" to `txn`: an add (which changes nothing
+/// about an existing chain) makes the delete valid either way, as for the table.
+pub fn add_drop_hairpin_post(txn: &mut Txn, cfg: &RulesConfig, table: &CString) {
+    let anchor = Table::new(table, nftnl::ProtoFamily::Ipv4);
+    let chain = base_chain(&anchor, &hairpin_post(cfg));
     let tname = table.to_string_lossy();
     txn.add(
         &chain,
