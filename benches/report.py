@@ -135,7 +135,7 @@ def ms(us):
     return "lost" if us == float("inf") else f"{us / 1000:.2f}"
 
 NAMES = {"a": "a masquerade", "b": "b Linux helper", "c": "c --no-offload",
-         "d": "d fast path", "e": "e ALT_ALG"}
+         "d": "d fast path", "dn": "dn fast path, nice", "e": "e ALT_ALG"}
 
 def flood_line(r):
     m = flood_metrics(r)
@@ -159,6 +159,8 @@ def flood_table(frows):
     print(f"{d['send']['sent']:,} GRE packets with unknown Call IDs to the public address, offered at"
           f" {d['send']['rate_offered']:,} pps (what the generator achieved: first row)"
           + (", router's receive work on the other core (RPS)" if d.get("rps") else ", no RPS")
+          + ("; the PPTP peers on the generator's core, which sleeps between bursts (FLOOD_PEERS=gen)"
+             if d.get("peers") == "gen" else "")
           + "; Echo-Request/Reply on a live control connection every few ms, idle before the"
           " flood and during it; new calls (a connection each) during the flood. a: masquerade"
           " alone, b: the Linux helper, c: pptp-alg --no-offload, d: pptp-alg (fast path).\n")
@@ -205,7 +207,7 @@ def flood_table(frows):
         v = by[c]
         print(f"  {c[0]} {num(c[1])} calls: " + ", ".join(
             f"{name} {sum(1 for m in v if ok(m))}/{len(v)}" for name, ok in checks
-            if c[0] in ("c", "d", "e") or name != "0 control segments dropped")
+            if c[0] in ("c", "d", "dn", "e") or name != "0 control segments dropped")
             + "; conntrack growth " + mm([m["ct_growth"] for m in v])
             + f" (the {num(v[0]['new_planned'])} new calls' connections included)")
     print()
@@ -224,6 +226,8 @@ print(f"\n=== pptp-alg GRE benchmark ({reps} repetition(s); median, ±half-range
 rps_on = any(r.get("rps") for r in rows if r["kind"] == "max")
 print("GRE server->client, 96-byte IPv4 packets; generator pinned to its own core"
       + ("; rate trials with RPS\n(forwarding on the other core), latency trials without\n" if rps_on else "; no RPS\n"))
+if any((r["recv"] or {}).get("sink") for r in rows if r["kind"] == "max"):
+    print("GRE_SINK=drop: rate trials counted and dropped at the client's link (no receiver process)\n")
 g = med(offered("gen", 1))
 print(f"generator ceiling (ifb sink, no forwarding): {fmt(g)} pps {spread(offered('gen', 1))}\n")
 hdr = f"{'cfg':<5}{'calls':>6} | {'no-loss pps':>16} | {'delivered@max':>16} | {'idle p50/p99/p99.9 us':>22} | {'@'+fixed_rate+'pps p50/p99/p99.9 us':>26}"
@@ -283,12 +287,48 @@ for calls in sizes:
               f"{(fmt(med(dc), ' ns') + ' ' + spread(dc)) if dc else '-':>18}")
 print()
 
+def cpu_fixed(r):
+    """The router core's busy ns per packet delivered in a fixed-rate trial (GRE_SINK=drop):
+    the trial's window on the other cores minus their idle time (cpuidle, microseconds)."""
+    if r.get("other_idle_us") is None or not (r["recv"] or {}).get("received"):
+        return None
+    return (r["window_ns"] * r["other_cpus"] - r["other_idle_us"] * 1000) / r["recv"]["received"]
+
+crows = [r for r in rows if r["kind"] == "cpu" and cpu_fixed(r) is not None]
+if crows:
+    rate = crows[0]["rate"]
+    print(f"Router core's CPU per packet at a fixed {rate:,} pps (GRE_SINK=drop; busy = the trial's window")
+    print("minus the core's idle time from cpuidle; forwarding, the client link's drop, and any other task):")
+    for calls in sizes:
+        for cfg in cfgs:
+            v = [cpu_fixed(r) for r in crows if r["cfg"] == cfg and r["calls"] == calls]
+            if v:
+                print(f"  {cfg:<5}{calls:>6} | {fmt(med(v), ' ns'):>10} {spread(v):>4}")
+    print("  ratios, per repetition, median (min..max):")
+    for x, y, calls in ([("d", "b", 1), ("d", "a", 1), ("b", "a", 1), ("e", "d", 1)]
+                        + [(x, y, n) for n in sizes if n > 1 for x, y in (("d", "b"), ("d-new", "b-new"))]):
+        v = []
+        for rep in range(1, reps + 1):
+            xs = [cpu_fixed(r) for r in crows if r["cfg"] == x and r["calls"] == calls and r["rep"] == rep]
+            ys = [cpu_fixed(r) for r in crows if r["cfg"] == y and r["calls"] == calls and r["rep"] == rep]
+            if xs and ys:
+                v.append(xs[0] / ys[0])
+        if v:
+            print(f"    {x}/{y}, {calls:,} call(s): {med(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
+                  + ("   target <= 1.0" if (x, y, calls) == ("d", "b", 1) else ""))
+    print()
+
+def goodput(r):
+    return r["recv"]["received"] / r["send"]["elapsed_s"] if r["recv"] else 0
+
 def paired(x, cx, y, cy, kind="noloss"):
-    """Median and half-range of the per-repetition ratios x/y (same repetition: paired)."""
+    """Median and half-range of the per-repetition ratios x/y (same repetition: paired): of
+    the no-loss rates, or with kind "max" of the rates delivered at full offered load."""
     v = []
+    val = goodput if kind == "max" else (lambda r: r["rate"])
     for rep in range(1, reps + 1):
-        xs = [r["rate"] for r in sel(x, cx, kind) if r["rep"] == rep]
-        ys = [r["rate"] for r in sel(y, cy, kind) if r["rep"] == rep]
+        xs = [val(r) for r in sel(x, cx, kind) if r["rep"] == rep]
+        ys = [val(r) for r in sel(y, cy, kind) if r["rep"] == rep]
         if xs and ys and ys[0]:
             v.append(xs[0] / ys[0])
     if not v:
@@ -302,6 +342,9 @@ for x, y, t in (("b", "a", ""), ("d", "a", "target >= 0.9"), ("d", "b", "target 
     if not noloss(x, 1) or not noloss(y, 1):
         continue
     print(f"  {x}/{y}: {paired(x, 1, y, 1)}   {t}")
+print("  goodput at full offered load (delivered@max), same ratios:")
+print("    " + "   ".join(f"{x}/{y} {paired(x, 1, y, 1, 'max')}" for x, y in (("b", "a"), ("d", "a"), ("d", "b"), ("e", "d"))
+                          if delivered(x, 1) and delivered(y, 1)) + "   (target d/b >= 1.0)")
 def cost_ratio(x, y, f, cx=1, cy=1):
     vx, vy = med(f(x, cx)), med(f(y, cy))
     return f"{vy / vx:.2f}x" if vx and vy else "-"

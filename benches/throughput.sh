@@ -17,6 +17,7 @@
 #   min  benches/tools/nfq_minimal.rs on the same queue rule as c (yardstick for c)
 #   gen  the generator alone, sending into an ifb device, which drops (its ceiling)
 #   e    (only with ALT_ALG=/path/to/pptp-alg) d with another build: an A/B of a change
+#   dn   d with the daemon at nice DN_NICE (default -10): does priority shorten its tail?
 # GRE always flows server -> client: 76-byte enhanced GRE (12-byte header + 64-byte payload
 # with sequence number and send timestamps), 96 bytes on the wire as IPv4.
 # Results: a table on stdout; raw data in DIR (default /tmp/pptp-bench.XXXX).
@@ -30,10 +31,14 @@
 #          in FLOOD_CASES (default "a:10 b:10 c:10 d:10 b:1000"); FLOOD_RATE (150000 pps),
 #          FLOOD_DUR (10 s), FLOOD_IDLE (5 s of idle echoes first), FLOOD_NEW (200 calls),
 #          ECHO_MS (10 ms between echoes); FLOOD_DROP=1 drops GRE still addressed to the
-#          public address right after pptp-alg's gre_in (an experiment).
+#          public address right after pptp-alg's gre_in (an experiment); FLOOD_PEERS=router
+#          puts the PPTP peers on the router's core (see there).
 # Environment: CFGS (one-call configurations, default "gen a b c d min"), SIZES (many-call
 # sizes), CONTROL=0 (skip the control plane), ALT_ALG (adds configuration e), PERF_ARGS
-# (more `perf record` options for --profile, e.g. -g).
+# (more `perf record` options for --profile, e.g. -g), GRE_SINK=drop (the rate trials count and
+# drop the GRE at the client's link, in its netdev ingress hook, instead of handing it to a
+# receiver process: the router's forwarding alone; instead of latency trials, the router
+# core's CPU per packet at CPU_RATE pps, 100,000 by default).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,6 +91,7 @@ else
 fi
 IDLE_RATE=1000            # packets per second for "idle" latency
 FIXED_RATE=${FIXED_RATE:-20000} # packets per second for latency under load
+CPU_RATE=${CPU_RATE:-100000} # packets per second for CPU per packet (GRE_SINK=drop)
 NCPU=$(nproc)
 GEN_CPU=$((NCPU - 1))     # the generator's own core
 OTHER_CPUS=0-$((NCPU > 1 ? NCPU - 2 : 0))
@@ -146,6 +152,26 @@ if [ "$RPS" = 1 ] && [ "$NCPU" -gt 1 ]; then
     RPS_MASK=$(printf '%x' $(((1 << GEN_CPU) - 1)))
     log "RPS for rate trials: router's r1 receive work on cpu mask $RPS_MASK, generator alone on cpu $GEN_CPU"
 fi
+# GRE_SINK=drop: a counter and a drop in the client link's netdev ingress hook stand for the
+# receiver during a trial (sink_on), and give what reached the client (sink_off).
+GRE_SINK=${GRE_SINK:-}
+sink_on() {
+    in_c nft -f - <<'NFT'
+table netdev sink {
+    chain in {
+        type filter hook ingress device "c0" priority 0; policy accept;
+        ip protocol gre counter drop
+    }
+}
+NFT
+}
+sink_off() { # -> packets counted
+    in_c nft -j list table netdev sink | jq '[.nftables[].rule? // empty | .expr[] | .counter? // empty | .packets] | add'
+    in_c nft delete table netdev sink
+}
+if [ "$GRE_SINK" = drop ]; then
+    sink_on && sink_off >/dev/null || { echo "throughput.sh: GRE_SINK=drop needs a netdev ingress hook" >&2; exit 1; }
+fi
 RPS_NOW=false
 rps() { # on|off
     local m=0
@@ -177,6 +203,21 @@ other_busy_ns() {
         END { printf "%.0f", b * 1e9 / hz }' /proc/stat
 }
 
+# Idle time (us) of the cores besides the generator's, from cpuidle's residency counters
+# (microseconds, unlike /proc/stat's ticks), or -1 without cpuidle.
+other_idle_us() {
+    local c t=0 n=0 f
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+        [ "${c##*/cpu}" != "$GEN_CPU" ] || continue
+        for f in "$c"/cpuidle/state*/time; do
+            [ -r "$f" ] || continue
+            t=$((t + $(cat "$f")))
+            n=$((n + 1))
+        done
+    done
+    [ "$n" -gt 0 ] && echo "$t" || echo -1
+}
+
 # [[processed, dropped, time_squeeze] per CPU] from /proc/net/softnet_stat (hexadecimal;
 # global, not per namespace): `dropped` counts packets refused by a full backlog
 # (netdev_max_backlog), which the flood and, with RPS, the server's segments share; with
@@ -194,16 +235,23 @@ proc_cpu_ns() {
 # JSON line to results and sets T_SENT, T_RECV.
 trial() {
     local cfg=$1 calls=$2 rep=$3 kind=$4 rate=$5 dur=$6 ids=${7:-}
-    local r=$WORK/recv.json ready=$WORK/recv.ready s=$WORK/send.json
-    rm -f "$ready"
-    bg "$r" "$NS_C" taskset -c "$OTHER_CPUS" "$GL" recv --ready-file "$ready" --idle-ms 300 \
-        --timeout "$(awk -v d="$dur" 'BEGIN{print d+10}')"
-    local rpid=$LAST_PID
-    wait_file "$ready" 10
-    local dst=$PUB idargs=(--call-id 0)
+    local r=$WORK/recv.json ready=$WORK/recv.ready s=$WORK/send.json rpid=
+    rm -f "$ready" "$r"
+    if [ "$GRE_SINK" = drop ] && [ "$cfg" != gen ]; then
+        sink_on
+    else
+        bg "$r" "$NS_C" taskset -c "$OTHER_CPUS" "$GL" recv --ready-file "$ready" --idle-ms 300 \
+            --timeout "$(awk -v d="$dur" 'BEGIN{print d+10}')"
+        rpid=$LAST_PID
+        wait_file "$ready" 10
+    fi
+    local dst=$PUB idargs=(--call-id 0) tick=()
+    # Fixed-rate CPU trials: bursts every 100 us, as a NIC's interrupt moderation hands
+    # them over; one packet per wake-up would mostly measure this VM's idle exits.
+    [ "$kind" = cpu ] && tick=(--tick-us 100)
     [ "$cfg" = gen ] && dst=$SINK
     [ -n "$ids" ] && idargs=(--ids-file "$ids")
-    local c0=0 c1=0 o0 o1
+    local c0=0 c1=0 o0 o1 i0 i1 w0 w1
     case "$kind:$cfg" in
         idle:* | fixed:* | *:c | *:min) rps off ;;
         *) rps on ;;
@@ -212,12 +260,19 @@ trial() {
     local sn0 sn1
     sn0=$(softnet_json)
     o0=$(other_busy_ns)
+    i0=$(other_idle_us)
+    w0=$(date +%s%N)
     in_s taskset -c "$GEN_CPU" "$GL" send --dst "$dst" --rate "$rate" --duration "$dur" \
-        "${idargs[@]}" >"$s"
+        "${idargs[@]}" "${tick[@]}" >"$s"
+    [ -z "$rpid" ] && sleep 0.05 # the backlog drains
+    w1=$(date +%s%N)
+    i1=$(other_idle_us)
     o1=$(other_busy_ns)
     sn1=$(softnet_json)
     [ -n "$DAEMON_PID" ] && c1=$(proc_cpu_ns "$DAEMON_PID")
-    if [ "$cfg" = gen ]; then
+    if [ -z "$rpid" ]; then
+        echo "{\"received\":$(sink_off),\"sink\":\"drop\"}" >"$r"
+    elif [ "$cfg" = gen ]; then
         stop_pid "$rpid"
     else
         wait "$rpid" || true
@@ -226,7 +281,7 @@ trial() {
     T_ACH=$(jq -r .rate_achieved "$s")
     T_RATE=$rate
     T_RECV=$(jq -r '.received // 0' "$r" 2>/dev/null || echo 0)
-    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"other_busy_ns\":$((o1 - o0)),\"softnet_before\":$sn0,\"softnet_after\":$sn1,\"rps\":$RPS_NOW,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
+    emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"$kind\",\"rate\":$rate,\"daemon_cpu_ns\":$((c1 - c0)),\"other_busy_ns\":$((o1 - o0)),\"other_idle_us\":$([ "$i0" -ge 0 ] && echo $((i1 - i0)) || echo null),\"other_cpus\":$((NCPU - 1)),\"window_ns\":$((w1 - w0)),\"softnet_before\":$sn0,\"softnet_after\":$sn1,\"rps\":$RPS_NOW,\"send\":$(cat "$s"),\"recv\":$(cat "$r" 2>/dev/null || echo null)}"
 }
 
 # A trial passes when at most 0.5% of what was sent is lost and the generator kept up with the
@@ -272,7 +327,11 @@ gre_suite() {
     done
     emit "{\"cfg\":\"$cfg\",\"calls\":$calls,\"rep\":$rep,\"kind\":\"noloss\",\"rate\":$best}"
     log "  $cfg calls=$calls rep=$rep: no-loss ~$best pps (saturated delivery $d pps)"
-    if [ "$lat" = 1 ]; then
+    if [ "$GRE_SINK" = drop ]; then
+        # The router's CPU per packet at a fixed rate every path carries: busy time of its
+        # core (the window minus cpuidle's idle time) over the packets delivered.
+        trial "$cfg" "$calls" "$rep" cpu "$CPU_RATE" 3 "$ids"
+    elif [ "$lat" = 1 ]; then
         trial "$cfg" "$calls" "$rep" idle "$IDLE_RATE" "$IDLE_DUR" "$ids"
         trial "$cfg" "$calls" "$rep" fixed "$FIXED_RATE" "$FIXED_DUR" "$ids"
     fi
@@ -295,7 +354,7 @@ start_daemon() { # extra args...
     # Pinned off the generator's core, like the minimal loop and the receiver: left to the
     # scheduler, either consumer sometimes landed beside the busy-waiting generator, and c/min
     # swung between 0.6x and 4.6x from one repetition to the next.
-    bg "$WORK/daemon.log" "$NS_R" taskset -c "$OTHER_CPUS" "${ALG_RUN:-$ALG}" run --install-rules --status-socket "$sock" \
+    bg "$WORK/daemon.log" "$NS_R" nice -n "${ALG_NICE:-0}" taskset -c "$OTHER_CPUS" "${ALG_RUN:-$ALG}" run --install-rules --status-socket "$sock" \
         --max-calls 20000 --max-calls-per-host 16384 --max-connections 20000 \
         --state-file "$WORK/state.$DAEMON_N.json" --log-level warn "$@"
     DAEMON_PID=$LAST_PID
@@ -376,10 +435,11 @@ EOF
             # The kernel helper tracks one call per control connection.
             start_pns "$calls" 1 1 "$@"
             ;;
-        c | d | e)
+        c | d | dn | e)
             case "$cfg" in
                 c) start_daemon --no-offload ;;
                 d) start_daemon ;;
+                dn) ALG_NICE=${DN_NICE:--10} start_daemon ;;
                 e) ALG_RUN=$ALT_ALG start_daemon ;;
             esac
             start_pac
@@ -403,7 +463,7 @@ cfg_down() {
             stop_calls
             in_r nft delete table ip labhelper
             ;;
-        c | d | e)
+        c | d | dn | e)
             stop_calls
             stop_daemon
             ;;
@@ -417,7 +477,7 @@ cfg_down() {
 
 ids_for() { # CFG -> file of Call IDs the server should use ("" = Call ID 0)
     case "$1" in
-        b | c | d | e) echo "$WORK/ids" ;;
+        b | c | d | dn | e) echo "$WORK/ids" ;;
         *) echo "" ;;
     esac
 }
@@ -483,10 +543,24 @@ if [ "$FLOOD" = 1 ]; then
     FLOOD_NEW=${FLOOD_NEW:-200}
     ECHO_MS=${ECHO_MS:-10}
     FLOOD_IDS=$WORK/flood.ids
-    # Off the generator's core: the pac, the pns and the echoes are the two ends of the
-    # control plane, not the router, and a busy-waiting generator beside them would add
-    # scheduler delays of its own.
-    CTL_PIN=(taskset -c "$OTHER_CPUS")
+    # The pac, the pns and the echoes are the two ends of the control plane, other machines,
+    # not the router: they run on the generator's core, which sleeps between ticks of
+    # FLOOD_TICK_US (100) us and sends what is due, and RPS on both router links leaves the
+    # router's core to the router's packet work and the daemon. FLOOD_PEERS=router, the
+    # layout before: the peers on the router's core, the generator busy-waiting on its own.
+    FLOOD_PEERS=${FLOOD_PEERS:-gen}
+    GEN_TICK=()
+    if [ "$FLOOD_PEERS" = gen ]; then
+        CTL_PIN=(taskset -c "$GEN_CPU")
+        GEN_TICK=(--tick-us "${FLOOD_TICK_US:-100}")
+    else
+        CTL_PIN=(taskset -c "$OTHER_CPUS")
+    fi
+    lan_rps() { # on|off: the router's inside link too
+        local m=0
+        [ "$1" = on ] && m=$RPS_MASK
+        in_r sh -c "echo $m >/sys/class/net/r2/queues/rx-0/rps_cpus"
+    }
     in_c sysctl -qw net.ipv4.ip_local_port_range="58000 62999"
     python3 - "$FLOOD_IDS" <<'PY'
 import sys
@@ -522,6 +596,10 @@ PY
     flood_case() { # CFG CALLS REP
         local cfg=$1 n=$2 rep=$3 echo=$WORK/echo.txt new=$WORK/new
         rm -f "$echo" "$new.ready" "$WORK/leak.ready"
+        if [ "$FLOOD_PEERS" = gen ]; then
+            rps on
+            lan_rps on
+        fi
         cfg_up "$cfg" "$n" --echo-interval-ms "$ECHO_MS" --echo-out "$echo"
         if [ "${FLOOD_DROP:-0}" = 1 ]; then
             # An experiment: GRE still addressed to the public address after pptp-alg's
@@ -558,7 +636,7 @@ NFT
         # At the highest CFS priority: a build sharing the generator's core made it fall to
         # half the rate (it sends late, never skips), and the flood with it.
         in_s nice -n -20 taskset -c "$GEN_CPU" "$GL" send --dst "$PUB" --rate "$FLOOD_RATE" \
-            --duration "$FLOOD_DUR" --ids-file "$FLOOD_IDS" >"$WORK/flood.send.json" &
+            --duration "$FLOOD_DUR" --ids-file "$FLOOD_IDS" "${GEN_TICK[@]}" >"$WORK/flood.send.json" &
         gpid=$!
         sleep 0.5
         # New calls over the flood's middle: from 0.5 s in to 1 s before its end.
@@ -574,11 +652,13 @@ NFT
         cs1=$(cpustat_json)
         ct1=$(in_r conntrack -C)
         u1=$(alg_unknown)
-        rps off
+        [ "$FLOOD_PEERS" = gen ] || rps off
         wait "$npid" || log "  $cfg: the new calls' client failed: $(cat "$new.out.err")"
         stop_pid "$leak_pid"
         stop_calls
         [ "${FLOOD_DROP:-0}" = 1 ] && in_r nft delete table ip labdrop
+        rps off
+        lan_rps off
         python3 - "$echo" "$t0" "$t1" >"$WORK/echo.json" <<'PY'
 import json, sys
 t0, t1 = int(sys.argv[2]), int(sys.argv[3])
@@ -593,7 +673,7 @@ for line in open(sys.argv[1]):
 print(json.dumps({"idle_us": idle, "flood_us": flood, **lost}))
 PY
         emit "$(jq -cn --arg cfg "$cfg" --argjson calls "$n" --argjson rep "$rep" \
-            --argjson rps "$rps_flood" --argjson flood_ns "$((t1 - t0))" \
+            --argjson rps "$rps_flood" --arg peers "$FLOOD_PEERS" --argjson flood_ns "$((t1 - t0))" \
             --argjson held "$(jfile "$WORK/pns.ready")" --argjson held_pns "$(jfile "$WORK/pns.out")" \
             --argjson echo "$(jfile "$WORK/echo.json")" --argjson send "$(jfile "$WORK/flood.send.json")" \
             --argjson leak "$(jfile "$WORK/leak.json")" --argjson new_pns "$(jfile "$new.out")" \

@@ -98,6 +98,11 @@ struct SendArgs {
     /// Pin to this CPU (sched_setaffinity).
     #[arg(long)]
     cpu: Option<usize>,
+    /// With --rate: sleep until the next tick of this many microseconds and send every
+    /// packet due by then, instead of busy-waiting for each packet; leaves the core to
+    /// other processes (a flood beside the PPTP peers).
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
 }
 
 #[derive(clap::Args)]
@@ -422,8 +427,19 @@ fn send(a: SendArgs) -> Result<(), String> {
             if due >= end {
                 break;
             }
-            while mono_ns() < due {
-                std::hint::spin_loop();
+            if a.tick_us > 0 {
+                let tick = a.tick_us * 1000;
+                loop {
+                    let now = mono_ns();
+                    if now >= due {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_nanos(tick - (now - start) % tick));
+                }
+            } else {
+                while mono_ns() < due {
+                    std::hint::spin_loop();
+                }
             }
             fill(&mut buf, ids[(sent % ids.len() as u64) as usize], sent, 0);
             // SAFETY: valid buffer and address.
