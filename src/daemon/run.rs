@@ -959,7 +959,7 @@ fn ownership_text(table: &str, owned: bool) -> String {
     if owned {
         format!("table ip {table} owned by this daemon: removed by the kernel if it dies")
     } else {
-        format!("table ip {table} not owned (kernel too old): left behind if the daemon dies")
+        format!("table ip {table} not owned (table_owner is off): left behind if the daemon dies")
     }
 }
 
