@@ -971,59 +971,80 @@ fn fast_path_rewrites_gre() {
 /// both counters, one batch deleting every element). The elements are checked where the
 /// kernel lists them; a batch the kernel refuses (here a stale fast path element with other
 /// data) falls back to each kind on its own, and no kind loses its elements.
+/// The daemon's table installed through `sock` (owned) and an [`Offload`] with the fast path
+/// on over it, as the packet thread has them.
+fn offload_on(
+    sock: &TableSocket,
+) -> (
+    RulesConfig,
+    pptp_alg::daemon::shared::SharedRef,
+    pptp_alg::daemon::offload::Offload,
+) {
+    use pptp_alg::alg::{Alg, AlgConfig};
+    use pptp_alg::daemon::offload::{InstalledTable, Offload, OffloadConfig};
+    use pptp_alg::daemon::shared::Shared;
+    use pptp_alg::daemon::status::{Installed, RulesInfo};
+
+    install_owned(sock);
+    let rules = RulesConfig::default();
+    let backend = nft::detect_backend().unwrap();
+    let shared = Shared::new(
+        Alg::new(AlgConfig::default()),
+        RulesInfo {
+            table: rules.table.clone(),
+            installed: Installed::Owned,
+            queue_backend: Some(backend),
+        },
+    );
+    let mut off = Offload::new(
+        OffloadConfig {
+            rules: rules.clone(),
+            offload: true,
+            table: Some(InstalledTable {
+                socket: sock.clone(),
+                table: rules.table.clone(),
+                backend,
+                owned: true,
+            }),
+            local_addrs: None,
+        },
+        std::time::Instant::now(),
+    );
+    assert!(off.start(&shared), "fast path on");
+    (rules, shared, off)
+}
+
+/// A call of inside host `host` to peer 192.0.2.7, answered with peer id `peer_id`.
+fn call_info(host: &str, nat_id: u16, peer_id: u16) -> pptp_alg::alg::CallInfo {
+    pptp_alg::alg::CallInfo {
+        inside_host: host.parse().unwrap(),
+        inside_id: 0x4000,
+        outside_peer: "192.0.2.7".parse().unwrap(),
+        outside_id: Some(peer_id),
+        nat_id,
+        conn: None,
+        state: pptp_alg::alg::CallState::Requested,
+        age: std::time::Duration::ZERO,
+        packets_in: 0,
+        packets_out: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        hairpin: None,
+    }
+}
+
 #[test]
 fn call_events_are_one_netlink_batch_each() {
-    use pptp_alg::alg::{Alg, AlgConfig, CallInfo, CallState, Hairpin};
-    use pptp_alg::daemon::offload::{InstalledTable, Offload, OffloadConfig};
-    use pptp_alg::daemon::shared::{lock, Shared};
-    use pptp_alg::daemon::status::{Installed, RulesInfo};
-    use std::time::{Duration, Instant};
+    use pptp_alg::alg::Hairpin;
+    use pptp_alg::daemon::shared::lock;
+    use std::time::Instant;
 
     in_fresh_netns("call_events_are_one_netlink_batch_each", |_| {
         let sock = TableSocket::open().unwrap();
-        install_owned(&sock);
-        let rules = RulesConfig::default();
-        let backend = nft::detect_backend().unwrap();
-        let shared = Shared::new(
-            Alg::new(AlgConfig::default()),
-            RulesInfo {
-                table: rules.table.clone(),
-                installed: Installed::Owned,
-                queue_backend: Some(backend),
-            },
-        );
+        let (rules, shared, mut off) = offload_on(&sock);
         let now = Instant::now();
-        let mut off = Offload::new(
-            OffloadConfig {
-                rules: rules.clone(),
-                offload: true,
-                table: Some(InstalledTable {
-                    socket: sock.clone(),
-                    table: rules.table.clone(),
-                    backend,
-                    owned: true,
-                }),
-                local_addrs: None,
-            },
-            now,
-        );
-        assert!(off.start(&shared), "fast path on");
         let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        let mut c = CallInfo {
-            inside_host: a("10.0.0.2"),
-            inside_id: 0x4000,
-            outside_peer: a("192.0.2.7"),
-            outside_id: Some(0x77),
-            nat_id: 0x1234,
-            conn: None,
-            state: CallState::Requested,
-            age: Duration::ZERO,
-            packets_in: 0,
-            packets_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            hairpin: None,
-        };
+        let mut c = call_info("10.0.0.2", 0x1234, 0x77);
         let trips = || sock.round_trips();
 
         let t0 = trips();
@@ -1058,7 +1079,7 @@ fn call_events_are_one_netlink_batch_each() {
         );
 
         let t0 = trips();
-        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert_eq!(off.calls_ended(&[&c], now, &shared), [(0, 0)]);
         assert_eq!(
             trips() - t0,
             2,
@@ -1095,9 +1116,9 @@ fn call_events_are_one_netlink_batch_each() {
 
         // An end whose elements are gone already (both reads answered ENOENT, the delete
         // batch refused, each kind then removed on its own): nothing counted as an error.
-        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert_eq!(off.calls_ended(&[&c], now, &shared), [(0, 0)]);
         assert!(!map_elements("gre_daddr").contains("elements"));
-        assert_eq!(off.call_ended(&c, now, &shared), (0, 0));
+        assert_eq!(off.calls_ended(&[&c], now, &shared), [(0, 0)]);
         assert_eq!(lock(&shared).fastpath_errors, 0);
 
         // A refused batch names the element it was refused for (described only then).
@@ -1108,5 +1129,64 @@ fn call_events_are_one_netlink_batch_each() {
             err.contains("delete element 192.0.2.9 . 0x0005 of map gre_daddr in table ip pptp_alg"),
             "{err}"
         );
+    });
+}
+
+#[test]
+fn calls_that_end_together_share_their_round_trips() {
+    use pptp_alg::daemon::shared::lock;
+    use std::time::Instant;
+
+    in_fresh_netns("calls_that_end_together_share_their_round_trips", |_| {
+        let sock = TableSocket::open().unwrap();
+        let (rules, shared, mut off) = offload_on(&sock);
+        let now = Instant::now();
+        // 150 calls of three hosts (a control connection that closes ends them all at once),
+        // and two calls of one host to which the peer gave the same id: one gre_out element.
+        let mut calls: Vec<_> = (0..150u16)
+            .map(|i| call_info(&format!("10.0.0.{}", 2 + i / 50), 0x1000 + i, 0x100 + i))
+            .collect();
+        calls.push(call_info("10.0.0.9", 0x2000, 0x77));
+        calls.push(call_info("10.0.0.9", 0x2001, 0x77));
+        for c in &calls {
+            off.call_started(c, now, &shared);
+        }
+        let count = |l: &str| l.matches("192.0.2.7 . 0x").count();
+        assert_eq!(count(&map_elements("gre_daddr")), 152);
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert_eq!(out.matches(" . 192.0.2.7 . 0x").count(), 151, "{out}");
+
+        let ends: Vec<_> = calls.iter().collect();
+        let t0 = sock.round_trips();
+        assert_eq!(off.calls_ended(&ends, now, &shared), vec![(0, 0); 152]);
+        // 152 calls in chunks of 64: three reads and three delete batches, where one call
+        // at a time took two round trips each (304).
+        assert_eq!(sock.round_trips() - t0, 6);
+        for map in ["gre_daddr", "gre_cid"] {
+            let l = map_elements(map);
+            assert!(!l.contains("elements"), "{map} still has elements: {l}");
+        }
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert!(!out.contains("elements"), "{out}");
+        assert_eq!(lock(&shared).fastpath_errors, 0);
+
+        // One call's element gone behind the daemon's back: the kernel refuses its chunk's
+        // batch, and every call of the chunk is removed kind by kind, without an error.
+        let some = &calls[..10];
+        for c in some {
+            off.call_started(c, now, &shared);
+        }
+        let mut fp = nft::FastPath::open_on(&rules, sock.clone()).unwrap();
+        fp.remove_call(some[4].outside_peer, some[4].nat_id)
+            .unwrap();
+        let ends: Vec<_> = some.iter().collect();
+        assert_eq!(off.calls_ended(&ends, now, &shared), vec![(0, 0); 10]);
+        for map in ["gre_daddr", "gre_cid"] {
+            let l = map_elements(map);
+            assert!(!l.contains("elements"), "{map} still has elements: {l}");
+        }
+        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+        assert!(!out.contains("elements"), "{out}");
+        assert_eq!(lock(&shared).fastpath_errors, 0);
     });
 }

@@ -362,7 +362,7 @@ impl Ha {
     }
 
     /// Sends the queued records if a datagram's worth waits or the oldest
-    /// has waited [`FLUSH_AFTER`]; for the middle of a batch of packets.
+    /// has waited `FLUSH_AFTER`; for the middle of a batch of packets.
     pub fn transmit_if_due(&mut self) {
         let Some(since) = self.pending_since else {
             return;

@@ -9,19 +9,19 @@
 //! Owns the [`FastPath`], [`HairpinMaps`] and [`OutCounting`] handles and
 //! the [`InstalledTable`]; told about calls through
 //! [`Offload::call_started`], [`Offload::call_answered`] and
-//! [`Offload::call_ended`], run by the packet loop at
+//! [`Offload::calls_ended`], run by the packet loop at
 //! [`Offload::poll_timeout`]. It must not touch the
 //! queues or give verdicts, and reads or changes the engine only through
 //! [`SharedRef`] (counters in, live calls out for a reinstall).
 
 use super::addrs::ResyncHandle;
 use super::logging::RateLimit;
-use super::outcount::OutCounting;
+use super::outcount::{Key as OutKey, OutCounting};
 use super::shared::{lock, SharedRef};
 use crate::alg::{CallInfo, ConnKey, Hairpin, PPTP_PORT};
 use crate::nft::{
-    read_call_counters, Conntrack, ElemBatch, ElementCounter, FastPath, HairpinCall, HairpinMaps,
-    NftError, QueueBackend, RulesConfig, TableSocket,
+    read_calls_counters, CallReads, Conntrack, ElemBatch, ElementCounter, FastPath, HairpinCall,
+    HairpinMaps, NftError, OutCounter, QueueBackend, RulesConfig, TableSocket,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::Ipv4Addr;
@@ -35,6 +35,24 @@ const OFFLOAD_RETRY: Duration = Duration::from_secs(1);
 /// How often the daemon checks that its (unowned) table is still the one it
 /// installed.
 const RULES_CHECK: Duration = Duration::from_secs(1);
+/// How many ended calls share one read and one batch: the read's answers
+/// (about 200 bytes each, two a call) wait in the socket's receive buffer
+/// until every request is handled.
+const END_CHUNK: usize = 64;
+
+/// What an ended call's removal falls back to if the kernel refuses its
+/// batch (see [`Offload::calls_ended`]).
+struct EndPlan {
+    hp: Option<HairpinCall>,
+    /// Its hairpin elements were still being retried: removed on their own.
+    hp_pending: bool,
+    /// It was the last hairpinned call, so `gre_post` goes.
+    last_hairpin: bool,
+    /// The batch drops `gre_post`.
+    post_dropped: bool,
+    out_key: Option<OutKey>,
+    fast_remove: bool,
+}
 
 /// The table the daemon installed (`--install-rules`), removed when this
 /// is dropped: at stop, and on any error or panic after installing.
@@ -308,29 +326,106 @@ impl Offload {
         }
     }
 
-    /// Removes an ended call's elements. Returns the packets the kernel
-    /// translated for it and counted from its inside host since the last
-    /// counter poll, read before its elements go, so the call's end line is
-    /// complete. Two round trips to the kernel: one read of both counters,
-    /// one batch deleting every element (each kind on its own if the kernel
-    /// refuses the batch, e.g. for an element already gone).
-    pub fn call_ended(&mut self, c: &CallInfo, now: Instant, shared: &SharedRef) -> (u64, u64) {
-        let key = (c.outside_peer, c.nat_id);
+    /// Removes ended calls' elements. Returns for each call the packets the
+    /// kernel translated for it and counted from its inside host since the
+    /// last counter poll, read before its elements go, so the call's end
+    /// line is complete. Calls that end together (a closed connection, a
+    /// sweep) share the round trips: per `END_CHUNK` (64) calls one read of all
+    /// their counters and one batch deleting all their elements; if the
+    /// kernel refuses the batch (e.g. for an element already gone), each
+    /// call's kinds are removed on their own.
+    pub fn calls_ended(
+        &mut self,
+        calls: &[&CallInfo],
+        now: Instant,
+        shared: &SharedRef,
+    ) -> Vec<(u64, u64)> {
+        let mut counts = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(END_CHUNK) {
+            self.end_chunk(chunk, now, shared, &mut counts);
+        }
+        counts
+    }
+
+    fn end_chunk(
+        &mut self,
+        calls: &[&CallInfo],
+        now: Instant,
+        shared: &SharedRef,
+        counts: &mut Vec<(u64, u64)>,
+    ) {
         // A call whose fast path elements never made it has none to read or remove.
-        let was_pending = self.pending.remove(&key).is_some();
-        if was_pending {
+        let was_pending: Vec<bool> = calls
+            .iter()
+            .map(|c| self.pending.remove(&(c.outside_peer, c.nat_id)).is_some())
+            .collect();
+        if was_pending.contains(&true) {
             lock(shared).offload_pending = self.pending.len() as u64;
         }
-        let fast_read = match &self.fast {
-            Some(fp) if !was_pending => Some((fp, c.outside_peer, c.nat_id)),
-            _ => None,
+        // Two ending calls of a peer that reused its id share one `gre_out`
+        // element: it is read with the first, so its packets count once.
+        let mut out_read = FxHashSet::default();
+        let reads: Vec<CallReads<'_>> = calls
+            .iter()
+            .zip(&was_pending)
+            .map(|(c, &pending)| {
+                let fast = match &self.fast {
+                    Some(fp) if !pending => Some((fp, c.outside_peer, c.nat_id)),
+                    _ => None,
+                };
+                let out = self
+                    .out
+                    .as_ref()
+                    .and_then(|out| out.end_read(c))
+                    .filter(|&(_, inside, peer, id)| out_read.insert((inside, peer, id)));
+                (fast, out)
+            })
+            .collect();
+        let read = match &self.sock {
+            Some(sock) => read_calls_counters(sock, &reads),
+            None => reads.iter().map(|_| (None, None)).collect(),
         };
-        let out_read = self.out.as_ref().and_then(|out| out.end_read(c));
-        let (fast_counter, out_counter) = match &self.sock {
-            Some(sock) => read_call_counters(sock, fast_read, out_read),
-            None => (None, None),
-        };
+        drop(reads);
 
+        let mut b = ElemBatch::new();
+        let mut plans = Vec::with_capacity(calls.len());
+        let mut out_removed = FxHashSet::default();
+        for ((c, pending), (fast_counter, out_counter)) in calls.iter().zip(was_pending).zip(read) {
+            let (kernel_in, kernel_out, plan) = self.end_call(
+                c,
+                pending,
+                fast_counter,
+                out_counter,
+                &mut b,
+                &mut out_removed,
+                now,
+                shared,
+            );
+            counts.push((kernel_in, kernel_out));
+            plans.push((c, plan));
+        }
+        let refused = !b.is_empty() && self.commit(b).is_err();
+        for (c, plan) in plans {
+            self.end_fallback(c, plan, refused, now, shared);
+        }
+    }
+
+    /// The bookkeeping of call `c`'s end given its counters: the engine's
+    /// last deltas, the hairpin sets; appends the removal of its elements to
+    /// `b` and says what to do should the kernel refuse `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn end_call(
+        &mut self,
+        c: &CallInfo,
+        was_pending: bool,
+        fast_counter: Option<Result<Option<ElementCounter>, NftError>>,
+        out_counter: Option<Result<Option<OutCounter>, NftError>>,
+        b: &mut ElemBatch,
+        out_removed: &mut FxHashSet<OutKey>,
+        now: Instant,
+        shared: &SharedRef,
+    ) -> (u64, u64, EndPlan) {
+        let key = (c.outside_peer, c.nat_id);
         let mut kernel_in = 0;
         if self.fast.is_some() {
             kernel_in = match fast_counter {
@@ -355,6 +450,7 @@ impl Offload {
             Some(out) => out.ended(c, out_counter, shared, now),
             None => (0, None),
         };
+        let out_key = out_key.filter(|k| out_removed.insert(*k));
 
         let hp = c
             .hairpin
@@ -370,30 +466,49 @@ impl Offload {
             self.hairpinned.remove(&hairpin_key(&call)) && self.hairpinned.is_empty()
         });
         let fast_remove = self.fast.is_some() && !was_pending;
-        let mut b = ElemBatch::new();
         let mut post_dropped = false;
         if let (Some(maps), Some(call), false) = (&self.hairpin, &hp, hp_pending) {
-            maps.batch(&mut b, false, call);
+            maps.batch(b, false, call);
             if last_hairpin {
-                maps.batch_drop_post(&mut b);
+                maps.batch_drop_post(b);
                 post_dropped = true;
             }
         }
         if let (Some(out), Some(k)) = (&self.out, out_key) {
-            out.batch_remove(&mut b, k);
+            out.batch_remove(b, k);
         }
         if let (true, Some(fp)) = (fast_remove, &self.fast) {
-            fp.batch_remove(&mut b, c.outside_peer, c.nat_id);
+            fp.batch_remove(b, c.outside_peer, c.nat_id);
         }
-        let refused = !b.is_empty() && self.commit(b).is_err();
-        if let Some(call) = hp.filter(|_| refused || hp_pending) {
+        let plan = EndPlan {
+            hp,
+            hp_pending,
+            last_hairpin,
+            post_dropped,
+            out_key,
+            fast_remove,
+        };
+        (kernel_in, kernel_out, plan)
+    }
+
+    /// After the batch of `c`'s end: each kind on its own where the kernel
+    /// `refused` the batch, and what was never in it.
+    fn end_fallback(
+        &mut self,
+        c: &CallInfo,
+        plan: EndPlan,
+        refused: bool,
+        now: Instant,
+        shared: &SharedRef,
+    ) {
+        if let Some(call) = plan.hp.filter(|_| refused || plan.hp_pending) {
             self.hairpin_change(call, false, now, shared);
         }
         if refused {
-            if let (Some(out), Some(k)) = (&mut self.out, out_key) {
+            if let (Some(out), Some(k)) = (&mut self.out, plan.out_key) {
                 out.remove(k, shared);
             }
-            if let (true, Some(fp)) = (fast_remove, &mut self.fast) {
+            if let (true, Some(fp)) = (plan.fast_remove, &mut self.fast) {
                 if let Err(e) = fp.remove_call(c.outside_peer, c.nat_id) {
                     lock(shared).fastpath_errors += 1;
                     log::warn!(
@@ -404,14 +519,15 @@ impl Offload {
                 }
             }
         }
-        if let (true, false, Some(maps)) =
-            (last_hairpin, post_dropped && !refused, &mut self.hairpin)
-        {
+        if let (true, false, Some(maps)) = (
+            plan.last_hairpin,
+            plan.post_dropped && !refused,
+            &mut self.hairpin,
+        ) {
             if let Err(e) = maps.drop_post() {
                 log::debug!("hairpin: chain gre_post not removed with the last call: {e}");
             }
         }
-        (kernel_in, kernel_out)
     }
 
     /// When [`Offload::handle_timeout`] has work next (`None`: never).

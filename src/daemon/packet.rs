@@ -35,7 +35,7 @@ use super::journal;
 use super::logging::RateLimit;
 use super::offload::{Offload, OffloadConfig};
 use super::shared::{lock, Shared, SharedRef};
-use crate::alg::{Direction, Event, Verdict};
+use crate::alg::{CallInfo, Direction, Event, Verdict};
 use crate::nfqueue::{Action, NfQueue, Packet};
 use crate::wire::ipv4::{self, PROTO_GRE};
 use std::io::{self, Read};
@@ -575,10 +575,50 @@ impl PacketLoop {
         } else {
             "call"
         };
-        for ev in self.events.drain(..) {
+        let mut events = std::mem::take(&mut self.events);
+        let mut next = 0;
+        while next < events.len() {
+            // A run of call ends shares its round trips to the kernel.
+            let ends: Vec<&CallInfo> = events[next..]
+                .iter()
+                .map_while(|ev| match ev {
+                    Event::CallEnded(c, _) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if !ends.is_empty() {
+                let run = &events[next..next + ends.len()];
+                if origin != Origin::Peer {
+                    if let Some(ha) = &mut self.ha {
+                        for ev in run {
+                            ha.record(now, ev);
+                        }
+                    }
+                }
+                let counts = self.offload.calls_ended(&ends, now, &self.shared);
+                for (ev, (kernel_in, kernel_out)) in run.iter().zip(counts) {
+                    if let Event::CallEnded(c, cause) = ev {
+                        log::info!(
+                            "{whose} ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
+                            c.inside_host,
+                            c.inside_id,
+                            c.outside_peer,
+                            c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
+                            c.nat_id,
+                            super::status::human_duration(c.age.as_secs()),
+                            c.packets_in + kernel_in,
+                            c.packets_out + kernel_out,
+                        );
+                    }
+                }
+                next += ends.len();
+                continue;
+            }
+            let ev = &events[next];
+            next += 1;
             if origin != Origin::Peer {
                 if let Some(ha) = &mut self.ha {
-                    ha.record(now, &ev);
+                    ha.record(now, ev);
                 }
             }
             match ev {
@@ -594,7 +634,7 @@ impl PacketLoop {
                             |k| format!("control {k}")
                         ),
                     );
-                    self.offload.call_started(&c, now, &self.shared);
+                    self.offload.call_started(c, now, &self.shared);
                     // A failed add is retried on a timer that may be the earliest.
                     if let Some(t) = self.offload.poll_timeout() {
                         if t < self.next_timer {
@@ -611,22 +651,10 @@ impl PacketLoop {
                         c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
                         c.nat_id,
                     );
-                    self.offload.call_answered(&c, now, &self.shared);
+                    self.offload.call_answered(c, now, &self.shared);
                 }
-                Event::CallEnded(c, cause) => {
-                    let (kernel_in, kernel_out) = self.offload.call_ended(&c, now, &self.shared);
-                    log::info!(
-                        "{whose} ended ({cause:?}): inside {}:{} <-> outside {}:{} NAT id {}, after {}, {} packets in, {} out",
-                        c.inside_host,
-                        c.inside_id,
-                        c.outside_peer,
-                        c.outside_id.map_or_else(|| "-".into(), |id| id.to_string()),
-                        c.nat_id,
-                        super::status::human_duration(c.age.as_secs()),
-                        c.packets_in + kernel_in,
-                        c.packets_out + kernel_out,
-                    );
-                }
+                // Handled with the run of ends it begins, above.
+                Event::CallEnded(..) => {}
                 Event::CallRefused {
                     conn,
                     inside_id,
@@ -678,6 +706,9 @@ impl PacketLoop {
                 }
             }
         }
+        // Its allocation serves the next packets' events.
+        events.clear();
+        self.events = events;
     }
 }
 

@@ -197,7 +197,7 @@ impl FastPath {
     }
 
     /// The request [`FastPath::call_counter`] sends, to send it with others (see
-    /// [`super::read_call_counters`]).
+    /// [`super::read_calls_counters`]).
     pub(super) fn read_call(&self, outside_peer: Ipv4Addr, nat_id: u16) -> CallRead {
         CallRead {
             table: self.table.clone(),

@@ -169,7 +169,7 @@ impl GreOut {
     }
 
     /// The request [`GreOut::counter`] sends, to send it with others (see
-    /// [`super::read_call_counters`]).
+    /// [`super::read_calls_counters`]).
     pub(super) fn read_call(&self, inside: Ipv4Addr, peer: Ipv4Addr, id: u16) -> OutRead {
         OutRead {
             table: self.table.clone(),

@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nftnl::MsgType;
 use nftnl_sys::libc;
 
-pub use callelems::{read_call_counters, ElemBatch};
+pub use callelems::{read_calls_counters, CallCounters, CallReads, ElemBatch};
 pub use conntrack::{local_addrs, Conntrack, CtEntry};
 pub use error::NftError;
 pub use fastpath::FastPath;
