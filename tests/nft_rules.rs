@@ -1033,6 +1033,18 @@ fn call_info(host: &str, nat_id: u16, peer_id: u16) -> pptp_alg::alg::CallInfo {
     }
 }
 
+/// No call's element is left in the fast path, hairpin maps or `gre_out`, and removing them
+/// counted no error.
+fn assert_no_call_elements(shared: &pptp_alg::daemon::shared::SharedRef) {
+    for map in ["gre_daddr", "gre_cid", "hairpin_saddr", "hairpin_daddr"] {
+        let l = map_elements(map);
+        assert!(!l.contains("elements"), "{map} still has elements: {l}");
+    }
+    let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
+    assert!(!out.contains("elements"), "{out}");
+    assert_eq!(pptp_alg::daemon::shared::lock(shared).fastpath_errors, 0);
+}
+
 #[test]
 fn call_events_are_one_netlink_batch_each() {
     use pptp_alg::alg::Hairpin;
@@ -1085,15 +1097,9 @@ fn call_events_are_one_netlink_batch_each() {
             2,
             "a call's end is one read of its counters and one delete batch"
         );
-        for map in ["gre_daddr", "gre_cid", "hairpin_saddr", "hairpin_daddr"] {
-            let l = map_elements(map);
-            assert!(!l.contains("elements"), "{map} still has elements: {l}");
-        }
+        assert_no_call_elements(&shared);
         let table = list_table(&rules.table);
         assert!(!table.contains("gre_post"), "{table}");
-        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
-        assert!(!out.contains("elements"), "{out}");
-        assert_eq!(lock(&shared).fastpath_errors, 0);
 
         // A stale fast path element with other data (an earlier run's) makes the batch fail:
         // the fast path replaces it on its own, and gre_out still gets its element.
@@ -1134,7 +1140,6 @@ fn call_events_are_one_netlink_batch_each() {
 
 #[test]
 fn calls_that_end_together_share_their_round_trips() {
-    use pptp_alg::daemon::shared::lock;
     use std::time::Instant;
 
     in_fresh_netns("calls_that_end_together_share_their_round_trips", |_| {
@@ -1162,13 +1167,7 @@ fn calls_that_end_together_share_their_round_trips() {
         // 152 calls in chunks of 64: three reads and three delete batches, where one call
         // at a time took two round trips each (304).
         assert_eq!(sock.round_trips() - t0, 6);
-        for map in ["gre_daddr", "gre_cid"] {
-            let l = map_elements(map);
-            assert!(!l.contains("elements"), "{map} still has elements: {l}");
-        }
-        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
-        assert!(!out.contains("elements"), "{out}");
-        assert_eq!(lock(&shared).fastpath_errors, 0);
+        assert_no_call_elements(&shared);
 
         // One call's element gone behind the daemon's back: the kernel refuses its chunk's
         // batch, and every call of the chunk is removed kind by kind, without an error.
@@ -1181,12 +1180,6 @@ fn calls_that_end_together_share_their_round_trips() {
             .unwrap();
         let ends: Vec<_> = some.iter().collect();
         assert_eq!(off.calls_ended(&ends, now, &shared), vec![(0, 0); 10]);
-        for map in ["gre_daddr", "gre_cid"] {
-            let l = map_elements(map);
-            assert!(!l.contains("elements"), "{map} still has elements: {l}");
-        }
-        let out = run("nft", &["list", "set", "ip", "pptp_alg", "gre_out"]);
-        assert!(!out.contains("elements"), "{out}");
-        assert_eq!(lock(&shared).fastpath_errors, 0);
+        assert_no_call_elements(&shared);
     });
 }

@@ -576,6 +576,13 @@ impl PacketLoop {
             "call"
         };
         let mut events = std::mem::take(&mut self.events);
+        if origin != Origin::Peer {
+            if let Some(ha) = &mut self.ha {
+                for ev in &events {
+                    ha.record(now, ev);
+                }
+            }
+        }
         let mut next = 0;
         while next < events.len() {
             // A run of call ends shares its round trips to the kernel.
@@ -588,13 +595,6 @@ impl PacketLoop {
                 .collect();
             if !ends.is_empty() {
                 let run = &events[next..next + ends.len()];
-                if origin != Origin::Peer {
-                    if let Some(ha) = &mut self.ha {
-                        for ev in run {
-                            ha.record(now, ev);
-                        }
-                    }
-                }
                 let counts = self.offload.calls_ended(&ends, now, &self.shared);
                 for (ev, (kernel_in, kernel_out)) in run.iter().zip(counts) {
                     if let Event::CallEnded(c, cause) = ev {
@@ -616,11 +616,6 @@ impl PacketLoop {
             }
             let ev = &events[next];
             next += 1;
-            if origin != Origin::Peer {
-                if let Some(ha) = &mut self.ha {
-                    ha.record(now, ev);
-                }
-            }
             match ev {
                 Event::CallStarted(c) => {
                     log::info!(
