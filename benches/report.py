@@ -294,6 +294,24 @@ def cpu_fixed(r):
         return None
     return (r["window_ns"] * r["other_cpus"] - r["other_idle_us"] * 1000) / r["recv"]["received"]
 
+def goodput(r):
+    return r["recv"]["received"] / r["send"]["elapsed_s"] if r["recv"] else 0
+
+def paired(x, cx, y, cy, kind="noloss"):
+    """Median and half-range of the per-repetition ratios x/y (same repetition: paired): of
+    the no-loss rates, with kind "max" of the rates delivered at full offered load, with
+    kind "cpu" of the router core's CPU per packet at the fixed rate."""
+    v = []
+    val = {"max": goodput, "cpu": cpu_fixed}.get(kind, lambda r: r["rate"])
+    for rep in range(1, reps + 1):
+        xs = [val(r) for r in sel(x, cx, kind) if r["rep"] == rep]
+        ys = [val(r) for r in sel(y, cy, kind) if r["rep"] == rep]
+        if xs and ys and xs[0] is not None and ys[0]:
+            v.append(xs[0] / ys[0])
+    if not v:
+        return "-"
+    return f"{med(v):.2f}x" + (f" ({min(v):.2f}..{max(v):.2f})" if len(v) > 1 else "")
+
 crows = [r for r in rows if r["kind"] == "cpu" and cpu_fixed(r) is not None]
 if crows:
     rate = crows[0]["rate"]
@@ -307,33 +325,10 @@ if crows:
     print("  ratios, per repetition, median (min..max):")
     for x, y, calls in ([("d", "b", 1), ("d", "a", 1), ("b", "a", 1), ("e", "d", 1)]
                         + [(x, y, n) for n in sizes if n > 1 for x, y in (("d", "b"), ("d-new", "b-new"))]):
-        v = []
-        for rep in range(1, reps + 1):
-            xs = [cpu_fixed(r) for r in crows if r["cfg"] == x and r["calls"] == calls and r["rep"] == rep]
-            ys = [cpu_fixed(r) for r in crows if r["cfg"] == y and r["calls"] == calls and r["rep"] == rep]
-            if xs and ys:
-                v.append(xs[0] / ys[0])
-        if v:
-            print(f"    {x}/{y}, {calls:,} call(s): {med(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
-                  + ("   target <= 1.0" if (x, y, calls) == ("d", "b", 1) else ""))
+        p = paired(x, calls, y, calls, "cpu")
+        if p != "-":
+            print(f"    {x}/{y}, {calls:,} call(s): {p}" + ("   target <= 1.0" if (x, y, calls) == ("d", "b", 1) else ""))
     print()
-
-def goodput(r):
-    return r["recv"]["received"] / r["send"]["elapsed_s"] if r["recv"] else 0
-
-def paired(x, cx, y, cy, kind="noloss"):
-    """Median and half-range of the per-repetition ratios x/y (same repetition: paired): of
-    the no-loss rates, or with kind "max" of the rates delivered at full offered load."""
-    v = []
-    val = goodput if kind == "max" else (lambda r: r["rate"])
-    for rep in range(1, reps + 1):
-        xs = [val(r) for r in sel(x, cx, kind) if r["rep"] == rep]
-        ys = [val(r) for r in sel(y, cy, kind) if r["rep"] == rep]
-        if xs and ys and ys[0]:
-            v.append(xs[0] / ys[0])
-    if not v:
-        return "-"
-    return f"{med(v):.2f}x" + (f" ({min(v):.2f}..{max(v):.2f})" if len(v) > 1 else "")
 
 print("Ratios of no-loss pps: median of the per-repetition ratios (min..max); one call unless said")
 for x, y, t in (("b", "a", ""), ("d", "a", "target >= 0.9"), ("d", "b", "target >= 0.9"),

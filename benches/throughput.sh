@@ -173,11 +173,11 @@ if [ "$GRE_SINK" = drop ]; then
     sink_on && sink_off >/dev/null || { echo "throughput.sh: GRE_SINK=drop needs a netdev ingress hook" >&2; exit 1; }
 fi
 RPS_NOW=false
-rps() { # on|off
+rps() { # on|off [LINK]: the router's outside link r1 unless LINK
     local m=0
     RPS_NOW=false
     [ "$1" = on ] && m=$RPS_MASK && [ "$m" != 0 ] && RPS_NOW=true
-    in_r sh -c "echo $m >/sys/class/net/r1/queues/rx-0/rps_cpus"
+    in_r sh -c "echo $m >/sys/class/net/${2:-r1}/queues/rx-0/rps_cpus"
 }
 # The kernel helper keeps two expectations per call for five minutes; 10,000 calls need more
 # than the default 4096. This limit is global (init namespace only); restored on exit.
@@ -556,11 +556,6 @@ if [ "$FLOOD" = 1 ]; then
     else
         CTL_PIN=(taskset -c "$OTHER_CPUS")
     fi
-    lan_rps() { # on|off: the router's inside link too
-        local m=0
-        [ "$1" = on ] && m=$RPS_MASK
-        in_r sh -c "echo $m >/sys/class/net/r2/queues/rx-0/rps_cpus"
-    }
     in_c sysctl -qw net.ipv4.ip_local_port_range="58000 62999"
     python3 - "$FLOOD_IDS" <<'PY'
 import sys
@@ -597,8 +592,8 @@ PY
         local cfg=$1 n=$2 rep=$3 echo=$WORK/echo.txt new=$WORK/new
         rm -f "$echo" "$new.ready" "$WORK/leak.ready"
         if [ "$FLOOD_PEERS" = gen ]; then
+            rps on r2
             rps on
-            lan_rps on
         fi
         cfg_up "$cfg" "$n" --echo-interval-ms "$ECHO_MS" --echo-out "$echo"
         if [ "${FLOOD_DROP:-0}" = 1 ]; then
@@ -657,8 +652,8 @@ NFT
         stop_pid "$leak_pid"
         stop_calls
         [ "${FLOOD_DROP:-0}" = 1 ] && in_r nft delete table ip labdrop
+        rps off r2
         rps off
-        lan_rps off
         python3 - "$echo" "$t0" "$t1" >"$WORK/echo.json" <<'PY'
 import json, sys
 t0, t1 = int(sys.argv[2]), int(sys.argv[3])
